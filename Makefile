@@ -1,0 +1,30 @@
+# OpenSégur — `make run` starts everything with the sandbox and demo data; `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint bench clean
+
+$(BIN)/opensegur: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/opensegur
+
+run: install
+	$(BIN)/opensegur serve --demo --data-dir var
+
+lint: install
+	$(BIN)/ruff check opensegur tests bench
+	$(BIN)/mypy opensegur
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var *.egg-info

@@ -1,0 +1,72 @@
+"""Command line: `opensegur serve`, `opensegur config`, `opensegur migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from opensegur.config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("data_dir", "db", "host", "http_port", "mllp_port"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "demo", False):
+        overrides["demo"] = True
+    if getattr(args, "no_sandbox", False):
+        overrides["sandbox"] = False
+    return Settings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="opensegur", description="OpenSégur — plateforme Ségur Vague 2")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", type=Path)
+        p.add_argument("--db", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite)")
+
+    serve = sub.add_parser("serve", help="start the whole platform")
+    common(serve)
+    serve.add_argument("--demo", action="store_true", help="load the demo GHT and patients")
+    serve.add_argument("--host")
+    serve.add_argument("--http-port", type=int)
+    serve.add_argument("--mllp-port", type=int)
+    serve.add_argument(
+        "--no-sandbox", action="store_true", help="do not start the simulated national services"
+    )
+
+    cfg = sub.add_parser("config", help="print the effective configuration, without secrets")
+    common(cfg)
+    mig = sub.add_parser("migrate", help="create or upgrade the database schema")
+    common(mig)
+
+    args = parser.parse_args(argv)
+    settings = _settings(args)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "config":
+        json.dump(settings.public_dict(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    if args.command == "migrate":
+        from opensegur.store.db import Database
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        Database(settings.db_url).migrate()
+        return 0
+    from opensegur.server import Platform
+
+    asyncio.run(Platform(settings).run_forever())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Settings, read once at the edge (CLI) and passed down.
+
+Precedence: command-line flags > ``OPENSEGUR_*`` environment variables > TOML file > defaults.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+SECRET_HINT = "***"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPENSEGUR_", extra="forbid")
+
+    data_dir: Path = Path("var")
+    db: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite file in data_dir")
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    mllp_port: int = 2575
+    mllp_max_bytes: int = 20 * 1024 * 1024
+    demo: bool = False
+    sandbox: bool = True
+    sandbox_port: int = 0  # 0: pick a free port, published at /sandbox/endpoints
+    workers: int = 2
+    job_max_attempts: int = 8
+    job_backoff_base_s: float = 2.0
+    job_backoff_max_s: float = 600.0
+    job_lease_s: float = 60.0
+    insi_url: str | None = None  # None with the sandbox: the sandbox INSi
+    insi_timeout_s: float = 10.0
+    insi_client_cert: str | None = None
+    insi_client_key: str | None = None
+    insi_ca: str | None = None
+    insi_lps_name: str = "OpenSegur"
+    insi_lps_version: str = "0.1.0"
+    insi_idam: str = "OPENSEGUR-SANDBOX"  # the LPS authorisation number the CNAM issues after homologation
+    insi_emitter: str = "OPENSEGUR"  # the calling structure, as in the OU of the INSi certificate
+    api_token: SecretStr | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    @property
+    def db_url(self) -> str:
+        if self.db:
+            return self.db
+        return f"sqlite:///{(self.data_dir / 'opensegur.db').resolve()}"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Effective configuration with secrets and database passwords masked."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                out[name] = SECRET_HINT if value.get_secret_value() else None
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        out["db_url"] = _mask_url(self.db_url)
+        out["db"] = _mask_url(self.db) if self.db else None
+        return out
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """The TOML file named by OPENSEGUR_CONFIG (or ./opensegur.toml), table [opensegur] or top level."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        import os
+
+        path = Path(os.environ.get("OPENSEGUR_CONFIG", "opensegur.toml"))
+        self._data: dict[str, Any] = {}
+        if path.is_file():
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+            self._data = raw.get("opensegur", raw)
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+def _mask_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url

@@ -1,0 +1,176 @@
+"""Flow entry for every HL7 v2 message from hospital systems: store durably, apply, then acknowledge.
+
+Order matters: the raw message, what it changed and its ACK are committed in one transaction before the ACK
+leaves, so an ACK AA is a promise that survives a crash. A repeated control id gets the stored ACK again and
+is not processed twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from opensegur.flows.identity_feed import apply_event
+from opensegur.store.db import Database
+from opensegur.store.models import InboundMessage, Payload
+from opensegur.transactions import hl7v2, pam_fr
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "mllp"
+
+
+@dataclass
+class IntakeResult:
+    ack: bytes
+    ack_code: str
+    message_id: int | None
+    duplicate: bool = False
+
+
+def store_payload(session: Session, raw: bytes) -> str:
+    digest = hashlib.sha256(raw).hexdigest()
+    if session.get(Payload, digest) is None:
+        session.add(Payload(sha256=digest, size=len(raw), data=raw))
+        session.flush()
+    return digest
+
+
+class Hl7Intake:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        app: str = "OPENSEGUR",
+        facility: str = "OPENSEGUR",
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.app = app
+        self.facility = facility
+        self.on_commit = on_commit
+
+    def handle(self, raw: bytes) -> IntakeResult:
+        try:
+            message, header = hl7v2.parse(raw)
+        except hl7v2.Hl7Error as exc:
+            return self._unparseable(raw, exc)
+        sender = f"{header.sending_application}|{header.sending_facility}"
+        with self.db.session() as s:
+            seen = self._seen(s, sender, header.control_id)
+            if seen is not None:
+                return seen
+        try:
+            return self._process(raw, message, header, sender)
+        except IntegrityError:
+            # The same control id arrived on another connection at the same moment: answer with its ACK.
+            with self.db.session() as s:
+                seen = self._seen(s, sender, header.control_id)
+            if seen is None:
+                raise
+            return seen
+
+    def _seen(self, s: Session, sender: str, control_id: str) -> IntakeResult | None:
+        row = s.scalar(
+            select(InboundMessage).where(
+                InboundMessage.channel == CHANNEL,
+                InboundMessage.sender == sender,
+                InboundMessage.control_id == control_id,
+            )
+        )
+        if row is None:
+            return None
+        return IntakeResult(row.ack, row.ack_code, row.id, duplicate=True)
+
+    def _process(self, raw: bytes, message: object, header: hl7v2.MessageHeader, sender: str) -> IntakeResult:
+        errors: list[hl7v2.Hl7Error] = []
+        patient_id: int | None = None
+        structure_id: int | None = None
+        with self.db.session() as s:
+            digest = store_payload(s, raw)
+            try:
+                with s.begin_nested():
+                    if header.message_type != "ADT":
+                        raise hl7v2.Hl7Error(
+                            code="200",
+                            severity="E",
+                            location="MSH^1^9^1",
+                            message=f"Type de message {header.message_type} non pris en charge par ce flux",
+                            reject=True,
+                        )
+                    event = pam_fr.parse_pam(message, header)
+                    outcome = apply_event(s, event, actor=f"hl7:{sender}")
+                    patient_id = outcome.patient_id
+                    structure_id = outcome.structure_id
+                    errors.extend(outcome.warnings)
+            except hl7v2.Hl7Error as exc:
+                errors = [exc]
+            failed = [e for e in errors if e.severity == "E"]
+            code = "AA" if not failed else ("AR" if any(e.reject for e in failed) else "AE")
+            ack = hl7v2.build_ack(header, code, errors, app=self.app, facility=self.facility)
+            row = InboundMessage(
+                channel=CHANNEL,
+                sender=sender,
+                control_id=header.control_id,
+                message_type=f"{header.message_type}^{header.trigger}",
+                structure_id=structure_id,
+                patient_id=patient_id,
+                payload_sha256=digest,
+                status="accepted" if code == "AA" else "rejected",
+                ack_code=code,
+                ack=ack,
+                errors=[
+                    {"code": e.code, "severity": e.severity, "location": e.location, "message": e.message}
+                    for e in errors
+                ],
+            )
+            s.add(row)
+            s.flush()
+            message_id = row.id
+        log.info("hl7 %s^%s id=%s -> %s", header.message_type, header.trigger, message_id, code)
+        if self.on_commit is not None:
+            self.on_commit()
+        return IntakeResult(ack, code, message_id)
+
+    def _unparseable(self, raw: bytes, exc: hl7v2.Hl7Error) -> IntakeResult:
+        """Keep what could not be read (visible to operators), answer AR."""
+        ack = hl7v2.build_nak_for_unparseable(raw, exc)
+        digest = hashlib.sha256(raw).hexdigest()
+        with self.db.session() as s:
+            store_payload(s, raw)
+            existing = s.scalar(
+                select(InboundMessage).where(
+                    InboundMessage.channel == CHANNEL,
+                    InboundMessage.sender == "?",
+                    InboundMessage.control_id == digest[:64],
+                )
+            )
+            if existing is None:
+                s.add(
+                    InboundMessage(
+                        channel=CHANNEL,
+                        sender="?",
+                        control_id=digest[:64],
+                        message_type="?",
+                        payload_sha256=digest,
+                        status="rejected",
+                        ack_code="AR",
+                        ack=ack,
+                        errors=[
+                            {
+                                "code": exc.code,
+                                "severity": exc.severity,
+                                "location": exc.location,
+                                "message": exc.message,
+                            }
+                        ],
+                    )
+                )
+        log.info("hl7 unparseable message rejected: %s", exc.code)
+        return IntakeResult(ack, "AR", None)

@@ -1,0 +1,436 @@
+"""Flow: a PAM FR identity event from the GAM/DPI → the local identity (RNIV rules) in the same transaction.
+
+The identity update is applied inside the transaction that stores the message, before the ACK: it is a few
+rows, it must keep the order in which the GAM sent the events, and the ACK must tell the sender at once when
+a trait or an INS is refused. Calls to remote services (INSi) are jobs, never done here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from opensegur.identity import rniv
+from opensegur.identity.errors import IdentityError
+from opensegur.identity.ins import Ins, is_ins_oid
+from opensegur.identity.traits import StrictTraits, consistent_with_ins, normalise_name
+from opensegur.store.models import (
+    IdentityAlert,
+    IdentityEvent,
+    Patient,
+    PatientIdentifier,
+    Structure,
+)
+from opensegur.transactions.hl7v2 import Hl7Error
+from opensegur.transactions.pam_fr import PamEvent, PamPatient
+from opensegur.transactions.pam_fr import PatientIdentifier as PamIdentifier
+
+Status = rniv.IdentityStatus
+
+# HL7 table 0445 values that are reliability attributes, not RNIV statuses: the identity stays provisional.
+RELIABILITY_CODES = {"DOUTE", "FICTI", "DOUT", "FICT"}
+
+# ERR-2 is segment^sequence^field^repetition^component: locations stop at the field, which is unambiguous
+# whatever repetition of PID-3, PID-5 or PID-11 carried the trait.
+FIELD_LOCATION = {
+    "matricule": "PID^1^3",
+    "oid": "PID^1^3",
+    "birth_name": "PID^1^5",
+    "first_names": "PID^1^5",
+    "birth_date": "PID^1^7",
+    "sex": "PID^1^8",
+    "birth_place": "PID^1^11",
+}
+
+
+@dataclass
+class FeedOutcome:
+    patient_id: int
+    structure_id: int
+    created: bool
+    status: str
+    warnings: list[Hl7Error] = field(default_factory=list)
+
+
+def _error(exc: IdentityError, code: str = "102") -> Hl7Error:
+    return Hl7Error(
+        code=code,
+        severity="E",
+        location=FIELD_LOCATION.get(exc.field or "", "PID^1"),
+        message=exc.message,
+        reject=False,
+    )
+
+
+def resolve_structure(session: Session, event: PamEvent) -> Structure:
+    """The site that owns the IPP: matched on the IPP authority (namespace or OID), else the sending facility."""
+    candidates: list[str] = []
+    if event.patient.ipp is not None:
+        candidates += [
+            event.patient.ipp.assigning_authority_name or "",
+            event.patient.ipp.authority_oid or "",
+        ]
+    candidates.append(event.header.sending_facility or "")
+    for c in filter(None, candidates):
+        site = session.scalar(
+            select(Structure).where(
+                Structure.kind == "EG",
+                (Structure.ipp_authority == c) | (Structure.ipp_authority_oid == c) | (Structure.finess == c),
+            )
+        )
+        if site is not None:
+            return site
+    raise Hl7Error(
+        code="204",
+        severity="E",
+        location="PID^1^3",
+        message="Autorité d'affectation de l'IPP inconnue : aucun site du GHT ne la déclare",
+        reject=False,
+    )
+
+
+def read_traits(p: PamPatient) -> StrictTraits:
+    try:
+        return StrictTraits.build(
+            birth_name=p.birth_name or "",
+            first_names=p.first_names or p.first_name or "",
+            birth_date=p.birth_date or "",
+            sex=p.sex or "",
+            birth_place=p.birth_place_cog or None,
+        )
+    except IdentityError as exc:
+        raise _error(exc, "101" if exc.code == "TRAIT_MISSING" else "102") from exc
+
+
+def declared_state(p: PamPatient, ins: Ins | None) -> tuple[rniv.IdentityState, str | None]:
+    """Map PID-32 (PAM FR 2.11) to an RNIV state; a matricule in PID-3 is only ever sent for a qualified identity."""
+    codes = [
+        c.upper() for c in (p.identity_reliability or ([p.identity_status] if p.identity_status else []))
+    ]
+    reliability = ",".join(c for c in codes if c in RELIABILITY_CODES) or None
+    declared = next((c for c in codes if c in Status.__members__), None)
+    if ins is not None:
+        if declared in (None, "VALI", "QUAL"):
+            return rniv.from_declared(Status.QUAL), reliability
+        raise Hl7Error(
+            code="103",
+            severity="E",
+            location="PID^1^32",
+            message=f"Matricule INS transmis avec le statut {declared} : seule une identité qualifiée le porte",
+            reject=False,
+        )
+    if declared == "QUAL":
+        raise Hl7Error(
+            code="101",
+            severity="E",
+            location="PID^1^3",
+            message="Statut qualifié sans matricule INS en PID-3",
+            reject=False,
+        )
+    return rniv.from_declared(Status(declared) if declared else Status.PROV), reliability
+
+
+def read_ins(p: PamPatient) -> Ins | None:
+    ident = p.ins
+    if ident is None:
+        return None
+    if not ident.authority_oid or not is_ins_oid(ident.authority_oid):
+        raise Hl7Error(
+            code="103",
+            severity="E",
+            location="PID^1^3",
+            message=f"OID d'INS inconnu : {ident.authority_oid or '(absent)'}",
+            reject=False,
+        )
+    try:
+        return Ins.parse(ident.value, ident.authority_oid)
+    except IdentityError as exc:
+        raise _error(exc) from exc
+
+
+def _ipp_authority(ident: PamIdentifier, site: Structure) -> str:
+    return ident.authority_oid or ident.assigning_authority_name or site.ipp_authority or site.finess
+
+
+def find_by_identifier(session: Session, ident: PamIdentifier, site: Structure) -> Patient | None:
+    row = session.scalar(
+        select(PatientIdentifier).where(
+            PatientIdentifier.authority == _ipp_authority(ident, site), PatientIdentifier.value == ident.value
+        )
+    )
+    return row.patient if row else None
+
+
+def apply_event(session: Session, event: PamEvent, actor: str) -> FeedOutcome:
+    """Apply one PAM FR event. Raises Hl7Error (nothing written by the caller's savepoint) on refusal."""
+    p = event.patient
+    site = resolve_structure(session, event)
+    ins = read_ins(p)
+    traits = read_traits(p)
+    state, reliability = declared_state(p, ins)
+    # The NIR encodes the place and date of birth as registered then; commune mergers, renumbered departments
+    # and births abroad make honest mismatches, and INSi is the authority. So a mismatch is a warning and an
+    # alert for the vigilance team, not a refusal (the ANS example PAT-TROIS has NIR department 51, COG 63220).
+    inconsistencies = consistent_with_ins(traits, ins) if ins is not None else []
+    warnings = [
+        Hl7Error(code="102", severity="W", location="PID^1^3", message=m, reject=False)
+        for m in inconsistencies
+    ]
+    if p.ipp is None:
+        raise Hl7Error(
+            code="101", severity="E", location="PID^1^3", message="IPP absent de PID-3", reject=True
+        )
+
+    if event.trigger == "A40":
+        return _merge(session, event, site, actor)
+    if event.trigger == "A47" and event.merged_patient_ids:
+        _change_identifier(session, event, site)
+
+    patient = find_by_identifier(session, p.ipp, site)
+    created = patient is None
+    if patient is None:
+        patient = Patient(structure_id=site.id, status=Status.PROV.value, dmp_consent={}, insi_state={})
+        patient.identifiers.append(
+            PatientIdentifier(authority=_ipp_authority(p.ipp, site), value=p.ipp.value, type_code="PI")
+        )
+        session.add(patient)
+    before = None if created else patient.status
+    traits_changed = (
+        not created
+        and _traits_of(patient) is not None
+        and bool(
+            _traits_of(patient).differences(traits)  # type: ignore[union-attr]
+        )
+    )
+    local_rank = _rank(patient.status) if not created else -1
+    if created or traits_changed or _rank(state.status) >= local_rank:
+        _set_state(patient, state)
+    else:
+        # The GAM declares less than we established locally for the same traits: keep ours, tell a human.
+        warnings.append(
+            Hl7Error(
+                code="207",
+                severity="W",
+                location="PID^1^32",
+                message="Statut transmis inférieur au statut établi localement : conservé, alerte créée",
+                reject=False,
+            )
+        )
+        _alert(
+            session,
+            patient,
+            "status_conflict",
+            f"Le GAM transmet le statut {state.status.value}, l'identité est {patient.status} localement.",
+        )
+    _set_traits(patient, traits, p)
+    patient.reliability = reliability
+    patient.deceased = bool(p.death_indicator and p.death_indicator.upper() == "Y") or bool(p.death_date)
+    patient.ins_matricule = ins.matricule if ins else (patient.ins_matricule if not traits_changed else None)
+    patient.ins_oid = ins.oid if ins else (patient.ins_oid if not traits_changed else None)
+    if event.dmp_consent:
+        patient.dmp_consent = dict(event.dmp_consent)
+    session.flush()
+    if ins is not None:
+        _check_ins_collision(session, patient)
+    if inconsistencies:
+        _alert(
+            session,
+            patient,
+            "ins_conflict",
+            "Matricule INS et traits discordants : " + " ; ".join(inconsistencies),
+        )
+    if created:
+        _check_duplicates(session, patient)
+    session.add(
+        IdentityEvent(
+            patient_id=patient.id,
+            kind=f"pam_{event.trigger.lower()}",
+            actor=actor,
+            status_before=before,
+            status_after=patient.status,
+            detail={"control_id": event.header.control_id, "traits_changed": traits_changed},
+        )
+    )
+    return FeedOutcome(patient.id, patient.structure_id, created, patient.status, warnings)
+
+
+_RANK = {Status.PROV.value: 0, Status.RECUP.value: 1, Status.VALI.value: 1, Status.QUAL.value: 2}
+
+
+def _rank(status: str) -> int:
+    return _RANK.get(status, 0)
+
+
+def _set_state(patient: Patient, state: rniv.IdentityState) -> None:
+    patient.status = state.status.value
+    patient.insi_verified = state.insi_verified
+    patient.document_checked = state.document_checked
+
+
+def _traits_of(patient: Patient) -> StrictTraits | None:
+    if patient.birth_date is None or not patient.birth_name:
+        return None
+    try:
+        return StrictTraits.build(
+            patient.birth_name, patient.first_names, patient.birth_date, patient.sex, patient.birth_place
+        )
+    except IdentityError:
+        return None
+
+
+def _set_traits(patient: Patient, traits: StrictTraits, p: PamPatient) -> None:
+    patient.birth_name = traits.birth_name
+    patient.first_names = traits.first_names
+    patient.birth_date = traits.birth_date
+    patient.sex = traits.sex.value
+    patient.birth_place = traits.birth_place
+    patient.used_name = p.used_name or None
+    patient.used_first_name = p.used_first_name or None
+
+
+def _alert(session: Session, patient: Patient, kind: str, message: str, other: Patient | None = None) -> None:
+    exists = session.scalar(
+        select(IdentityAlert).where(
+            IdentityAlert.patient_id == patient.id,
+            IdentityAlert.kind == kind,
+            IdentityAlert.open.is_(True),
+            IdentityAlert.other_patient_id == (other.id if other else None),
+        )
+    )
+    if exists is None:
+        session.add(
+            IdentityAlert(
+                patient_id=patient.id,
+                other_patient_id=other.id if other else None,
+                kind=kind,
+                message=message,
+            )
+        )
+
+
+def _check_ins_collision(session: Session, patient: Patient) -> None:
+    others = session.scalars(
+        select(Patient).where(
+            Patient.ins_matricule == patient.ins_matricule, Patient.id != patient.id, Patient.active.is_(True)
+        )
+    ).all()
+    for other in others:
+        _alert(
+            session,
+            patient,
+            "duplicate",
+            "Même matricule INS qu'une autre identité active : doublon probable",
+            other,
+        )
+
+
+def _check_duplicates(session: Session, patient: Patient) -> None:
+    """Probable duplicates: same normalised birth name, first name, birth date and sex on another identity."""
+    if patient.birth_date is None:
+        return
+    candidates = session.scalars(
+        select(Patient).where(
+            Patient.id != patient.id,
+            Patient.active.is_(True),
+            Patient.birth_date == patient.birth_date,
+            Patient.sex == patient.sex,
+            func.upper(func.substr(Patient.birth_name, 1, 1)) == patient.birth_name[:1].upper(),
+        )
+    ).all()
+    name = normalise_name(patient.birth_name)
+    first = normalise_name(patient.first_names.split(" ")[0]) if patient.first_names else ""
+    for other in candidates:
+        if (
+            normalise_name(other.birth_name) == name
+            and (normalise_name(other.first_names.split(" ")[0]) if other.first_names else "") == first
+        ):
+            _alert(
+                session,
+                patient,
+                "duplicate",
+                "Mêmes traits (nom, prénom, date de naissance, sexe) qu'une autre identité",
+                other,
+            )
+
+
+def _merge(session: Session, event: PamEvent, site: Structure, actor: str) -> FeedOutcome:
+    """A40: the identities named in MRG-1 are merged into the one of PID-3 (which may be new)."""
+    p = event.patient
+    assert p.ipp is not None
+    sources = [s for s in (find_by_identifier(session, i, site) for i in event.merged_patient_ids) if s]
+    target = find_by_identifier(session, p.ipp, site)
+    if target is None:
+        if not sources:
+            raise Hl7Error(
+                code="204",
+                severity="E",
+                location="MRG^1^1",
+                message="Fusion : ni l'identité source ni l'identité cible ne sont connues",
+                reject=False,
+            )
+        # The surviving IPP is new to us: it takes over the first source identity.
+        target = sources.pop(0)
+        target.identifiers.append(
+            PatientIdentifier(authority=_ipp_authority(p.ipp, site), value=p.ipp.value, type_code="PI")
+        )
+    merge_into(session, target, sources, actor, reason=f"A40 {event.header.control_id}")
+    return FeedOutcome(target.id, target.structure_id, False, target.status)
+
+
+def merge_into(session: Session, target: Patient, sources: list[Patient], actor: str, reason: str) -> None:
+    for src in sources:
+        if src.id == target.id:
+            continue
+        for ident in list(src.identifiers):
+            src.identifiers.remove(ident)
+            session.flush()
+            target.identifiers.append(
+                PatientIdentifier(authority=ident.authority, value=ident.value, type_code=ident.type_code)
+            )
+        src.active = False
+        src.merged_into_id = target.id
+        for alert in session.scalars(
+            select(IdentityAlert).where(
+                IdentityAlert.open.is_(True),
+                (IdentityAlert.patient_id == src.id) | (IdentityAlert.other_patient_id == src.id),
+            )
+        ):
+            alert.open = False
+        session.add(
+            IdentityEvent(
+                patient_id=src.id,
+                kind="merged_into",
+                actor=actor,
+                status_before=src.status,
+                status_after=src.status,
+                detail={"target": target.id, "reason": reason},
+            )
+        )
+        session.add(
+            IdentityEvent(
+                patient_id=target.id,
+                kind="merge",
+                actor=actor,
+                status_before=target.status,
+                status_after=target.status,
+                detail={"source": src.id, "reason": reason},
+            )
+        )
+    session.flush()
+
+
+def _change_identifier(session: Session, event: PamEvent, site: Structure) -> None:
+    """A47: the IPP in MRG-1 is replaced by the one in PID-3."""
+    assert event.patient.ipp is not None
+    for old in event.merged_patient_ids:
+        row = session.scalar(
+            select(PatientIdentifier).where(
+                PatientIdentifier.authority == _ipp_authority(old, site), PatientIdentifier.value == old.value
+            )
+        )
+        if row is not None:
+            row.value = event.patient.ipp.value
+            row.authority = _ipp_authority(event.patient.ipp, site)
+    session.flush()

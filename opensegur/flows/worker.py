@@ -1,0 +1,127 @@
+"""In-process workers that drain the job table; the same code runs as N workers on M hosts over PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from opensegur.store import jobs
+from opensegur.store.db import Database
+from opensegur.store.models import Job
+
+log = logging.getLogger(__name__)
+
+
+class RetryableError(Exception):
+    """A failure worth retrying later (remote service down, timeout)."""
+
+
+class PermanentError(Exception):
+    """A failure that no retry will fix: the job goes straight to the dead letters."""
+
+
+Handler = Callable[[Job], Awaitable[dict[str, Any] | None]]
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        db: Database,
+        handlers: dict[str, Handler],
+        *,
+        concurrency: int = 2,
+        policy: jobs.RetryPolicy | None = None,
+        lease_s: float = 60.0,
+        idle_sleep_s: float = 0.2,
+    ) -> None:
+        self.db = db
+        self.handlers = handlers
+        self.concurrency = concurrency
+        self.policy = policy or jobs.RetryPolicy()
+        self.lease_s = lease_s
+        self.idle_sleep_s = idle_sleep_s
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def wake(self) -> None:
+        """Called after enqueuing so a job starts without waiting for the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        for i in range(self.concurrency):
+            self._tasks.append(asyncio.create_task(self._run(f"{self.name}/{i}")))
+
+    async def stop(self) -> None:
+        """Let running jobs finish: a job interrupted here would only be re-run after its lease expires."""
+        self._stopping.set()
+        self._wake.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def run_once(self, worker: str = "inline") -> bool:
+        """Claim and run one job; False when nothing was ready. Used by tests and by the loop."""
+        kinds = list(self.handlers)
+
+        def _claim() -> Job | None:
+            with self.db.session() as s:
+                job = jobs.claim(s, worker, kinds, self.lease_s)
+                if job is not None:
+                    s.flush()
+                    s.expunge(job)
+                return job
+
+        job = await asyncio.to_thread(_claim)
+        if job is None:
+            return False
+        await self._execute(job)
+        return True
+
+    async def drain(self, max_jobs: int = 10_000) -> int:
+        """Run ready jobs until none is left (tests, CLI)."""
+        done = 0
+        while done < max_jobs and await self.run_once():
+            done += 1
+        return done
+
+    async def _run(self, worker: str) -> None:
+        while not self._stopping.is_set():
+            try:
+                ran = await self.run_once(worker)
+            except Exception:  # the loop must survive a database hiccup
+                log.exception("worker %s: claim failed", worker)
+                ran = False
+            if not ran:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.idle_sleep_s)
+
+    async def _execute(self, job: Job) -> None:
+        handler = self.handlers[job.kind]
+        try:
+            result = await handler(job)
+        except PermanentError as exc:
+            await asyncio.to_thread(self._fail, job, str(exc), False)
+        except RetryableError as exc:
+            await asyncio.to_thread(self._fail, job, str(exc), True)
+        except Exception as exc:  # an unexpected bug: keep the job visible and retryable
+            log.exception("job %s (%s) crashed", job.id, job.kind)
+            await asyncio.to_thread(self._fail, job, f"{type(exc).__name__}: {exc}", True)
+        else:
+            await asyncio.to_thread(self._complete, job, result)
+
+    def _complete(self, job: Job, result: dict[str, Any] | None) -> None:
+        with self.db.session() as s:
+            jobs.complete(s, job.id, result)
+
+    def _fail(self, job: Job, error: str, retryable: bool) -> None:
+        with self.db.session() as s:
+            status = jobs.fail(s, job, error, self.policy, retryable=retryable)
+        log.warning("job %s (%s) failed, now %s", job.id, job.kind, status)

@@ -1,0 +1,221 @@
+"""Demo GHT: two sites, their units and professionals, about fifty fictitious patients in mixed statuses.
+
+Every matricule uses the *test* INS OIDs and a key computed by the domain rule. The sandbox INSi knows part of
+these people, so the qualification assistant can be tried end to end on them. Deterministic, and loaded once.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import date
+
+from sqlalchemy import select
+
+from opensegur.identity.ins import OID_NIR_TEST, nir_key
+from opensegur.identity.professionals import luhn_valid
+from opensegur.store.db import Database
+from opensegur.store.models import (
+    IdentityEvent,
+    Patient,
+    PatientIdentifier,
+    Professional,
+    Structure,
+    Unit,
+)
+
+DEMO_EJ_FINESS = "750000010"
+
+
+def luhn_complete(prefix: str) -> str:
+    """Append the Luhn digit that makes ``prefix`` + digit valid (FINESS, RPPS)."""
+    for d in "0123456789":
+        if luhn_valid(prefix + d):
+            return prefix + d
+    raise AssertionError("unreachable")
+
+
+SITES = [
+    # finess prefix, name, IPP authority (namespace, OID), units
+    (
+        "75000002",
+        "CHU-X — site Breteuil (démo)",
+        ("CHU-X", "000897406"),
+        [
+            ("6268", "Chirurgie viscérale"),
+            ("4010", "Médecine interne"),
+            ("2201", "Imagerie"),
+            ("3105", "Hôpital de jour"),
+        ],
+    ),
+    (
+        "75000003",
+        "Hôpital Saint-Vincent (démo)",
+        ("HSV", "1.2.250.1.999.1.1.2"),
+        [("1001", "Urgences"), ("1202", "Maternité"), ("1303", "Cardiologie")],
+    ),
+]
+
+FIRST_F = ["MARIE", "CAMILLE", "LÉA", "CHLOÉ", "INÈS", "JEANNE", "LOUISE", "ANNE-SOPHIE", "SARAH", "ZOÉ"]
+FIRST_M = ["JEAN", "LUCAS", "HUGO", "MATHIS", "NOÉ", "PAUL", "JEAN-BAPTISTE", "KARIM", "YANN", "ÉLIOTT"]
+NAMES = [
+    "MARTIN",
+    "BERNARD",
+    "DUBOIS",
+    "THOMAS",
+    "ROBERT",
+    "RICHARD",
+    "PETIT",
+    "DURAND",
+    "LEROY",
+    "MOREAU",
+    "SIMON",
+    "LAURENT",
+    "LEFEBVRE",
+    "MICHEL",
+    "GARCIA",
+    "DAVID",
+    "BERTRAND",
+    "ROUX",
+    "VINCENT",
+    "FOURNIER",
+    "N'DIAYE",
+    "LE GOFF",
+    "MARTIN-DUPONT",
+    "ÉTIENNE",
+    "DE LA TOUR",
+]
+COGS = ["75056", "69123", "13055", "33063", "59350", "63113", "2A004", "2B033", "99134", "51454"]
+
+# People the sandbox INSi knows (standards digest §3.5): provisional or validated here, to qualify in the demo.
+INSI_KNOWN = [
+    ("ADRUN", "ZOE", "F", date(1975, 12, 31), "63220", "VALI"),
+    ("CORSE", "ANTHONY", "M", date(1980, 3, 2), "2B020", "PROV"),
+    ("NESSI", "MICHELANGELO ANTHONY", "M", date(2010, 8, 7), "63220", "VALI"),
+    ("TCHITCHI", "CATARINA BELLA", "F", date(1936, 6, 21), "63220", "PROV"),
+    ("PROVISOIRE", "MATRICULE", "M", date(2009, 7, 1), "63220", "PROV"),
+]
+
+
+def test_matricule(sex: str, birth: date, cog: str, serial: int) -> str:
+    """A NIR consistent with the traits (sex digit, year, month, place of birth), keyed by the domain rule."""
+    dept, commune = (cog[:2], cog[2:]) if not cog.startswith("99") else ("99", cog[2:])
+    number = f"{'1' if sex == 'M' else '2'}{birth.year % 100:02d}{birth.month:02d}{dept}{commune}{serial:03d}"
+    return f"{number}{nir_key(number):02d}"
+
+
+def load_demo(db: Database) -> bool:
+    """Insert the demo GHT once; returns False when it is already there."""
+    with db.session() as s:
+        if s.scalar(select(Structure).where(Structure.finess == DEMO_EJ_FINESS)) is not None:
+            return False
+        ej = Structure(kind="EJ", finess=DEMO_EJ_FINESS, name="GHT Rives de Seine (démo)", settings={})
+        s.add(ej)
+        s.flush()
+        rng = random.Random(2026)
+        sites: list[Structure] = []
+        for prefix, name, (authority, oid), units in SITES:
+            site = Structure(
+                kind="EG",
+                finess=luhn_complete(prefix),
+                name=name,
+                parent_id=ej.id,
+                ipp_authority=authority,
+                ipp_authority_oid=oid,
+                settings={},
+            )
+            s.add(site)
+            s.flush()
+            for code, label in units:
+                s.add(Unit(structure_id=site.id, code=code, name=label))
+            sites.append(site)
+        s.flush()
+        for i, (family, given, prof) in enumerate(
+            [
+                ("RÉAULT", "Pierre", "Médecin — chirurgie viscérale"),
+                ("AGNÈS", "Isabelle", "Médecin généraliste"),
+                ("LEBRUN", "Claire", "Médecin — imagerie"),
+                ("OKAFOR", "Daniel", "Sage-femme"),
+                ("MOREL", "Sophie", "Infirmière"),
+                ("BRUNET", "Alain", "Médecin — cardiologie"),
+            ]
+        ):
+            rpps = luhn_complete(f"1000{i + 1:06d}")
+            s.add(
+                Professional(
+                    structure_id=sites[i % 2].id,
+                    idnat_ps="8" + rpps,
+                    id_kind="RPPS",
+                    family_name=family,
+                    given_name=given,
+                    profession=prof,
+                )
+            )
+
+        def add(
+            site: Structure,
+            ipp: str,
+            family: str,
+            firsts: str,
+            sex: str,
+            birth: date,
+            cog: str,
+            status: str,
+            matricule: str | None,
+        ) -> Patient:
+            p = Patient(
+                structure_id=site.id,
+                birth_name=family,
+                first_names=firsts,
+                sex=sex,
+                birth_date=birth,
+                birth_place=cog,
+                status=status,
+                insi_verified=status in ("RECUP", "QUAL"),
+                document_checked="CNI" if status in ("VALI", "QUAL") else None,
+                ins_matricule=matricule,
+                ins_oid=OID_NIR_TEST if matricule else None,
+                dmp_consent={},
+                insi_state={},
+            )
+            p.identifiers.append(
+                PatientIdentifier(authority=site.ipp_authority_oid or site.finess, value=ipp)
+            )
+            s.add(p)
+            s.flush()
+            s.add(
+                IdentityEvent(
+                    patient_id=p.id,
+                    kind="demo",
+                    actor="demo",
+                    status_before=None,
+                    status_after=status,
+                    detail={},
+                )
+            )
+            return p
+
+        statuses = ["QUAL"] * 22 + ["VALI"] * 8 + ["RECUP"] * 6 + ["PROV"] * 8
+        rng.shuffle(statuses)
+        for n, status in enumerate(statuses):
+            sex = rng.choice("MF")
+            firsts = " ".join(rng.sample(FIRST_M if sex == "M" else FIRST_F, rng.choice([1, 1, 2, 3])))
+            birth = date(rng.randint(1930, 2023), rng.randint(1, 12), rng.randint(1, 28))
+            cog = rng.choice(COGS)
+            matricule = test_matricule(sex, birth, cog, n + 1) if status in ("QUAL", "RECUP") else None
+            add(sites[n % 2], f"{900000 + n}", rng.choice(NAMES), firsts, sex, birth, cog, status, matricule)
+        for n, (family, firsts, sex, birth, cog, status) in enumerate(INSI_KNOWN):
+            add(sites[0], f"{800000 + n}", family, firsts, sex, birth, cog, status, None)
+        # A probable duplicate for the alerts panel: same person created twice under two IPPs.
+        dup = add(sites[1], "900999", "LEROY", "JEANNE", "F", date(1961, 4, 9), "59350", "PROV", None)
+        twin = add(sites[1], "901000", "LEROY", "JEANNE MARIE", "F", date(1961, 4, 9), "59350", "VALI", None)
+        from opensegur.store.models import IdentityAlert
+
+        s.add(
+            IdentityAlert(
+                patient_id=dup.id,
+                other_patient_id=twin.id,
+                kind="duplicate",
+                message="Mêmes traits (nom, prénom, date de naissance, sexe) qu'une autre identité",
+            )
+        )
+    return True

@@ -1,0 +1,195 @@
+"""`opensegur serve`: one process with the HTTP API and pages, the MLLP listener, the workers and the sandbox.
+
+Shutdown order on SIGTERM keeps every promise made: stop accepting MLLP connections and wait for the
+messages in flight (their ACK follows their commit), then stop the workers (running jobs finish), then HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+from opensegur.config import Settings
+from opensegur.connectors.insi_client import InsiClient, InsiUnavailable
+from opensegur.flows.hl7_intake import Hl7Intake
+from opensegur.flows.qualification import JOB_INSI_SEARCH, InsiUnavailableError, make_insi_job_handler
+from opensegur.flows.worker import WorkerPool
+from opensegur.store.db import Database
+from opensegur.transactions.insi import InsiContext, InsiResult, InsiTraitsQuery
+from opensegur.transport.mllp import MllpFramingError, MllpServer
+
+log = logging.getLogger(__name__)
+
+
+class _Uvicorn(uvicorn.Server):
+    """Signals belong to the whole process, not to one of its HTTP servers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets whose proto says TCP, and without it
+    # every small HTTP exchange waits ~40 ms on delayed ACKs.
+    sock = socket.socket(
+        socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+    )
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class InsiAdapter:
+    """Gives the qualification flow the INSi port it expects, translating the connector's outage error."""
+
+    def __init__(self, client: InsiClient) -> None:
+        self.client = client
+
+    async def search_by_traits(self, q: InsiTraitsQuery) -> InsiResult:
+        try:
+            return await self.client.search_by_traits(q)
+        except InsiUnavailable as exc:
+            raise InsiUnavailableError(str(exc)) from exc
+
+
+@dataclass
+class Runtime:
+    """What the edges (web, CLI, tests) need from the running platform."""
+
+    settings: Settings
+    db: Database
+    intake: Hl7Intake
+    workers: WorkerPool
+    insi: InsiAdapter
+    endpoints: dict[str, Any] = field(default_factory=dict)
+    ready: bool = False
+    mllp_port: int | None = None
+    http_port: int | None = None
+
+
+class Platform:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.db_url)
+        self._servers: list[_Uvicorn] = []
+        self._serve_tasks: list[asyncio.Task[None]] = []
+        self.mllp: MllpServer | None = None
+        self._insi_client: InsiClient | None = None
+        self.runtime: Runtime | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> Runtime:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.db.migrate)
+        endpoints: dict[str, Any] = {}
+        insi_url = s.insi_url
+        if s.sandbox:
+            from opensegur.sandbox.app import create_sandbox_app
+
+            sock = bind(s.host, s.sandbox_port)
+            port = sock.getsockname()[1]
+            base = f"http://{s.host}:{port}"
+            await self._serve_http(create_sandbox_app(), sock)
+            endpoints = {"insi": {"url": f"{base}/insi", "admin": f"{base}/insi/_admin"}}
+            insi_url = insi_url or f"{base}/insi"
+        if s.demo:
+            from opensegur.ops.demo import load_demo
+
+            await asyncio.to_thread(load_demo, self.db)
+        self._insi_client = InsiClient(
+            insi_url or "",
+            InsiContext(
+                lps_name=s.insi_lps_name,
+                lps_version=s.insi_lps_version,
+                idam=s.insi_idam,
+                emitter=s.insi_emitter,
+            ),
+            timeout=s.insi_timeout_s,
+            client_cert=(s.insi_client_cert, s.insi_client_key)
+            if s.insi_client_cert and s.insi_client_key
+            else None,
+            verify=s.insi_ca or True,
+        )
+        insi = InsiAdapter(self._insi_client)
+        from opensegur.store.jobs import RetryPolicy
+
+        workers = WorkerPool(
+            self.db,
+            {JOB_INSI_SEARCH: make_insi_job_handler(self.db, insi)},
+            concurrency=s.workers,
+            policy=RetryPolicy(s.job_max_attempts, s.job_backoff_base_s, s.job_backoff_max_s),
+            lease_s=s.job_lease_s,
+        )
+        intake = Hl7Intake(self.db, on_commit=workers.wake)
+        self.runtime = rt = Runtime(s, self.db, intake, workers, insi, endpoints)
+        await workers.start()
+
+        async def handle(raw: bytes) -> bytes:
+            result = await asyncio.to_thread(intake.handle, raw)
+            return result.ack
+
+        async def on_framing_error(err: MllpFramingError) -> bytes | None:
+            log.warning("MLLP framing error: %s", err.code)
+            return None
+
+        self.mllp = MllpServer(
+            handle, s.host, s.mllp_port, max_bytes=s.mllp_max_bytes, on_framing_error=on_framing_error
+        )
+        await self.mllp.start()
+        rt.mllp_port = self.mllp.port
+
+        from opensegur.web.app import create_app
+
+        sock = bind(s.host, s.http_port)
+        rt.http_port = sock.getsockname()[1]
+        await self._serve_http(create_app(rt), sock)
+        rt.ready = True
+        log.info("OpenSégur ready: http://%s:%s  mllp %s:%s", s.host, rt.http_port, s.host, rt.mllp_port)
+        return rt
+
+    async def _serve_http(self, app: Any, sock: socket.socket) -> None:
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+        server = _Uvicorn(config)
+        self._servers.append(server)
+        self._serve_tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
+        while not server.started:
+            if self._serve_tasks[-1].done():
+                self._serve_tasks[-1].result()
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self.runtime is not None:
+            self.runtime.ready = False
+        if self.mllp is not None:
+            await self.mllp.stop()
+        if self.runtime is not None:
+            await self.runtime.workers.stop()
+        for server in reversed(self._servers):
+            server.should_exit = True
+        await asyncio.gather(*self._serve_tasks, return_exceptions=True)
+        if self._insi_client is not None:
+            await self._insi_client.aclose()
+        self.db.dispose()
+        self._stopped.set()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping")
+        await self.stop()

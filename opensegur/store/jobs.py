@@ -1,0 +1,133 @@
+"""The durable job queue: enqueue in the caller's transaction, claim with a lease, retry with backoff, dead letters.
+
+One code path for both engines: on PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets N workers on M hosts claim
+without blocking each other; SQLite ignores it and serialises writers, which is what one process needs.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from opensegur.store.models import Job, utcnow
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    base_s: float = 2.0
+    max_s: float = 600.0
+
+    def delay(self, attempts: int) -> float:
+        """Exponential backoff with full jitter, so retries of one outage do not arrive together."""
+        ceiling = min(self.max_s, self.base_s * (2 ** max(0, attempts - 1)))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def enqueue(
+    session: Session,
+    kind: str,
+    key: str,
+    args: dict[str, Any] | None = None,
+    *,
+    structure_id: int | None = None,
+    patient_id: int | None = None,
+    max_attempts: int = 8,
+    run_after: datetime | None = None,
+) -> Job:
+    """Add a job unless one with the same idempotence key exists; return the job either way."""
+    existing = session.scalar(select(Job).where(Job.key == key))
+    if existing is not None:
+        return existing
+    job = Job(
+        kind=kind,
+        key=key,
+        args=args or {},
+        structure_id=structure_id,
+        patient_id=patient_id,
+        max_attempts=max_attempts,
+        run_after=run_after or utcnow(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        # Another worker enqueued the same key between our read and our insert.
+        found = session.scalar(select(Job).where(Job.key == key))
+        assert found is not None
+        return found
+    return job
+
+
+def claim(session: Session, worker: str, kinds: list[str], lease_s: float) -> Job | None:
+    """Take the oldest ready job (pending and due, or running with an expired lease)."""
+    now = utcnow()
+    stmt = (
+        select(Job)
+        .where(
+            Job.kind.in_(kinds),
+            or_(
+                (Job.status == "pending") & (Job.run_after <= now),
+                (Job.status == "running") & (Job.lease_until < now),
+            ),
+        )
+        .order_by(Job.run_after, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    job = session.scalar(stmt)
+    if job is None:
+        return None
+    job.status = "running"
+    job.worker = worker
+    job.attempts += 1
+    job.lease_until = now + timedelta(seconds=lease_s)
+    return job
+
+
+def complete(session: Session, job_id: int, result: dict[str, Any] | None = None) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(status="done", result=result or {}, lease_until=None, last_error=None, updated_at=utcnow())
+    )
+
+
+def fail(session: Session, job: Job, error: str, policy: RetryPolicy, *, retryable: bool = True) -> str:
+    """Record a failure; schedule a retry or move the job to the dead letters. Returns the new status."""
+    limit = min(job.max_attempts, policy.max_attempts)
+    if retryable and job.attempts < limit:
+        status = "pending"
+        run_after = utcnow() + timedelta(seconds=policy.delay(job.attempts))
+    else:
+        status = "dead"
+        run_after = job.run_after
+    session.execute(
+        update(Job)
+        .where(Job.id == job.id)
+        .values(
+            status=status, run_after=run_after, last_error=error[:2000], lease_until=None, updated_at=utcnow()
+        )
+    )
+    return status
+
+
+def retry_dead(session: Session, job_id: int) -> bool:
+    """Put a dead-lettered job back in the queue with a fresh attempt budget (operator's retry)."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "dead")
+        .values(status="pending", attempts=0, run_after=utcnow(), updated_at=utcnow())
+    )
+    return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+def aware(dt: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every datetime we store is UTC."""
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

@@ -1,0 +1,218 @@
+"""Relational model shared by SQLite (one machine) and PostgreSQL (many workers).
+
+Every patient, document and figure belongs to one structure of the GHT, so every business table carries
+``structure_id``; the legal entity (FINESS juridique) is reached through the site's ``parent_id``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Structure(Base):
+    """A legal entity (kind ``EJ``, FINESS juridique) or a site (kind ``EG``, FINESS géographique)."""
+
+    __tablename__ = "structure"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(2))
+    finess: Mapped[str] = mapped_column(String(9), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("structure.id"))
+    # The authority a DPI/GAM names in PID-3.4 for its IPPs (namespace and OID).
+    ipp_authority: Mapped[str | None] = mapped_column(String(64))
+    ipp_authority_oid: Mapped[str | None] = mapped_column(String(64))
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    parent: Mapped[Structure | None] = relationship(remote_side=[id])
+    units: Mapped[list[Unit]] = relationship(back_populates="site")
+
+
+class Unit(Base):
+    """Unité fonctionnelle (UF) of a site."""
+
+    __tablename__ = "unit"
+    __table_args__ = (UniqueConstraint("structure_id", "code"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    structure_id: Mapped[int] = mapped_column(ForeignKey("structure.id"))
+    code: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(200))
+    site: Mapped[Structure] = relationship(back_populates="units")
+
+
+class Professional(Base):
+    __tablename__ = "professional"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    structure_id: Mapped[int] = mapped_column(ForeignKey("structure.id"))
+    idnat_ps: Mapped[str] = mapped_column(String(20), unique=True)
+    id_kind: Mapped[str] = mapped_column(String(8))  # RPPS, ADELI, RPPS+
+    family_name: Mapped[str] = mapped_column(String(100))
+    given_name: Mapped[str] = mapped_column(String(100))
+    profession: Mapped[str] = mapped_column(String(100))
+    unit_id: Mapped[int | None] = mapped_column(ForeignKey("unit.id"))
+
+
+class Patient(Base):
+    __tablename__ = "patient"
+    __table_args__ = (
+        Index("ix_patient_ins", "ins_matricule"),
+        Index("ix_patient_traits", "birth_name", "birth_date"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    structure_id: Mapped[int] = mapped_column(ForeignKey("structure.id"))
+    ins_matricule: Mapped[str | None] = mapped_column(String(15))
+    ins_oid: Mapped[str | None] = mapped_column(String(32))
+    birth_name: Mapped[str] = mapped_column(String(100))
+    first_names: Mapped[str] = mapped_column(String(200))
+    used_name: Mapped[str | None] = mapped_column(String(100))
+    used_first_name: Mapped[str | None] = mapped_column(String(100))
+    birth_date: Mapped[date | None] = mapped_column(Date)
+    sex: Mapped[str] = mapped_column(String(1))
+    birth_place: Mapped[str | None] = mapped_column(String(5))
+    status: Mapped[str] = mapped_column(String(5), default="PROV")
+    insi_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    document_checked: Mapped[str | None] = mapped_column(String(32))
+    # Extra reliability attributes of HL7 table 0445 (DOUTE, FICTI…), kept apart from the 4 RNIV statuses.
+    reliability: Mapped[str | None] = mapped_column(String(32))
+    deceased: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
+    dmp_consent: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    insi_state: Mapped[dict[str, Any]] = mapped_column(
+        default=dict
+    )  # last INSi outcome, shown by the assistant
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    structure: Mapped[Structure] = relationship()
+    identifiers: Mapped[list[PatientIdentifier]] = relationship(
+        back_populates="patient", cascade="all, delete-orphan"
+    )
+
+
+class PatientIdentifier(Base):
+    """Local identifiers (IPP per authority). The INS lives on the patient row, guarded by its status."""
+
+    __tablename__ = "patient_identifier"
+    __table_args__ = (UniqueConstraint("authority", "value", name="uq_identifier_authority_value"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"))
+    authority: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(String(64))
+    type_code: Mapped[str] = mapped_column(String(8), default="PI")
+    patient: Mapped[Patient] = relationship(back_populates="identifiers")
+
+
+class IdentityEvent(Base):
+    """Append-only history of what happened to an identity (feeds, INSi calls, document checks, merges)."""
+
+    __tablename__ = "identity_event"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(100))
+    status_before: Mapped[str | None] = mapped_column(String(5))
+    status_after: Mapped[str | None] = mapped_column(String(5))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class IdentityAlert(Base):
+    __tablename__ = "identity_alert"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    other_patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
+    kind: Mapped[str] = mapped_column(String(32))  # trait_conflict, duplicate, insi_unavailable, ins_conflict
+    message: Mapped[str] = mapped_column(Text)
+    open: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column()
+
+
+class Payload(Base):
+    """Content-addressed raw bytes (messages, later CDA/PDF/mail), kept apart from metadata."""
+
+    __tablename__ = "payload"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class InboundMessage(Base):
+    __tablename__ = "inbound_message"
+    __table_args__ = (UniqueConstraint("channel", "sender", "control_id", name="uq_inbound_control_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    sender: Mapped[str] = mapped_column(String(200))
+    control_id: Mapped[str] = mapped_column(String(64))
+    message_type: Mapped[str] = mapped_column(String(32))
+    structure_id: Mapped[int | None] = mapped_column(ForeignKey("structure.id"))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
+    payload_sha256: Mapped[str] = mapped_column(ForeignKey("payload.sha256"))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16))  # accepted, rejected
+    ack_code: Mapped[str] = mapped_column(String(2))
+    ack: Mapped[bytes] = mapped_column(LargeBinary)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class Job(Base):
+    """A unit of background work with lease, retries and a dead-letter state.
+
+    ``key`` is the explicit idempotence key: enqueuing the same key twice yields one job.
+    """
+
+    __tablename__ = "job"
+    __table_args__ = (Index("ix_job_ready", "status", "run_after"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    structure_id: Mapped[int | None] = mapped_column(ForeignKey("structure.id"))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
+    args: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(8), default="pending")  # pending, running, done, dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=8)
+    run_after: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column()
+    worker: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AuditEvent(Base):
+    """Who saw or changed which patient's data, when and why. Append-only: no code path updates a row."""
+
+    __tablename__ = "audit_event"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"), index=True)
+    reason: Mapped[str | None] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,0 +1,225 @@
+"""MLLP (HL7 Minimal Lower Layer Protocol) over asyncio: <VT> message <FS><CR>.
+
+Framing decisions:
+- CR / LF / spaces between frames are tolerated (many senders add a newline after <FS><CR>); any other byte
+  where a <VT> is expected is MLLP_NO_START.
+- An oversized frame is read at most ``max_bytes`` into memory; the rest is discarded in bounded chunks up to
+  the next <FS><CR> before MLLP_OVERSIZE is raised. Draining keeps the stream in sync and lets the sender,
+  which usually writes the whole frame before reading, receive a NAK instead of a connection reset. The server
+  still closes the connection after any framing error (a peer that sent garbage is not trusted further).
+- The server answers frames of one connection strictly in order and never cancels a running handler: stop()
+  closes idle connections at once and waits for busy ones to send their ACK (the handler commits before it
+  returns, so an ACK is only ever sent for committed work, and SIGTERM does not lose an accepted message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+__all__ = ["MllpFramingError", "MllpServer", "frame", "read_frame", "send_message"]
+
+logger = logging.getLogger(__name__)
+
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c\r"
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+_INTERFRAME_WHITESPACE = b"\r\n \t"
+_HEAD_BYTES = 4096  # what a framing error keeps of the frame, enough for an MSH to build a NAK
+_STREAM_LIMIT = 1024 * 1024  # StreamReader buffer; frames larger than this are read in pieces
+
+
+class MllpFramingError(Exception):
+    """``code`` is MLLP_NO_START, MLLP_TRUNCATED or MLLP_OVERSIZE; ``head`` the first bytes of the frame."""
+
+    def __init__(self, code: str, detail: str, head: bytes = b"") -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.head = head
+
+
+def frame(payload: bytes) -> bytes:
+    return START_BLOCK + payload + END_BLOCK
+
+
+async def _skip_to_end_block(reader: asyncio.StreamReader) -> None:
+    while True:
+        try:
+            await reader.readuntil(END_BLOCK)
+            return
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(max(exc.consumed, 1))
+        except asyncio.IncompleteReadError:
+            return
+
+
+async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> bytes | None:
+    """Next message without framing; None on clean EOF between frames; MllpFramingError otherwise."""
+    while True:
+        first = await reader.read(1)
+        if not first:
+            return None
+        if first == START_BLOCK:
+            break
+        if first not in _INTERFRAME_WHITESPACE:
+            raise MllpFramingError("MLLP_NO_START", f"expected start block 0x0B, got {first!r}", first)
+
+    buffer = bytearray()
+    while True:
+        try:
+            chunk = await reader.readuntil(END_BLOCK)
+        except asyncio.IncompleteReadError as exc:
+            head = bytes(buffer[:_HEAD_BYTES]) + exc.partial[: max(0, _HEAD_BYTES - len(buffer))]
+            raise MllpFramingError(
+                "MLLP_TRUNCATED", f"connection closed after {len(buffer) + len(exc.partial)} bytes", head
+            ) from None
+        except asyncio.LimitOverrunError as exc:
+            # The stream buffer is full without a separator: take what is safe to take (it never
+            # includes a partial separator) and keep looking.
+            chunk = await reader.readexactly(max(exc.consumed, 1))
+            buffer += chunk
+            if len(buffer) > max_bytes:
+                head = bytes(buffer[:_HEAD_BYTES])
+                del buffer[:]
+                await _skip_to_end_block(reader)
+                raise MllpFramingError(
+                    "MLLP_OVERSIZE", f"frame larger than {max_bytes} bytes", head
+                ) from None
+            continue
+        buffer += chunk
+        if len(buffer) - len(END_BLOCK) > max_bytes:
+            raise MllpFramingError(
+                "MLLP_OVERSIZE", f"frame larger than {max_bytes} bytes", bytes(buffer[:_HEAD_BYTES])
+            )
+        return bytes(buffer[: -len(END_BLOCK)])
+
+
+@dataclass(eq=False)
+class _Connection:
+    task: asyncio.Task[None]
+    busy: bool = False
+
+
+class MllpServer:
+    def __init__(
+        self,
+        handler: Callable[[bytes], Awaitable[bytes]],
+        host: str,
+        port: int,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        on_framing_error: Callable[[MllpFramingError], Awaitable[bytes | None]] | None = None,
+    ) -> None:
+        self._handler = handler
+        self._host = host
+        self._requested_port = port
+        self._max_bytes = max_bytes
+        self._on_framing_error = on_framing_error
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._stopping = False
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            return self._requested_port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        self._stopping = False
+        self._server = await asyncio.start_server(
+            self._on_connect, self._host, self._requested_port, limit=_STREAM_LIMIT
+        )
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, close idle connections, wait for in-flight handlers to send their ACK.
+
+        ``timeout`` bounds the wait; after it, the remaining connections are cancelled (their sender gets no
+        ACK and will resend, which is the safe side).
+        """
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            if not conn.busy:
+                conn.task.cancel()
+        tasks = [conn.task for conn in self._connections]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        conn = _Connection(task)
+        self._connections.add(conn)
+        try:
+            if not self._stopping:
+                await self._serve(conn, reader, writer)
+        except asyncio.CancelledError:
+            pass  # idle connection closed by stop(): nothing was being processed
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            logger.info("MLLP peer %s disconnected: %s", writer.get_extra_info("peername"), exc)
+        except Exception:
+            # Handler crash: no ACK at all, so the sender resends instead of believing it was accepted.
+            logger.exception("MLLP handler failed; closing connection without ACK")
+        finally:
+            self._connections.discard(conn)
+            writer.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _serve(
+        self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = writer.get_extra_info("peername")
+        while not self._stopping:
+            try:
+                payload = await read_frame(reader, self._max_bytes)
+            except MllpFramingError as err:
+                logger.warning("MLLP framing error from %s: %s", peer, err)
+                if self._on_framing_error is not None:
+                    conn.busy = True
+                    reply = await self._on_framing_error(err)
+                    if reply is not None:
+                        writer.write(frame(reply))
+                        await writer.drain()
+                return
+            if payload is None:
+                return
+            # From here until the ACK is flushed stop() must not cancel us.
+            conn.busy = True
+            reply = await self._handler(payload)
+            writer.write(frame(reply))
+            await writer.drain()
+            conn.busy = False
+
+
+async def send_message(
+    host: str, port: int, payload: bytes, timeout: float = 10.0, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> bytes:
+    """Send one framed message and return the framed reply's payload (asyncio.TimeoutError on timeout)."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port, limit=_STREAM_LIMIT)
+        try:
+            writer.write(frame(payload))
+            await writer.drain()
+            reply = await read_frame(reader, max_bytes)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    if reply is None:
+        raise ConnectionError("MLLP peer closed the connection without replying")
+    return reply

@@ -1,0 +1,102 @@
+"""The durable job queue on both engines: idempotence, leases, backoff, dead letters, concurrent claims."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from opensegur.store import jobs
+from opensegur.store.db import Database
+from opensegur.store.models import Job, utcnow
+
+
+def test_enqueue_is_idempotent_on_key(db: Database) -> None:
+    with db.session() as s:
+        a = jobs.enqueue(s, "k", "same-key", {"n": 1})
+        b = jobs.enqueue(s, "k", "same-key", {"n": 2})
+        assert a is b
+    with db.session() as s:
+        rows = s.scalars(select(Job)).all()
+        assert len(rows) == 1 and rows[0].args == {"n": 1}
+
+
+def test_claim_takes_a_lease_and_expired_lease_is_taken_again(db: Database) -> None:
+    with db.session() as s:
+        jobs.enqueue(s, "k", "j1")
+    with db.session() as s:
+        job = jobs.claim(s, "w1", ["k"], lease_s=60)
+        assert job is not None and job.status == "running" and job.attempts == 1
+    with db.session() as s:
+        assert jobs.claim(s, "w2", ["k"], lease_s=60) is None
+        s.get_one(Job, job.id).lease_until = utcnow() - timedelta(seconds=1)
+    with db.session() as s:
+        again = jobs.claim(s, "w2", ["k"], lease_s=60)
+        assert again is not None and again.id == job.id and again.attempts == 2 and again.worker == "w2"
+
+
+def test_failure_backs_off_then_dead_letters_then_operator_retry(db: Database) -> None:
+    policy = jobs.RetryPolicy(max_attempts=2, base_s=10, max_s=10)
+    with db.session() as s:
+        jobs.enqueue(s, "k", "j1")
+    with db.session() as s:
+        job = jobs.claim(s, "w", ["k"], 60)
+        assert job is not None
+        assert jobs.fail(s, job, "boom", policy) == "pending"
+    with db.session() as s:
+        row = s.get_one(Job, job.id)
+        assert jobs.aware(row.run_after) >= utcnow() + timedelta(seconds=4)
+        assert jobs.claim(s, "w", ["k"], 60) is None  # not due yet
+        row.run_after = utcnow() - timedelta(seconds=1)
+    with db.session() as s:
+        job = jobs.claim(s, "w", ["k"], 60)
+        assert job is not None and job.attempts == 2
+        assert jobs.fail(s, job, "boom again", policy) == "dead"
+    with db.session() as s:
+        assert s.get_one(Job, job.id).last_error == "boom again"
+        assert jobs.retry_dead(s, job.id)
+        assert not jobs.retry_dead(s, job.id)
+    with db.session() as s:
+        assert jobs.claim(s, "w", ["k"], 60) is not None
+
+
+def test_permanent_failure_goes_dead_at_once(db: Database) -> None:
+    with db.session() as s:
+        jobs.enqueue(s, "k", "j1")
+    with db.session() as s:
+        job = jobs.claim(s, "w", ["k"], 60)
+        assert job is not None
+        assert jobs.fail(s, job, "invalid", jobs.RetryPolicy(), retryable=False) == "dead"
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    policy = jobs.RetryPolicy(base_s=1, max_s=30)
+    assert all(0.5 <= policy.delay(1) <= 1 for _ in range(20))
+    assert all(4 <= policy.delay(4) <= 8 for _ in range(20))
+    assert all(15 <= policy.delay(12) <= 30 for _ in range(20))
+
+
+def test_concurrent_workers_never_claim_the_same_job(db: Database) -> None:
+    with db.session() as s:
+        for i in range(40):
+            jobs.enqueue(s, "k", f"j{i}")
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while True:
+            with db.session() as s:
+                job = jobs.claim(s, name, ["k"], 60)
+                if job is None:
+                    return
+                jobs.complete(s, job.id)
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 40
