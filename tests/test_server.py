@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -248,3 +249,50 @@ def test_sigterm_during_a_burst_loses_no_acknowledged_message(tmp_path: Path) ->
             r[0] for r in conn.execute("select control_id from inbound_message where status='accepted'")
         }
     assert acked and set(acked) <= stored
+
+
+def test_structures_and_professionals(served: Served) -> None:
+    ght = httpx.get(f"{served.http}/api/v1/structures").json()
+    assert len(ght) == 1 and len(ght[0]["sites"]) == 2
+    assert ght[0]["idnat_struct"] == "1" + ght[0]["finess_juridique"]
+    site = next(s for s in ght[0]["sites"] if s["ipp_authority"]["namespace"] == "CHU-X")
+    assert {"code": "6268", "name": "Chirurgie viscérale"} in site["units"]
+    pros = httpx.get(f"{served.http}/api/v1/professionals").json()
+    assert pros and all(p["idnat_ps"].startswith("8") and len(p["idnat_ps"]) == 12 for p in pros)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium(tmp: Path, *args: str) -> str:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium must be installed in CI (.ci/run installs it)")
+        pytest.skip("chromium not installed")
+    out = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return out.stdout
+
+
+def test_identity_page_renders_in_a_real_browser(served: Served, tmp_path: Path) -> None:
+    dom = chromium(tmp_path, "--dump-dom", f"{served.http}/identites")
+    assert 'lang="fr"' in dom and "Identitovigilance" in dom
+    assert dom.count("<rect") == 4  # one bar per RNIV status in the distribution chart
+    assert "Identité qualifiée" in dom and "Filtrer" in dom
+    shot = tmp_path / "identites.png"
+    chromium(tmp_path, "--window-size=1300,1000", f"--screenshot={shot}", f"{served.http}/identites")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import hl7
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -62,12 +63,11 @@ class Hl7Intake:
         except hl7v2.Hl7Error as exc:
             return self._unparseable(raw, exc)
         sender = f"{header.sending_application}|{header.sending_facility}"
-        with self.db.session() as s:
-            seen = self._seen(s, sender, header.control_id)
-            if seen is not None:
-                return seen
         try:
-            return self._process(raw, message, header, sender)
+            with self.db.session() as s:
+                result = self._seen(s, sender, header.control_id) or self._process(
+                    s, raw, message, header, sender
+                )
         except IntegrityError:
             # The same control id arrived on another connection at the same moment: answer with its ACK.
             with self.db.session() as s:
@@ -75,6 +75,17 @@ class Hl7Intake:
             if seen is None:
                 raise
             return seen
+        if not result.duplicate:
+            log.info(
+                "hl7 %s^%s id=%s -> %s",
+                header.message_type,
+                header.trigger,
+                result.message_id,
+                result.ack_code,
+            )
+            if self.on_commit is not None:
+                self.on_commit()
+        return result
 
     def _seen(self, s: Session, sender: str, control_id: str) -> IntakeResult | None:
         row = s.scalar(
@@ -88,55 +99,52 @@ class Hl7Intake:
             return None
         return IntakeResult(row.ack, row.ack_code, row.id, duplicate=True)
 
-    def _process(self, raw: bytes, message: object, header: hl7v2.MessageHeader, sender: str) -> IntakeResult:
+    def _process(
+        self, s: Session, raw: bytes, message: hl7.Message, header: hl7v2.MessageHeader, sender: str
+    ) -> IntakeResult:
         errors: list[hl7v2.Hl7Error] = []
         patient_id: int | None = None
         structure_id: int | None = None
-        with self.db.session() as s:
-            digest = store_payload(s, raw)
-            try:
-                with s.begin_nested():
-                    if header.message_type != "ADT":
-                        raise hl7v2.Hl7Error(
-                            code="200",
-                            severity="E",
-                            location="MSH^1^9^1",
-                            message=f"Type de message {header.message_type} non pris en charge par ce flux",
-                            reject=True,
-                        )
-                    event = pam_fr.parse_pam(message, header)
-                    outcome = apply_event(s, event, actor=f"hl7:{sender}")
-                    patient_id = outcome.patient_id
-                    structure_id = outcome.structure_id
-                    errors.extend(outcome.warnings)
-            except hl7v2.Hl7Error as exc:
-                errors = [exc]
-            failed = [e for e in errors if e.severity == "E"]
-            code = "AA" if not failed else ("AR" if any(e.reject for e in failed) else "AE")
-            ack = hl7v2.build_ack(header, code, errors, app=self.app, facility=self.facility)
-            row = InboundMessage(
-                channel=CHANNEL,
-                sender=sender,
-                control_id=header.control_id,
-                message_type=f"{header.message_type}^{header.trigger}",
-                structure_id=structure_id,
-                patient_id=patient_id,
-                payload_sha256=digest,
-                status="accepted" if code == "AA" else "rejected",
-                ack_code=code,
-                ack=ack,
-                errors=[
-                    {"code": e.code, "severity": e.severity, "location": e.location, "message": e.message}
-                    for e in errors
-                ],
-            )
-            s.add(row)
-            s.flush()
-            message_id = row.id
-        log.info("hl7 %s^%s id=%s -> %s", header.message_type, header.trigger, message_id, code)
-        if self.on_commit is not None:
-            self.on_commit()
-        return IntakeResult(ack, code, message_id)
+        digest = store_payload(s, raw)
+        try:
+            with s.begin_nested():
+                if header.message_type != "ADT":
+                    raise hl7v2.Hl7Error(
+                        code="200",
+                        severity="E",
+                        location="MSH^1^9^1",
+                        message=f"Type de message {header.message_type} non pris en charge par ce flux",
+                        reject=True,
+                    )
+                event = pam_fr.parse_pam(message, header)
+                outcome = apply_event(s, event, actor=f"hl7:{sender}")
+                patient_id = outcome.patient_id
+                structure_id = outcome.structure_id
+                errors.extend(outcome.warnings)
+        except hl7v2.Hl7Error as exc:
+            errors = [exc]
+        failed = [e for e in errors if e.severity == "E"]
+        code = "AA" if not failed else ("AR" if any(e.reject for e in failed) else "AE")
+        ack = hl7v2.build_ack(header, code, errors, app=self.app, facility=self.facility)
+        row = InboundMessage(
+            channel=CHANNEL,
+            sender=sender,
+            control_id=header.control_id,
+            message_type=f"{header.message_type}^{header.trigger}",
+            structure_id=structure_id,
+            patient_id=patient_id,
+            payload_sha256=digest,
+            status="accepted" if code == "AA" else "rejected",
+            ack_code=code,
+            ack=ack,
+            errors=[
+                {"code": e.code, "severity": e.severity, "location": e.location, "message": e.message}
+                for e in errors
+            ],
+        )
+        s.add(row)
+        s.flush()
+        return IntakeResult(ack, code, row.id)
 
     def _unparseable(self, raw: bytes, exc: hl7v2.Hl7Error) -> IntakeResult:
         """Keep what could not be read (visible to operators), answer AR."""

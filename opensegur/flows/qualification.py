@@ -309,4 +309,3 @@ async def search_insi_for_job(db: Database, insi: InsiPort, patient_id: int, act
     except InsiUnavailableError as exc:
         raise RetryableError(str(exc)) from exc
     return await asyncio.to_thread(record_result, db, patient_id, result, actor)
-

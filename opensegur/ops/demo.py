@@ -12,7 +12,7 @@ from datetime import date
 from sqlalchemy import select
 
 from opensegur.identity.ins import OID_NIR_TEST, nir_key
-from opensegur.identity.professionals import luhn_valid
+from opensegur.identity.professionals import idnat_ps_from_rpps, luhn_valid, validate_finess
 from opensegur.store.db import Database
 from opensegur.store.models import (
     IdentityEvent,
@@ -108,7 +108,9 @@ def load_demo(db: Database) -> bool:
     with db.session() as s:
         if s.scalar(select(Structure).where(Structure.finess == DEMO_EJ_FINESS)) is not None:
             return False
-        ej = Structure(kind="EJ", finess=DEMO_EJ_FINESS, name="GHT Rives de Seine (démo)", settings={})
+        ej = Structure(
+            kind="EJ", finess=validate_finess(DEMO_EJ_FINESS), name="GHT Rives de Seine (démo)", settings={}
+        )
         s.add(ej)
         s.flush()
         rng = random.Random(2026)
@@ -116,7 +118,7 @@ def load_demo(db: Database) -> bool:
         for prefix, name, (authority, oid), units in SITES:
             site = Structure(
                 kind="EG",
-                finess=luhn_complete(prefix),
+                finess=validate_finess(luhn_complete(prefix)),
                 name=name,
                 parent_id=ej.id,
                 ipp_authority=authority,
@@ -143,7 +145,7 @@ def load_demo(db: Database) -> bool:
             s.add(
                 Professional(
                     structure_id=sites[i % 2].id,
-                    idnat_ps="8" + rpps,
+                    idnat_ps=idnat_ps_from_rpps(rpps),
                     id_kind="RPPS",
                     family_name=family,
                     given_name=given,

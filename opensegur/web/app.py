@@ -16,13 +16,15 @@ from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from opensegur.flows import qualification
 from opensegur.identity.errors import IdentityError
+from opensegur.identity.professionals import idnat_struct_from_finess
 from opensegur.identity.rniv import HighTrustDocument, IdentityStatus, LowTrustDocument, document_label
 from opensegur.identity.traits import StrictTraits
 from opensegur.store import jobs
-from opensegur.store.models import AuditEvent, IdentityEvent, Job, Patient, Structure
+from opensegur.store.models import AuditEvent, IdentityEvent, Job, Patient, Professional, Structure
 from opensegur.web import queries
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -144,6 +146,64 @@ def create_app(runtime: Any) -> FastAPI:
         await run(_get_patient, db, patient_id)
         status = await run(qualification.record_document_check, db, patient_id, document, actor)
         return {"status": status}
+
+    @app.get("/api/v1/structures", tags=["structures"])
+    async def api_structures(actor: Actor) -> list[dict[str, Any]]:
+        """The GHT: legal entities (FINESS juridique) with their sites (FINESS géographique) and units."""
+
+        def _q() -> list[dict[str, Any]]:
+            with db.session() as s:
+                rows = s.scalars(select(Structure).options(selectinload(Structure.units))).all()
+                sites = [r for r in rows if r.kind == "EG"]
+                return [
+                    {
+                        "id": ej.id,
+                        "finess_juridique": ej.finess,
+                        "idnat_struct": idnat_struct_from_finess(ej.finess, check_key=False),
+                        "name": ej.name,
+                        "sites": [
+                            {
+                                "id": site.id,
+                                "finess_geographique": site.finess,
+                                "idnat_struct": idnat_struct_from_finess(site.finess, check_key=False),
+                                "name": site.name,
+                                "ipp_authority": {
+                                    "namespace": site.ipp_authority,
+                                    "oid": site.ipp_authority_oid,
+                                },
+                                "units": [{"code": u.code, "name": u.name} for u in site.units],
+                            }
+                            for site in sites
+                            if site.parent_id == ej.id
+                        ],
+                    }
+                    for ej in rows
+                    if ej.kind == "EJ"
+                ]
+
+        return await run(_q)
+
+    @app.get("/api/v1/professionals", tags=["structures"])
+    async def api_professionals(actor: Actor, site: int | None = None) -> list[dict[str, Any]]:
+        def _q() -> list[dict[str, Any]]:
+            with db.session() as s:
+                stmt = select(Professional).order_by(Professional.family_name)
+                if site is not None:
+                    stmt = stmt.where(Professional.structure_id == site)
+                return [
+                    {
+                        "id": p.id,
+                        "idnat_ps": p.idnat_ps,
+                        "id_kind": p.id_kind,
+                        "family_name": p.family_name,
+                        "given_name": p.given_name,
+                        "profession": p.profession,
+                        "site_id": p.structure_id,
+                    }
+                    for p in s.scalars(stmt)
+                ]
+
+        return await run(_q)
 
     @app.get("/api/v1/metrics/ins", tags=["ops"])
     async def api_metrics(actor: Actor) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""documents: the document domain (metadata, deliveries)."""

@@ -1,0 +1,79 @@
+"""XDS metadata of one document and its submission set, as plain data.
+
+The contract between the CI-SIS content layer (which derives it from the CDA header and the JDV value sets) and
+the XDS.b transaction layer (which renders it as ebRIM for ITI-41/57 and reads it back from ITI-18). No XML here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Coded:
+    """A code from a value set: ``scheme`` is the codingScheme OID (or name, e.g. ``URN``, ``ASTM``)."""
+
+    code: str
+    scheme: str
+    display: str = ""
+
+
+@dataclass(frozen=True)
+class XdsAuthor:
+    """One XDS author: values already rendered in the HL7 v2 datatypes the XDS slots carry."""
+
+    person: str | None = None  # XCN, e.g. "801234567897^RÉAULT^Pierre^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS"
+    institutions: tuple[str, ...] = ()  # XON, e.g. "CHU-X^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^1000897406"
+    roles: tuple[str, ...] = ()
+    specialties: tuple[str, ...] = ()  # "SM07^Médecine générale^1.2.250.1.71.4.2.5"
+    telecom: tuple[str, ...] = ()
+
+
+@dataclass
+class DocumentMetadata:
+    """XDSDocumentEntry attributes (ITI-41 / ITI-57 / ITI-18)."""
+
+    unique_id: str  # CDA ClinicalDocument/id rendered as XDS uniqueId: "root" or "root^extension"
+    patient_id: str  # CX with the INS: "<matricule>^^^&<INS OID>&ISO^NH"
+    mime_type: str  # "text/xml" for a CDA
+    class_code: Coded
+    type_code: Coded
+    format_code: Coded
+    healthcare_facility_type_code: Coded
+    practice_setting_code: Coded
+    confidentiality_codes: list[
+        Coded
+    ]  # "N" (or R/V) plus MASQUE_PS, INVISIBLE_PATIENT, INVISIBLE_REPRESENTANTS_LEGAUX
+    creation_time: str  # UTC, YYYYMMDDhhmmss (XDS DTM)
+    language_code: str = "fr-FR"
+    title: str = ""
+    comments: str = ""
+    authors: list[XdsAuthor] = field(default_factory=list)
+    legal_authenticator: str | None = None  # XCN
+    service_start_time: str | None = None
+    service_stop_time: str | None = None
+    event_codes: list[Coded] = field(default_factory=list)
+    source_patient_id: str | None = None  # CX with the IPP: "<IPP>^^^&<authority OID>&ISO^PI"
+    source_patient_info: list[str] = field(
+        default_factory=list
+    )  # "PID-5|NOM^Prénom^^^^^L", "PID-7|…", "PID-8|F"
+    reference_ids: list[str] = field(default_factory=list)  # referenceIdList (CXi), e.g. the stay number
+    size: int | None = None
+    hash_sha1: str | None = None
+    entry_uuid: str | None = None  # "urn:uuid:…"; assigned when building the submission when absent
+    repository_unique_id: str | None = None  # set by the repository (ITI-18 answers)
+    availability_status: str | None = None  # Approved / Deprecated (ITI-18 answers and ITI-57 updates)
+    version: str | None = None  # rim:VersionInfo of the entry (ITI-57 needs the previous lid and version)
+    logical_id: str | None = None  # lid (ITI-57)
+
+
+@dataclass
+class SubmissionSetMetadata:
+    unique_id: str  # OID generated per submission
+    source_id: str  # OID of the sending system (the platform's, per structure)
+    patient_id: str
+    content_type_code: Coded  # JDV_J59 ContentTypeCode-DMP, from the stay class (PV1-2)
+    submission_time: str  # UTC YYYYMMDDhhmmss
+    authors: list[XdsAuthor] = field(default_factory=list)
+    title: str = ""
+    entry_uuid: str | None = None
