@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from opensegur.flows.identity_feed import apply_event
 from opensegur.store.db import Database
-from opensegur.store.models import InboundMessage, Payload
+from opensegur.store.models import InboundMessage
+from opensegur.store.payloads import store_payload
 from opensegur.transactions import hl7v2, pam_fr
 
 log = logging.getLogger(__name__)
@@ -33,14 +34,6 @@ class IntakeResult:
     ack_code: str
     message_id: int | None
     duplicate: bool = False
-
-
-def store_payload(session: Session, raw: bytes) -> str:
-    digest = hashlib.sha256(raw).hexdigest()
-    if session.get(Payload, digest) is None:
-        session.add(Payload(sha256=digest, size=len(raw), data=raw))
-        session.flush()
-    return digest
 
 
 class Hl7Intake:

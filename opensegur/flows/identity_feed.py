@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opensegur.identity import rniv
@@ -22,6 +22,7 @@ from opensegur.store.models import (
     Patient,
     PatientIdentifier,
     Structure,
+    utcnow,
 )
 from opensegur.transactions.hl7v2 import Hl7Error
 from opensegur.transactions.pam_fr import PamEvent, PamPatient
@@ -218,7 +219,7 @@ def apply_event(session: Session, event: PamEvent, actor: str) -> FeedOutcome:
                 reject=False,
             )
         )
-        _alert(
+        raise_alert(
             session,
             patient,
             "status_conflict",
@@ -235,7 +236,7 @@ def apply_event(session: Session, event: PamEvent, actor: str) -> FeedOutcome:
     if ins is not None:
         _check_ins_collision(session, patient)
     if inconsistencies:
-        _alert(
+        raise_alert(
             session,
             patient,
             "ins_conflict",
@@ -290,7 +291,10 @@ def _set_traits(patient: Patient, traits: StrictTraits, p: PamPatient) -> None:
     patient.used_first_name = p.used_first_name or None
 
 
-def _alert(session: Session, patient: Patient, kind: str, message: str, other: Patient | None = None) -> None:
+def raise_alert(
+    session: Session, patient: Patient, kind: str, message: str, other: Patient | None = None
+) -> None:
+    """Open an alert unless the same one is already open."""
     exists = session.scalar(
         select(IdentityAlert).where(
             IdentityAlert.patient_id == patient.id,
@@ -310,6 +314,16 @@ def _alert(session: Session, patient: Patient, kind: str, message: str, other: P
         )
 
 
+def close_alerts(session: Session, patient_id: int, kind: str) -> None:
+    for alert in session.scalars(
+        select(IdentityAlert).where(
+            IdentityAlert.patient_id == patient_id, IdentityAlert.kind == kind, IdentityAlert.open.is_(True)
+        )
+    ):
+        alert.open = False
+        alert.closed_at = utcnow()
+
+
 def _check_ins_collision(session: Session, patient: Patient) -> None:
     others = session.scalars(
         select(Patient).where(
@@ -317,7 +331,7 @@ def _check_ins_collision(session: Session, patient: Patient) -> None:
         )
     ).all()
     for other in others:
-        _alert(
+        raise_alert(
             session,
             patient,
             "duplicate",
@@ -326,33 +340,40 @@ def _check_ins_collision(session: Session, patient: Patient) -> None:
         )
 
 
-def _check_duplicates(session: Session, patient: Patient) -> None:
-    """Probable duplicates: same normalised birth name, first name, birth date and sex on another identity."""
+def _first_name(p: Patient) -> str:
+    return normalise_name(p.first_names.split(" ")[0]) if p.first_names else ""
+
+
+def probable_duplicates(session: Session, patient: Patient, *, same_first_name: bool = True) -> list[Patient]:
+    """Other active identities of the same site with the same normalised birth name and birth date; by
+    default also the same sex and first name (the alert rule), the looser form feeds the merge form."""
     if patient.birth_date is None:
-        return
-    candidates = session.scalars(
-        select(Patient).where(
-            Patient.id != patient.id,
-            Patient.active.is_(True),
-            Patient.birth_date == patient.birth_date,
-            Patient.sex == patient.sex,
-            func.upper(func.substr(Patient.birth_name, 1, 1)) == patient.birth_name[:1].upper(),
+        return []
+    stmt = select(Patient).where(
+        Patient.id != patient.id,
+        Patient.active.is_(True),
+        Patient.structure_id == patient.structure_id,
+        Patient.birth_date == patient.birth_date,
+    )
+    if same_first_name:
+        stmt = stmt.where(Patient.sex == patient.sex)
+    name, first = normalise_name(patient.birth_name), _first_name(patient)
+    return [
+        o
+        for o in session.scalars(stmt)
+        if normalise_name(o.birth_name) == name and (not same_first_name or _first_name(o) == first)
+    ]
+
+
+def _check_duplicates(session: Session, patient: Patient) -> None:
+    for other in probable_duplicates(session, patient):
+        raise_alert(
+            session,
+            patient,
+            "duplicate",
+            "Mêmes traits (nom, prénom, date de naissance, sexe) qu'une autre identité",
+            other,
         )
-    ).all()
-    name = normalise_name(patient.birth_name)
-    first = normalise_name(patient.first_names.split(" ")[0]) if patient.first_names else ""
-    for other in candidates:
-        if (
-            normalise_name(other.birth_name) == name
-            and (normalise_name(other.first_names.split(" ")[0]) if other.first_names else "") == first
-        ):
-            _alert(
-                session,
-                patient,
-                "duplicate",
-                "Mêmes traits (nom, prénom, date de naissance, sexe) qu'une autre identité",
-                other,
-            )
 
 
 def _merge(session: Session, event: PamEvent, site: Structure, actor: str) -> FeedOutcome:

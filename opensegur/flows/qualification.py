@@ -6,6 +6,7 @@ When INSi is unreachable the identity keeps its status, a retried job takes over
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from opensegur.flows.identity_feed import _alert, merge_into
+from opensegur.flows.identity_feed import close_alerts, merge_into, raise_alert
 from opensegur.flows.worker import PermanentError, RetryableError
 from opensegur.identity import rniv
 from opensegur.identity.errors import IdentityError
@@ -21,7 +22,7 @@ from opensegur.identity.ins import Ins
 from opensegur.identity.traits import StrictTraits
 from opensegur.store import jobs
 from opensegur.store.db import Database
-from opensegur.store.models import AuditEvent, IdentityAlert, IdentityEvent, Job, Patient, utcnow
+from opensegur.store.models import AuditEvent, IdentityEvent, Job, Patient, utcnow
 from opensegur.transactions.insi import InsiResult, InsiTraitsQuery
 
 log = logging.getLogger(__name__)
@@ -98,16 +99,15 @@ def identity_to_traits(identity: Any) -> StrictTraits:
     )
 
 
+def _load_query(db: Database, patient_id: int) -> InsiTraitsQuery:
+    with db.session() as s:
+        return traits_query(s.get_one(Patient, patient_id))
+
+
 async def search_insi(db: Database, insi: InsiPort, patient_id: int, actor: str) -> dict[str, Any]:
     """Call INSi now; on outage record it and hand the search to a retried job. Returns the INSi state."""
-    import asyncio
-
-    def _load() -> InsiTraitsQuery:
-        with db.session() as s:
-            return traits_query(s.get_one(Patient, patient_id))
-
     try:
-        query = await asyncio.to_thread(_load)
+        query = await asyncio.to_thread(_load_query, db, patient_id)
     except IdentityError as exc:
         return await asyncio.to_thread(
             _record_state,
@@ -148,7 +148,7 @@ def _record_outage(db: Database, patient_id: int, error: str, actor: str) -> dic
             "at": utcnow().isoformat(),
         }
         p.insi_state = state
-        _alert(s, p, "insi_unavailable", "INSi injoignable : la recherche sera relancée automatiquement")
+        raise_alert(s, p, "insi_unavailable", "INSi injoignable : la recherche sera relancée automatiquement")
     return state
 
 
@@ -171,15 +171,7 @@ def record_result(db: Database, patient_id: int, result: InsiResult, actor: str)
             "label": result.label,
             "at": utcnow().isoformat(),
         }
-        for alert in s.scalars(
-            select(IdentityAlert).where(
-                IdentityAlert.patient_id == p.id,
-                IdentityAlert.kind == "insi_unavailable",
-                IdentityAlert.open.is_(True),
-            )
-        ):
-            alert.open = False
-            alert.closed_at = utcnow()
+        close_alerts(s, p.id, "insi_unavailable")
         if result.code == "00" and result.identity is not None:
             ident = result.identity
             ins = Ins.from_parts(ident.number13, ident.key or "", ident.oid)
@@ -192,7 +184,7 @@ def record_result(db: Database, patient_id: int, result: InsiResult, actor: str)
                     s, p, rniv.after_insi_match(state_of(p)), "insi_match", actor, {"code": result.code}
                 )
             else:
-                _alert(
+                raise_alert(
                     s, p, "trait_conflict", "Traits INSi différents des traits locaux : " + ", ".join(diffs)
                 )
         elif result.code == "01":
@@ -231,15 +223,7 @@ def accept_insi_traits(db: Database, patient_id: int, actor: str) -> None:
         p.ins_matricule, p.ins_oid = p.insi_state["matricule"], p.insi_state["oid"]
         p.insi_state = {**p.insi_state, "differences": []}
         _transition(s, p, rniv.after_insi_match(state_of(p)), "insi_traits_accepted", actor, {})
-        for alert in s.scalars(
-            select(IdentityAlert).where(
-                IdentityAlert.patient_id == p.id,
-                IdentityAlert.kind == "trait_conflict",
-                IdentityAlert.open.is_(True),
-            )
-        ):
-            alert.open = False
-            alert.closed_at = utcnow()
+        close_alerts(s, p.id, "trait_conflict")
 
 
 def record_document_check(db: Database, patient_id: int, document: str, actor: str) -> str:
@@ -297,13 +281,8 @@ def make_insi_job_handler(db: Database, insi: InsiPort) -> Any:
 
 
 async def search_insi_for_job(db: Database, insi: InsiPort, patient_id: int, actor: str) -> dict[str, Any]:
-    import asyncio
-
-    def _load() -> InsiTraitsQuery:
-        with db.session() as s:
-            return traits_query(s.get_one(Patient, patient_id))
-
-    query = await asyncio.to_thread(_load)
+    """The retried form: an outage is the job's failure, so the worker's backoff applies."""
+    query = await asyncio.to_thread(_load_query, db, patient_id)
     try:
         result = await insi.search_by_traits(query)
     except InsiUnavailableError as exc:

@@ -79,7 +79,8 @@ class Patient(Base):
     __tablename__ = "patient"
     __table_args__ = (
         Index("ix_patient_ins", "ins_matricule"),
-        Index("ix_patient_traits", "birth_name", "birth_date"),
+        # Duplicate detection looks up same-site identities born the same day.
+        Index("ix_patient_birth", "structure_id", "birth_date"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     structure_id: Mapped[int] = mapped_column(ForeignKey("structure.id"))
@@ -216,3 +217,84 @@ class AuditEvent(Base):
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"), index=True)
     reason: Mapped[str | None] = mapped_column(String(200))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Document(Base):
+    """A clinical document received from a hospital system (HL7 MDM/ORU or REST), and where it stands.
+
+    ``status`` is what the flow view shows: received → validated → waiting_identity → sent → acknowledged, or
+    rejected / error, with ``held`` set while a professional retains it.
+    """
+
+    __tablename__ = "document"
+    __table_args__ = (
+        UniqueConstraint("structure_id", "unique_id", "kind", name="uq_document_unique_kind"),
+        Index("ix_document_patient", "patient_id"),
+        Index("ix_document_status", "status"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    structure_id: Mapped[int] = mapped_column(ForeignKey("structure.id"))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
+    inbound_message_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_message.id"))
+    source: Mapped[str] = mapped_column(String(8))  # hl7, rest
+    kind: Mapped[str] = mapped_column(String(12))  # initial, replacement, deletion
+    unique_id: Mapped[str] = mapped_column(String(128))
+    set_id: Mapped[str | None] = mapped_column(String(128))
+    version: Mapped[int | None] = mapped_column(Integer)
+    parent_unique_id: Mapped[str | None] = mapped_column(String(128))
+    type_code: Mapped[str | None] = mapped_column(String(32))
+    title: Mapped[str | None] = mapped_column(String(300))
+    payload_sha256: Mapped[str | None] = mapped_column(ForeignKey("payload.sha256"))
+    mime_type: Mapped[str] = mapped_column(String(64), default="text/xml")
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    ins_matricule: Mapped[str | None] = mapped_column(String(15))
+    ins_oid: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(20), default="received")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    held: Mapped[bool] = mapped_column(Boolean, default=False)
+    findings: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    flags: Mapped[dict[str, Any]] = mapped_column(default=dict)  # MetaDMPMSS and routing
+    context: Mapped[dict[str, Any]] = mapped_column(default=dict)  # sender, visit, ZAM return address
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="document")
+
+
+class Delivery(Base):
+    """One document to one destination. ``key`` (uniqueId + destination + action) makes delivery idempotent."""
+
+    __tablename__ = "delivery"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("document.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(16))  # DMP, MSSANTE_PS, MSSANTE_PAT
+    action: Mapped[str] = mapped_column(String(16))  # register, replace, delete, visibility
+    key: Mapped[str] = mapped_column(String(300), unique=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    entry_uuid: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    submitted_at: Mapped[datetime | None] = mapped_column()
+    delivered_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    document: Mapped[Document] = relationship(back_populates="deliveries")
+
+
+class Exchange(Base):
+    """Each request a delivery made and the answer it got, kept for the flow view and for disputes."""
+
+    __tablename__ = "exchange"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("delivery.id"), index=True)
+    document_id: Mapped[int | None] = mapped_column(ForeignKey("document.id"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    transaction: Mapped[str] = mapped_column(String(16))  # ITI-41, ITI-18, ITI-57, ZAM
+    endpoint: Mapped[str] = mapped_column(String(300))
+    request_sha256: Mapped[str | None] = mapped_column(ForeignKey("payload.sha256"))
+    response_sha256: Mapped[str | None] = mapped_column(ForeignKey("payload.sha256"))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)

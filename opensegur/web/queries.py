@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
+from opensegur.flows.identity_feed import probable_duplicates
 from opensegur.identity.rniv import IdentityStatus, may_transmit_ins
-from opensegur.identity.traits import normalise_name
 from opensegur.store.models import IdentityAlert, Patient, PatientIdentifier, Structure
 
 
@@ -137,15 +137,4 @@ def patient_json(p: Patient) -> dict[str, Any]:
 
 def duplicate_candidates(s: Session, p: Patient) -> list[Patient]:
     """Other active identities of the same site that look like the same person (for the merge form)."""
-    if p.birth_date is None:
-        return []
-    rows = s.scalars(
-        select(Patient).where(
-            Patient.id != p.id,
-            Patient.active.is_(True),
-            Patient.structure_id == p.structure_id,
-            Patient.birth_date == p.birth_date,
-        )
-    ).all()
-    name = normalise_name(p.birth_name)
-    return [o for o in rows if normalise_name(o.birth_name) == name]
+    return probable_duplicates(s, p, same_first_name=False)

@@ -76,7 +76,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("patient", schema=None) as batch_op:
         batch_op.create_index("ix_patient_ins", ["ins_matricule"], unique=False)
-        batch_op.create_index("ix_patient_traits", ["birth_name", "birth_date"], unique=False)
+        batch_op.create_index("ix_patient_birth", ["structure_id", "birth_date"], unique=False)
 
     op.create_table(
         "unit",
@@ -276,7 +276,7 @@ def downgrade() -> None:
     op.drop_table("audit_event")
     op.drop_table("unit")
     with op.batch_alter_table("patient", schema=None) as batch_op:
-        batch_op.drop_index("ix_patient_traits")
+        batch_op.drop_index("ix_patient_birth")
         batch_op.drop_index("ix_patient_ins")
 
     op.drop_table("patient")
