@@ -41,6 +41,23 @@ class Settings(BaseSettings):
     insi_lps_version: str = "0.1.0"
     insi_idam: str = "OPENSEGUR-SANDBOX"  # the LPS authorisation number the CNAM issues after homologation
     insi_emitter: str = "OPENSEGUR"  # the calling structure, as in the OU of the INSi certificate
+    # DMP (XDS.b). Without URLs and with the sandbox on, the sandbox DMP and its test PKI are used.
+    dmp_iti41_url: str | None = None
+    dmp_iti18_url: str | None = None
+    dmp_iti43_url: str | None = None
+    dmp_iti57_url: str | None = None
+    dmp_signing_cert: str | None = None  # structure's signature certificate (VIHF, XAdES), PEM with chain
+    dmp_signing_key: str | None = None
+    dmp_tls_cert: str | None = None
+    dmp_tls_key: str | None = None
+    dmp_ca: str | None = None
+    dmp_timeout_s: float = 30.0
+    dmp_lps_homologation_id: str = "OPENSEGUR-SANDBOX"
+    oid_root: str = "1.2.250.1.999.42"  # fictitious arc for the sandbox: production sets the editor's own
+    cache_dir: Path | None = None  # compiled schematrons; default: data_dir/cache
+    validation_strict: bool = False  # every schematron failure blocks, not only the blocking findings
+    # Where business acknowledgements (ZAM) go when a structure does not say: "host:port" of the DPI.
+    zam_endpoint: str | None = None
     api_token: SecretStr | None = None
     log_level: str = "INFO"
 

@@ -13,15 +13,29 @@ import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from opensegur.config import Settings
+from opensegur.connectors.dmp_client import DmpClient, DmpCredentials, DmpEndpoints, DmpIdentity
+from opensegur.connectors.dpi_zam import MllpZamSender
 from opensegur.connectors.insi_client import InsiClient, InsiUnavailable
+from opensegur.content.validation import CdaValidator
+from opensegur.flows.dmp_feed import (
+    JOB_DELIVER,
+    JOB_ZAM,
+    ProcessContext,
+    make_deliver_handler,
+    make_process_handler,
+    make_zam_handler,
+)
 from opensegur.flows.hl7_intake import Hl7Intake
+from opensegur.flows.identity_gate import JOB_PROCESS
 from opensegur.flows.qualification import JOB_INSI_SEARCH, InsiUnavailableError, make_insi_job_handler
-from opensegur.flows.worker import WorkerPool
+from opensegur.flows.worker import Handler, WorkerPool
+from opensegur.security.pki import TestPki
 from opensegur.store.db import Database
 from opensegur.transactions.insi import InsiContext, InsiResult, InsiTraitsQuery
 from opensegur.transport.mllp import MllpFramingError, MllpServer
@@ -48,6 +62,28 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def sandbox_endpoints(base: str, pki: TestPki) -> dict[str, Any]:
+    """What /sandbox/endpoints publishes: where each simulated national service listens."""
+    return {
+        "insi": {"url": f"{base}/insi", "admin": f"{base}/insi/_admin"},
+        "dmp": {
+            "iti18": f"{base}/dmp/iti18",
+            "iti41": f"{base}/dmp/iti41",
+            "iti43": f"{base}/dmp/iti43",
+            "iti57": f"{base}/dmp/iti57",
+            "td02": f"{base}/dmp/td02",
+            "inspect": f"{base}/dmp/inspect",
+            "access_history": f"{base}/dmp/access-history",
+            "admin": f"{base}/dmp/_admin",
+            "test_pki": {
+                "client_cert": str(pki.signing_cert),
+                "client_key": str(pki.signing_key),
+                "ca_cert": str(pki.ca_cert),
+            },
+        },
+    }
 
 
 class InsiAdapter:
@@ -86,6 +122,8 @@ class Platform:
         self._serve_tasks: list[asyncio.Task[None]] = []
         self.mllp: MllpServer | None = None
         self._insi_client: InsiClient | None = None
+        self._dmp_client: DmpClient | None = None
+        self._warm: asyncio.Task[None] | None = None
         self.runtime: Runtime | None = None
         self._stopped = asyncio.Event()
 
@@ -95,15 +133,37 @@ class Platform:
         await asyncio.to_thread(self.db.migrate)
         endpoints: dict[str, Any] = {}
         insi_url = s.insi_url
+        dmp_urls = DmpEndpoints(
+            iti41=s.dmp_iti41_url or "",
+            iti18=s.dmp_iti18_url or "",
+            iti57=s.dmp_iti57_url or "",
+            iti43=s.dmp_iti43_url,
+        )
+        credentials = None
+        if s.dmp_signing_cert and s.dmp_signing_key:
+            credentials = DmpCredentials(
+                Path(s.dmp_signing_cert),
+                Path(s.dmp_signing_key),
+                Path(s.dmp_tls_cert) if s.dmp_tls_cert else None,
+                Path(s.dmp_tls_key) if s.dmp_tls_key else None,
+                Path(s.dmp_ca) if s.dmp_ca else None,
+            )
         if s.sandbox:
             from opensegur.sandbox.app import create_sandbox_app
+            from opensegur.security.pki import ensure_test_pki
 
+            pki = await asyncio.to_thread(ensure_test_pki, s.data_dir / "sandbox" / "pki")
             sock = bind(s.host, s.sandbox_port)
             port = sock.getsockname()[1]
             base = f"http://{s.host}:{port}"
-            await self._serve_http(create_sandbox_app(), sock)
-            endpoints = {"insi": {"url": f"{base}/insi", "admin": f"{base}/insi/_admin"}}
-            insi_url = insi_url or f"{base}/insi"
+            await self._serve_http(create_sandbox_app(s.data_dir / "sandbox", pki), sock)
+            endpoints = sandbox_endpoints(base, pki)
+            insi_url = insi_url or endpoints["insi"]["url"]
+            if not dmp_urls.iti41:
+                dmp = endpoints["dmp"]
+                dmp_urls = DmpEndpoints(dmp["iti41"], dmp["iti18"], dmp["iti57"], dmp["iti43"])
+            if credentials is None:
+                credentials = DmpCredentials(pki.signing_cert, pki.signing_key)
         if s.demo:
             from opensegur.ops.demo import load_demo
 
@@ -123,11 +183,35 @@ class Platform:
             verify=s.insi_ca or True,
         )
         insi = InsiAdapter(self._insi_client)
+        handlers: dict[str, Handler] = {JOB_INSI_SEARCH: make_insi_job_handler(self.db, insi)}
+        validator = CdaValidator((s.cache_dir or s.data_dir / "cache") / "schematron")
+        process_ctx = ProcessContext(self.db, validator, strict=s.validation_strict)
+        handlers[JOB_PROCESS] = make_process_handler(process_ctx)
+        zam_endpoint = None
+        if s.zam_endpoint:
+            host, _, port_text = s.zam_endpoint.rpartition(":")
+            zam_endpoint = (host, int(port_text))
+        handlers[JOB_ZAM] = make_zam_handler(self.db, MllpZamSender(zam_endpoint))
+        if credentials is not None and dmp_urls.iti41:
+            self._dmp_client = DmpClient(
+                dmp_urls,
+                credentials,
+                DmpIdentity(
+                    oid_root=s.oid_root,
+                    lps_name=s.insi_lps_name,
+                    lps_version=s.insi_lps_version,
+                    lps_homologation_id=s.dmp_lps_homologation_id,
+                ),
+                timeout=s.dmp_timeout_s,
+            )
+            handlers[JOB_DELIVER] = make_deliver_handler(self.db, self._dmp_client)
+        else:
+            log.warning("no DMP endpoint configured: documents are validated but not delivered")
         from opensegur.store.jobs import RetryPolicy
 
         workers = WorkerPool(
             self.db,
-            {JOB_INSI_SEARCH: make_insi_job_handler(self.db, insi)},
+            handlers,
             concurrency=s.workers,
             policy=RetryPolicy(s.job_max_attempts, s.job_backoff_base_s, s.job_backoff_max_s),
             lease_s=s.job_lease_s,
@@ -135,6 +219,8 @@ class Platform:
         intake = Hl7Intake(self.db, on_commit=workers.wake)
         self.runtime = rt = Runtime(s, self.db, intake, workers, insi, endpoints)
         await workers.start()
+        # Compile the schematrons while the rest starts: the first document must not pay for it.
+        self._warm = asyncio.create_task(asyncio.to_thread(validator.warm_up))
 
         async def handle(raw: bytes) -> bytes:
             result = await asyncio.to_thread(intake.handle, raw)
@@ -181,6 +267,10 @@ class Platform:
         await asyncio.gather(*self._serve_tasks, return_exceptions=True)
         if self._insi_client is not None:
             await self._insi_client.aclose()
+        if self._dmp_client is not None:
+            await self._dmp_client.aclose()
+        if self._warm is not None:
+            await asyncio.gather(self._warm, return_exceptions=True)
         self.db.dispose()
         self._stopped.set()
 

@@ -51,7 +51,9 @@ def vendor(kit: Path, dest: Path = _DEST) -> list[Path]:
     files.update(p for p in (kit / "infrastructure" / "cda").rglob("*") if p.is_file())
     files.update((kit / "jeuxDeValeurs").glob("*.xml"))
     files.update(p for p in (kit / "schematrons" / "abstract").rglob("*.sch"))
-    files.update(p for p in (kit / "schematrons" / "profils" / "structurationMinimale").rglob("*") if p.is_file())
+    files.update(
+        p for p in (kit / "schematrons" / "profils" / "structurationMinimale").rglob("*") if p.is_file()
+    )
     closure: set[Path] = set()
     for volet in VOLETS:
         _include_closure(kit / "schematrons" / volet, closure)

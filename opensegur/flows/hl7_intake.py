@@ -17,11 +17,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from opensegur.flows.dmp_feed import accept_document
 from opensegur.flows.identity_feed import apply_event
 from opensegur.store.db import Database
 from opensegur.store.models import InboundMessage
 from opensegur.store.payloads import store_payload
-from opensegur.transactions import hl7v2, pam_fr
+from opensegur.transactions import cda_hl7v2, hl7v2, pam_fr
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +102,24 @@ class Hl7Intake:
         digest = store_payload(s, raw)
         try:
             with s.begin_nested():
-                if header.message_type != "ADT":
+                if header.message_type == "ADT":
+                    event = pam_fr.parse_pam(message, header)
+                    outcome = apply_event(s, event, actor=f"hl7:{sender}")
+                    patient_id, structure_id = outcome.patient_id, outcome.structure_id
+                    errors.extend(outcome.warnings)
+                elif header.message_type in ("MDM", "ORU"):
+                    dm = cda_hl7v2.parse_document_message(message, header)
+                    accepted = accept_document(s, dm, sender, actor=f"hl7:{sender}")
+                    patient_id, structure_id = accepted.patient_id, accepted.structure_id
+                    errors.extend(accepted.warnings)
+                else:
                     raise hl7v2.Hl7Error(
                         code="200",
                         severity="E",
                         location="MSH^1^9^1",
-                        message=f"Type de message {header.message_type} non pris en charge par ce flux",
+                        message=f"Type de message {header.message_type} non pris en charge",
                         reject=True,
                     )
-                event = pam_fr.parse_pam(message, header)
-                outcome = apply_event(s, event, actor=f"hl7:{sender}")
-                patient_id = outcome.patient_id
-                structure_id = outcome.structure_id
-                errors.extend(outcome.warnings)
         except hl7v2.Hl7Error as exc:
             errors = [exc]
         failed = [e for e in errors if e.severity == "E"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from opensegur.flows.identity_gate import release_waiting_documents
 from opensegur.identity import rniv
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins, is_ins_oid
@@ -65,31 +66,40 @@ def _error(exc: IdentityError, code: str = "102") -> Hl7Error:
     )
 
 
+def resolve_site(session: Session, names: list[str]) -> Structure | None:
+    """The site known under one of ``names``: IPP authority (namespace or OID), FINESS, or a declared alias
+    such as the MSH-4 a DPI sends (``settings["facility_aliases"]``)."""
+    wanted = [n for n in names if n]
+    if not wanted:
+        return None
+    for site in session.scalars(select(Structure).where(Structure.kind == "EG").order_by(Structure.id)):
+        known = {
+            site.ipp_authority,
+            site.ipp_authority_oid,
+            site.finess,
+            *site.settings.get("facility_aliases", []),
+        }
+        if any(n in known for n in wanted):
+            return site
+    return None
+
+
 def resolve_structure(session: Session, event: PamEvent) -> Structure:
     """The site that owns the IPP: matched on the IPP authority (namespace or OID), else the sending facility."""
     candidates: list[str] = []
     if event.patient.ipp is not None:
-        candidates += [
-            event.patient.ipp.assigning_authority_name or "",
-            event.patient.ipp.authority_oid or "",
-        ]
+        candidates += [event.patient.ipp.assigning_authority_name, event.patient.ipp.authority_oid]
     candidates.append(event.header.sending_facility or "")
-    for c in filter(None, candidates):
-        site = session.scalar(
-            select(Structure).where(
-                Structure.kind == "EG",
-                (Structure.ipp_authority == c) | (Structure.ipp_authority_oid == c) | (Structure.finess == c),
-            )
+    site = resolve_site(session, candidates)
+    if site is None:
+        raise Hl7Error(
+            code="204",
+            severity="E",
+            location="PID^1^3",
+            message="Autorité d'affectation de l'IPP inconnue : aucun site du GHT ne la déclare",
+            reject=False,
         )
-        if site is not None:
-            return site
-    raise Hl7Error(
-        code="204",
-        severity="E",
-        location="PID^1^3",
-        message="Autorité d'affectation de l'IPP inconnue : aucun site du GHT ne la déclare",
-        reject=False,
-    )
+    return site
 
 
 def read_traits(p: PamPatient) -> StrictTraits:
@@ -254,7 +264,66 @@ def apply_event(session: Session, event: PamEvent, actor: str) -> FeedOutcome:
             detail={"control_id": event.header.control_id, "traits_changed": traits_changed},
         )
     )
+    if patient.status == Status.QUAL.value and before != Status.QUAL.value:
+        release_waiting_documents(session, patient.id)
     return FeedOutcome(patient.id, patient.structure_id, created, patient.status, warnings)
+
+
+def find_or_create_from_pid(
+    session: Session, site: Structure, p: PamPatient, actor: str
+) -> tuple[Patient, list[Hl7Error]]:
+    """The patient a document message names: by IPP, else by INS on an active identity of the site; an
+    unknown patient is created from the PID with the status its PID-32 and INS prove. A document message never
+    rewrites an existing identity: the GAM's feed is the master of identities."""
+    ins = read_ins(p)
+    traits = read_traits(p)
+    inconsistencies = consistent_with_ins(traits, ins) if ins is not None else []
+    warnings = [
+        Hl7Error(code="102", severity="W", location="PID^1^3", message=m, reject=False)
+        for m in inconsistencies
+    ]
+    patient = find_by_identifier(session, p.ipp, site) if p.ipp is not None else None
+    if patient is None and ins is not None:
+        patient = session.scalar(
+            select(Patient).where(
+                Patient.structure_id == site.id,
+                Patient.active.is_(True),
+                Patient.ins_matricule == ins.matricule,
+                Patient.ins_oid == ins.oid,
+            )
+        )
+    if patient is not None:
+        return patient, warnings
+    state, reliability = declared_state(p, ins)
+    patient = Patient(structure_id=site.id, dmp_consent={}, insi_state={}, reliability=reliability)
+    if p.ipp is not None:
+        patient.identifiers.append(
+            PatientIdentifier(authority=_ipp_authority(p.ipp, site), value=p.ipp.value, type_code="PI")
+        )
+    _set_state(patient, state)
+    _set_traits(patient, traits, p)
+    patient.ins_matricule, patient.ins_oid = (ins.matricule, ins.oid) if ins else (None, None)
+    session.add(patient)
+    session.flush()
+    _check_duplicates(session, patient)
+    if inconsistencies:
+        raise_alert(
+            session,
+            patient,
+            "ins_conflict",
+            "Matricule INS et traits discordants : " + " ; ".join(inconsistencies),
+        )
+    session.add(
+        IdentityEvent(
+            patient_id=patient.id,
+            kind="created_from_document",
+            actor=actor,
+            status_before=None,
+            status_after=patient.status,
+            detail={},
+        )
+    )
+    return patient, warnings
 
 
 _RANK = {Status.PROV.value: 0, Status.RECUP.value: 1, Status.VALI.value: 1, Status.QUAL.value: 2}

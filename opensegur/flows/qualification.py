@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opensegur.flows.identity_feed import close_alerts, merge_into, raise_alert
+from opensegur.flows.identity_gate import release_waiting_documents
 from opensegur.flows.worker import PermanentError, RetryableError
 from opensegur.identity import rniv
 from opensegur.identity.errors import IdentityError
@@ -67,6 +68,8 @@ def _transition(
             detail=detail,
         )
     )
+    if p.status == rniv.IdentityStatus.QUAL.value and before != p.status:
+        release_waiting_documents(s, p.id)
     s.add(
         AuditEvent(
             actor=actor,

@@ -35,7 +35,7 @@ def luhn_complete(prefix: str) -> str:
 
 
 SITES = [
-    # finess prefix, name, IPP authority (namespace, OID), units
+    # finess prefix, name, IPP authority (namespace, OID), units, names its DPIs send in MSH-4 / PRT-8
     (
         "75000002",
         "CHU-X — site Breteuil (démo)",
@@ -46,12 +46,15 @@ SITES = [
             ("2201", "Imagerie"),
             ("3105", "Hôpital de jour"),
         ],
+        # The ANS document examples come from "Organisation-Y" (RIS) and "labo" (SIL) of this site.
+        ["Organisation-X", "Organisation-Y", "labo", "300017985", "1120459876"],
     ),
     (
         "75000003",
         "Hôpital Saint-Vincent (démo)",
         ("HSV", "1.2.250.1.999.1.1.2"),
         [("1001", "Urgences"), ("1202", "Maternité"), ("1303", "Cardiologie")],
+        [],
     ),
 ]
 
@@ -115,7 +118,7 @@ def load_demo(db: Database) -> bool:
         s.flush()
         rng = random.Random(2026)
         sites: list[Structure] = []
-        for prefix, name, (authority, oid), units in SITES:
+        for prefix, name, (authority, oid), units, aliases in SITES:
             site = Structure(
                 kind="EG",
                 finess=validate_finess(luhn_complete(prefix)),
@@ -123,7 +126,7 @@ def load_demo(db: Database) -> bool:
                 parent_id=ej.id,
                 ipp_authority=authority,
                 ipp_authority_oid=oid,
-                settings={},
+                settings={"facility_aliases": aliases, "secteur_activite": "SA01"},
             )
             s.add(site)
             s.flush()

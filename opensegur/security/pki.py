@@ -132,7 +132,9 @@ def _issue(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def _ku(*, sign: bool = False, encipher: bool = False, ca: bool = False, nonrep: bool = False) -> x509.KeyUsage:
+def _ku(
+    *, sign: bool = False, encipher: bool = False, ca: bool = False, nonrep: bool = False
+) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=sign,
         content_commitment=nonrep,
@@ -221,7 +223,11 @@ def ensure_test_pki(
 
     ca_key = _new_key()
     ca_cert = _issue(
-        _name((NameOID.COUNTRY_NAME, "FR"), (NameOID.ORGANIZATION_NAME, "OpenSégur"), (NameOID.COMMON_NAME, CA_NAME)),
+        _name(
+            (NameOID.COUNTRY_NAME, "FR"),
+            (NameOID.ORGANIZATION_NAME, "OpenSégur"),
+            (NameOID.COMMON_NAME, CA_NAME),
+        ),
         ca_key,
         None,
         ca_key,
@@ -256,7 +262,11 @@ def ensure_test_pki(
     )
     server_key = _new_key()
     server_cert = _issue(
-        _name((NameOID.COUNTRY_NAME, "FR"), (NameOID.ORGANIZATION_NAME, "OpenSégur"), (NameOID.COMMON_NAME, "localhost")),
+        _name(
+            (NameOID.COUNTRY_NAME, "FR"),
+            (NameOID.ORGANIZATION_NAME, "OpenSégur"),
+            (NameOID.COMMON_NAME, "localhost"),
+        ),
         server_key,
         ca_cert,
         ca_key,

@@ -60,6 +60,7 @@ __all__ = [
     "PamPatient",
     "PatientIdentifier",
     "parse_pam",
+    "parse_patient",
 ]
 
 INS_OIDS = frozenset(
@@ -229,13 +230,20 @@ def _find_ins(identifiers: list[PatientIdentifier]) -> PatientIdentifier | None:
     return next((i for i in identifiers if i.type_code == "NH" and i.authority_oid in INS_OIDS), None)
 
 
-def _parse_patient(pid: hl7.Segment, seq: int, zfd: hl7.Segment | None) -> PamPatient:
+def parse_patient(
+    pid: hl7.Segment, seq: int, zfd: hl7.Segment | None, *, require_ipp: bool = True
+) -> PamPatient:
+    """PamPatient from one PID (``seq`` = its occurrence, for error locations) and an optional ZFD.
+
+    ``require_ipp=False`` is for the CDA-in-HL7v2 volet, whose ANS examples identify the patient by the INS
+    alone (no "PI" repetition); PAM itself always requires the IPP.
+    """
     loc = f"PID^{seq}"
     identifiers = _identifiers(pid, 3)
     if not identifiers:
         raise Hl7Error("101", "Identifiant patient (PID-3) absent", location=f"{loc}^3")
     ipp = next((i for i in identifiers if i.type_code == "PI"), None)
-    if ipp is None:
+    if ipp is None and require_ipp:
         raise Hl7Error("101", "IPP (PID-3 de type PI) absent", location=f"{loc}^3")
 
     names: dict[str, int] = {}
@@ -337,7 +345,7 @@ def parse_pam(message: hl7.Message, header: MessageHeader) -> PamEvent:
     if not pids:
         raise Hl7Error("100", "Segment PID absent", location="PID")
     zfds = segments(message, "ZFD")
-    patient = _parse_patient(pids[0], 1, zfds[0] if zfds else None)
+    patient = parse_patient(pids[0], 1, zfds[0] if zfds else None)
 
     merged: list[PatientIdentifier] = []
     if trigger in MRG_TRIGGERS:
@@ -352,7 +360,7 @@ def parse_pam(message: hl7.Message, header: MessageHeader) -> PamEvent:
     if trigger in TWO_PATIENT_TRIGGERS:
         if len(pids) < 2:
             raise Hl7Error("100", f"Second segment PID absent ({trigger})", location="PID^2")
-        other = _parse_patient(pids[1], 2, None)
+        other = parse_patient(pids[1], 2, None)
 
     event = PamEvent(
         header=header, trigger=trigger, patient=patient, merged_patient_ids=merged, other_patient=other

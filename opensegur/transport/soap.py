@@ -27,6 +27,9 @@ __all__ = [
     "parse_envelope",
     "post_soap",
     "safe_parse",
+    "WSA_NS",
+    "wsa_headers",
+    "wsa_values",
 ]
 
 SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
@@ -284,3 +287,65 @@ async def post_soap(
     raise SoapTransportError(
         f"HTTP {status} from {url} without a SOAP fault", retryable=retryable, status_code=status
     )
+
+
+WSA_NS = "http://www.w3.org/2005/08/addressing"
+
+
+def wsa_headers(
+    action: str,
+    *,
+    to: str | None = None,
+    message_id: str | None = None,
+    relates_to: str | None = None,
+    reply_to_anonymous: bool = True,
+) -> list[etree._Element]:
+    """WS-Addressing 1.0 header blocks (Action marked mustUnderstand, as IHE SOAP bindings require).
+
+    A request gets a MessageID (a fresh ``urn:uuid:`` unless given) and an anonymous ReplyTo; a response passes
+    ``relates_to`` with the request's MessageID.
+    """
+    import uuid
+
+    w = f"{{{WSA_NS}}}"
+    nsmap = {"wsa": WSA_NS}
+    blocks: list[etree._Element] = []
+    action_el = etree.Element(f"{w}Action", nsmap=nsmap)
+    action_el.set(f"{_S}mustUnderstand", "true")
+    action_el.text = action
+    blocks.append(action_el)
+    if relates_to is not None:
+        rel = etree.Element(f"{w}RelatesTo", nsmap=nsmap)
+        rel.text = relates_to
+        blocks.append(rel)
+        if message_id:
+            mid = etree.Element(f"{w}MessageID", nsmap=nsmap)
+            mid.text = message_id
+            blocks.append(mid)
+        return blocks
+    mid = etree.Element(f"{w}MessageID", nsmap=nsmap)
+    mid.text = message_id or f"urn:uuid:{uuid.uuid4()}"
+    blocks.append(mid)
+    if reply_to_anonymous:
+        reply = etree.Element(f"{w}ReplyTo", nsmap=nsmap)
+        etree.SubElement(reply, f"{w}Address").text = "http://www.w3.org/2005/08/addressing/anonymous"
+        blocks.append(reply)
+    if to:
+        to_el = etree.Element(f"{w}To", nsmap=nsmap)
+        to_el.set(f"{_S}mustUnderstand", "true")
+        to_el.text = to
+        blocks.append(to_el)
+    return blocks
+
+
+def wsa_values(headers: list[etree._Element]) -> dict[str, str]:
+    """WS-Addressing values of parsed header blocks, keyed by local name (Action, MessageID, To, RelatesTo)."""
+    values: dict[str, str] = {}
+    for block in headers:
+        if isinstance(block.tag, str) and block.tag.startswith(f"{{{WSA_NS}}}"):
+            local = block.tag.split("}", 1)[1]
+            if local == "ReplyTo":
+                values[local] = _text(block.find(f"{{{WSA_NS}}}Address"))
+            else:
+                values[local] = _text(block)
+    return values

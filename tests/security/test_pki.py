@@ -65,7 +65,9 @@ def test_chain_verification(tmp_path: Path) -> None:
     with pytest.raises(PkiError):
         verify_certificate_chain(signing, other.ca_cert.read_bytes())
     with pytest.raises(PkiError):
-        verify_certificate_chain(signing, pki.ca_cert.read_bytes(), at=dt.datetime.now(dt.UTC) + dt.timedelta(days=800))
+        verify_certificate_chain(
+            signing, pki.ca_cert.read_bytes(), at=dt.datetime.now(dt.UTC) + dt.timedelta(days=800)
+        )
 
 
 def test_ssl_contexts_load(tmp_path: Path) -> None:

@@ -1,0 +1,249 @@
+"""DMP connector: the XDS.b transactions (ITI-41, ITI-18, ITI-57) over SOAP 1.2 with a signed VIHF, as the
+``DmpPort`` of the DMP feed flow. mTLS and endpoints come from configuration; the sandbox DMP in the demo."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from lxml import etree
+
+from opensegur.content.jdv import content_type_code_for_patient_class
+from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata
+from opensegur.flows.dmp_feed import (
+    DmpOutcome,
+    DmpRejectedError,
+    DmpRequest,
+    DmpUnavailableError,
+    ExchangeRecord,
+)
+from opensegur.transactions import xds
+from opensegur.transactions.vihf import VihfContext, build_vihf, wsse_security_header
+from opensegur.transactions.xades import SignedDocument, sign_submission_set
+from opensegur.transport.mtom import build_mtom, parse_mtom, post_mtom
+from opensegur.transport.soap import (
+    SoapFaultError,
+    SoapFormatError,
+    SoapTransportError,
+    envelope,
+    parse_envelope,
+    wsa_headers,
+)
+
+AUTOMATE = Coded("AUTOMATE", "1.2.250.1.213.1.1.4.6", "Automate")
+STATUS_DELETED = "urn:asip:ci-sis:2010:StatusType:Deleted"
+_seq = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class DmpEndpoints:
+    iti41: str
+    iti18: str
+    iti57: str
+    iti43: str | None = None
+
+
+@dataclass(frozen=True)
+class DmpCredentials:
+    """The structure's signature certificate (VIHF, XAdES) and, optionally, its TLS client certificate."""
+
+    signing_cert: Path
+    signing_key: Path
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class DmpIdentity:
+    """Who the platform says it is in the VIHF and the submission sets."""
+
+    oid_root: str  # the platform's OID arc: submission-set uniqueIds and sourceId are built under it
+    lps_name: str = "OpenSegur"
+    lps_version: str = "0.1.0"
+    lps_homologation_id: str = "OPENSEGUR-SANDBOX"
+    responsible_id: str = "OPENSEGUR-PFI"  # the person responsible for the automated processing
+    responsible_name: str = "OpenSégur, PFI, flux DMP"
+
+
+class DmpClient:
+    def __init__(
+        self,
+        endpoints: DmpEndpoints,
+        credentials: DmpCredentials,
+        identity: DmpIdentity,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.endpoints = endpoints
+        self.credentials = credentials
+        self.identity = identity
+        self.timeout = timeout
+        self._key = credentials.signing_key.read_bytes()
+        self._cert = credentials.signing_cert.read_bytes()
+        cert: tuple[str, str] | None = None
+        if credentials.tls_cert and credentials.tls_key:
+            cert = (str(credentials.tls_cert), str(credentials.tls_key))
+        self._http = httpx.AsyncClient(
+            transport=transport, cert=cert, verify=str(credentials.ca) if credentials.ca else True
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ---- helpers ----------------------------------------------------------------------------------------------
+
+    def _oid(self) -> str:
+        # Unique under our arc: time in ms plus a process counter and a random part for several hosts.
+        return f"{self.identity.oid_root}.{int(time.time() * 1000)}.{next(_seq)}{uuid.uuid4().int % 100000}"
+
+    def _vihf(self, structure: dict[str, Any], patient_cx: str) -> etree._Element:
+        ctx = VihfContext(
+            subject_id=self.identity.responsible_id,
+            subject_name=self.identity.responsible_name,
+            roles=[AUTOMATE],
+            structure_id=structure["idnat_struct"],
+            secteur_activite=structure.get("settings", {}).get("secteur_activite", "SA01"),
+            patient_ins=patient_cx,
+            lps_name=self.identity.lps_name,
+            lps_version=self.identity.lps_version,
+            lps_homologation_id=self.identity.lps_homologation_id,
+        )
+        return build_vihf(ctx, self._key, self._cert)
+
+    async def _call(
+        self,
+        transaction: str,
+        url: str,
+        action: str,
+        body: etree._Element,
+        structure: dict[str, Any],
+        patient_cx: str,
+        attachments: dict[str, bytes] | None = None,
+    ) -> tuple[etree._Element, dict[str, bytes], ExchangeRecord]:
+        headers = [*wsa_headers(action, to=url), wsse_security_header(self._vihf(structure, patient_cx))]
+        env = envelope(body, headers)
+        content_type, chunks = build_mtom(env, attachments or {}, action=action)
+        request_bytes = (
+            env  # the envelope is what disputes are about; attachments are stored with the document
+        )
+        started = time.monotonic()
+        exchange = ExchangeRecord(transaction, url, request_bytes, None, None, 0)
+        try:
+            resp_type, raw = await post_mtom(self._http, url, content_type, chunks, self.timeout)
+        except SoapFaultError as exc:
+            exchange = replace(
+                exchange, http_status=exc.http_status, duration_ms=int((time.monotonic() - started) * 1000)
+            )
+            raise DmpRejectedError(exc.subcode or exc.code, exc.reason, [exchange]) from exc
+        except SoapTransportError as exc:
+            exchange = replace(
+                exchange, http_status=exc.status_code, duration_ms=int((time.monotonic() - started) * 1000)
+            )
+            if exc.retryable:
+                raise DmpUnavailableError(str(exc), [exchange]) from exc
+            raise DmpRejectedError("HTTP", str(exc), [exchange]) from exc
+        exchange = replace(
+            exchange, response=raw, http_status=200, duration_ms=int((time.monotonic() - started) * 1000)
+        )
+        try:
+            env_bytes, parts = parse_mtom(resp_type, raw, 100_000_000)
+            _headers, response_body = parse_envelope(env_bytes)
+        except (SoapFormatError, ValueError) as exc:
+            raise DmpUnavailableError(f"Réponse du DMP illisible : {exc}", [exchange]) from exc
+        except SoapFaultError as exc:
+            raise DmpRejectedError(exc.subcode or exc.code, exc.reason, [exchange]) from exc
+        return response_body, parts, exchange
+
+    @staticmethod
+    def _check(result: xds.RegistryResult, exchanges: list[ExchangeRecord]) -> None:
+        if not result.ok:
+            first = result.errors[0] if result.errors else xds.XdsErrorInfo("XDSRegistryError", "Échec")
+            raise DmpRejectedError(first.code, first.context, exchanges)
+
+    # ---- DmpPort ----------------------------------------------------------------------------------------------
+
+    async def find(
+        self, structure: dict[str, Any], patient_cx: str, unique_id: str
+    ) -> DocumentMetadata | None:
+        body = xds.build_get_documents(unique_ids=[unique_id])
+        response, _parts, exchange = await self._call(
+            "ITI-18", self.endpoints.iti18, xds.ACTION_ITI18, body, structure, patient_cx
+        )
+        result = xds.parse_query_response(response)
+        if result.status != "Success":
+            first = result.errors[0] if result.errors else None
+            raise DmpRejectedError(
+                first.code if first else "XDSRegistryError",
+                first.context if first else "Échec de la recherche",
+                [exchange],
+            )
+        live = [d for d in result.documents if (d.availability_status or "Approved") != "Deleted"]
+        return live[0] if live else None
+
+    async def register(self, request: DmpRequest, replaces: DocumentMetadata | None) -> DmpOutcome:
+        metadata = replace(request.metadata, entry_uuid=None)
+        now = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+        content_type = content_type_code_for_patient_class(
+            request.stay_class or "I"
+        ) or content_type_code_for_patient_class("I")
+        assert content_type is not None
+        ss = SubmissionSetMetadata(
+            unique_id=self._oid(),
+            source_id=self.identity.oid_root,
+            patient_id=metadata.patient_id,
+            content_type_code=content_type,
+            submission_time=now,
+            authors=list(metadata.authors[:1]),
+            title="Dépôt OpenSégur",
+        )
+        signature = sign_submission_set(
+            ss.unique_id,
+            [SignedDocument(metadata.unique_id, request.cda, metadata.mime_type)],
+            self._key,
+            self._cert,
+            signature_id=self._oid(),
+        )
+        metadata.entry_uuid = f"urn:uuid:{uuid.uuid4()}"
+        rplc = {metadata.entry_uuid: replaces.entry_uuid} if replaces and replaces.entry_uuid else None
+        body, attachments = xds.build_provide_and_register(
+            ss, [(metadata, request.cda)], replaces=rplc, signature=signature
+        )
+        response, _parts, exchange = await self._call(
+            "ITI-41",
+            self.endpoints.iti41,
+            xds.ACTION_ITI41,
+            body,
+            request.structure,
+            metadata.patient_id,
+            attachments,
+        )
+        self._check(xds.parse_registry_response(response), [exchange])
+        return DmpOutcome(metadata.entry_uuid, [exchange])
+
+    async def delete(self, structure: dict[str, Any], entry: DocumentMetadata) -> DmpOutcome:
+        assert entry.entry_uuid is not None
+        ss = SubmissionSetMetadata(
+            unique_id=self._oid(),
+            source_id=self.identity.oid_root,
+            patient_id=entry.patient_id,
+            content_type_code=content_type_code_for_patient_class("I") or Coded("03", "1.2.250.1.213.2.2"),
+            submission_time=datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
+            authors=list(entry.authors[:1]),
+            title="Suppression OpenSégur",
+        )
+        body = xds.build_update_document_set(
+            ss, status_updates=[xds.StatusUpdate(entry.entry_uuid, xds.STATUS_APPROVED, STATUS_DELETED)]
+        )
+        response, _parts, exchange = await self._call(
+            "ITI-57", self.endpoints.iti57, xds.ACTION_ITI57, body, structure, entry.patient_id
+        )
+        self._check(xds.parse_registry_response(response), [exchange])
+        return DmpOutcome(entry.entry_uuid, [exchange])

@@ -1,0 +1,101 @@
+"""Sends the business acknowledgements (ZAM) back to the DPI over MLLP, at the endpoint the structure declares."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from opensegur.flows.worker import PermanentError, RetryableError
+from opensegur.transactions.hl7v2 import MessageHeader
+from opensegur.transactions.zam import ZamError, ZamKind, ZamStatus, build_zam
+from opensegur.transport.mllp import MllpFramingError, send_message
+
+_DESTINATION_KIND: dict[str, ZamKind] = {
+    "DMP": "reception_dmp",
+    "MSSANTE_PS": "reception_mss",
+    "MSSANTE_PAT": "reception_mss",
+}
+_counter = itertools.count(1)
+
+
+def original_header(zam_context: dict[str, Any]) -> MessageHeader:
+    """The parts of the DPI's MSH that a ZAM echoes, as kept with the document."""
+    return MessageHeader(
+        sending_application=zam_context.get("sending_application", ""),
+        sending_facility=zam_context.get("sending_facility", ""),
+        receiving_application="",
+        receiving_facility="",
+        datetime="",
+        message_type="",
+        trigger="",
+        structure="",
+        control_id=zam_context.get("control_id", ""),
+        processing_id=zam_context.get("processing_id", "P"),
+        version="2.6",
+        charset=zam_context.get("charset", "UNICODE UTF-8"),
+    )
+
+
+def zam_errors(errors: list[dict[str, str]]) -> list[ZamError]:
+    """Findings and delivery errors as ERR segments: the volet carries one code per ERR."""
+    out = []
+    for e in errors:
+        code = e.get("code") or "906"
+        out.append(
+            ZamError(
+                code=code,
+                label=e.get("message", "")[:200],
+                severity="W" if e.get("severity") == "warning" else "E",
+            )
+        )
+    return out
+
+
+class MllpZamSender:
+    """ZamPort over MLLP. Endpoints per structure come from its settings (``zam_host``/``zam_port``)."""
+
+    def __init__(
+        self,
+        default_endpoint: tuple[str, int] | None,
+        *,
+        timeout: float = 10.0,
+        app: str = "OPENSEGUR",
+        facility: str = "OPENSEGUR",
+    ) -> None:
+        self.default_endpoint = default_endpoint
+        self.timeout = timeout
+        self.app = app
+        self.facility = facility
+
+    async def send(
+        self, document: dict[str, Any], destination: str, ok: bool, errors: list[dict[str, str]]
+    ) -> None:
+        context = document["context"]
+        zam = context.get("zam") or {}
+        endpoint = zam.get("endpoint") or self.default_endpoint
+        if endpoint is None:
+            raise PermanentError("Aucune adresse MLLP de retour des accusés métier n'est configurée")
+        host, port = endpoint
+        status = ZamStatus(
+            kind=_DESTINATION_KIND.get(destination, "reception_dmp"),
+            success=ok,
+            timestamp=datetime.now(UTC),
+            errors=[] if ok else zam_errors(errors),
+        )
+        control_id = f"ZAM{int(time.time() * 1000)}{next(_counter):04d}"
+        payload = build_zam(
+            original_header(zam),
+            status,
+            control_id=control_id,
+            now=datetime.now(UTC),
+            app=self.app,
+            facility=self.facility,
+        )
+        try:
+            ack = await send_message(host, int(port), payload, timeout=self.timeout)
+        except (OSError, TimeoutError, MllpFramingError) as exc:
+            raise RetryableError(f"DPI injoignable pour l'accusé métier : {exc}") from exc
+        if b"MSA|AA" not in ack and b"MSA|CA" not in ack:
+            raise RetryableError("Le DPI n'a pas accepté l'accusé métier")

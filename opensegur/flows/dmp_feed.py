@@ -1,0 +1,775 @@
+"""Flow: a document accepted from the DPI → validated → (waiting for a qualified identity) → sent to the DMP → ZAM.
+
+Each step is a job, so a crash at any point resumes where it stopped:
+- ``document.process``: validation (XSD, CI-SIS schematrons), identity and consent gates, XDS metadata, then
+  one delivery per destination;
+- ``dmp.deliver``: the XDS.b transaction; before re-sending after an uncertain attempt it asks the DMP whether
+  the uniqueId is already there, so a document reaches the DMP at most once; a replacement or a deletion
+  waits for the delivery of the document it refers to;
+- ``zam.send``: the business acknowledgement back to the DPI.
+The DMP is reached through ``DmpPort`` and the DPI through ``ZamPort``: this module builds no XML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from opensegur.content.cda import CdaError, CdaHeader, parse_cda
+from opensegur.content.validation import CdaValidator, Finding
+from opensegur.content.validation import Source as FindingSource
+from opensegur.content.xds_metadata import MetadataError, document_metadata
+from opensegur.documents.metadata import DocumentMetadata
+from opensegur.flows.identity_feed import find_or_create_from_pid, resolve_site
+from opensegur.flows.identity_gate import JOB_PROCESS
+from opensegur.flows.worker import PermanentError, RetryableError
+from opensegur.identity.rniv import IdentityStatus
+from opensegur.store import jobs
+from opensegur.store.db import Database
+from opensegur.store.models import Delivery, Document, Exchange, Job, Patient, Payload, Structure, utcnow
+from opensegur.store.payloads import store_payload
+from opensegur.transactions.cda_hl7v2 import DocumentMessage
+from opensegur.transactions.hl7v2 import Hl7Error
+
+log = logging.getLogger(__name__)
+
+JOB_DELIVER = "dmp.deliver"
+JOB_ZAM = "zam.send"
+CDA_MAX_BYTES = 60 * 1024 * 1024
+
+# Flow-view statuses and their French labels (pages, API).
+STATUS_LABELS = {
+    "received": "Reçu",
+    "validated": "Validé",
+    "waiting_identity": "En attente d'identité qualifiée",
+    "held": "Retenu",
+    "sending": "Envoi en cours",
+    "sent": "Envoyé",
+    "acknowledged": "Accusé",
+    "opposition": "Opposition du patient",
+    "rejected": "Rejeté",
+    "error": "Erreur",
+}
+
+
+@dataclass
+class ExchangeRecord:
+    """What one call to a remote service sent and received, for the flow view."""
+
+    transaction: str
+    endpoint: str
+    request: bytes | None
+    response: bytes | None
+    http_status: int | None
+    duration_ms: int
+
+
+@dataclass
+class DmpOutcome:
+    entry_uuid: str | None
+    exchanges: list[ExchangeRecord] = field(default_factory=list)
+
+
+class DmpUnavailableError(Exception):
+    """Timeout, connection refused, HTTP 5xx without a registry answer: retry later."""
+
+    def __init__(self, message: str, exchanges: list[ExchangeRecord] | None = None) -> None:
+        super().__init__(message)
+        self.exchanges = exchanges or []
+
+
+class DmpRejectedError(Exception):
+    """The DMP answered with XDS errors: a retry would get the same answer."""
+
+    def __init__(self, code: str, message: str, exchanges: list[ExchangeRecord] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.exchanges = exchanges or []
+
+
+@dataclass
+class DmpRequest:
+    structure: dict[str, Any]  # idnat_struct, name, secteur_activite…: what the VIHF and the submission need
+    metadata: DocumentMetadata
+    cda: bytes
+    stay_class: str | None  # PV1-2, for the submission set contentTypeCode
+    replaces_unique_id: str | None = None
+
+
+class DmpPort(Protocol):
+    async def find(
+        self, structure: dict[str, Any], patient_cx: str, unique_id: str
+    ) -> DocumentMetadata | None: ...
+
+    async def register(self, request: DmpRequest, replaces: DocumentMetadata | None) -> DmpOutcome: ...
+
+    async def delete(self, structure: dict[str, Any], entry: DocumentMetadata) -> DmpOutcome: ...
+
+
+class ZamPort(Protocol):
+    async def send(
+        self, document: dict[str, Any], destination: str, ok: bool, errors: list[dict[str, str]]
+    ) -> None: ...
+
+
+def set_status(doc: Document, status: str, reason: str | None = None) -> None:
+    doc.status = status
+    doc.status_reason = reason
+
+
+# ---- intake (inside the transaction that stores the HL7 message, before the ACK) --------------------------
+
+
+@dataclass
+class Accepted:
+    patient_id: int
+    structure_id: int
+    document_ids: list[int]
+    warnings: list[Hl7Error]
+
+
+def _doc_error(message: str, location: str, app_code: str = "906") -> Hl7Error:
+    return Hl7Error(
+        code="207", message=message, location=location, severity="E", reject=False, application_code=app_code
+    )
+
+
+def accept_document(s: Session, dm: DocumentMessage, sender: str, actor: str) -> Accepted:
+    """Record the documents of one MDM/ORU and queue their processing. Raises Hl7Error to refuse the message."""
+    candidates = [dm.header.sending_facility or ""]
+    if dm.author is not None:
+        candidates.insert(0, dm.author.organization_id or "")
+    site = resolve_site(s, candidates)
+    if site is None:
+        raise _doc_error("Établissement émetteur inconnu : aucun site du GHT ne le déclare", "MSH^1^4")
+    patient, warnings = find_or_create_from_pid(s, site, dm.patient, actor)
+    warnings = warnings + list(dm.warnings)
+    if dm.unique_document_id is None:
+        raise Hl7Error(
+            code="101",
+            message="Identifiant unique du document absent",
+            location="TXA^1^12",
+            severity="E",
+            reject=False,
+        )
+    unique_id = str(dm.unique_document_id)
+    parent_id = str(dm.parent_document_id) if dm.parent_document_id else None
+    existing = {
+        d.kind: d
+        for d in s.scalars(
+            select(Document).where(Document.structure_id == site.id, Document.unique_id == unique_id)
+        )
+    }
+    if dm.kind == "deletion":
+        if "deletion" in existing:
+            raise _doc_error("Document déjà supprimé : demande de suppression en double", "TXA^1^12", "900")
+        if not ({"initial", "replacement"} & existing.keys()):
+            raise _doc_error("Suppression d'un document inconnu de la plateforme", "TXA^1^12", "900")
+    if dm.kind == "replacement":
+        assert parent_id is not None  # the transaction layer requires it on a T10 / OBX-11 C
+        known = s.scalar(
+            select(Document).where(
+                Document.structure_id == site.id,
+                Document.unique_id == parent_id,
+                Document.kind.in_(("initial", "replacement")),
+            )
+        )
+        if known is None:
+            raise _doc_error("Remplacement d'un document inconnu de la plateforme", "TXA^1^13", "900")
+    content = dm.documents[0].content if dm.documents else b""
+    digest = store_payload(s, content) if content else None
+    same = existing.get(dm.kind)
+    if same is not None:
+        if same.payload_sha256 != digest:
+            raise _doc_error("Identifiant de document déjà utilisé pour un autre contenu", "TXA^1^12")
+        warnings.append(
+            Hl7Error(
+                code="207",
+                message="Document déjà reçu : il n'est pas traité une seconde fois",
+                location="TXA^1^12",
+                severity="W",
+                reject=False,
+            )
+        )
+        return Accepted(patient.id, site.id, [same.id], warnings)
+    meta = dm.meta
+    doc = Document(
+        structure_id=site.id,
+        patient_id=patient.id,
+        source="hl7",
+        kind=dm.kind,
+        unique_id=unique_id,
+        parent_unique_id=parent_id,
+        type_code=dm.document_type.code,
+        title=dm.document_type.label or None,
+        payload_sha256=digest,
+        mime_type="text/xml",
+        size=len(content),
+        status="received",
+        held=False,
+        findings=[],
+        flags={
+            "dest_dmp": meta.dest_dmp,
+            "dest_mssante_ps": meta.dest_mssante_ps,
+            "dest_mssante_pat": meta.dest_mssante_pat,
+            "ack_reception": meta.ack_reception,
+            "ack_lecture_mss": meta.ack_lecture_mss,
+            "connexion_secrete": meta.connexion_secrete,
+            "modif_conf_code": meta.modif_conf_code,
+            "confidentiality": [
+                code
+                for code, on in (
+                    ("MASQUE_PS", meta.masque_ps),
+                    ("INVISIBLE_PATIENT", meta.invisible_patient),
+                    ("INVISIBLE_REPRESENTANTS_LEGAUX", meta.invisible_rep_legaux),
+                )
+                if on
+            ],
+        },
+        context={
+            "zam": {
+                "sending_application": dm.header.sending_application,
+                "sending_facility": dm.header.sending_facility,
+                "control_id": dm.header.control_id,
+                "processing_id": dm.header.processing_id,
+                "charset": dm.header.charset,
+                "sender": sender,
+            },
+            "patient_class": dm.visit.patient_class,
+            "visit_number": dm.visit.visit_number,
+            "visit_number_authority": dm.visit.visit_number_authority,
+            "first_send": dm.kind == "initial" and not existing,
+        },
+    )
+    s.add(doc)
+    s.flush()
+    jobs.enqueue(
+        s,
+        JOB_PROCESS,
+        f"{JOB_PROCESS}:{doc.id}",
+        {"document_id": doc.id},
+        structure_id=site.id,
+        patient_id=patient.id,
+    )
+    return Accepted(patient.id, site.id, [doc.id], warnings)
+
+
+# ---- document.process -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProcessContext:
+    db: Database
+    validator: CdaValidator
+    strict: bool = False
+
+
+def _blocking(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.severity == "blocking"]
+
+
+def _finding(source: FindingSource, code: str, message: str, location: str = "") -> Finding:
+    return Finding(severity="blocking", source=source, code=code, message=message, location=location)
+
+
+def _patient_cx(doc: Document) -> str:
+    return f"{doc.ins_matricule}^^^&{doc.ins_oid}&ISO^NH"
+
+
+def process_document(ctx: ProcessContext, document_id: int) -> str:
+    """Validate, apply the gates and create the deliveries. Returns the document's new status."""
+    with ctx.db.session() as s:
+        doc = s.get_one(Document, document_id)
+        if doc.kind == "deletion":
+            # The DMP entry to delete is the patient's of the original document: its INS is the one to use.
+            original = s.scalar(
+                select(Document).where(
+                    Document.structure_id == doc.structure_id,
+                    Document.unique_id == doc.unique_id,
+                    Document.kind.in_(("initial", "replacement")),
+                )
+            )
+            if original is None or not original.ins_matricule:
+                set_status(doc, "rejected", "Document à supprimer jamais envoyé au DMP")
+                _enqueue_zam(s, doc, "DMP", ok=False)
+                return doc.status
+            doc.ins_matricule, doc.ins_oid = original.ins_matricule, original.ins_oid
+            return _plan_deliveries(s, doc, None)
+        data = s.get_one(Payload, doc.payload_sha256).data if doc.payload_sha256 else b""
+    # Validation is the costly part (schematrons): outside any transaction.
+    findings: list[Finding] = []
+    header: CdaHeader | None = None
+    try:
+        root, header = parse_cda(data, CDA_MAX_BYTES)
+        findings = ctx.validator.validate(root, strict=ctx.strict)
+    except CdaError as exc:
+        findings = [_finding("xml", exc.code, exc.message_fr, exc.xpath or "")]
+    with ctx.db.session() as s:
+        doc = s.get_one(Document, document_id)
+        patient = s.get(Patient, doc.patient_id) if doc.patient_id else None
+        if header is not None:
+            findings += _identity_findings(doc, header, patient)
+        doc.findings = [_finding_json(f) for f in findings]
+        if _blocking(findings):
+            set_status(doc, "rejected", _blocking(findings)[0].message)
+            _enqueue_zam(s, doc, "DMP", ok=False)
+            return doc.status
+        assert header is not None
+        if patient is None or patient.status != IdentityStatus.QUAL.value:
+            set_status(doc, "waiting_identity", "Identité du patient non qualifiée : envoi suspendu")
+            return doc.status
+        if _opposed(patient):
+            set_status(doc, "opposition", "Le patient s'est opposé à l'alimentation de son DMP")
+            _enqueue_zam(s, doc, "DMP", ok=False)
+            return doc.status
+        if _identical_already_delivered(s, doc):
+            set_status(doc, "acknowledged", "Contenu identique déjà présent dans le DMP : rien à renvoyer")
+            return doc.status
+        try:
+            metadata = document_metadata(
+                header,
+                ipp=_ipp(patient),
+                ipp_authority_oid=_ipp_authority(patient),
+                confidentiality_flags=set(doc.flags.get("confidentiality", [])),
+                size=doc.size,
+                hash_sha1=None,
+                # referenceIdList needs the stay number's assigning authority; without it the stay is left out.
+                stay_number=doc.context.get("visit_number")
+                if doc.context.get("visit_number_authority")
+                else None,
+                stay_authority_oid=doc.context.get("visit_number_authority"),
+            )
+        except MetadataError as exc:
+            doc.findings = doc.findings + [
+                _finding_json(_finding("metadata", exc.code, exc.message_fr, exc.field or ""))
+            ]
+            set_status(doc, "rejected", exc.message_fr)
+            _enqueue_zam(s, doc, "DMP", ok=False)
+            return doc.status
+        doc.context = {**doc.context, "metadata": _metadata_json(metadata)}
+        return _plan_deliveries(s, doc, metadata)
+
+
+def _finding_json(f: Finding) -> dict[str, str]:
+    return {
+        "severity": f.severity,
+        "source": f.source,
+        "code": f.code,
+        "message": f.message,
+        "location": f.location or "",
+    }
+
+
+def _identity_findings(doc: Document, header: CdaHeader, patient: Patient | None) -> list[Finding]:
+    """The CDA must name the patient by an INS, and that INS must be the local identity's."""
+    ins = header.patient.ins_matricule
+    oid = header.patient.ins_oid
+    if not ins or not oid:
+        return [_finding("identity", "INS_ABSENT", "Le document ne porte pas d'INS dans recordTarget")]
+    from opensegur.identity.errors import IdentityError
+    from opensegur.identity.ins import Ins
+
+    try:
+        Ins.parse(ins, oid)
+    except IdentityError as exc:
+        return [_finding("identity", exc.code, exc.message, "recordTarget/patientRole/id")]
+    doc.ins_matricule, doc.ins_oid = ins, oid
+    if (
+        patient is not None
+        and patient.status == IdentityStatus.QUAL.value
+        and (patient.ins_matricule != ins or patient.ins_oid != oid)
+    ):
+        return [
+            _finding(
+                "identity",
+                "INS_MISMATCH",
+                "L'INS du document n'est pas celui de l'identité qualifiée du patient",
+                "recordTarget/patientRole/id",
+            )
+        ]
+    return []
+
+
+def _opposed(patient: Patient) -> bool:
+    consent = patient.dmp_consent or {}
+    return "IO" in {str(v) for v in consent.values()}
+
+
+def _identical_already_delivered(s: Session, doc: Document) -> bool:
+    other = s.scalar(
+        select(Document).where(
+            Document.structure_id == doc.structure_id,
+            Document.unique_id == doc.unique_id,
+            Document.id != doc.id,
+            Document.payload_sha256 == doc.payload_sha256,
+            Document.status.in_(("sent", "acknowledged")),
+        )
+    )
+    return other is not None
+
+
+def _ipp(patient: Patient) -> str | None:
+    return next((i.value for i in patient.identifiers if i.type_code == "PI"), None)
+
+
+def _ipp_authority(patient: Patient) -> str | None:
+    return next((i.authority for i in patient.identifiers if i.type_code == "PI"), None)
+
+
+def _metadata_json(m: DocumentMetadata) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(m)
+
+
+def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | None) -> str:
+    if doc.flags.get("dest_dmp", True) is False:
+        set_status(doc, "validated", "Document non destiné au DMP")
+        return doc.status
+    action = {"initial": "register", "replacement": "replace", "deletion": "delete"}[doc.kind]
+    key = f"{doc.unique_id}:DMP:{action}"
+    delivery = s.scalar(select(Delivery).where(Delivery.key == key))
+    if delivery is None:
+        delivery = Delivery(
+            document_id=doc.id,
+            destination="DMP",
+            action=action,
+            key=key,
+            status="held" if doc.held else "pending",
+        )
+        s.add(delivery)
+        s.flush()
+    set_status(doc, "held" if doc.held else "validated")
+    if not doc.held:
+        jobs.enqueue(
+            s,
+            JOB_DELIVER,
+            f"{JOB_DELIVER}:{delivery.id}",
+            {"delivery_id": delivery.id},
+            structure_id=doc.structure_id,
+            patient_id=doc.patient_id,
+        )
+    return doc.status
+
+
+# ---- hold / release / retry by a professional --------------------------------------------------------------
+
+
+def hold(db: Database, document_id: int, actor: str) -> None:
+    with db.session() as s:
+        doc = s.get_one(Document, document_id)
+        if doc.status in ("sent", "acknowledged"):
+            raise ValueError("Document déjà envoyé : il ne peut plus être retenu")
+        doc.held = True
+        for d in doc.deliveries:
+            if d.status in ("pending", "failed"):
+                d.status = "held"
+        set_status(doc, "held", f"Retenu par {actor}")
+
+
+def release(db: Database, document_id: int, actor: str) -> None:
+    with db.session() as s:
+        doc = s.get_one(Document, document_id)
+        doc.held = False
+        pending = [d for d in doc.deliveries if d.status == "held"]
+        for d in pending:
+            d.status = "pending"
+            jobs.enqueue(
+                s,
+                JOB_DELIVER,
+                f"{JOB_DELIVER}:{d.id}:{utcnow().isoformat()}",
+                {"delivery_id": d.id},
+                structure_id=doc.structure_id,
+                patient_id=doc.patient_id,
+            )
+        if pending:
+            set_status(doc, "validated", f"Libéré par {actor}")
+        else:
+            set_status(doc, "received", f"Libéré par {actor}")
+            jobs.enqueue(
+                s,
+                JOB_PROCESS,
+                f"{JOB_PROCESS}:{doc.id}:{utcnow().isoformat()}",
+                {"document_id": doc.id},
+                structure_id=doc.structure_id,
+                patient_id=doc.patient_id,
+            )
+
+
+def retry(db: Database, document_id: int, actor: str) -> int:
+    """Put the failed deliveries of a document back in the queue."""
+    with db.session() as s:
+        doc = s.get_one(Document, document_id)
+        n = 0
+        for d in doc.deliveries:
+            if d.status in ("failed", "dead"):
+                d.status = "pending"
+                jobs.enqueue(
+                    s,
+                    JOB_DELIVER,
+                    f"{JOB_DELIVER}:{d.id}:{utcnow().isoformat()}",
+                    {"delivery_id": d.id},
+                    structure_id=doc.structure_id,
+                    patient_id=doc.patient_id,
+                )
+                n += 1
+        if n:
+            set_status(doc, "validated", f"Nouvel essai demandé par {actor}")
+        return n
+
+
+# ---- dmp.deliver ------------------------------------------------------------------------------------------
+
+
+def _structure_info(s: Session, structure_id: int) -> dict[str, Any]:
+    site = s.get_one(Structure, structure_id)
+    return {
+        "id": site.id,
+        "finess": site.finess,
+        "idnat_struct": "1" + site.finess,
+        "name": site.name,
+        "settings": dict(site.settings or {}),
+    }
+
+
+def _record(
+    s: Session, delivery: Delivery, exchanges: list[ExchangeRecord], outcome: str, detail: str | None = None
+) -> None:
+    for e in exchanges:
+        s.add(
+            Exchange(
+                delivery_id=delivery.id,
+                document_id=delivery.document_id,
+                transaction=e.transaction,
+                endpoint=e.endpoint,
+                request_sha256=store_payload(s, e.request) if e.request else None,
+                response_sha256=store_payload(s, e.response) if e.response else None,
+                http_status=e.http_status,
+                outcome=outcome,
+                detail=detail,
+                duration_ms=e.duration_ms,
+            )
+        )
+
+
+async def deliver(db: Database, dmp: DmpPort, delivery_id: int, attempt: int) -> dict[str, Any]:
+    def _load() -> tuple[Delivery, Document, dict[str, Any], bytes, Delivery | None, str | None]:
+        with db.session() as s:
+            d = s.get_one(Delivery, delivery_id)
+            doc = d.document
+            parent = None
+            parent_entry_uuid = None
+            if doc.kind in ("replacement", "deletion"):
+                parent_unique = doc.parent_unique_id if doc.kind == "replacement" else doc.unique_id
+                parent = s.scalar(
+                    select(Delivery)
+                    .join(Document)
+                    .where(
+                        Document.structure_id == doc.structure_id,
+                        Document.unique_id == parent_unique,
+                        Delivery.destination == d.destination,
+                        Delivery.action.in_(("register", "replace")),
+                    )
+                )
+                parent_entry_uuid = parent.entry_uuid if parent else None
+            data = s.get_one(Payload, doc.payload_sha256).data if doc.payload_sha256 else b""
+            if d.status not in ("held", "delivered"):
+                d.status = "sending"
+                d.submitted_at = utcnow()
+                set_status(doc, "sending")
+            s.expunge_all()
+            return d, doc, _structure_info(s, doc.structure_id), data, parent, parent_entry_uuid
+
+    d, doc, structure, data, parent, _parent_uuid = await asyncio.to_thread(_load)
+    if d.status == "delivered":
+        return {"skipped": "already delivered"}
+    if d.status == "held":
+        return {"skipped": "held"}
+    if doc.kind in ("replacement", "deletion") and (parent is None or parent.status != "delivered"):
+        if parent is None and doc.kind == "deletion":
+            raise PermanentError("Suppression d'un document inconnu du DMP")
+        # Never overtake the document this one refers to.
+        raise RetryableError("En attente de l'envoi du document d'origine")
+    stored = doc.context.get("metadata")
+    metadata = DocumentMetadata(**_metadata_from_json(stored)) if stored else None
+    patient_cx = _patient_cx(doc)
+    try:
+        if attempt > 1 and d.action in ("register", "replace"):
+            # The previous attempt may have reached the DMP before failing: ask before sending again.
+            existing = await dmp.find(structure, patient_cx, doc.unique_id)
+            if existing is not None:
+                await asyncio.to_thread(
+                    _delivered, db, delivery_id, existing.entry_uuid, [], "already present"
+                )
+                return {"entry_uuid": existing.entry_uuid, "found": True}
+        if d.action == "delete":
+            target = await dmp.find(structure, patient_cx, doc.unique_id)
+            if target is None:
+                raise DmpRejectedError("XDSUnknownDocument", "Document à supprimer absent du DMP")
+            outcome = await dmp.delete(structure, target)
+        else:
+            assert metadata is not None
+            replaces = None
+            if d.action == "replace":
+                replaces = await dmp.find(structure, patient_cx, doc.parent_unique_id or "")
+                if replaces is None:
+                    raise DmpRejectedError("XDSUnknownDocument", "Document remplacé absent du DMP")
+            outcome = await dmp.register(
+                DmpRequest(
+                    structure,
+                    metadata,
+                    data,
+                    doc.context.get("patient_class"),
+                    doc.parent_unique_id if d.action == "replace" else None,
+                ),
+                replaces,
+            )
+    except DmpUnavailableError as exc:
+        await asyncio.to_thread(_failed, db, delivery_id, "DMP_UNAVAILABLE", str(exc), exc.exchanges, True)
+        raise RetryableError(str(exc)) from exc
+    except DmpRejectedError as exc:
+        await asyncio.to_thread(_failed, db, delivery_id, exc.code, exc.message, exc.exchanges, False)
+        raise PermanentError(str(exc)) from exc
+    await asyncio.to_thread(_delivered, db, delivery_id, outcome.entry_uuid, outcome.exchanges, "success")
+    return {"entry_uuid": outcome.entry_uuid}
+
+
+def _metadata_from_json(data: dict[str, Any]) -> dict[str, Any]:
+    from opensegur.documents.metadata import Coded, XdsAuthor
+
+    out = dict(data)
+    for key in (
+        "class_code",
+        "type_code",
+        "format_code",
+        "healthcare_facility_type_code",
+        "practice_setting_code",
+    ):
+        out[key] = Coded(**out[key])
+    out["confidentiality_codes"] = [Coded(**c) for c in out.get("confidentiality_codes", [])]
+    out["event_codes"] = [Coded(**c) for c in out.get("event_codes", [])]
+    out["authors"] = [
+        XdsAuthor(
+            person=a.get("person"),
+            institutions=tuple(a.get("institutions", ())),
+            roles=tuple(a.get("roles", ())),
+            specialties=tuple(a.get("specialties", ())),
+            telecom=tuple(a.get("telecom", ())),
+        )
+        for a in out.get("authors", [])
+    ]
+    return out
+
+
+def _delivered(
+    db: Database, delivery_id: int, entry_uuid: str | None, exchanges: list[ExchangeRecord], outcome: str
+) -> None:
+    with db.session() as s:
+        d = s.get_one(Delivery, delivery_id)
+        d.status = "delivered"
+        d.entry_uuid = entry_uuid or d.entry_uuid
+        d.delivered_at = utcnow()
+        d.last_error = None
+        _record(s, d, exchanges, outcome)
+        doc = d.document
+        set_status(doc, "sent")
+        _enqueue_zam(s, doc, d.destination, ok=True)
+
+
+def _failed(
+    db: Database, delivery_id: int, code: str, message: str, exchanges: list[ExchangeRecord], retryable: bool
+) -> None:
+    with db.session() as s:
+        d = s.get_one(Delivery, delivery_id)
+        d.status = "failed" if retryable else "dead"
+        d.error_code, d.last_error = code, message
+        _record(s, d, exchanges, "retry" if retryable else "rejected", f"{code}: {message}")
+        doc = d.document
+        set_status(doc, "error", f"{code} : {message}")
+        if not retryable:
+            _enqueue_zam(s, doc, d.destination, ok=False)
+
+
+# ---- zam.send ---------------------------------------------------------------------------------------------
+
+
+def _enqueue_zam(s: Session, doc: Document, destination: str, ok: bool) -> None:
+    if not doc.context.get("zam"):
+        return  # REST intake: no DPI waiting for an HL7 acknowledgement
+    jobs.enqueue(
+        s,
+        JOB_ZAM,
+        f"{JOB_ZAM}:{doc.id}:{destination}:{doc.status}",
+        {"document_id": doc.id, "destination": destination, "ok": ok},
+        structure_id=doc.structure_id,
+        patient_id=doc.patient_id,
+    )
+
+
+async def send_zam(db: Database, zam: ZamPort, document_id: int, destination: str, ok: bool) -> None:
+    def _load() -> tuple[dict[str, Any], list[dict[str, str]]]:
+        with db.session() as s:
+            doc = s.get_one(Document, document_id)
+            errors = (
+                [f for f in doc.findings if ok or f.get("severity") == "blocking"] if doc.findings else []
+            )
+            if not ok and doc.status_reason and not errors:
+                errors = [
+                    {
+                        "severity": "blocking",
+                        "source": "delivery",
+                        "code": "DMP",
+                        "message": doc.status_reason,
+                        "location": "",
+                    }
+                ]
+            return {
+                "id": doc.id,
+                "unique_id": doc.unique_id,
+                "status": doc.status,
+                "context": doc.context,
+                "kind": doc.kind,
+            }, errors
+
+    info, errors = await asyncio.to_thread(_load)
+    await zam.send(info, destination, ok, errors)
+
+    def _ack() -> None:
+        with db.session() as s:
+            doc = s.get_one(Document, document_id)
+            if ok and doc.status == "sent":
+                set_status(doc, "acknowledged")
+
+    await asyncio.to_thread(_ack)
+
+
+# ---- job handlers -----------------------------------------------------------------------------------------
+
+
+def make_process_handler(ctx: ProcessContext) -> Any:
+    async def handle(job: Job) -> dict[str, Any]:
+        status = await asyncio.to_thread(process_document, ctx, int(job.args["document_id"]))
+        return {"status": status}
+
+    return handle
+
+
+def make_deliver_handler(db: Database, dmp: DmpPort) -> Any:
+    async def handle(job: Job) -> dict[str, Any]:
+        return await deliver(db, dmp, int(job.args["delivery_id"]), job.attempts)
+
+    return handle
+
+
+def make_zam_handler(db: Database, zam: ZamPort) -> Any:
+    async def handle(job: Job) -> dict[str, Any]:
+        await send_zam(db, zam, int(job.args["document_id"]), job.args["destination"], bool(job.args["ok"]))
+        return {}
+
+    return handle

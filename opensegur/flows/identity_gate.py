@@ -1,0 +1,30 @@
+"""The identity gate of the document flows: documents wait for a qualified identity, then go on by themselves."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from opensegur.store import jobs
+from opensegur.store.models import Document, utcnow
+
+JOB_PROCESS = "document.process"
+
+
+def release_waiting_documents(s: Session, patient_id: int) -> int:
+    """Called when an identity becomes qualified: its waiting documents go through the gates again."""
+    waiting = s.scalars(
+        select(Document).where(Document.patient_id == patient_id, Document.status == "waiting_identity")
+    ).all()
+    for doc in waiting:
+        doc.status = "received"
+        doc.status_reason = "Identité qualifiée : reprise du traitement"
+        jobs.enqueue(
+            s,
+            JOB_PROCESS,
+            f"{JOB_PROCESS}:{doc.id}:{utcnow().isoformat()}",
+            {"document_id": doc.id},
+            structure_id=doc.structure_id,
+            patient_id=patient_id,
+        )
+    return len(waiting)
