@@ -167,6 +167,80 @@ async def bench_insi(n: int) -> tuple[float, float]:
     return ours, base
 
 
+async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float]:
+    """Documents per second from the first MLLP byte to the DMP's registry answer, all validation on."""
+    from sqlalchemy import func, select
+
+    from bench.mdm_factory import mdm
+    from opensegur.store.models import Delivery
+
+    settings = Settings(
+        data_dir=tmp / "platform", demo=True, http_port=0, mllp_port=0, cache_dir=tmp / "cache"
+    )
+    platform = Platform(settings)
+    rt = await platform.start()
+    await platform.warmed()
+    payloads = [mdm(i, run=tmp.name[-6:].replace("_", "")) for i in range(n)]
+
+    def delivered() -> int:
+        with rt.db.session() as s:
+            return int(
+                s.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "delivered"))
+            )
+
+    start = time.perf_counter()
+    await asyncio.gather(*(send_many(rt.mllp_port or 0, payloads[k::4]) for k in range(4)))
+    while await asyncio.to_thread(delivered) < n:
+        await asyncio.sleep(0.05)
+    ours = n / (time.perf_counter() - start)
+    await platform.stop()
+
+    # Baseline: what any integration engine must do at least: parse the HL7, decode the base64, parse the XML,
+    # and POST it to a server that answers at once.
+    import base64
+
+    import hl7
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+    from lxml import etree
+
+    null = FastAPI()
+
+    @null.post("/null")
+    async def _null() -> Response:
+        return Response(b"ok")
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(null, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/null"
+
+    def work(raw: bytes) -> bytes:
+        msg = hl7.parse(raw.decode("utf-8"))
+        for seg in msg.segments("OBX"):
+            if str(seg[2]) == "ED" and str(seg[5][0][4]).startswith("PD94"):
+                cda = base64.b64decode(str(seg[5][0][4]))
+                etree.fromstring(cda)
+                return cda
+        raise AssertionError("no CDA")
+
+    async with httpx.AsyncClient() as http:
+
+        async def lane(items: list[bytes]) -> None:
+            for raw in items:
+                cda = await asyncio.to_thread(work, raw)
+                (await http.post(url, content=cda)).raise_for_status()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(lane(payloads[k::4]) for k in range(4)))
+        base = n / (time.perf_counter() - start)
+    server.should_exit = True
+    await task
+    return ours, base
+
+
 async def main(args: argparse.Namespace) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,6 +248,18 @@ async def main(args: argparse.Namespace) -> None:
     ours = statistics.median(f[0] for f in feeds)
     base = statistics.median(f[1] for f in feeds)
     rows.append(("Flux d'identité PAM FR sur MLLP (messages/s)", ours, "MLLP + INSERT SQLite brut", base))
+    with tempfile.TemporaryDirectory() as tmp:
+        docs = [await bench_dmp_feed(args.documents, Path(tmp) / f"dmp_{i}") for i in range(args.repeat)]
+    ours = statistics.median(d[0] for d in docs)
+    base = statistics.median(d[1] for d in docs)
+    rows.append(
+        (
+            "Flux DMP de bout en bout : MDM sur MLLP → validation complète → ITI-41 (documents/s)",
+            ours,
+            "HL7 + base64 + XML + POST HTTP nu",
+            base,
+        )
+    )
     insis = [await bench_insi(args.searches) for _ in range(args.repeat)]
     ours = statistics.median(i[0] for i in insis)
     base = statistics.median(i[1] for i in insis)
@@ -192,5 +278,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--searches", type=int, default=300)
+    parser.add_argument("--documents", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
     asyncio.run(main(parser.parse_args()))

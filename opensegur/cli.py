@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per HTTP request to the DMP or INSi would drown the flow's own messages; exchanges are stored.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "config":
         json.dump(settings.public_dict(), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

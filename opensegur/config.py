@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     validation_strict: bool = False  # every schematron failure blocks, not only the blocking findings
     # Where business acknowledgements (ZAM) go when a structure does not say: "host:port" of the DPI.
     zam_endpoint: str | None = None
+    rest_max_upload_bytes: int = 20 * 1024 * 1024
     api_token: SecretStr | None = None
     log_level: str = "INFO"
 

@@ -7,6 +7,7 @@ messages in flight (their ACK follows their commit), then stop the workers (runn
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import signal
@@ -129,6 +130,11 @@ class Platform:
 
     async def start(self) -> Runtime:
         s = self.settings
+        # Every blocking step (SQL, validation, signing) runs in a thread; asyncio's default pool (cores + 4) would
+        # let a burst of MLLP messages and busy workers starve the pages and the API. Waiting threads are cheap.
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="opensegur")
+        )
         s.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.db.migrate)
         endpoints: dict[str, Any] = {}
@@ -244,6 +250,11 @@ class Platform:
         rt.ready = True
         log.info("OpenSégur ready: http://%s:%s  mllp %s:%s", s.host, rt.http_port, s.host, rt.mllp_port)
         return rt
+
+    async def warmed(self) -> None:
+        """Wait until the schematrons are compiled (benchmarks, tests that time the flow)."""
+        if self._warm is not None:
+            await self._warm
 
     async def _serve_http(self, app: Any, sock: socket.socket) -> None:
         config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)

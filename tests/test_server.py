@@ -45,6 +45,9 @@ class Served:
 
 def start(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
     http_port, mllp_port = free_port(), free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "server.log"
+    log = log_path.open("ab")
     full_env = {
         **os.environ,
         "OPENSEGUR_JOB_BACKOFF_BASE_S": "0.2",
@@ -66,14 +69,15 @@ def start(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Ser
             *extra,
         ],
         env=full_env,
-        stdout=subprocess.PIPE,
+        # A file, not a pipe: nobody reads a pipe while the test runs, and a full pipe would block the server.
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{http_port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "server died")
+            raise AssertionError(log_path.read_text(errors="replace")[-5000:])
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                 return Served(proc, base, mllp_port, data_dir)

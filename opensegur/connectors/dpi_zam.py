@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from opensegur.flows.worker import PermanentError, RetryableError
+from opensegur.flows.worker import RetryableError
 from opensegur.transactions.hl7v2 import MessageHeader
 from opensegur.transactions.zam import ZamError, ZamKind, ZamStatus, build_zam
 from opensegur.transport.mllp import MllpFramingError, send_message
@@ -18,6 +19,7 @@ _DESTINATION_KIND: dict[str, ZamKind] = {
     "MSSANTE_PAT": "reception_mss",
 }
 _counter = itertools.count(1)
+log = logging.getLogger(__name__)
 
 
 def original_header(zam_context: dict[str, Any]) -> MessageHeader:
@@ -76,13 +78,16 @@ class MllpZamSender:
         zam = context.get("zam") or {}
         endpoint = zam.get("endpoint") or self.default_endpoint
         if endpoint is None:
-            raise PermanentError("Aucune adresse MLLP de retour des accusés métier n'est configurée")
+            # A DPI that wants business acknowledgements declares where; without it there is nobody to tell.
+            log.info("no ZAM endpoint configured for document %s: acknowledgement not sent", document["id"])
+            return
         host, port = endpoint
         status = ZamStatus(
             kind=_DESTINATION_KIND.get(destination, "reception_dmp"),
             success=ok,
             timestamp=datetime.now(UTC),
-            errors=[] if ok else zam_errors(errors),
+            # The volet allows one ERR in a ZAM: the first blocking problem (documents often have several).
+            errors=[] if ok else (zam_errors(errors)[:1] or [ZamError(code="906", label="Erreur 'Autre'")]),
         )
         control_id = f"ZAM{int(time.time() * 1000)}{next(_counter):04d}"
         payload = build_zam(

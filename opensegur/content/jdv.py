@@ -176,6 +176,10 @@ _TYPE_TO_CLASS: dict[str, str] = {
     "34874-8": "10",
     "11488-4": "10",
     "34112-3": "10",
+    # 15508-5 (CR d'accouchement) is a compte rendu; 57833-6 (prescription de sortie) belongs to TRE_A03's
+    # "Prescription" class 42: both inferred from the J07 and TRE_A03 labels, to check against ASS_X04.
+    "15508-5": "10",
+    "57833-6": "42",
     "IMG-KOS": "31",
 }
 

@@ -7,6 +7,7 @@ Every coded value is checked against the vendored JDV; anything mandatory that c
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -43,6 +44,10 @@ __all__ = [
 # Local times without an offset are French legal time: the DPIs that omit the offset are French hospitals.
 _PARIS = ZoneInfo("Europe/Paris")
 ENCOUNTER_ID_TYPE = "urn:ihe:iti:xds:2015:encounterId"
+
+
+# An IPP authority that is a namespace rather than an OID (e.g. a FINESS) cannot go in a CX assigning authority.
+_OID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 
 
 class MetadataError(ValueError):
@@ -267,7 +272,7 @@ def document_metadata(
             "legalAuthenticator",
         )
 
-    if ipp and ipp_authority_oid:
+    if ipp and ipp_authority_oid and _OID_RE.match(ipp_authority_oid):
         source_patient_id = cx(ipp, ipp_authority_oid, "PI")
     else:
         local = next((i for i in p.other_ids if i.extension), None)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from opensegur.content.cda import CdaError, CdaHeader, parse_cda
@@ -314,7 +315,11 @@ def process_document(ctx: ProcessContext, document_id: int) -> str:
         doc = s.get_one(Document, document_id)
         patient = s.get(Patient, doc.patient_id) if doc.patient_id else None
         if header is not None:
-            findings += _identity_findings(doc, header, patient)
+            # The validator already reports a malformed INS (same code): report each problem once.
+            seen = {(f.source, f.code) for f in findings}
+            findings += [
+                f for f in _identity_findings(doc, header, patient) if (f.source, f.code) not in seen
+            ]
         doc.findings = [_finding_json(f) for f in findings]
         if _blocking(findings):
             set_status(doc, "rejected", _blocking(findings)[0].message)
@@ -418,8 +423,15 @@ def _ipp(patient: Patient) -> str | None:
     return next((i.value for i in patient.identifiers if i.type_code == "PI"), None)
 
 
+_OID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+
+
 def _ipp_authority(patient: Patient) -> str | None:
-    return next((i.authority for i in patient.identifiers if i.type_code == "PI"), None)
+    """The IPP's assigning authority when it is an OID: sourcePatientId is a CX with an ISO authority, and an
+    authority known only by namespace or a non-ISO id (PID-3 ``CHU-X&000897406&N``) would make the DMP refuse the
+    submission; without one, the metadata fall back to the INS, as the DMP annex allows."""
+    authority = next((i.authority for i in patient.identifiers if i.type_code == "PI"), None)
+    return authority if authority and _OID_RE.match(authority) else None
 
 
 def _metadata_json(m: DocumentMetadata) -> dict[str, Any]:
@@ -468,7 +480,7 @@ def hold(db: Database, document_id: int, actor: str) -> None:
             raise ValueError("Document déjà envoyé : il ne peut plus être retenu")
         doc.held = True
         for d in doc.deliveries:
-            if d.status in ("pending", "failed"):
+            if d.status in ("pending", "failed", "waiting"):
                 d.status = "held"
         set_status(doc, "held", f"Retenu par {actor}")
 
@@ -567,6 +579,8 @@ async def deliver(db: Database, dmp: DmpPort, delivery_id: int, attempt: int) ->
             parent_entry_uuid = None
             if doc.kind in ("replacement", "deletion"):
                 parent_unique = doc.parent_unique_id if doc.kind == "replacement" else doc.unique_id
+                # Locked so that the parent's delivery cannot commit between this check and the "waiting" mark
+                # below: _delivered wakes the waiting deliveries it sees (PostgreSQL; SQLite serialises writers).
                 parent = s.scalar(
                     select(Delivery)
                     .join(Document)
@@ -576,13 +590,26 @@ async def deliver(db: Database, dmp: DmpPort, delivery_id: int, attempt: int) ->
                         Delivery.destination == d.destination,
                         Delivery.action.in_(("register", "replace")),
                     )
+                    .with_for_update(of=Delivery)
                 )
                 parent_entry_uuid = parent.entry_uuid if parent else None
             data = s.get_one(Payload, doc.payload_sha256).data if doc.payload_sha256 else b""
-            if d.status not in ("held", "delivered"):
+            waits = (
+                doc.kind in ("replacement", "deletion")
+                and (parent is not None or doc.kind == "replacement")
+                and (parent is None or parent.status != "delivered")
+            )
+            if d.status in ("held", "delivered"):
+                pass
+            elif waits:
+                # Never overtake the document this one refers to; its delivery wakes this one up.
+                d.status = "waiting"
+                set_status(doc, "validated", "En attente de l'envoi au DMP du document d'origine")
+            else:
                 d.status = "sending"
                 d.submitted_at = utcnow()
                 set_status(doc, "sending")
+            s.flush()  # before expunging: the status marks above must reach the commit
             s.expunge_all()
             return d, doc, _structure_info(s, doc.structure_id), data, parent, parent_entry_uuid
 
@@ -591,11 +618,12 @@ async def deliver(db: Database, dmp: DmpPort, delivery_id: int, attempt: int) ->
         return {"skipped": "already delivered"}
     if d.status == "held":
         return {"skipped": "held"}
-    if doc.kind in ("replacement", "deletion") and (parent is None or parent.status != "delivered"):
-        if parent is None and doc.kind == "deletion":
-            raise PermanentError("Suppression d'un document inconnu du DMP")
-        # Never overtake the document this one refers to.
-        raise RetryableError("En attente de l'envoi du document d'origine")
+    if d.status == "waiting":
+        return {"waiting": parent.id if parent is not None else None}
+    if doc.kind == "deletion" and parent is None:
+        message = "Suppression d'un document jamais envoyé au DMP"
+        await asyncio.to_thread(_failed, db, delivery_id, "XDSUnknownDocument", message, [], False)
+        raise PermanentError(message)
     stored = doc.context.get("metadata")
     metadata = DocumentMetadata(**_metadata_from_json(stored)) if stored else None
     patient_cx = _patient_cx(doc)
@@ -680,6 +708,35 @@ def _delivered(
         doc = d.document
         set_status(doc, "sent")
         _enqueue_zam(s, doc, d.destination, ok=True)
+        if d.action in ("register", "replace"):
+            _wake_waiting(s, d, doc)
+
+
+def _wake_waiting(s: Session, parent: Delivery, doc: Document) -> None:
+    """Queue the replacements and deletions that were waiting for this delivery."""
+    waiting = s.scalars(
+        select(Delivery)
+        .join(Document)
+        .where(
+            Document.structure_id == doc.structure_id,
+            Delivery.destination == parent.destination,
+            Delivery.status == "waiting",
+            or_(
+                (Document.kind == "replacement") & (Document.parent_unique_id == doc.unique_id),
+                (Document.kind == "deletion") & (Document.unique_id == doc.unique_id),
+            ),
+        )
+    ).all()
+    for child in waiting:
+        child.status = "pending"
+        jobs.enqueue(
+            s,
+            JOB_DELIVER,
+            f"{JOB_DELIVER}:{child.id}:after:{parent.id}:{utcnow().isoformat()}",
+            {"delivery_id": child.id},
+            structure_id=child.document.structure_id,
+            patient_id=child.document.patient_id,
+        )
 
 
 def _failed(
@@ -720,12 +777,21 @@ async def send_zam(db: Database, zam: ZamPort, document_id: int, destination: st
                 [f for f in doc.findings if ok or f.get("severity") == "blocking"] if doc.findings else []
             )
             if not ok and doc.status_reason and not errors:
+                # A refusal by the DMP: its error code (XDS or DMP) is what the DPI needs in ERR-5.
+                refused = next(
+                    (
+                        d
+                        for d in doc.deliveries
+                        if d.destination == destination and d.status == "dead" and d.error_code
+                    ),
+                    None,
+                )
                 errors = [
                     {
                         "severity": "blocking",
                         "source": "delivery",
-                        "code": "DMP",
-                        "message": doc.status_reason,
+                        "code": refused.error_code if refused and refused.error_code else "DMP",
+                        "message": (refused.last_error if refused else None) or doc.status_reason,
                         "location": "",
                     }
                 ]

@@ -9,6 +9,7 @@ sandbox apply the same checks as the real service without any real key material 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import json
 import os
@@ -311,7 +312,9 @@ def load_certificates(pem: bytes) -> list[x509.Certificate]:
     return certs
 
 
+@functools.lru_cache(maxsize=16)
 def load_private_key(pem: bytes, password: bytes | None = None) -> PrivateKeyTypes:
+    # Cached: loading checks the RSA key (tens of ms), and every VIHF and XAdES signature needs it.
     try:
         return serialization.load_pem_private_key(pem, password=password)
     except (ValueError, TypeError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -45,6 +46,33 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
+class FairLock:
+    """A first-come, first-served lock. ``threading.Lock`` lets a busy thread take it again and again while another
+    waits; under a burst a page's query could wait minutes behind the workers. Here each waiter gets its turn."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
+        self._held = False
+
+    def __enter__(self) -> None:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        turn.acquire()  # released by the previous holder, which hands the lock over without freeing it
+
+    def __exit__(self, *exc: object) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -52,8 +80,8 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time and its busy handler sleeps up to 100 ms between retries; queueing
         # our own threads on a lock instead keeps latency flat. PostgreSQL needs no such lock.
-        self._lock: threading.Lock | contextlib.nullcontext[None] = (
-            threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        self._lock: FairLock | contextlib.nullcontext[None] = (
+            FairLock() if self.is_sqlite else contextlib.nullcontext()
         )
 
     @property

@@ -15,8 +15,10 @@ import datetime as dt
 import re
 import uuid
 from dataclasses import dataclass, field
+from typing import cast
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 from signxml import SignatureConfiguration, XMLSigner, XMLVerifier
@@ -24,7 +26,13 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 from signxml.exceptions import InvalidInput, InvalidSignature
 
 from opensegur.documents.metadata import Coded
-from opensegur.security.pki import PkiError, load_certificate, load_certificates, verify_certificate_chain
+from opensegur.security.pki import (
+    PkiError,
+    load_certificate,
+    load_certificates,
+    load_private_key,
+    verify_certificate_chain,
+)
 from opensegur.transport.soap import SOAP12_NS
 
 __all__ = [
@@ -249,7 +257,7 @@ def build_vihf(
     )
     signed = signer.sign(
         assertion,
-        key=key_pem,
+        key=cast(RSAPrivateKey, load_private_key(key_pem)),
         cert=[c.public_bytes(Encoding.PEM).decode() for c in load_certificates(cert_pem)],
     )
     return signed

@@ -26,6 +26,7 @@ from opensegur.identity.traits import StrictTraits
 from opensegur.store import jobs
 from opensegur.store.models import AuditEvent, IdentityEvent, Job, Patient, Professional, Structure
 from opensegur.web import queries
+from opensegur.web.documents import documents_router
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 
@@ -394,6 +395,7 @@ def create_app(runtime: Any) -> FastAPI:
             return back(patient_id, exc.message)
         return back(patient_id, f"Identité n° {source_id} fusionnée dans celle-ci")
 
+    app.include_router(documents_router(runtime))
     return app
 
 
