@@ -180,7 +180,8 @@ async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float]:
     platform = Platform(settings)
     rt = await platform.start()
     await platform.warmed()
-    payloads = [mdm(i, run=tmp.name[-6:].replace("_", "")) for i in range(n)]
+    run = str(int(time.time() * 1000) % 10**9)  # document ids are OIDs: digits only
+    payloads = [mdm(i, run=run) for i in range(n)]
 
     def delivered() -> int:
         with rt.db.session() as s:
@@ -190,7 +191,10 @@ async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float]:
 
     start = time.perf_counter()
     await asyncio.gather(*(send_many(rt.mllp_port or 0, payloads[k::4]) for k in range(4)))
+    deadline = time.monotonic() + 600
     while await asyncio.to_thread(delivered) < n:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {delivered()} of {n} documents reached the DMP in 10 minutes")
         await asyncio.sleep(0.05)
     ours = n / (time.perf_counter() - start)
     await platform.stop()
@@ -220,8 +224,9 @@ async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float]:
     def work(raw: bytes) -> bytes:
         msg = hl7.parse(raw.decode("utf-8"))
         for seg in msg.segments("OBX"):
-            if str(seg[2]) == "ED" and str(seg[5][0][4]).startswith("PD94"):
-                cda = base64.b64decode(str(seg[5][0][4]))
+            comps = str(seg[5]).split("^")
+            if str(seg[2]) == "ED" and len(comps) > 4 and len(comps[4]) > 10_000:
+                cda = base64.b64decode(comps[4])
                 etree.fromstring(cda)
                 return cda
         raise AssertionError("no CDA")

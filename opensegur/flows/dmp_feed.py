@@ -141,6 +141,40 @@ def _doc_error(message: str, location: str, app_code: str = "906") -> Hl7Error:
     )
 
 
+def document_flags(
+    *,
+    dest_dmp: bool = True,
+    dest_mssante_ps: bool = False,
+    dest_mssante_pat: bool = False,
+    ack_reception: bool = False,
+    ack_lecture_mss: bool = False,
+    connexion_secrete: bool = False,
+    modif_conf_code: bool = False,
+    masque_ps: bool = False,
+    invisible_patient: bool = False,
+    invisible_rep_legaux: bool = False,
+) -> dict[str, Any]:
+    """Routing and visibility of a document, the same for every intake (HL7 MetaDMPMSS, REST)."""
+    return {
+        "dest_dmp": dest_dmp,
+        "dest_mssante_ps": dest_mssante_ps,
+        "dest_mssante_pat": dest_mssante_pat,
+        "ack_reception": ack_reception,
+        "ack_lecture_mss": ack_lecture_mss,
+        "connexion_secrete": connexion_secrete,
+        "modif_conf_code": modif_conf_code,
+        "confidentiality": [
+            code
+            for code, on in (
+                ("MASQUE_PS", masque_ps),
+                ("INVISIBLE_PATIENT", invisible_patient),
+                ("INVISIBLE_REPRESENTANTS_LEGAUX", invisible_rep_legaux),
+            )
+            if on
+        ],
+    }
+
+
 def accept_document(s: Session, dm: DocumentMessage, sender: str, actor: str) -> Accepted:
     """Record the documents of one MDM/ORU and queue their processing. Raises Hl7Error to refuse the message."""
     candidates = [dm.header.sending_facility or ""]
@@ -215,24 +249,18 @@ def accept_document(s: Session, dm: DocumentMessage, sender: str, actor: str) ->
         status="received",
         held=False,
         findings=[],
-        flags={
-            "dest_dmp": meta.dest_dmp,
-            "dest_mssante_ps": meta.dest_mssante_ps,
-            "dest_mssante_pat": meta.dest_mssante_pat,
-            "ack_reception": meta.ack_reception,
-            "ack_lecture_mss": meta.ack_lecture_mss,
-            "connexion_secrete": meta.connexion_secrete,
-            "modif_conf_code": meta.modif_conf_code,
-            "confidentiality": [
-                code
-                for code, on in (
-                    ("MASQUE_PS", meta.masque_ps),
-                    ("INVISIBLE_PATIENT", meta.invisible_patient),
-                    ("INVISIBLE_REPRESENTANTS_LEGAUX", meta.invisible_rep_legaux),
-                )
-                if on
-            ],
-        },
+        flags=document_flags(
+            dest_dmp=meta.dest_dmp,
+            dest_mssante_ps=meta.dest_mssante_ps,
+            dest_mssante_pat=meta.dest_mssante_pat,
+            ack_reception=meta.ack_reception,
+            ack_lecture_mss=meta.ack_lecture_mss,
+            connexion_secrete=meta.connexion_secrete,
+            modif_conf_code=meta.modif_conf_code,
+            masque_ps=meta.masque_ps,
+            invisible_patient=meta.invisible_patient,
+            invisible_rep_legaux=meta.invisible_rep_legaux,
+        ),
         context={
             "zam": {
                 "sending_application": dm.header.sending_application,
@@ -485,6 +513,29 @@ def hold(db: Database, document_id: int, actor: str) -> None:
         set_status(doc, "held", f"Retenu par {actor}")
 
 
+def _requeue_delivery(s: Session, doc: Document, d: Delivery) -> None:
+    """A new job for a delivery a human released or retried: a fresh key, since the old job is done or dead."""
+    jobs.enqueue(
+        s,
+        JOB_DELIVER,
+        f"{JOB_DELIVER}:{d.id}:{utcnow().isoformat()}",
+        {"delivery_id": d.id},
+        structure_id=doc.structure_id,
+        patient_id=doc.patient_id,
+    )
+
+
+def _requeue_processing(s: Session, doc: Document) -> None:
+    jobs.enqueue(
+        s,
+        JOB_PROCESS,
+        f"{JOB_PROCESS}:{doc.id}:{utcnow().isoformat()}",
+        {"document_id": doc.id},
+        structure_id=doc.structure_id,
+        patient_id=doc.patient_id,
+    )
+
+
 def release(db: Database, document_id: int, actor: str) -> None:
     with db.session() as s:
         doc = s.get_one(Document, document_id)
@@ -492,26 +543,12 @@ def release(db: Database, document_id: int, actor: str) -> None:
         pending = [d for d in doc.deliveries if d.status == "held"]
         for d in pending:
             d.status = "pending"
-            jobs.enqueue(
-                s,
-                JOB_DELIVER,
-                f"{JOB_DELIVER}:{d.id}:{utcnow().isoformat()}",
-                {"delivery_id": d.id},
-                structure_id=doc.structure_id,
-                patient_id=doc.patient_id,
-            )
+            _requeue_delivery(s, doc, d)
         if pending:
             set_status(doc, "validated", f"Libéré par {actor}")
         else:
             set_status(doc, "received", f"Libéré par {actor}")
-            jobs.enqueue(
-                s,
-                JOB_PROCESS,
-                f"{JOB_PROCESS}:{doc.id}:{utcnow().isoformat()}",
-                {"document_id": doc.id},
-                structure_id=doc.structure_id,
-                patient_id=doc.patient_id,
-            )
+            _requeue_processing(s, doc)
 
 
 def retry(db: Database, document_id: int, actor: str) -> int:
@@ -522,14 +559,7 @@ def retry(db: Database, document_id: int, actor: str) -> int:
         for d in doc.deliveries:
             if d.status in ("failed", "dead"):
                 d.status = "pending"
-                jobs.enqueue(
-                    s,
-                    JOB_DELIVER,
-                    f"{JOB_DELIVER}:{d.id}:{utcnow().isoformat()}",
-                    {"delivery_id": d.id},
-                    structure_id=doc.structure_id,
-                    patient_id=doc.patient_id,
-                )
+                _requeue_delivery(s, doc, d)
                 n += 1
         if n:
             set_status(doc, "validated", f"Nouvel essai demandé par {actor}")

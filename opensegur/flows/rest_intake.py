@@ -36,6 +36,7 @@ from opensegur.content.jdv import (
     content_type_code_for_patient_class,
     load_value_set,
 )
+from opensegur.flows.dmp_feed import document_flags
 from opensegur.flows.identity_feed import resolve_site
 from opensegur.flows.identity_gate import JOB_PROCESS
 from opensegur.identity.errors import IdentityError
@@ -528,24 +529,11 @@ def accept_rest_document(
         held=False,
         findings=[],
         # Same keys as the HL7 path so that the flow reads both alike; only the DMP is a destination here.
-        flags={
-            "dest_dmp": True,
-            "dest_mssante_ps": False,
-            "dest_mssante_pat": False,
-            "ack_reception": False,
-            "ack_lecture_mss": False,
-            "connexion_secrete": False,
-            "modif_conf_code": False,
-            "confidentiality": [
-                code
-                for code, on in (
-                    ("MASQUE_PS", req.masque_ps),
-                    ("INVISIBLE_PATIENT", req.invisible_patient),
-                    ("INVISIBLE_REPRESENTANTS_LEGAUX", req.invisible_rep_legaux),
-                )
-                if on
-            ],
-        },
+        flags=document_flags(
+            masque_ps=req.masque_ps,
+            invisible_patient=req.invisible_patient,
+            invisible_rep_legaux=req.invisible_rep_legaux,
+        ),
         context={
             "patient_class": stay.patient_class,
             "visit_number": stay.visit_number if stay_authority else None,
