@@ -468,6 +468,15 @@ def _metadata_json(m: DocumentMetadata) -> dict[str, Any]:
     return asdict(m)
 
 
+_STATUS_OF_DELIVERY = {
+    "delivered": "sent",
+    "sending": "sending",
+    "waiting": "sending",
+    "failed": "error",
+    "dead": "error",
+}
+
+
 def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | None) -> str:
     if doc.flags.get("dest_dmp", True) is False:
         set_status(doc, "validated", "Document non destiné au DMP")
@@ -475,6 +484,12 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
     action = {"initial": "register", "replacement": "replace", "deletion": "delete"}[doc.kind]
     key = f"{doc.unique_id}:DMP:{action}"
     delivery = s.scalar(select(Delivery).where(Delivery.key == key))
+    if delivery is not None and delivery.status not in ("pending", "held"):
+        # This job ran again (its lease expired after a crash, or a release re-queued it) while the delivery was
+        # already on its way: the delivery tells where the document stands, never an earlier step.
+        if not (delivery.status == "delivered" and doc.status in ("sent", "acknowledged")):
+            set_status(doc, _STATUS_OF_DELIVERY.get(delivery.status, doc.status))
+        return doc.status
     if delivery is None:
         delivery = Delivery(
             document_id=doc.id,

@@ -336,3 +336,21 @@ async def test_patient_opposed_to_the_feeding_of_the_dmp(platform: tuple[Runtime
     doc = document(rt, uid(n))
     assert doc.status == "opposition" and doc.deliveries == []
     assert await dmp_calls(rt, "iti41") == [] and await inspect(rt, ins) == []
+
+
+async def test_processing_run_again_after_delivery_keeps_the_document_where_it_stands(
+    platform: tuple[Runtime, DpiListener], schematron_cache: Path
+) -> None:
+    """After a crash a processing job can be leased again once its document is delivered: no step backwards."""
+    from opensegur.content.validation import CdaValidator
+    from opensegur.flows.dmp_feed import ProcessContext, process_document
+
+    rt, _dpi = platform
+    n = new_number()
+    assert (await send_raw(rt, mdm("initial", n))).code == "AA"
+    doc = await wait_status(rt, uid(n), {"acknowledged"})
+    ctx = ProcessContext(rt.db, CdaValidator(schematron_cache / "schematron"))
+    assert await asyncio.to_thread(process_document, ctx, doc.id) == "acknowledged"
+    again = document(rt, uid(n))
+    assert again.status == "acknowledged" and [d["status"] for d in again.deliveries] == ["delivered"]
+    assert len(await entries_for(rt, uid(n))) == 1
