@@ -8,7 +8,6 @@ part being filled and a delimiter-sized look-behind.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import secrets
@@ -20,7 +19,13 @@ from typing import BinaryIO
 import httpx
 from lxml import etree
 
-from opensegur.transport.soap import SoapFaultError, SoapFormatError, SoapTransportError, parse_envelope
+from opensegur.transport.soap import (
+    SoapFaultError,
+    SoapFormatError,
+    SoapTransportError,
+    parse_envelope,
+    post_bounded,
+)
 
 __all__ = [
     "XOP_NS",
@@ -361,29 +366,7 @@ async def post_mtom(
     """
     headers = {"Content-Type": content_type, "Accept": "multipart/related, application/soap+xml"}
     content: bytes | AsyncIterator[bytes] = body if isinstance(body, bytes) else _aiter(body)
-    try:
-        async with asyncio.timeout(timeout):
-            async with client.stream("POST", url, content=content, headers=headers, timeout=timeout) as resp:
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise SoapTransportError(
-                            f"response from {url} exceeds {max_bytes} bytes",
-                            retryable=False,
-                            status_code=resp.status_code,
-                        )
-                    chunks.append(chunk)
-                status = resp.status_code
-                resp_type = resp.headers.get("content-type", "")
-    except TimeoutError as exc:
-        raise SoapTransportError(f"timeout after {timeout}s calling {url}", retryable=True) from exc
-    except httpx.TimeoutException as exc:
-        raise SoapTransportError(f"timeout calling {url}: {exc!r}", retryable=True) from exc
-    except httpx.TransportError as exc:
-        raise SoapTransportError(f"transport error calling {url}: {exc!r}", retryable=True) from exc
-    raw = b"".join(chunks)
+    status, resp_type, raw = await post_bounded(client, url, content, headers, timeout, max_bytes)
     if 200 <= status < 300:
         return resp_type, raw
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 
 import httpx
 from lxml import etree
@@ -237,6 +238,39 @@ def parse_envelope(
     return headers, children[0]
 
 
+async def post_bounded(
+    client: httpx.AsyncClient,
+    url: str,
+    content: bytes | AsyncIterator[bytes],
+    headers: dict[str, str],
+    timeout: float,
+    max_bytes: int,
+) -> tuple[int, str, bytes]:
+    """POST and read the answer whole, within ``timeout`` for the whole exchange and ``max_bytes`` for the body:
+    (HTTP status, Content-Type, body). Timeouts and connection failures raise a retryable SoapTransportError."""
+    try:
+        async with asyncio.timeout(timeout):
+            async with client.stream("POST", url, content=content, headers=headers, timeout=timeout) as resp:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise SoapTransportError(
+                            f"response from {url} exceeds {max_bytes} bytes",
+                            retryable=False,
+                            status_code=resp.status_code,
+                        )
+                    chunks.append(chunk)
+                return resp.status_code, resp.headers.get("content-type", ""), b"".join(chunks)
+    except TimeoutError as exc:
+        raise SoapTransportError(f"timeout after {timeout}s calling {url}", retryable=True) from exc
+    except httpx.TimeoutException as exc:
+        raise SoapTransportError(f"timeout calling {url}: {exc!r}", retryable=True) from exc
+    except httpx.TransportError as exc:
+        raise SoapTransportError(f"transport error calling {url}: {exc!r}", retryable=True) from exc
+
+
 async def post_soap(
     client: httpx.AsyncClient,
     url: str,
@@ -252,28 +286,7 @@ async def post_soap(
     the caller longer than asked. A non-2xx answer carrying a SOAP fault raises :class:`SoapFaultError`.
     """
     headers = {"Content-Type": content_type(action), "Accept": "application/soap+xml, text/xml"}
-    try:
-        async with asyncio.timeout(timeout):
-            async with client.stream("POST", url, content=payload, headers=headers, timeout=timeout) as resp:
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise SoapTransportError(
-                            f"response from {url} exceeds {max_bytes} bytes",
-                            retryable=False,
-                            status_code=resp.status_code,
-                        )
-                    chunks.append(chunk)
-                status = resp.status_code
-    except TimeoutError as exc:
-        raise SoapTransportError(f"timeout after {timeout}s calling {url}", retryable=True) from exc
-    except httpx.TimeoutException as exc:
-        raise SoapTransportError(f"timeout calling {url}: {exc!r}", retryable=True) from exc
-    except httpx.TransportError as exc:
-        raise SoapTransportError(f"transport error calling {url}: {exc!r}", retryable=True) from exc
-    body = b"".join(chunks)
+    status, _type, body = await post_bounded(client, url, payload, headers, timeout, max_bytes)
     if 200 <= status < 300:
         return body
     retryable = status >= 500 or status in (408, 429)
