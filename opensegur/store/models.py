@@ -298,3 +298,53 @@ class Exchange(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+
+class Mail(Base):
+    """One MSSanté mail, sent or received. The raw MIME is a payload; nothing received is ever dropped.
+
+    ``key`` makes both directions idempotent: ``out:<delivery id>`` for a document mail (one per delivery, so a
+    retry after a crash finds the mail it already sent), ``in:<mailbox>:<Message-ID or sha256>`` for a poll.
+    """
+
+    __tablename__ = "mail"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    direction: Mapped[str] = mapped_column(String(3))  # out, in
+    key: Mapped[str] = mapped_column(String(400), unique=True)
+    mailbox: Mapped[str] = mapped_column(String(254), index=True)  # our address: sender (out) or polled (in)
+    message_id: Mapped[str | None] = mapped_column(String(300), index=True)
+    sender: Mapped[str | None] = mapped_column(String(254))
+    recipients: Mapped[list[str]] = mapped_column(JSON, default=list)
+    subject: Mapped[str | None] = mapped_column(String(500))
+    structure_id: Mapped[int | None] = mapped_column(ForeignKey("structure.id"))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"), index=True)
+    document_id: Mapped[int | None] = mapped_column(ForeignKey("document.id"), index=True)
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("delivery.id"), index=True)
+    payload_sha256: Mapped[str | None] = mapped_column(ForeignKey("payload.sha256"))
+    # out: pending, sent, delivered, failed, read; in: received, integrated, triage, rejected
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    reason: Mapped[str | None] = mapped_column(Text)
+    mdn_code: Mapped[str | None] = mapped_column(String(8))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class LabResult(Base):
+    """One structured biology result (CR-BIO level 3 observation) in a patient's record."""
+
+    __tablename__ = "lab_result"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    document_id: Mapped[int | None] = mapped_column(ForeignKey("document.id"), index=True)
+    loinc: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(300))
+    value: Mapped[str | None] = mapped_column(String(100))
+    value_num: Mapped[float | None] = mapped_column()
+    unit: Mapped[str | None] = mapped_column(String(40))
+    reference_low: Mapped[float | None] = mapped_column()
+    reference_high: Mapped[float | None] = mapped_column()
+    reference_text: Mapped[str | None] = mapped_column(String(200))
+    interpretation: Mapped[str | None] = mapped_column(String(8))  # HL7 ObservationInterpretation: N, H, L, HH…
+    observed_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
