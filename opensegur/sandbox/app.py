@@ -1,18 +1,35 @@
-"""The sandbox of the national services, served on its own port: each simulator adds its routes here."""
+"""The sandbox of the national services, served on its own port: each simulator adds its routes here.
+
+The MSSanté operator also listens on SMTP and IMAP ports of its own; its HTTP side (inspect, admin) is mounted here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
+from opensegur.sandbox.annuaire import create_annuaire_router
 from opensegur.sandbox.dmp.app import create_dmp_app
 from opensegur.sandbox.insi import create_insi_app
+from opensegur.sandbox.mssante import MssOperator, create_mssante_router
 from opensegur.security.pki import TestPki
 
 
-def create_sandbox_app(data_dir: Path, pki: TestPki) -> FastAPI:
+def create_sandbox_app(
+    data_dir: Path, pki: TestPki, operator: MssOperator | None = None, endpoints: dict[str, Any] | None = None
+) -> FastAPI:
     app = FastAPI(title="OpenSégur sandbox — services nationaux simulés")
     app.include_router(create_insi_app().router)
     app.include_router(create_dmp_app(data_dir, pki, prefix="/dmp").router)
+    app.include_router(create_annuaire_router(), prefix="/annuaire")
+    if operator is not None:
+        app.include_router(create_mssante_router(operator))
+    if endpoints is not None:
+        # The sandbox run on its own (`opensegur sandbox`) publishes where it listens, as the platform does.
+        @app.get("/sandbox/endpoints", tags=["sandbox"])
+        async def sandbox_endpoints() -> dict[str, Any]:
+            return endpoints
+
     return app

@@ -11,8 +11,6 @@ known.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 import unicodedata
 from collections import deque
@@ -24,6 +22,7 @@ from fastapi import FastAPI, Request, Response
 from lxml import etree
 from pydantic import BaseModel, Field
 
+from opensegur.sandbox.faults import FaultInjector
 from opensegur.transactions.insi import (
     ACTION_TRAITS,
     ACTION_VITALE,
@@ -410,36 +409,8 @@ class _State:
         self.identities = identities
         self.max_request_bytes = MAX_REQUEST_BYTES
         self.timeout_sleep_s = min(timeout_sleep_s, MAX_SLEEP_S)
-        self.fault: FaultConfig | None = None
-        self.remaining: int | None = None
+        self.faults: FaultInjector[FaultConfig] = FaultInjector(max_sleep_s=MAX_SLEEP_S)
         self.calls: deque[dict[str, Any]] = deque(maxlen=200)
-        self._cleared = asyncio.Event()
-
-    def set_fault(self, cfg: FaultConfig) -> None:
-        self.fault = cfg
-        self.remaining = cfg.count
-
-    def clear_fault(self) -> None:
-        self.fault = None
-        self.remaining = None
-        # Wake the requests stuck in an injected latency/timeout so tests never wait for the full delay.
-        self._cleared.set()
-        self._cleared = asyncio.Event()
-
-    def take_fault(self) -> FaultConfig | None:
-        cfg = self.fault
-        if cfg is None:
-            return None
-        if self.remaining is not None:
-            self.remaining -= 1
-            if self.remaining <= 0:
-                self.fault = None
-                self.remaining = None
-        return cfg
-
-    async def sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._cleared.wait(), min(seconds, MAX_SLEEP_S))
 
 
 def _soap_response(content: bytes, status: int = 200) -> Response:
@@ -467,13 +438,13 @@ def create_insi_app(
     async def insi(request: Request) -> Response:
         record: dict[str, Any] = {"at": datetime.now(UTC).isoformat(), "action": None, "message_id": None}
         state.calls.append(record)
-        cfg = state.take_fault()
+        cfg = state.faults.take()
         if cfg is not None:
             record["injected"] = cfg.model_dump()
             if cfg.latency_ms:
-                await state.sleep(cfg.latency_ms / 1000)
+                await state.faults.sleep(cfg.latency_ms / 1000)
             if cfg.timeout:
-                await state.sleep(state.timeout_sleep_s)
+                await state.faults.sleep(state.timeout_sleep_s)
                 record["status"] = 504
                 return Response("sandbox: injected timeout", status_code=504, media_type="text/plain")
             if cfg.http_status is not None:
@@ -501,12 +472,12 @@ def create_insi_app(
 
     @app.post("/insi/_admin/faults")
     async def set_faults(cfg: FaultConfig) -> dict[str, Any]:
-        state.set_fault(cfg)
+        state.faults.set(cfg, count=cfg.count)
         return {"fault": cfg.model_dump()}
 
     @app.delete("/insi/_admin/faults")
     async def clear_faults() -> dict[str, Any]:
-        state.clear_fault()
+        state.faults.clear()
         return {"fault": None}
 
     @app.get("/insi/_admin/calls")

@@ -24,7 +24,6 @@ structure (TD3.1b); otherwise ``MASQUE_PS`` documents are seen only by their aut
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import uuid
 from collections import deque
@@ -57,6 +56,7 @@ from opensegur.sandbox.dmp.td02 import (
     build_td02_response,
     parse_td02_request,
 )
+from opensegur.sandbox.faults import FaultInjector
 from opensegur.security.pki import TestPki, structure_id_of
 from opensegur.transactions.vihf import VihfClaims, VihfError, find_vihf, verify_vihf
 from opensegur.transactions.xades import SignedDocument, XadesError, verify_submission_set_signature
@@ -263,36 +263,11 @@ class FaultConfig(BaseModel):
 class _Faults:
     def __init__(self, timeout_sleep_s: float) -> None:
         self.timeout_sleep_s = min(timeout_sleep_s, MAX_SLEEP_S)
-        self.config: FaultConfig | None = None
-        self.remaining: int | None = None
+        self.injector: FaultInjector[FaultConfig] = FaultInjector(max_sleep_s=MAX_SLEEP_S)
         self.calls: deque[dict[str, Any]] = deque(maxlen=500)
-        self._cleared = asyncio.Event()
-
-    def set(self, cfg: FaultConfig) -> None:
-        self.config = cfg
-        self.remaining = cfg.count
-
-    def clear(self) -> None:
-        self.config = None
-        self.remaining = None
-        # Wake requests stuck in an injected delay so a test never waits for the full timeout.
-        self._cleared.set()
-        self._cleared = asyncio.Event()
 
     def take(self, transaction: str) -> FaultConfig | None:
-        cfg = self.config
-        if cfg is None or (cfg.transactions is not None and transaction not in cfg.transactions):
-            return None
-        if self.remaining is not None:
-            self.remaining -= 1
-            if self.remaining <= 0:
-                self.config = None
-                self.remaining = None
-        return cfg
-
-    async def sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._cleared.wait(), min(seconds, MAX_SLEEP_S))
+        return self.injector.take(when=lambda c: c.transactions is None or transaction in c.transactions)
 
 
 # ------------------------------------------------------------------------------------------------- SOAP layer
@@ -791,9 +766,9 @@ def create_dmp_app(
         if cfg is not None:
             record["injected"] = cfg.model_dump()
             if cfg.latency_ms:
-                await faults.sleep(cfg.latency_ms / 1000)
+                await faults.injector.sleep(cfg.latency_ms / 1000)
             if cfg.timeout:
-                await faults.sleep(faults.timeout_sleep_s)
+                await faults.injector.sleep(faults.timeout_sleep_s)
                 record["status"] = 504
                 return Response("sandbox: injected timeout", status_code=504, media_type="text/plain")
             if cfg.http_status is not None and not cfg.fail_after_commit:
@@ -863,12 +838,12 @@ def create_dmp_app(
         unknown = set(cfg.transactions or ()) - set(TRANSACTIONS)
         if unknown:
             raise HTTPException(422, f"transactions inconnues : {sorted(unknown)}")
-        faults.set(cfg)
+        faults.injector.set(cfg, count=cfg.count)
         return {"fault": cfg.model_dump()}
 
     @app.delete(f"{prefix}/_admin/faults")
     async def clear_faults() -> dict[str, Any]:
-        faults.clear()
+        faults.injector.clear()
         return {"fault": None}
 
     @app.get(f"{prefix}/_admin/calls")
