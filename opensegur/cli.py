@@ -1,4 +1,4 @@
-"""Command line: `opensegur serve`, `opensegur config`, `opensegur migrate`."""
+"""Command line: `opensegur serve`, `opensegur sandbox`, `opensegur config`, `opensegur migrate`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             overrides[name] = value
     if getattr(args, "demo", False):
         overrides["demo"] = True
+    if getattr(args, "port", None) is not None:
+        overrides["sandbox_port"] = args.port
     if getattr(args, "no_sandbox", False):
         overrides["sandbox"] = False
     return Settings(**overrides)
@@ -44,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-sandbox", action="store_true", help="do not start the simulated national services"
     )
 
+    sandbox = sub.add_parser(
+        "sandbox", help="start only the simulated national services (DMP, INSi, MSSanté, Annuaire Santé)"
+    )
+    common(sandbox)
+    sandbox.add_argument("--host")
+    sandbox.add_argument("--port", type=int, help="HTTP port of the sandbox (default: a free port)")
+
     cfg = sub.add_parser("config", help="print the effective configuration, without secrets")
     common(cfg)
     mig = sub.add_parser("migrate", help="create or upgrade the database schema")
@@ -66,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from opensegur.server import Platform
 
+    if args.command == "sandbox":
+        asyncio.run(Platform(settings).run_sandbox_forever())
+        return 0
     asyncio.run(Platform(settings).run_forever())
     return 0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -56,9 +56,44 @@ class Settings(BaseSettings):
     oid_root: str = "1.2.250.1.999.42"  # fictitious arc for the sandbox: production sets the editor's own
     cache_dir: Path | None = None  # compiled schematrons; default: data_dir/cache
     validation_strict: bool = False  # every schematron failure blocks, not only the blocking findings
+    # Processes running the CI-SIS schematrons (Saxon keeps the GIL); 0 runs them in the workers' threads.
+    validation_processes: int = 1
     # Where business acknowledgements (ZAM) go when a structure does not say: "host:port" of the DPI.
     zam_endpoint: str | None = None
     rest_max_upload_bytes: int = 20 * 1024 * 1024
+    # Annuaire Santé FHIR API. Without a URL and with the sandbox on, the sandbox directory is used.
+    annuaire_url: str | None = None  # production: https://gateway.api.esante.gouv.fr/fhir/v2
+    annuaire_api_key: SecretStr | None = None  # ESANTE-API-KEY, from portal.api.esante.gouv.fr
+    annuaire_timeout_s: float = 10.0
+    annuaire_ca: str | None = None
+    # MSSanté operator. Without hosts and with the sandbox on, the sandbox operator (SMTP + IMAP on loopback).
+    mss_smtp_host: str | None = None
+    mss_smtp_port: int = 587
+    mss_smtp_security: Literal["plain", "starttls", "tls"] = "starttls"
+    mss_smtp_username: str | None = None  # default: the sender mailbox
+    mss_smtp_password: SecretStr | None = None
+    mss_imap_host: str | None = None
+    mss_imap_port: int = 993
+    mss_imap_security: Literal["plain", "starttls", "tls"] = "tls"
+    # The hospital's mailboxes the platform polls (organisational, applicative): address -> IMAP password.
+    mss_mailboxes: dict[str, SecretStr] = {}
+    mss_mailbox_sites: dict[str, str] = {}  # mailbox -> site FINESS: patient matching restricted to that site
+    mss_client_cert: str | None = None
+    mss_client_key: str | None = None
+    mss_ca: str | None = None  # the IGC-Santé bundle in production
+    mss_timeout_s: float = 30.0
+    mss_processed_folder: str = "OpenSegur/Traites"
+    mss_max_message_bytes: int = 40_000_000
+    mss_max_attachment_bytes: int = 25_000_000
+    mss_poll_interval_s: float = 30.0
+    mss_poll_limit: int = 20
+    mssante_sender: str | None = None  # the applicative mailbox mail leaves from (FROM)
+    mssante_nil: str = "OPENSEGUR-SANDBOX"  # X-MSS-NIL: the product's reference in the MSSanté référentiel
+    # The DPI's MLLP listener for documents received by MSSanté (MDM); default: the ZAM endpoint.
+    dpi_mdm_endpoint: str | None = None
+    dpi_mdm_application: str = "DPI"
+    dpi_mdm_facility: str = ""
+    dpi_timeout_s: float = 30.0
     api_token: SecretStr | None = None
     log_level: str = "INFO"
 
@@ -85,6 +120,8 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if isinstance(value, SecretStr):
                 out[name] = SECRET_HINT if value.get_secret_value() else None
+            elif isinstance(value, dict):
+                out[name] = {k: SECRET_HINT if isinstance(v, SecretStr) else v for k, v in value.items()}
             elif isinstance(value, Path):
                 out[name] = str(value)
             else:

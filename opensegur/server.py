@@ -9,21 +9,26 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
+import json
 import logging
 import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
 from opensegur.config import Settings
+from opensegur.connectors.annuaire_client import AnnuaireClient
 from opensegur.connectors.dmp_client import DmpClient, DmpCredentials, DmpEndpoints, DmpIdentity
+from opensegur.connectors.dpi_mllp import MllpDpiSender
 from opensegur.connectors.dpi_zam import MllpZamSender
 from opensegur.connectors.insi_client import InsiClient, InsiUnavailable
 from opensegur.content.validation import CdaValidator
+from opensegur.flows import mss_inbound, mss_outbound
 from opensegur.flows.dmp_feed import (
     JOB_DELIVER,
     JOB_ZAM,
@@ -35,7 +40,7 @@ from opensegur.flows.dmp_feed import (
 from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.flows.identity_gate import JOB_PROCESS
 from opensegur.flows.qualification import JOB_INSI_SEARCH, InsiUnavailableError, make_insi_job_handler
-from opensegur.flows.worker import Handler, WorkerPool
+from opensegur.flows.worker import Handler, RetryableError, WorkerPool
 from opensegur.security.pki import TestPki
 from opensegur.store.db import Database
 from opensegur.transactions.insi import InsiContext, InsiResult, InsiTraitsQuery
@@ -65,9 +70,20 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def sandbox_endpoints(base: str, pki: TestPki) -> dict[str, Any]:
+# The demo hospital's MSSanté mailboxes in the sandbox: the applicative mailbox documents leave from (the ANS
+# examples' own), the imaging department's and the day hospital's organisational mailboxes.
+DEMO_HOSPITAL_MAILBOXES = (
+    "dpi@hopitalA.mssante.fr",
+    "radiologie@hopitalA.mssante.fr",
+    "hdj@hopitalA.mssante.fr",
+)
+
+
+def sandbox_endpoints(
+    base: str, pki: TestPki, operator: Any = None, hospital_mailboxes: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """What /sandbox/endpoints publishes: where each simulated national service listens."""
-    return {
+    out: dict[str, Any] = {
         "insi": {"url": f"{base}/insi", "admin": f"{base}/insi/_admin"},
         "dmp": {
             "iti18": f"{base}/dmp/iti18",
@@ -84,7 +100,18 @@ def sandbox_endpoints(base: str, pki: TestPki) -> dict[str, Any]:
                 "ca_cert": str(pki.ca_cert),
             },
         },
+        "annuaire": {"url": f"{base}/annuaire/fhir/v2", "admin": f"{base}/annuaire/_admin"},
     }
+    if operator is not None:
+        out["mssante"] = {
+            "smtp": f"{operator.host}:{operator.smtp_port}",
+            "imap": f"{operator.host}:{operator.imap_port}",
+            "password": operator.password,
+            "hospital_mailboxes": list(hospital_mailboxes),
+            "inspect": f"{base}/mssante/inspect",
+            "admin": f"{base}/mssante/_admin",
+        }
+    return out
 
 
 class InsiAdapter:
@@ -110,9 +137,82 @@ class Runtime:
     workers: WorkerPool
     insi: InsiAdapter
     endpoints: dict[str, Any] = field(default_factory=dict)
+    annuaire: AnnuaireClient | None = None
     ready: bool = False
     mllp_port: int | None = None
     http_port: int | None = None
+
+
+SANDBOX_MSS_PASSWORD = "bac-a-sable-mssante"  # every sandbox mailbox's password (login: its address)
+
+
+@dataclass
+class SandboxHandle:
+    pki: TestPki
+    endpoints: dict[str, Any]
+
+
+@dataclass
+class _MssWiring:
+    """How to reach the MSSanté operator, resolved once: the configured one, or else the sandbox's."""
+
+    smtp_host: str | None
+    smtp_port: int
+    smtp_security: Literal["plain", "starttls", "tls"]
+    smtp_username: str | None
+    smtp_password: str | None
+    imap_host: str | None
+    imap_port: int
+    imap_security: Literal["plain", "starttls", "tls"]
+    mailboxes: dict[str, str]
+    sender: str | None
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> _MssWiring:
+        return cls(
+            s.mss_smtp_host,
+            s.mss_smtp_port,
+            s.mss_smtp_security,
+            s.mss_smtp_username or s.mssante_sender,
+            s.mss_smtp_password.get_secret_value() if s.mss_smtp_password else None,
+            s.mss_imap_host,
+            s.mss_imap_port,
+            s.mss_imap_security,
+            {box: pw.get_secret_value() for box, pw in s.mss_mailboxes.items()},
+            s.mssante_sender,
+        )
+
+    def with_sandbox(self, endpoints: dict[str, Any]) -> _MssWiring:
+        sandbox = endpoints.get("mssante")
+        if sandbox is None:
+            return self
+        out = dataclasses.replace(self)
+        out.sender = out.sender or sandbox["hospital_mailboxes"][0]
+        if not out.smtp_host:
+            host, _, port = sandbox["smtp"].rpartition(":")
+            out.smtp_host, out.smtp_port, out.smtp_security = host, int(port), "plain"
+            out.smtp_username, out.smtp_password = out.sender, sandbox["password"]
+        if not out.imap_host:
+            host, _, port = sandbox["imap"].rpartition(":")
+            out.imap_host, out.imap_port, out.imap_security = host, int(port), "plain"
+            out.mailboxes = out.mailboxes or {
+                box: sandbox["password"] for box in sandbox["hospital_mailboxes"]
+            }
+        return out
+
+
+def _endpoint(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    return host, int(port)
+
+
+class _NoDpi:
+    """DpiSender when no DPI listener is configured: documents received by mail wait, visible, until one is."""
+
+    async def send(self, message: bytes) -> bytes:
+        raise RetryableError("Aucun DPI configuré pour recevoir les documents MSSanté (dpi_mdm_endpoint)")
 
 
 class Platform:
@@ -125,6 +225,12 @@ class Platform:
         self._insi_client: InsiClient | None = None
         self._dmp_client: DmpClient | None = None
         self._warm: asyncio.Task[None] | None = None
+        self._validator: CdaValidator | None = None
+        self._annuaire_client: AnnuaireClient | None = None
+        self._mss_operator: Any = None
+        self._mailbox_reader: Any = None
+        self._mss_stop = asyncio.Event()
+        self._mss_poller: asyncio.Task[None] | None = None
         self.runtime: Runtime | None = None
         self._stopped = asyncio.Event()
 
@@ -154,22 +260,17 @@ class Platform:
                 Path(s.dmp_tls_key) if s.dmp_tls_key else None,
                 Path(s.dmp_ca) if s.dmp_ca else None,
             )
+        mss = _MssWiring.from_settings(s)
         if s.sandbox:
-            from opensegur.sandbox.app import create_sandbox_app
-            from opensegur.security.pki import ensure_test_pki
-
-            pki = await asyncio.to_thread(ensure_test_pki, s.data_dir / "sandbox" / "pki")
-            sock = bind(s.host, s.sandbox_port)
-            port = sock.getsockname()[1]
-            base = f"http://{s.host}:{port}"
-            await self._serve_http(create_sandbox_app(s.data_dir / "sandbox", pki), sock)
-            endpoints = sandbox_endpoints(base, pki)
+            sandbox = await self.start_sandbox()
+            endpoints = sandbox.endpoints
             insi_url = insi_url or endpoints["insi"]["url"]
             if not dmp_urls.iti41:
                 dmp = endpoints["dmp"]
                 dmp_urls = DmpEndpoints(dmp["iti41"], dmp["iti18"], dmp["iti57"], dmp["iti43"])
             if credentials is None:
-                credentials = DmpCredentials(pki.signing_cert, pki.signing_key)
+                credentials = DmpCredentials(sandbox.pki.signing_cert, sandbox.pki.signing_key)
+            mss = mss.with_sandbox(endpoints)
         if s.demo:
             from opensegur.ops.demo import load_demo
 
@@ -190,13 +291,12 @@ class Platform:
         )
         insi = InsiAdapter(self._insi_client)
         handlers: dict[str, Handler] = {JOB_INSI_SEARCH: make_insi_job_handler(self.db, insi)}
-        validator = CdaValidator((s.cache_dir or s.data_dir / "cache") / "schematron")
+        validator = self._validator = CdaValidator(
+            (s.cache_dir or s.data_dir / "cache") / "schematron", processes=s.validation_processes
+        )
         process_ctx = ProcessContext(self.db, validator, strict=s.validation_strict)
         handlers[JOB_PROCESS] = make_process_handler(process_ctx)
-        zam_endpoint = None
-        if s.zam_endpoint:
-            host, _, port_text = s.zam_endpoint.rpartition(":")
-            zam_endpoint = (host, int(port_text))
+        zam_endpoint = _endpoint(s.zam_endpoint)
         handlers[JOB_ZAM] = make_zam_handler(self.db, MllpZamSender(zam_endpoint))
         if credentials is not None and dmp_urls.iti41:
             self._dmp_client = DmpClient(
@@ -213,6 +313,8 @@ class Platform:
             handlers[JOB_DELIVER] = make_deliver_handler(self.db, self._dmp_client)
         else:
             log.warning("no DMP endpoint configured: documents are validated but not delivered")
+        self._wire_annuaire(endpoints)
+        self._wire_mssante(mss, handlers, zam_endpoint)
         from opensegur.store.jobs import RetryPolicy
 
         workers = WorkerPool(
@@ -223,8 +325,22 @@ class Platform:
             lease_s=s.job_lease_s,
         )
         intake = Hl7Intake(self.db, on_commit=workers.wake)
-        self.runtime = rt = Runtime(s, self.db, intake, workers, insi, endpoints)
+        self.runtime = rt = Runtime(
+            s, self.db, intake, workers, insi, endpoints, annuaire=self._annuaire_client
+        )
         await workers.start()
+        if self._mailbox_reader is not None and mss.mailboxes:
+            self._mss_poller = asyncio.create_task(
+                mss_inbound.run_poller(
+                    self.db,
+                    self._mailbox_reader,
+                    list(mss.mailboxes),
+                    interval_s=s.mss_poll_interval_s,
+                    limit=s.mss_poll_limit,
+                    stop=self._mss_stop,
+                    on_stored=workers.wake,
+                )
+            )
         # Compile the schematrons while the rest starts: the first document must not pay for it.
         self._warm = asyncio.create_task(asyncio.to_thread(validator.warm_up))
 
@@ -251,6 +367,133 @@ class Platform:
         log.info("OpenSégur ready: http://%s:%s  mllp %s:%s", s.host, rt.http_port, s.host, rt.mllp_port)
         return rt
 
+    async def start_sandbox(self, *, publish: bool = False) -> SandboxHandle:
+        """Start the simulated national services: HTTP (INSi, DMP, Annuaire Santé, MSSanté admin) and the MSSanté
+        operator's SMTP and IMAP. ``publish`` serves /sandbox/endpoints on the sandbox itself (run on its own)."""
+        from opensegur.sandbox.annuaire import directory_mailboxes
+        from opensegur.sandbox.app import create_sandbox_app
+        from opensegur.sandbox.mssante import MssOperator
+        from opensegur.security.pki import ensure_test_pki
+
+        s = self.settings
+        data = s.data_dir / "sandbox"
+        pki = await asyncio.to_thread(ensure_test_pki, data / "pki")
+        hospital = tuple(s.mss_mailboxes) or DEMO_HOSPITAL_MAILBOXES
+        operator = MssOperator(data, [*directory_mailboxes(), *hospital], SANDBOX_MSS_PASSWORD, host=s.host)
+        await operator.start()
+        self._mss_operator = operator
+        sock = bind(s.host, s.sandbox_port)
+        base = f"http://{s.host}:{sock.getsockname()[1]}"
+        endpoints = sandbox_endpoints(base, pki, operator, hospital)
+        await self._serve_http(create_sandbox_app(data, pki, operator, endpoints if publish else None), sock)
+        return SandboxHandle(pki, endpoints)
+
+    async def run_sandbox_forever(self) -> None:
+        """`opensegur sandbox`: the simulators alone, for another editor's CI or a platform on another host."""
+        handle = await self.start_sandbox(publish=True)
+        log.info("OpenSégur sandbox ready: %s", json.dumps(handle.endpoints, ensure_ascii=False))
+        await self._wait_for_signal()
+        await self.stop()
+
+    def _wire_annuaire(self, endpoints: dict[str, Any]) -> None:
+        s = self.settings
+        url = s.annuaire_url
+        key = s.annuaire_api_key.get_secret_value() if s.annuaire_api_key else None
+        if not url and "annuaire" in endpoints:
+            from opensegur.sandbox.annuaire import SANDBOX_API_KEY
+
+            url, key = endpoints["annuaire"]["url"], SANDBOX_API_KEY
+        if url and key:
+            self._annuaire_client = AnnuaireClient(
+                url, key, timeout=s.annuaire_timeout_s, verify=s.annuaire_ca or True
+            )
+
+    def _wire_mssante(
+        self, mss: _MssWiring, handlers: dict[str, Handler], zam_endpoint: tuple[str, int] | None
+    ) -> None:
+        from opensegur.connectors.mss_imap import ImapMailboxReader
+        from opensegur.connectors.mss_smtp import SmtpMailSender
+
+        s = self.settings
+
+        def path(value: str | None) -> Path | None:
+            return Path(value) if value else None
+
+        if zam_endpoint is not None:
+            handlers[mss_outbound.JOB_MSS_ZAM] = mss_outbound.make_mss_zam_handler(
+                self.db, MllpDpiSender(*zam_endpoint, timeout=s.dpi_timeout_s)
+            )
+        if not mss.smtp_host:
+            log.warning("no MSSanté operator configured: mail deliveries wait")
+            return
+        mailer = SmtpMailSender(
+            mss.smtp_host,
+            mss.smtp_port,
+            security=mss.smtp_security,
+            username=mss.smtp_username,
+            password=mss.smtp_password,
+            client_cert=path(s.mss_client_cert),
+            client_key=path(s.mss_client_key),
+            ca=path(s.mss_ca),
+            timeout=s.mss_timeout_s,
+            mailbox_credentials=mss.mailboxes,
+        )
+        if mss.sender:
+            cfg = mss_outbound.MssOutboundConfig(sender=mss.sender, nil=s.mssante_nil, source_oid=s.oid_root)
+            handlers[mss_outbound.JOB_MSS_SEND] = mss_outbound.make_mss_send_handler(self.db, mailer, cfg)
+            handlers[mss_outbound.JOB_MSS_APPOINTMENT] = mss_outbound.make_appointment_handler(
+                self.db, mailer, cfg
+            )
+        if not mss.imap_host or not mss.mailboxes:
+            return
+        if mss.sender and mss.sender.lower() not in {box.lower() for box in mss.mailboxes}:
+            # Delivery and read reports come back to the sender mailbox: unpolled, no ZAM Z02/Z03 ever leaves.
+            log.warning("the MSSanté sender mailbox is not among the polled mailboxes (mss_mailboxes)")
+        self._mailbox_reader = ImapMailboxReader(
+            mss.imap_host,
+            mss.imap_port,
+            credentials=mss.mailboxes,
+            security=mss.imap_security,
+            client_cert=path(s.mss_client_cert),
+            client_key=path(s.mss_client_key),
+            ca=path(s.mss_ca),
+            timeout=s.mss_timeout_s,
+            processed_folder=s.mss_processed_folder,
+            max_message_bytes=s.mss_max_message_bytes,
+        )
+        dpi = _endpoint(s.dpi_mdm_endpoint) or zam_endpoint
+        ctx = mss_inbound.MssInboundContext(
+            db=self.db,
+            dpi=MllpDpiSender(*dpi, timeout=s.dpi_timeout_s) if dpi else _NoDpi(),
+            mail_sender=mailer,
+            endpoint=mss_inbound.DpiEndpoint(
+                receiving_application=s.dpi_mdm_application, receiving_facility=s.dpi_mdm_facility
+            ),
+            limits=mss_inbound.MailLimits(
+                max_bytes=s.mss_max_message_bytes, max_attachment=s.mss_max_attachment_bytes
+            ),
+            mailbox_structures=self._mailbox_sites(),
+        )
+        handlers[mss_inbound.JOB_INTEGRATE] = mss_inbound.make_integrate_handler(ctx)
+        handlers[mss_inbound.JOB_TO_DPI] = mss_inbound.make_to_dpi_handler(ctx)
+        handlers[mss_inbound.JOB_MDN] = mss_inbound.make_mdn_handler(ctx)
+
+    def _mailbox_sites(self) -> dict[str, int]:
+        if not self.settings.mss_mailbox_sites:
+            return {}
+        from sqlalchemy import select
+
+        from opensegur.store.models import Structure
+
+        out: dict[str, int] = {}
+        with self.db.session() as ses:
+            for box, finess in self.settings.mss_mailbox_sites.items():
+                site = ses.scalar(select(Structure.id).where(Structure.finess == finess))
+                if site is None:
+                    raise ValueError(f"mss_mailbox_sites: FINESS inconnu {finess} pour {box}")
+                out[box] = site
+        return out
+
     async def warmed(self) -> None:
         """Wait until the schematrons are compiled (benchmarks, tests that time the flow)."""
         if self._warm is not None:
@@ -271,26 +514,41 @@ class Platform:
             self.runtime.ready = False
         if self.mllp is not None:
             await self.mllp.stop()
+        # No mail is fetched while the workers shut down; an IDLE in progress is broken rather than waited for.
+        self._mss_stop.set()
+        if self._mailbox_reader is not None:
+            await self._mailbox_reader.close()
+        if self._mss_poller is not None:
+            await asyncio.gather(self._mss_poller, return_exceptions=True)
         if self.runtime is not None:
             await self.runtime.workers.stop()
         for server in reversed(self._servers):
             server.should_exit = True
         await asyncio.gather(*self._serve_tasks, return_exceptions=True)
+        if self._mss_operator is not None:
+            await self._mss_operator.stop()
+        if self._annuaire_client is not None:
+            await self._annuaire_client.aclose()
         if self._insi_client is not None:
             await self._insi_client.aclose()
         if self._dmp_client is not None:
             await self._dmp_client.aclose()
         if self._warm is not None:
             await asyncio.gather(self._warm, return_exceptions=True)
+        if self._validator is not None:
+            await asyncio.to_thread(self._validator.close)
         self.db.dispose()
         self._stopped.set()
 
     async def run_forever(self) -> None:
         await self.start()
+        await self._wait_for_signal()
+        await self.stop()
+
+    async def _wait_for_signal(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("stopping")
-        await self.stop()

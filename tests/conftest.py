@@ -14,6 +14,9 @@ from opensegur.store.db import Database
 SHARED = Path(os.environ.get("OPENSEGUR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 EXAMPLES = SHARED / "hl7v2-examples"
 PG_URL = os.environ.get("OPENSEGUR_TEST_PG_URL")
+# Platforms started by tests validate in their worker threads: a pool of Saxon processes per test platform would
+# compile the schematrons again in each. The pool itself is tested in tests/content/test_validation_pool.py.
+os.environ.setdefault("OPENSEGUR_VALIDATION_PROCESSES", "0")
 
 
 def pg_database() -> Iterator[str]:

@@ -15,8 +15,11 @@ thread-safe).
 
 from __future__ import annotations
 
+import concurrent.futures
+import concurrent.futures.process
 import hashlib
 import logging
+import multiprocessing
 import os
 import re
 import tempfile
@@ -263,6 +266,21 @@ _compiled: dict[Path, _CompiledSchematron] = {}
 _compile_locks: dict[Path, threading.Lock] = {}
 
 
+def _schematron_to_cache(sch: Path, cache_dir: Path | None) -> tuple[str, bool]:
+    """The generated XSLT of a schematron, from the disk cache when present; whether it came from there."""
+    cache_file = cache_dir / f"{sch.stem}-{_kit_digest()[:20]}.xsl" if cache_dir is not None else None
+    if cache_file is not None and cache_file.is_file():
+        return cache_file.read_text(encoding="utf-8"), True
+    xslt_text = _schematron_to_xslt(sch)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(xslt_text)
+        os.replace(tmp, cache_file)  # atomic: a concurrent process never reads half a file
+    return xslt_text, False
+
+
 def _compiled_schematron(sch: Path, cache_dir: Path | None) -> _CompiledSchematron:
     sch = sch.resolve()
     with _compiled_lock:
@@ -274,22 +292,7 @@ def _compiled_schematron(sch: Path, cache_dir: Path | None) -> _CompiledSchematr
             if sch in _compiled:
                 return _compiled[sch]
         started = time.perf_counter()
-        xslt_text = None
-        cache_file = None
-        from_cache = False
-        if cache_dir is not None:
-            cache_file = cache_dir / f"{sch.stem}-{_kit_digest()[:20]}.xsl"
-            if cache_file.is_file():
-                xslt_text = cache_file.read_text(encoding="utf-8")
-                from_cache = True
-        if xslt_text is None:
-            xslt_text = _schematron_to_xslt(sch)
-            if cache_file is not None:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(xslt_text)
-                os.replace(tmp, cache_file)  # atomic: a concurrent process never reads half a file
+        xslt_text, from_cache = _schematron_to_cache(sch, cache_dir)
         generated = time.perf_counter()
         xslt = _processor().new_xslt30_processor()
         try:
@@ -366,9 +369,12 @@ def _serialise_for_rules(root: etree._Element) -> str:
 class CdaValidator:
     """Reusable validator; cheap to create (compiled artefacts are shared per process), safe across threads."""
 
-    def __init__(self, cache_dir: Path | None = None, *, max_bytes: int | None = None) -> None:
+    def __init__(
+        self, cache_dir: Path | None = None, *, max_bytes: int | None = None, processes: int = 0
+    ) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.max_bytes = max_bytes
+        self._pool = _SchematronPool(processes, self.cache_dir) if processes > 0 else None
 
     def schematrons_for(self, template_roots: list[str]) -> list[Path]:
         return [STRUCTURATION_MINIMALE, *schematron_index().select(template_roots)]
@@ -376,6 +382,11 @@ class CdaValidator:
     def warm_up(self, schematrons: list[Path] | None = None) -> None:
         """Compile ahead of the first document (e.g. in a background thread at service start)."""
         _schema()
+        if self._pool is not None:
+            # Generate the XSLT once here so the processes find it in the disk cache instead of racing for it.
+            _schematron_to_cache(STRUCTURATION_MINIMALE, self.cache_dir)
+            self._pool.warm_up()
+            return
         for sch in schematrons or [STRUCTURATION_MINIMALE]:
             _compiled_schematron(sch, self.cache_dir)
 
@@ -439,23 +450,108 @@ class CdaValidator:
 
     def _schematrons(self, root: etree._Element, *, strict: bool) -> list[Finding]:
         templates = [t.get("root", "") for t in root.iterfind(f"{{{CDA_NS}}}templateId")]
+        schematrons = self.schematrons_for(templates)
         text = _serialise_for_rules(root)
-        findings: list[Finding] = []
-        processor = _processor()
-        node = (
-            processor.parse_xml(xml_text=text, encoding="utf-8") if self.schematrons_for(templates) else None
-        )
-        for sch in self.schematrons_for(templates):
-            compiled = _compiled_schematron(sch, self.cache_dir)
-            try:
-                svrl = compiled.executable().transform_to_string(xdm_node=node)
-            except Exception as exc:
-                # A dynamic error of the ANS rules (e.g. a missing JDV file) is a kit defect, not the document's.
-                findings.append(
-                    Finding(
-                        "warning", "schematron", f"{sch.stem}:RUNTIME", f"Exécution impossible : {exc}", None
-                    )
-                )
-                continue
-            findings += _svrl_findings(svrl, sch.stem, strict=strict)
+        if self._pool is None:
+            return run_schematrons(text, schematrons, self.cache_dir, strict=strict)
+        return self._pool.run(text, schematrons, strict=strict)
+
+    def close(self) -> None:
+        """Stop the validation processes, if any (the platform calls it on shutdown)."""
+        if self._pool is not None:
+            self._pool.close()
+
+
+def run_schematrons(
+    text: str, schematrons: list[Path], cache_dir: Path | None, *, strict: bool
+) -> list[Finding]:
+    """Run the given schematrons over a serialised CDA; the same code serves threads and validation processes."""
+    findings: list[Finding] = []
+    if not schematrons:
         return findings
+    node = _processor().parse_xml(xml_text=text, encoding="utf-8")
+    for sch in schematrons:
+        compiled = _compiled_schematron(sch, cache_dir)
+        try:
+            svrl = compiled.executable().transform_to_string(xdm_node=node)
+        except Exception as exc:
+            # A dynamic error of the ANS rules (e.g. a missing JDV file) is a kit defect, not the document's.
+            findings.append(
+                Finding("warning", "schematron", f"{sch.stem}:RUNTIME", f"Exécution impossible : {exc}", None)
+            )
+            continue
+        findings += _svrl_findings(svrl, sch.stem, strict=strict)
+    return findings
+
+
+# --- validation processes ------------------------------------------------------------------------------------------
+# SaxonC keeps the GIL for the whole transform, so schematron runs in threads use one core however many there are,
+# and they starve the rest of the platform (MLLP, HTTP, signatures). A small pool of processes, each with its own
+# compiled schematrons, runs them beside the platform's Python.
+
+_worker_cache_dir: Path | None = None
+
+
+def _pool_init(cache_dir: Path | None) -> None:
+    global _worker_cache_dir
+    _worker_cache_dir = cache_dir
+    _compiled_schematron(
+        STRUCTURATION_MINIMALE, cache_dir
+    )  # every document needs it: compile before the first
+
+
+def _pool_run(text: str, schematrons: list[str], strict: bool) -> list[Finding]:
+    return run_schematrons(text, [Path(p) for p in schematrons], _worker_cache_dir, strict=strict)
+
+
+def _pool_ready() -> bool:
+    return True
+
+
+class _SchematronPool:
+    def __init__(self, processes: int, cache_dir: Path | None) -> None:
+        self.processes = processes
+        self.cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def _get(self) -> concurrent.futures.ProcessPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                # spawn, not fork: the parent may already hold a Saxon (GraalVM) runtime and threads.
+                self._executor = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=self.processes,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_pool_init,
+                    initargs=(self.cache_dir,),
+                )
+            return self._executor
+
+    def warm_up(self) -> None:
+        # One task per process, submitted together, so every process starts and compiles before the first document.
+        executor = self._get()
+        for f in [executor.submit(_pool_ready) for _ in range(self.processes)]:
+            f.result()
+
+    def run(self, text: str, schematrons: list[Path], *, strict: bool) -> list[Finding]:
+        paths = [str(p) for p in schematrons]
+        for attempt in (1, 2):
+            executor = self._get()
+            try:
+                return executor.submit(_pool_run, text, paths, strict).result()
+            except concurrent.futures.process.BrokenProcessPool:
+                # A validation process died (killed, out of memory): start a fresh pool and try once more.
+                log.warning("validation process pool broken (attempt %s): restarting it", attempt)
+                with self._lock:
+                    if self._executor is executor:
+                        executor.shutdown(wait=False, cancel_futures=True)
+                        self._executor = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None

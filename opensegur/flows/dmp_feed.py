@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 JOB_DELIVER = "dmp.deliver"
 JOB_ZAM = "zam.send"
+# Handled by flows.mss_outbound; named here so a released or retried MSSanté delivery goes back to its own job.
+JOB_MSS_SEND = "mss.send"
 CDA_MAX_BYTES = 60 * 1024 * 1024
 
 # Flow-view statuses and their French labels (pages, API).
@@ -175,6 +177,25 @@ def document_flags(
     }
 
 
+def _mssante_context(dm: DocumentMessage) -> dict[str, Any]:
+    """What the MSSanté mails take from the message (mapping-mss.md): PRT RCT / REPLY, CORPSMAIL_*, NTE-4 FIN."""
+    return {
+        "recipients": [
+            {
+                "address": r.address,
+                "id": r.person_id,
+                "name": " ".join(n for n in (r.given_name, r.family_name) if n) or r.organization_name,
+            }
+            for r in dm.recipients
+            if r.address
+        ],
+        "reply_to": dm.reply_to,
+        "body_ps": dm.meta.corpsmail_ps,
+        "body_patient": dm.meta.corpsmail_patient,
+        "patient_no_reply": dm.meta.patient_reply_forbidden,
+    }
+
+
 def accept_document(s: Session, dm: DocumentMessage, sender: str, actor: str) -> Accepted:
     """Record the documents of one MDM/ORU and queue their processing. Raises Hl7Error to refuse the message."""
     candidates = [dm.header.sending_facility or ""]
@@ -274,6 +295,7 @@ def accept_document(s: Session, dm: DocumentMessage, sender: str, actor: str) ->
             "visit_number": dm.visit.visit_number,
             "visit_number_authority": dm.visit.visit_number_authority,
             "first_send": dm.kind == "initial" and not existing,
+            "mssante": _mssante_context(dm),
         },
     )
     s.add(doc)
@@ -356,10 +378,6 @@ def process_document(ctx: ProcessContext, document_id: int) -> str:
         assert header is not None
         if patient is None or patient.status != IdentityStatus.QUAL.value:
             set_status(doc, "waiting_identity", "Identité du patient non qualifiée : envoi suspendu")
-            return doc.status
-        if _opposed(patient):
-            set_status(doc, "opposition", "Le patient s'est opposé à l'alimentation de son DMP")
-            _enqueue_zam(s, doc, "DMP", ok=False)
             return doc.status
         if _identical_already_delivered(s, doc):
             set_status(doc, "acknowledged", "Contenu identique déjà présent dans le DMP : rien à renvoyer")
@@ -478,7 +496,21 @@ _STATUS_OF_DELIVERY = {
 
 
 def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | None) -> str:
-    if doc.flags.get("dest_dmp", True) is False:
+    to_dmp = doc.flags.get("dest_dmp", True) is not False
+    if doc.kind != "deletion":
+        # A mail cannot be taken back: deletions concern the DMP only. MSSanté destinations do not wait for the DMP
+        # and an opposition to the DMP feed does not stop them (independent exchanges, regles-gestion-mssante.md).
+        from opensegur.flows.mss_outbound import plan_mss_deliveries  # it builds on this module
+
+        planned = plan_mss_deliveries(s, doc, update_status=not to_dmp)
+        patient = s.get(Patient, doc.patient_id) if doc.patient_id else None
+        if to_dmp and patient is not None and _opposed(patient):
+            set_status(doc, "opposition", "Le patient s'est opposé à l'alimentation de son DMP")
+            _enqueue_zam(s, doc, "DMP", ok=False)
+            return doc.status
+        if planned and not to_dmp:
+            return doc.status
+    if not to_dmp:
         set_status(doc, "validated", "Document non destiné au DMP")
         return doc.status
     action = {"initial": "register", "replacement": "replace", "deletion": "delete"}[doc.kind]
@@ -530,10 +562,11 @@ def hold(db: Database, document_id: int, actor: str) -> None:
 
 def _requeue_delivery(s: Session, doc: Document, d: Delivery) -> None:
     """A new job for a delivery a human released or retried: a fresh key, since the old job is done or dead."""
+    kind = JOB_DELIVER if d.destination == "DMP" else JOB_MSS_SEND
     jobs.enqueue(
         s,
-        JOB_DELIVER,
-        f"{JOB_DELIVER}:{d.id}:{utcnow().isoformat()}",
+        kind,
+        f"{kind}:{d.id}:{utcnow().isoformat()}",
         {"delivery_id": d.id},
         structure_id=doc.structure_id,
         patient_id=doc.patient_id,

@@ -19,10 +19,11 @@ from sqlalchemy.orm import Session
 
 from opensegur.flows.dmp_feed import accept_document
 from opensegur.flows.identity_feed import apply_event
+from opensegur.flows.mss_outbound import accept_appointment
 from opensegur.store.db import Database
 from opensegur.store.models import InboundMessage
 from opensegur.store.payloads import store_payload
-from opensegur.transactions import cda_hl7v2, hl7v2, pam_fr
+from opensegur.transactions import cda_hl7v2, hl7v2, pam_fr, siu
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,10 @@ class Hl7Intake:
                     accepted = accept_document(s, dm, sender, actor=f"hl7:{sender}")
                     patient_id, structure_id = accepted.patient_id, accepted.structure_id
                     errors.extend(accepted.warnings)
+                elif header.message_type == "SIU":
+                    booked = accept_appointment(s, siu.parse_siu(message, header), sender)
+                    patient_id, structure_id = booked.patient_id, booked.structure_id
+                    errors.extend(booked.warnings)
                 else:
                     raise hl7v2.Hl7Error(
                         code="200",

@@ -26,7 +26,10 @@ from opensegur.identity.traits import StrictTraits
 from opensegur.store import jobs
 from opensegur.store.models import AuditEvent, IdentityEvent, Job, Patient, Professional, Structure
 from opensegur.web import queries
+from opensegur.web.annuaire import create_annuaire_web_router
 from opensegur.web.documents import documents_router
+from opensegur.web.mss_outbound_api import create_mss_outbound_router
+from opensegur.web.mssante import create_mssante_router, patient_sections
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 
@@ -327,6 +330,7 @@ def create_app(runtime: Any) -> FastAPI:
                     "differences": set(insi.get("differences") or []),
                     "candidates": queries.duplicate_candidates(s, p),
                     "pending": qualification.pending_search(s, p.id),
+                    **patient_sections(s, p.id),
                 }
 
         ctx = await run(_q)
@@ -396,6 +400,9 @@ def create_app(runtime: Any) -> FastAPI:
         return back(patient_id, f"Identité n° {source_id} fusionnée dans celle-ci")
 
     app.include_router(documents_router(runtime))
+    app.include_router(create_mssante_router(runtime))
+    app.include_router(create_mss_outbound_router(runtime))
+    app.include_router(create_annuaire_web_router(lambda: runtime.annuaire))
     return app
 
 

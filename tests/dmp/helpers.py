@@ -187,9 +187,13 @@ def mdm(
     cda_replacements: dict[str, str] | None = None,
     cda: bytes | None = None,
     pid: str | None = None,
+    mssante: bool = False,
 ) -> bytes:
     """An MDM T02/T10/T04 from the ANS example, with the document id ``uid(number)`` (TXA-12 and the CDA) and,
-    for a replacement or a deletion, the parent ``uid(parent)``. Segments end with CR as on the wire."""
+    for a replacement or a deletion, the parent ``uid(parent)``. Segments end with CR as on the wire.
+
+    The example also asks for an MSSanté copy (DESTMSSANTEPS=Y); the DMP tests turn it off unless ``mssante``,
+    so that each document has its DMP delivery only (the MSSanté flow has its own tests)."""
     raw = MDM_EXAMPLES[kind].read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r")
     own = EXAMPLE_INITIAL if kind == "initial" else EXAMPLE_REPLACEMENT
     ids = {own: number}
@@ -208,6 +212,18 @@ def mdm(
             segments[i] = seg
         elif seg.startswith(b"PID|") and pid is not None:
             segments[i] = pid.encode("utf-8")
+    raw = sep.join(segments)
+    return raw if mssante else with_flags(raw, DESTMSSANTEPS=False, DESTMSSANTEPAT=False)
+
+
+def with_flags(raw: bytes, **flags: bool) -> bytes:
+    """Set MetaDMPMSS OBX values (``DESTMSSANTEPAT=True``…) in a message."""
+    sep, segments = _segments(raw)
+    for i, seg in enumerate(segments):
+        fields = seg.split(b"|")
+        if fields[0] == b"OBX" and len(fields) > 5 and fields[3].split(b"^")[0].decode() in flags:
+            fields[5] = (b"Y" if flags[fields[3].split(b"^")[0].decode()] else b"N") + b"^^expandedYes-NoIndicator"
+            segments[i] = b"|".join(fields)
     return sep.join(segments)
 
 

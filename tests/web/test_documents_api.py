@@ -19,6 +19,7 @@ from opensegur.server import Runtime
 from opensegur.store.models import AuditEvent, Document, Job
 from opensegur.transport.mllp import send_message
 from tests.conftest import EXAMPLES
+from tests.dmp.helpers import with_flags
 from tests.test_server import chromium
 from tests.web import test_rest_intake as shared
 from tests.web.test_rest_intake import Offline, _wait_status, running
@@ -42,10 +43,12 @@ _numbers = itertools.count()
 
 
 def numbered(raw: bytes) -> bytes:
-    """The ANS examples all carry MSH-10 = 015: a DPI numbers its messages, so each send gets its own."""
+    """The ANS examples all carry MSH-10 = 015: a DPI numbers its messages, so each send gets its own.
+
+    The example also asks for an MSSanté copy: these tests follow the DMP delivery alone."""
     fields = raw.split(b"|", 10)
     fields[9] = f"DOC{next(_numbers)}-{time.time_ns()}".encode()
-    return b"|".join(fields)
+    return with_flags(b"|".join(fields), DESTMSSANTEPS=False, DESTMSSANTEPAT=False)
 
 
 def received_by_hl7(offline: Offline) -> int:

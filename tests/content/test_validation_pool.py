@@ -1,0 +1,60 @@
+"""Schematrons in validation processes: same findings as in a thread, and a dead process does not lose a document."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from opensegur.content.validation import CdaValidator
+from tests.content.conftest import CR_RADIO_V1
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory: pytest.TempPathFactory) -> CdaValidator:
+    v = CdaValidator(tmp_path_factory.mktemp("pool-cache"), processes=1)
+    v.warm_up()
+    yield v
+    v.close()
+
+
+def _key(findings: list) -> list[tuple[str, str, str]]:
+    return sorted((f.severity, f.code, f.message) for f in findings)
+
+
+def test_pool_reports_what_the_thread_reports(pooled: CdaValidator, validator: CdaValidator) -> None:
+    cda = CR_RADIO_V1.read_bytes()
+    in_pool = pooled.validate(cda)
+    in_thread = validator.validate(cda)
+    # The ANS example misses setId and uses a family qualifier outside BR/CL: both runs must say so, identically.
+    assert [f for f in in_pool if f.source == "schematron"]
+    assert _key(in_pool) == _key(in_thread)
+    strict = pooled.validate(cda, strict=True)
+    assert any(f.severity == "blocking" and f.source == "schematron" for f in strict)
+
+
+def test_a_killed_validation_process_is_replaced(pooled: CdaValidator) -> None:
+    cda = CR_RADIO_V1.read_bytes()
+    before = _key(pooled.validate(cda))
+    pool = pooled._pool
+    assert pool is not None and pool._executor is not None
+    pids = list(pool._executor._processes)  # the processes of the running pool
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    # The next document still gets its full validation, from a fresh process.
+    assert _key(pooled.validate(cda)) == before
+    assert pool._executor is not None and set(pool._executor._processes).isdisjoint(pids)
+
+
+def test_close_stops_the_processes(tmp_path: Path) -> None:
+    v = CdaValidator(tmp_path, processes=1)
+    v.warm_up()
+    assert v._pool is not None and v._pool._executor is not None
+    procs = list(v._pool._executor._processes.values())
+    v.close()
+    assert all(not p.is_alive() for p in procs)
