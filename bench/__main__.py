@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -167,6 +172,41 @@ async def bench_insi(n: int) -> tuple[float, float]:
     return ours, base
 
 
+@contextlib.asynccontextmanager
+async def sandbox_process(data_dir: Path) -> AsyncIterator[dict[str, Any]]:
+    """`opensegur sandbox` in its own process, as the national services are in production: the platform's
+    figures then count the platform's work, not the simulator's (both still share this machine's cores)."""
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = (data_dir / "sandbox.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opensegur.cli", "sandbox", "--data-dir", str(data_dir), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(600):
+                try:
+                    endpoints: dict[str, Any] = (
+                        await http.get(f"http://127.0.0.1:{port}/sandbox/endpoints")
+                    ).json()
+                    break
+                except httpx.HTTPError:
+                    if proc.poll() is not None:
+                        raise SystemExit(f"the sandbox did not start: see {log.name}") from None
+                    await asyncio.sleep(0.1)
+            else:
+                raise SystemExit("the sandbox did not answer within a minute")
+        yield endpoints
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
 async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float]:
     """Documents per second from the first MLLP byte to the DMP's registry answer, all validation on."""
     from sqlalchemy import func, select
@@ -174,30 +214,44 @@ async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float]:
     from bench.mdm_factory import mdm
     from opensegur.store.models import Delivery
 
-    settings = Settings(
-        data_dir=tmp / "platform", demo=True, http_port=0, mllp_port=0, cache_dir=tmp / "cache"
-    )
-    platform = Platform(settings)
-    rt = await platform.start()
-    await platform.warmed()
-    run = str(int(time.time() * 1000) % 10**9)  # document ids are OIDs: digits only
-    payloads = [mdm(i, run=run) for i in range(n)]
+    async with sandbox_process(tmp / "sandbox") as endpoints:
+        dmp = endpoints["dmp"]
+        settings = Settings(
+            data_dir=tmp / "platform",
+            demo=True,
+            http_port=0,
+            mllp_port=0,
+            cache_dir=tmp / "cache",
+            sandbox=False,
+            insi_url=endpoints["insi"]["url"],
+            dmp_iti41_url=dmp["iti41"],
+            dmp_iti18_url=dmp["iti18"],
+            dmp_iti43_url=dmp["iti43"],
+            dmp_iti57_url=dmp["iti57"],
+            dmp_signing_cert=dmp["test_pki"]["client_cert"],
+            dmp_signing_key=dmp["test_pki"]["client_key"],
+        )
+        platform = Platform(settings)
+        rt = await platform.start()
+        await platform.warmed()
+        run = str(int(time.time() * 1000) % 10**9)  # document ids are OIDs: digits only
+        payloads = [mdm(i, run=run) for i in range(n)]
 
-    def delivered() -> int:
-        with rt.db.session() as s:
-            return int(
-                s.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "delivered"))
-            )
+        def delivered() -> int:
+            with rt.db.session() as s:
+                return int(
+                    s.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "delivered"))
+                )
 
-    start = time.perf_counter()
-    await asyncio.gather(*(send_many(rt.mllp_port or 0, payloads[k::4]) for k in range(4)))
-    deadline = time.monotonic() + 600
-    while await asyncio.to_thread(delivered) < n:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"only {delivered()} of {n} documents reached the DMP in 10 minutes")
-        await asyncio.sleep(0.05)
-    ours = n / (time.perf_counter() - start)
-    await platform.stop()
+        start = time.perf_counter()
+        await asyncio.gather(*(send_many(rt.mllp_port or 0, payloads[k::4]) for k in range(4)))
+        deadline = time.monotonic() + 600
+        while await asyncio.to_thread(delivered) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {delivered()} of {n} documents reached the DMP in 10 minutes")
+            await asyncio.sleep(0.05)
+        ours = n / (time.perf_counter() - start)
+        await platform.stop()
 
     # Baseline: what any integration engine must do at least: parse the HL7, decode the base64, parse the XML,
     # and POST it to a server that answers at once.
@@ -246,6 +300,112 @@ async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float]:
     return ours, base
 
 
+async def bench_mss_inbound(n: int, tmp: Path) -> tuple[float, float]:
+    """Mails integrated per second: store the polled mail, parse MIME and XDM, match the qualified INS, create the
+    document and its MDM job — against parsing the same mails alone (MIME + XDM + CDA header)."""
+    from datetime import date
+
+    from sqlalchemy import select
+
+    from bench.mdm_factory import DOC_ID, _template
+    from opensegur.content.cda import parse_cda
+    from opensegur.content.xds_metadata import document_metadata, submission_set_metadata
+    from opensegur.flows import mss_inbound
+    from opensegur.flows.mssante_ports import FetchedMail
+    from opensegur.ops.demo import load_demo
+    from opensegur.store.db import Database
+    from opensegur.store.models import Patient, Structure
+    from opensegur.transactions.mss_mail import (
+        MailPatient,
+        build_document_mail,
+        open_packages,
+        parse_inbound_mail,
+    )
+    from opensegur.transactions.xdm import build_xdm
+
+    _, cda = _template()
+    _, header = parse_cda(cda)
+    p = header.patient
+    mailbox = "radiologie@hopitalA.mssante.fr"
+
+    def mail(i: int) -> bytes:
+        raw = cda.replace(DOC_ID.encode(), f"{DOC_ID}.{i}".encode())
+        _, h = parse_cda(raw)
+        m = document_metadata(h, ipp="IPP1", ipp_authority_oid="1.2.250.1.999.1")
+        ss = submission_set_metadata(
+            m, unique_id=f"1.2.250.1.999.2.{i}", source_id="1.2.250.1.999.3", patient_class="I"
+        )
+        zipped = build_xdm(ss, [(m, raw)], readme_text="CH de test", index_html_title="CR")
+        who = MailPatient(p.ins_matricule or "", p.birth_family or "", p.first_given or "", date(1979, 3, 28))
+        return build_document_mail(
+            sender="thomas.eric@medecin.mssante.fr",
+            recipients=[mailbox],
+            patient=who,
+            document_label="CR d'imagerie médicale",
+            xdm_zip=zipped,
+            body_text="Bonjour, ci-joint le compte rendu.",
+            nil="BENCH",
+            ins_qualified=True,
+        ).as_bytes()
+
+    mails = [mail(i) for i in range(n)]
+    db = Database(f"sqlite:///{tmp / 'mss.db'}")
+    db.migrate()
+    load_demo(db)
+    with db.session() as s:
+        site = s.scalars(select(Structure).where(Structure.kind != "EJ")).first()
+        assert site is not None
+        s.add(
+            Patient(
+                structure_id=site.id,
+                ins_matricule=p.ins_matricule,
+                ins_oid=p.ins_oid,
+                birth_name=p.birth_family or "",
+                first_names=" ".join(p.given_names) or (p.first_given or ""),
+                birth_date=date(1979, 3, 28),
+                sex=p.gender or "F",
+                status="QUAL",
+            )
+        )
+
+    class Reader:
+        def __init__(self) -> None:
+            self.pending = [FetchedMail(mailbox, i + 1, raw) for i, raw in enumerate(mails)]
+
+        async def fetch_new(self, box: str, limit: int) -> list[FetchedMail]:
+            out, self.pending = self.pending[:limit], self.pending[limit:]
+            return out
+
+        async def mark_done(self, box: str, uids: list[int]) -> None:
+            return None
+
+    ctx = mss_inbound.MssInboundContext(db=db, dpi=None, mail_sender=None)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    reader = Reader()
+    while await mss_inbound.poll_mailbox(db, reader, mailbox, 50):
+        pass
+
+    def integrate_all() -> list[str]:
+        from opensegur.store.models import Mail
+
+        with db.session() as s:
+            ids = list(s.scalars(select(Mail.id).where(Mail.direction == "in").order_by(Mail.id)))
+        return [mss_inbound.integrate_mail(ctx, i) for i in ids]
+
+    outcomes = await asyncio.to_thread(integrate_all)
+    ours = n / (time.perf_counter() - start)
+    if outcomes.count("integrated") != n:
+        raise SystemExit(f"only {outcomes.count('integrated')} of {n} mails integrated: {set(outcomes)}")
+    db.dispose()
+
+    start = time.perf_counter()
+    for raw in mails:
+        packages, _ = open_packages(parse_inbound_mail(raw))
+        assert [d.cda for pk in packages for d in pk.documents if d.cda is not None]
+    base = n / (time.perf_counter() - start)
+    return ours, base
+
+
 async def main(args: argparse.Namespace) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,6 +422,18 @@ async def main(args: argparse.Namespace) -> None:
             "Flux DMP de bout en bout : MDM sur MLLP → validation complète → ITI-41 (documents/s)",
             ours,
             "HL7 + base64 + XML + POST HTTP nu",
+            base,
+        )
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        mss = [await bench_mss_inbound(args.mails, Path(tmp) / f"mss_{i}") for i in range(args.repeat)]
+    ours = statistics.median(m[0] for m in mss)
+    base = statistics.median(m[1] for m in mss)
+    rows.append(
+        (
+            "Courriels MSSanté reçus intégrés : MIME + XDM + rapprochement INS + document + MDM (courriels/s)",
+            ours,
+            "analyse MIME + XDM + en-tête CDA seule",
             base,
         )
     )
@@ -284,5 +456,6 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--searches", type=int, default=300)
     parser.add_argument("--documents", type=int, default=300)
+    parser.add_argument("--mails", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
     asyncio.run(main(parser.parse_args()))

@@ -49,7 +49,11 @@ def mdm(n: int, run: str = "1") -> bytes:
             fields[9] = f"L{run}-{n}".encode()
         elif fields[0] == b"TXA":
             fields[12] = doc_id.encode()
-        elif fields[0] == b"OBX" and len(fields) > 5 and fields[3].startswith((b"DESTMSSANTEPS^", b"DESTMSSANTEPAT^")):
+        elif (
+            fields[0] == b"OBX"
+            and len(fields) > 5
+            and fields[3].startswith((b"DESTMSSANTEPS^", b"DESTMSSANTEPAT^"))
+        ):
             # The DMP feed alone: the example also asks for an MSSanté copy, which the mail flow measures apart.
             fields[5] = b"N^^expandedYes-NoIndicator"
         elif fields[0] == b"OBX" and len(fields) > 5 and fields[2] == b"ED":

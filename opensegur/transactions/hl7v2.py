@@ -255,8 +255,10 @@ def decode(raw: bytes) -> str:
         except UnicodeDecodeError:
             text = raw.decode("latin-1")
     text = text.replace("\r\n", "\r").replace("\n", "\r")
-    # Blank lines would become empty segments, which python-hl7 cannot index.
-    text = re.sub(r"\r{2,}", "\r", text)
+    # Blank lines would become empty segments, which python-hl7 cannot index. The substring test spares a regex
+    # scan of megabytes of base64 in the usual case.
+    if "\r\r" in text:
+        text = re.sub(r"\r{2,}", "\r", text)
     return text.strip()
 
 
