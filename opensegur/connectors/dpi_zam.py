@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opensegur.flows.worker import RetryableError
-from opensegur.transactions.hl7v2 import MessageHeader
-from opensegur.transactions.zam import ZamError, ZamKind, ZamStatus, build_zam
+from opensegur.transactions.zam import ZamError, ZamKind, ZamStatus, build_zam, original_header
 from opensegur.transport.mllp import MllpFramingError, send_message
 
 _DESTINATION_KIND: dict[str, ZamKind] = {
@@ -20,24 +19,6 @@ _DESTINATION_KIND: dict[str, ZamKind] = {
 }
 _counter = itertools.count(1)
 log = logging.getLogger(__name__)
-
-
-def original_header(zam_context: dict[str, Any]) -> MessageHeader:
-    """The parts of the DPI's MSH that a ZAM echoes, as kept with the document."""
-    return MessageHeader(
-        sending_application=zam_context.get("sending_application", ""),
-        sending_facility=zam_context.get("sending_facility", ""),
-        receiving_application="",
-        receiving_facility="",
-        datetime="",
-        message_type="",
-        trigger="",
-        structure="",
-        control_id=zam_context.get("control_id", ""),
-        processing_id=zam_context.get("processing_id", "P"),
-        version="2.6",
-        charset=zam_context.get("charset", "UNICODE UTF-8"),
-    )
 
 
 def zam_errors(errors: list[dict[str, str]]) -> list[ZamError]:

@@ -66,7 +66,7 @@ from opensegur.store.models import (
 )
 from opensegur.store.payloads import store_payload
 from opensegur.transactions import hl7v2
-from opensegur.transactions.hl7v2 import Hl7Error, MessageHeader
+from opensegur.transactions.hl7v2 import Hl7Error
 from opensegur.transactions.mdn import Dsn, Mdn, MdnError, parse_dsn, parse_mdn
 from opensegur.transactions.mss_mail import (
     MailError,
@@ -87,6 +87,7 @@ from opensegur.transactions.zam import (
     ZamKind,
     ZamStatus,
     build_zam,
+    original_header,
 )
 
 log = logging.getLogger(__name__)
@@ -880,24 +881,6 @@ def record_report(s: Session, raw: bytes, mailbox: str) -> bool:
 # ---- mss.zam ----------------------------------------------------------------------------------------------
 
 
-def _original_header(zam: dict[str, Any]) -> MessageHeader:
-    """The parts of the DPI's MSH that a ZAM echoes, as kept with the document."""
-    return MessageHeader(
-        sending_application=zam.get("sending_application", ""),
-        sending_facility=zam.get("sending_facility", ""),
-        receiving_application="",
-        receiving_facility="",
-        datetime="",
-        message_type="",
-        trigger="",
-        structure="",
-        control_id=zam.get("control_id", ""),
-        processing_id=zam.get("processing_id", "P"),
-        version="2.6",
-        charset=zam.get("charset", "UNICODE UTF-8"),
-    )
-
-
 def _ack_code(ack: bytes) -> str:
     try:
         message, _ = hl7v2.parse(ack)
@@ -938,7 +921,7 @@ async def send_mss_zam(
     now = datetime.now(UTC)
     # The control id is the job's, so a resend after a lost ACK carries the same MSH-10 for the DPI to dedupe.
     payload = build_zam(
-        _original_header(zam), status, control_id=f"MSSZAM{job_id}", now=now, app=app, facility=app
+        original_header(zam), status, control_id=f"MSSZAM{job_id}", now=now, app=app, facility=app
     )
     ack = await dpi.send(payload)
     code = _ack_code(ack)

@@ -115,7 +115,9 @@ def _issue(
         .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        # Backdated a day: a test tool (or a test run that fixed its "now" minutes before the PKI was made) signs
+        # with a clock that need not agree with this one to the minute.
+        .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
         .add_extension(key_usage, critical=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from opensegur.transactions.cda_hl7v2 import DocumentMessage
 from opensegur.transactions.hl7v2 import (
@@ -296,3 +296,21 @@ def parse_zam(raw: bytes) -> ZamMessage:
         errors=errors,
     )
     return ZamMessage(header=header, status=status)
+
+
+def original_header(zam_context: dict[str, Any]) -> MessageHeader:
+    """The parts of the DPI's MSH that a ZAM echoes, as kept with the document when it was accepted."""
+    return MessageHeader(
+        sending_application=zam_context.get("sending_application", ""),
+        sending_facility=zam_context.get("sending_facility", ""),
+        receiving_application="",
+        receiving_facility="",
+        datetime="",
+        message_type="",
+        trigger="",
+        structure="",
+        control_id=zam_context.get("control_id", ""),
+        processing_id=zam_context.get("processing_id", "P"),
+        version="2.6",
+        charset=zam_context.get("charset", "UNICODE UTF-8"),
+    )
