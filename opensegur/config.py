@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     dpi_mdm_application: str = "DPI"
     dpi_mdm_facility: str = ""
     dpi_timeout_s: float = 30.0
+    dpi_forward_results_oru: bool = False  # biology received by mail also goes to the DPI as ORU^R01 results
     api_token: SecretStr | None = None
     log_level: str = "INFO"
 

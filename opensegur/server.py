@@ -473,10 +473,13 @@ class Platform:
                 max_bytes=s.mss_max_message_bytes, max_attachment=s.mss_max_attachment_bytes
             ),
             mailbox_structures=self._mailbox_sites(),
+            forward_results_oru=s.dpi_forward_results_oru,
         )
         handlers[mss_inbound.JOB_INTEGRATE] = mss_inbound.make_integrate_handler(ctx)
         handlers[mss_inbound.JOB_TO_DPI] = mss_inbound.make_to_dpi_handler(ctx)
         handlers[mss_inbound.JOB_MDN] = mss_inbound.make_mdn_handler(ctx)
+        # Always registered: jobs queued while forwarding was on outlive a change of the setting.
+        handlers[mss_inbound.JOB_RESULTS_TO_DPI] = mss_inbound.make_results_to_dpi_handler(ctx)
 
     def _mailbox_sites(self) -> dict[str, int]:
         if not self.settings.mss_mailbox_sites:

@@ -4,6 +4,7 @@ Steps, each durable so a crash resumes where it stopped and nothing received is 
 - :func:`poll_mailbox`: every fetched mail is stored (raw payload + ``Mail`` row + ``mss.integrate`` job) and
   committed *before* the mailbox is told it was processed; the idempotence key ``in:<mailbox>:<Message-ID>``
   absorbs the re-read after a crash in between. DSN/MDN reports go to the outbound flow instead.
+  :func:`run_poller` keeps one loop per mailbox and, between polls, waits on IMAP IDLE where the reader offers it.
 - ``mss.integrate`` (:func:`integrate_mail`): the mail is opened by :mod:`opensegur.transactions.mss_mail` (safe
   against zip bombs, traversal, XXE); the patient is the local *qualified* identity carrying the CDA's INS,
   with identical strict traits. ``X-MSS-INS`` is only a claim, checked against the CDA and never matched on.
@@ -11,6 +12,9 @@ Steps, each durable so a crash resumes where it stopped and nothing received is 
   rejected. The raw mail is kept in both cases.
 - ``mss.to_dpi`` (:func:`send_to_dpi`): one MDM per CDA (volet "Transmission au LPS d'un document CDA provenant
   d'un courriel MSSanté"); a DPI outage is retried by the job queue.
+- ``mss.results_to_dpi`` (:func:`send_results_to_dpi`, when ``forward_results_oru`` is on): once the DPI took a
+  CR de biologie that yielded structured results, they follow as an ORU^R01
+  (:mod:`opensegur.transactions.oru_results`); a refusal shows on the document, not on the mail nor its MDN.
 - ``mss.mdn`` (:func:`send_mdn`): once every document of the mail has the DPI's answer (or a human rejected the
   mail), the MDN goes back — only when the sender asked for it (``Disposition-Notification-To``, RFC 8098) and,
   when sent automatically, only if that address is the Return-Path (RFC 8098 §2.1, repeated by the volet);
@@ -23,7 +27,6 @@ not matching a qualified local identity, 905 incomplete INS traits, 906 anything
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -41,16 +44,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from opensegur.content.cda import CdaHeader, parse_cda
+from opensegur.content.crbio import LOINC_OID, extract_results, parse_ts
 from opensegur.content.jdv import VISIBILITY_CODES
 from opensegur.flows.dmp_feed import document_flags
 from opensegur.flows.mssante_ports import (
     DpiSender,
     FetchedMail,
+    IdleMailboxReader,
     MailboxReader,
     MailSender,
     MailUnavailableError,
 )
-from opensegur.flows.worker import RetryableError
+from opensegur.flows.worker import PermanentError, RetryableError
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins
 from opensegur.identity.rniv import IdentityStatus
@@ -68,14 +73,16 @@ from opensegur.store.models import (
     Structure,
 )
 from opensegur.store.payloads import load_payload, store_payload
-from opensegur.transactions.hl7v2 import Hl7Error
+from opensegur.transactions.hl7v2 import ERROR_LABELS, Hl7Error
 from opensegur.transactions.lps_mdm import (
     APPLICATION_ERROR_LABELS,
+    LpsAck,
     LpsDocument,
     LpsMail,
     LpsMdmRequest,
     LpsParticipant,
     LpsPatient,
+    MessageRoute,
     MetaDmpMss,
     build_lps_mdm,
     parse_lps_ack,
@@ -91,6 +98,12 @@ from opensegur.transactions.mss_mail import (
     smtp_envelope,
     verify_ins_claim,
 )
+from opensegur.transactions.oru_results import (
+    LOINC_CR_BIO,
+    OruReport,
+    build_oru_results,
+    observation_from_lab,
+)
 from opensegur.transactions.xdm import (
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_RATIO,
@@ -104,8 +117,8 @@ log = logging.getLogger(__name__)
 JOB_INTEGRATE = "mss.integrate"
 JOB_TO_DPI = "mss.to_dpi"
 JOB_MDN = "mss.mdn"
+JOB_RESULTS_TO_DPI = "mss.results_to_dpi"
 SYSTEM_ACTOR = "mss-inbound"
-LOINC_CR_BIO = "11502-2"
 # Mail errors a person could act on (identity questions); every other MailError/XdmError means the mail is
 # unreadable or unsafe, so it is rejected outright.
 _TRIAGE_ERRORS: dict[str, str] = {
@@ -163,6 +176,8 @@ class MssInboundContext:
     # An AR means "rejected for a circumstantial reason, send again later" (volet): that many attempts first.
     ar_attempts: int = 3
     reporting_ua: str = "OpenSegur"
+    # Also send the structured results of a CR de biologie to the DPI as an ORU^R01, once it took the document.
+    forward_results_oru: bool = False
 
 
 class InboundError(ValueError):
@@ -310,11 +325,11 @@ def _store_one(s: Session, mailbox: str, fetched: FetchedMail) -> bool:
     return True
 
 
-async def poll_mailbox(db: Database, reader: MailboxReader, mailbox: str, limit: int) -> int:
-    """Fetch new mails, store them, then mark them done on the server. Returns how many were new."""
+async def _poll(db: Database, reader: MailboxReader, mailbox: str, limit: int) -> tuple[int, int]:
+    """(fetched, newly stored) for one poll of one mailbox."""
     fetched = await reader.fetch_new(mailbox, limit)
     if not fetched:
-        return 0
+        return 0, 0
 
     def _store() -> int:
         with db.session() as s:
@@ -324,7 +339,55 @@ async def poll_mailbox(db: Database, reader: MailboxReader, mailbox: str, limit:
     await reader.mark_done(mailbox, [f.uid for f in fetched])
     if stored:
         log.info("mailbox poll: %d new mail(s) stored", stored)
-    return stored
+    return len(fetched), stored
+
+
+async def poll_mailbox(db: Database, reader: MailboxReader, mailbox: str, limit: int) -> int:
+    """Fetch new mails, store them, then mark them done on the server. Returns how many were new."""
+    return (await _poll(db, reader, mailbox, limit))[1]
+
+
+async def _poll_loop(
+    db: Database,
+    reader: MailboxReader,
+    mailbox: str,
+    *,
+    interval_s: float,
+    limit: int,
+    stop: asyncio.Event,
+    on_stored: Callable[[], None] | None,
+) -> None:
+    """Poll one mailbox until cancelled (by :func:`run_poller` once ``stop`` is set)."""
+    idle = reader if isinstance(reader, IdleMailboxReader) else None
+    loop = asyncio.get_running_loop()
+    announced = False  # the last wait said there was news
+    while True:
+        try:
+            fetched, stored = await _poll(db, reader, mailbox, limit)
+            if stored and on_stored is not None:
+                on_stored()
+            if stored and fetched >= limit:
+                continue  # a backlog: the next batch at once
+            # News that the poll did not find (a mail someone already read in a webmail is above the reader's
+            # last UID but not unread): waiting again would answer at once, so this round is a plain sleep.
+            spurious, announced = announced and not fetched, False
+            if idle is not None and not spurious:
+                started = loop.time()
+                announced = await idle.wait_for_news(mailbox, interval_s)
+                if announced:
+                    continue
+                # No news: still at most one poll per interval, even when the wait ended early (IDLE capped by
+                # the reader, a reader answering at once).
+                await asyncio.sleep(interval_s - (loop.time() - started))
+                continue
+        except MailUnavailableError as exc:
+            # Stopping closes the reader under a poll or an IDLE in progress: nothing to warn about.
+            if not stop.is_set():
+                log.warning("mailbox %s: poll failed, retried in %g s: %s", mailbox, interval_s, exc)
+        except Exception:  # the loop must outlive any one bad poll
+            if not stop.is_set():
+                log.exception("mailbox %s: poll crashed, retried in %g s", mailbox, interval_s)
+        await asyncio.sleep(interval_s)
 
 
 async def run_poller(
@@ -337,25 +400,29 @@ async def run_poller(
     stop: asyncio.Event,
     on_stored: Callable[[], None] | None = None,
 ) -> None:
-    """Poll each mailbox every ``interval_s`` until ``stop`` is set; survives operator outages."""
-    while not stop.is_set():
-        for mailbox in mailboxes:
-            if stop.is_set():
-                break
-            try:
-                stored = await poll_mailbox(db, reader, mailbox, limit)
-            except MailUnavailableError as exc:
-                # Stopping closes the reader under a poll in progress: nothing to warn about.
-                if not stop.is_set():
-                    log.warning("mailbox poll failed, retried at next interval: %s", exc)
-                continue
-            except Exception:  # the loop must outlive any one bad poll
-                log.exception("mailbox poll crashed")
-                continue
-            if stored and on_stored is not None:
-                on_stored()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+    """Poll every mailbox, each in its own loop, until ``stop`` is set; survives operator outages.
+
+    After each poll a loop waits for news when the reader offers it (:class:`IdleMailboxReader`: IMAP IDLE),
+    polling again as soon as news comes and at the latest after ``interval_s``; otherwise it sleeps
+    ``interval_s``. A failed poll or wait is retried after ``interval_s``. A mailbox whose server hangs holds
+    only its own loop.
+    """
+    loops = [
+        asyncio.create_task(
+            _poll_loop(db, reader, box, interval_s=interval_s, limit=limit, stop=stop, on_stored=on_stored),
+            name=f"mss-poll:{box}",
+        )
+        for box in dict.fromkeys(mailboxes)
+    ]
+    try:
+        await stop.wait()
+    finally:
+        # Cutting a poll short loses nothing: stored mails are committed before the server is told, the others
+        # are still on the server and the idempotence key absorbs the re-read. A wait abandoned in a reader's
+        # thread ends when the platform closes the reader (that breaks the IDLE).
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -483,12 +550,8 @@ def _match(s: Session, ctx: MssInboundContext, mail: Mail, cdas: list[_Cda]) -> 
 # Integration
 
 
-def _lab_results(s: Session, doc: Document, content: bytes) -> int | None:
-    """LabResult rows of a CR-BIO; None when the extractor is not installed."""
-    try:
-        from opensegur.content.crbio import extract_results
-    except ImportError:
-        return None
+def _lab_results(s: Session, doc: Document, content: bytes) -> int:
+    """LabResult rows of a CR-BIO; how many."""
     assert doc.patient_id is not None
     observations = extract_results(content)
     for o in observations:
@@ -763,12 +826,19 @@ def _mdm_request(ctx: MssInboundContext, s: Session, doc: Document) -> LpsMdmReq
 
 
 def _exchange(
-    s: Session, doc_id: int, endpoint: str, request: bytes, response: bytes | None, outcome: str, detail: str
+    s: Session,
+    doc_id: int,
+    endpoint: str,
+    request: bytes,
+    response: bytes | None,
+    outcome: str,
+    detail: str,
+    transaction: str = "MDM",
 ) -> None:
     s.add(
         Exchange(
             document_id=doc_id,
-            transaction="MDM",
+            transaction=transaction,
             endpoint=endpoint[:300],
             request_sha256=store_payload(s, request),
             response_sha256=store_payload(s, response) if response else None,
@@ -865,10 +935,140 @@ async def send_to_dpi(ctx: MssInboundContext, document_id: int, attempt: int) ->
                     detail={"document_id": doc.id, "code": ack.volet_code},
                 )
             )
+            if ack.accepted and ctx.forward_results_oru and doc.flags.get("lab_results"):
+                # After the document, so the DPI has it (and knows the patient) when its results come.
+                jobs.enqueue(
+                    s,
+                    JOB_RESULTS_TO_DPI,
+                    f"{JOB_RESULTS_TO_DPI}:{doc.id}",
+                    {"document_id": doc.id},
+                    structure_id=doc.structure_id,
+                    patient_id=doc.patient_id,
+                )
             _finish_mail_if_complete(s, int(doc.context["mail_id"]))
 
     await asyncio.to_thread(_final)
     return {"ack": ack.code, "code": ack.volet_code}
+
+
+def _route(ctx: MssInboundContext) -> MessageRoute:
+    e = ctx.endpoint
+    return MessageRoute(
+        e.sending_application,
+        e.sending_facility,
+        e.receiving_application,
+        e.receiving_facility,
+        e.processing_id,
+        e.charset,
+    )
+
+
+def _oru_report(s: Session, doc: Document) -> OruReport | None:
+    """The ORU content of a document, None when it holds no result. PermanentError for an unreadable CDA."""
+    content = load_payload(s, doc.payload_sha256 or "")
+    try:
+        header = parse_cda(content)[1]
+        observations = extract_results(content)
+    except ValueError as exc:
+        raise PermanentError(f"CR de biologie illisible : {str(exc)[:200]}") from exc
+    if not observations:
+        return None
+    code = header.code
+    loinc = code is not None and code.scheme == LOINC_OID and bool(code.code)
+    return OruReport(
+        patient=_lps_patient(s, s.get_one(Patient, doc.patient_id)),
+        id_root=header.id.root,
+        id_extension=header.id.extension,
+        set_root=header.set_id.root if header.set_id else None,
+        set_extension=header.set_id.extension if header.set_id else None,
+        observations=[observation_from_lab(o) for o in observations],
+        report_code=code.code if code is not None and loinc else LOINC_CR_BIO,
+        report_label=(code.display if code is not None and loinc else None) or "CR d'examens biologiques",
+        reported_at=parse_ts(header.effective_time),
+        corrected=doc.kind == "replacement",
+    )
+
+
+def _results_reason(ack: LpsAck) -> str:
+    if ack.accepted:
+        return "Résultats de biologie intégrés par le DPI"
+    details = [e.text or e.application_label or ERROR_LABELS.get(e.hl7_code, e.hl7_code) for e in ack.errors]
+    detail = next((d for d in details if d), "aucun motif donné")
+    return f"Résultats de biologie refusés par le DPI ({ack.code}) : {detail}"
+
+
+async def send_results_to_dpi(ctx: MssInboundContext, document_id: int, attempt: int) -> dict[str, Any]:
+    """The ``mss.results_to_dpi`` job: one ORU^R01 with the document's results, one ACK.
+
+    RetryableError while the DPI is unreachable or answers AR (``ar_attempts`` times); a final refusal shows on
+    the document (reason and finding) and is audited.
+    """
+    endpoint = f"{ctx.endpoint.receiving_application}@{ctx.endpoint.receiving_facility}"
+    control_id = f"MSSR{document_id}-{attempt}"
+
+    def _build() -> bytes | dict[str, Any]:
+        with ctx.db.session() as s:
+            doc = s.get_one(Document, document_id)
+            if doc.context.get("oru_ack"):
+                return {"skipped": "already acknowledged"}
+            report = _oru_report(s, doc)
+            if report is None:
+                return {"skipped": "no results"}
+            return build_oru_results(
+                report, _route(ctx), control_id=control_id, now=datetime.now().astimezone()
+            )
+
+    built = await asyncio.to_thread(_build)
+    if isinstance(built, dict):
+        return built
+    message = built
+
+    def _retry(reason: str, response: bytes | None) -> None:
+        with ctx.db.session() as s:
+            _exchange(s, document_id, endpoint, message, response, "retry", reason, "ORU")
+
+    try:
+        response = await ctx.dpi.send(message)
+    except RetryableError as exc:
+        await asyncio.to_thread(_retry, f"DPI injoignable, nouvel essai prévu : {exc}", None)
+        raise
+    try:
+        ack = parse_lps_ack(response)
+    except Hl7Error as exc:
+        await asyncio.to_thread(_retry, f"Réponse du DPI illisible : {exc.message}", response)
+        raise RetryableError(f"unreadable DPI acknowledgement ({exc.code})") from exc
+    if ack.control_id != control_id:
+        await asyncio.to_thread(_retry, "Accusé du DPI pour un autre message", response)
+        raise RetryableError("DPI acknowledgement for another message")
+    reason = _results_reason(ack)
+    if ack.code == "AR" and attempt < ctx.ar_attempts:
+        await asyncio.to_thread(_retry, f"{reason} : nouvel essai prévu", response)
+        raise RetryableError("DPI rejected the results for a circumstantial reason (AR)")
+
+    def _final() -> None:
+        with ctx.db.session() as s:
+            doc = s.get_one(Document, document_id)
+            doc.context = {**doc.context, "oru_control_id": control_id, "oru_ack": ack.code}
+            if not ack.accepted:
+                doc.status_reason = reason
+                doc.findings = [
+                    *doc.findings,
+                    {"severity": "blocking", "source": "dpi", "code": f"ORU-{ack.code}", "message": reason},
+                ]
+            outcome = "success" if ack.accepted else "rejected"
+            _exchange(s, document_id, endpoint, message, response, outcome, reason, "ORU")
+            s.add(
+                AuditEvent(
+                    actor=SYSTEM_ACTOR,
+                    action="mss_results_dpi_ack",
+                    patient_id=doc.patient_id,
+                    reason=ack.code,
+                    detail={"document_id": doc.id, "control_id": control_id},
+                )
+            )
+
+    await asyncio.to_thread(_final)
+    return {"ack": ack.code}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1081,5 +1281,12 @@ def make_mdn_handler(ctx: MssInboundContext) -> Any:
         return await send_mdn(
             ctx, int(job.args["mail_id"]), job.args.get("code"), bool(job.args.get("manual"))
         )
+
+    return handle
+
+
+def make_results_to_dpi_handler(ctx: MssInboundContext) -> Any:
+    async def handle(job: Job) -> dict[str, Any]:
+        return await send_results_to_dpi(ctx, int(job.args["document_id"]), job.attempts)
 
     return handle

@@ -8,7 +8,7 @@ socket or builds MIME by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from opensegur.transactions.mss_mail import SmtpEnvelope
 
@@ -45,6 +45,18 @@ class MailboxReader(Protocol):
 
     async def mark_done(self, mailbox: str, uids: list[int]) -> None:
         """Called only after the mails are committed in our store, so a crash in between re-reads them."""
+        ...
+
+
+@runtime_checkable
+class IdleMailboxReader(MailboxReader, Protocol):
+    """A reader that can also wait for new mail (IMAP IDLE where the server offers it); the poller then uses it."""
+
+    async def wait_for_news(self, mailbox: str, timeout: float) -> bool:
+        """True as soon as new mail may be there, False after ``timeout`` without any.
+
+        Raises MailUnavailableError when the connection is lost, including when the reader is closed meanwhile.
+        """
         ...
 
 

@@ -52,10 +52,16 @@ __all__ = [
     "LpsMdmRequest",
     "LpsParticipant",
     "LpsPatient",
+    "MessageRoute",
     "MetaDmpMss",
     "build_lps_mdm",
     "document_number",
+    "encode_message",
+    "escape",
+    "msh_segment",
     "parse_lps_ack",
+    "pid_segment",
+    "timestamp",
 ]
 
 PROFILE = "1.1^CISIS_CDA_HL7_LPS"
@@ -216,49 +222,96 @@ class LpsAck:
 # Building
 
 
-def _esc(text: str) -> str:
+def escape(text: str) -> str:
+    """HL7 escaping of text with the default delimiters; line breaks become spaces (one segment per line)."""
     out = text.replace("\\", "\\E\\")
     for char, code in (("|", "F"), ("^", "S"), ("~", "R"), ("&", "T")):
         out = out.replace(char, f"\\{code}\\")
     return out.replace("\r", " ").replace("\n", " ")
 
 
-def _ts(value: datetime) -> str:
+def timestamp(value: datetime) -> str:
+    """HL7 DTM to the second, with the UTC offset when the datetime is aware."""
     stamp = value.strftime("%Y%m%d%H%M%S")
     return stamp + value.strftime("%z") if value.tzinfo is not None else stamp
+
+
+@dataclass(frozen=True)
+class MessageRoute:
+    """MSH-3 to MSH-6, MSH-11 and MSH-18 of the messages the PFI sends to the DPI."""
+
+    sending_application: str = "OPENSEGUR"
+    sending_facility: str = "OPENSEGUR"
+    receiving_application: str = "DPI"
+    receiving_facility: str = ""
+    processing_id: str = "P"
+    charset: str = "UNICODE UTF-8"
+
+
+def msh_segment(
+    route: MessageRoute, *, message_type: str, control_id: str, version: str, now: datetime, profile: str = ""
+) -> str:
+    """MSH with the default delimiters; ``message_type`` (MSH-9) and ``profile`` (MSH-21) are written as given."""
+    fields = [
+        "MSH",
+        "^~\\&",
+        escape(route.sending_application),
+        escape(route.sending_facility),
+        escape(route.receiving_application),
+        escape(route.receiving_facility),
+        timestamp(now),
+        "",
+        message_type,
+        escape(control_id),
+        escape(route.processing_id),
+        version,
+        "",
+        "",
+        "",
+        "",
+        "FRA",
+        route.charset,
+        "",
+        "",
+        profile,
+    ]
+    while fields[-1] == "":
+        fields.pop()
+    return "|".join(fields)
 
 
 def document_number(root: str, extension: str | None) -> str:
     """TXA-12/13 (EI) per the volet: ``ext^^root^ISO`` when the CDA id has an extension, else the root OID."""
     if extension:
-        return f"{_esc(extension)}^^{_esc(root)}^ISO"
-    return _esc(root)
+        return f"{escape(extension)}^^{escape(root)}^ISO"
+    return escape(root)
 
 
 def _ins_namespace(oid: str) -> str:
     return "ASIP-SANTE-INS-NIA" if oid in (OID_NIA, OID_NIA_TEST) else "ASIP-SANTE-INS-NIR"
 
 
-def _pid(p: LpsPatient) -> str:
+def pid_segment(p: LpsPatient) -> str:
+    """PID with the INS (qualified identities only) and the IPP in PID-3, as every message to the DPI sends it."""
     ids = []
     if p.ins_matricule and p.ins_oid:
-        ids.append(f"{_esc(p.ins_matricule)}^^^{_ins_namespace(p.ins_oid)}&{_esc(p.ins_oid)}&ISO^INS")
+        ids.append(f"{escape(p.ins_matricule)}^^^{_ins_namespace(p.ins_oid)}&{escape(p.ins_oid)}&ISO^INS")
     if p.ipp:
         kind = "ISO" if "." in p.ipp_authority else "M"
-        authority = f"{_esc(p.ipp_namespace)}&{_esc(p.ipp_authority)}&{kind}" if p.ipp_authority else ""
-        ids.append(f"{_esc(p.ipp)}^^^{authority}^PI")
+        authority = f"{escape(p.ipp_namespace)}&{escape(p.ipp_authority)}&{kind}" if p.ipp_authority else ""
+        ids.append(f"{escape(p.ipp)}^^^{authority}^PI")
     first = p.first_names.split(" ", 1)[0] if p.first_names else ""
-    names = [f"{_esc(p.birth_name)}^{_esc(first)}^{_esc(p.first_names)}^^^^L"]
+    names = [f"{escape(p.birth_name)}^{escape(first)}^{escape(p.first_names)}^^^^L"]
     if p.used_name or p.used_first_name:
-        names.append(f"{_esc(p.used_name or p.birth_name)}^{_esc(p.used_first_name or first)}^^^^^D")
+        names.append(f"{escape(p.used_name or p.birth_name)}^{escape(p.used_first_name or first)}^^^^^D")
     fields = [""] * 33
     fields[0] = "PID"
     fields[3] = "~".join(ids)
     fields[5] = "~".join(names)
-    fields[7] = _esc(p.birth_date or "")
-    fields[8] = _esc(p.sex)
-    fields[11] = f"^^^^^^BDL^^{_esc(p.birth_place)}" if p.birth_place else ""
-    fields[32] = _esc(p.identity_status or "")
+    fields[7] = escape(p.birth_date or "")
+    fields[8] = escape(p.sex)
+    fields[11] = f"^^^^^^BDL^^{escape(p.birth_place)}" if p.birth_place else ""
+    fields[32] = escape(p.identity_status or "")
     while fields[-1] == "":
         fields.pop()
     return "|".join(fields)
@@ -271,22 +324,22 @@ def _prt(code: str, participant: LpsParticipant) -> str:
     fields[4] = f"{code}^^participation"
     if participant.person_id or participant.family:
         xcn = [""] * 13
-        xcn[0] = _esc(participant.person_id or "")
-        xcn[1] = _esc(participant.family or "")
-        xcn[2] = _esc(participant.given or "")
+        xcn[0] = escape(participant.person_id or "")
+        xcn[1] = escape(participant.family or "")
+        xcn[2] = escape(participant.given or "")
         xcn[9] = "D"  # nom d'exercice, as in the volet's examples
         if participant.person_id:
             xcn[8] = participant.person_authority
-            xcn[12] = _esc(participant.person_id_type)
+            xcn[12] = escape(participant.person_id_type)
         fields[5] = "^".join(xcn).rstrip("^")
     if participant.organization_name or participant.organization_id:
         xon = [""] * 10
-        xon[0] = _esc(participant.organization_name or "")
+        xon[0] = escape(participant.organization_name or "")
         xon[5] = participant.organization_authority
-        xon[6] = _esc(participant.organization_id_type)
-        xon[9] = _esc(participant.organization_id or "")
+        xon[6] = escape(participant.organization_id_type)
+        xon[9] = escape(participant.organization_id or "")
         fields[8] = "^".join(xon).rstrip("^")
-    fields[15] = f"^^X.400^{_esc(participant.address)}"
+    fields[15] = f"^^X.400^{escape(participant.address)}"
     return "|".join(fields)
 
 
@@ -300,44 +353,36 @@ def build_lps_mdm(request: LpsMdmRequest, *, control_id: str, now: datetime) -> 
     if request.kind == "replacement" and not doc.parent_root:
         raise ValueError("a replacement (T10) requires the parent document id (TXA-13)")
     trigger, order_control, result_status = _EVENTS[request.kind]
-    stamp = _ts(now)
-    doc_type = f"{_esc(doc.type_code)}^{_esc(doc.type_label)}^{_esc(doc.type_system)}"
+    stamp = timestamp(now)
+    doc_type = f"{escape(doc.type_code)}^{escape(doc.type_label)}^{escape(doc.type_system)}"
     parent = document_number(doc.parent_root, doc.parent_extension) if doc.parent_root else ""
-    msh = [
-        "MSH",
-        "^~\\&",
-        _esc(request.sending_application),
-        _esc(request.sending_facility),
-        _esc(request.receiving_application),
-        _esc(request.receiving_facility),
-        stamp,
-        "",
-        f"MDM^{trigger}^MDM_T02",
-        _esc(control_id),
-        _esc(request.processing_id),
-        "2.6",
-        "",
-        "",
-        "",
-        "",
-        "FRA",
-        request.charset,
-        "",
-        "",
-        PROFILE,
-    ]
+    msh = msh_segment(
+        MessageRoute(
+            request.sending_application,
+            request.sending_facility,
+            request.receiving_application,
+            request.receiving_facility,
+            request.processing_id,
+            request.charset,
+        ),
+        message_type=f"MDM^{trigger}^MDM_T02",
+        control_id=control_id,
+        version="2.6",
+        now=now,
+        profile=PROFILE,
+    )
     txa = [""] * 18
     txa[0], txa[1], txa[2], txa[3] = "TXA", "1", doc_type.split("^", 1)[0], "TEXT"
-    txa[4] = _esc(doc.activity_time or "")
+    txa[4] = escape(doc.activity_time or "")
     txa[12] = document_number(doc.id_root, doc.id_extension)
     txa[13] = parent
     txa[17] = "AU"
     cda64 = base64.b64encode(doc.cda).decode("ascii")
     body64 = base64.b64encode(mail.body.encode("utf-8")).decode("ascii")
     lines = [
-        "|".join(msh),
+        msh,
         f"EVN||{stamp}",
-        _pid(request.patient),
+        pid_segment(request.patient),
         "PV1|1|N",
         f"ORC|{order_control}",
         f"OBR|1|||{doc_type}",
@@ -346,15 +391,22 @@ def build_lps_mdm(request: LpsMdmRequest, *, control_id: str, now: datetime) -> 
         _prt("SB", mail.sender),
         *(_prt("RCT", r) for r in mail.recipients),
         *(_prt("REPLY", LpsParticipant(a)) for a in mail.reply_to),
-        f"OBX|2|ED|{_esc(mail.message_id)}^{_esc(mail.subject)}||^text^^Base64^{body64}||||||F",
+        f"OBX|2|ED|{escape(mail.message_id)}^{escape(mail.subject)}||^text^^Base64^{body64}||||||F",
     ]
     meta = request.meta
     values = (meta.masque_ps, meta.invisible_patient, meta.invisible_rep_legaux, meta.modif_conf_code)
     for n, ((code, label), on) in enumerate(zip(_META, values, strict=True), start=3):
         yes_no = "Y" if on else "N"
-        lines.append(f"OBX|{n}|CWE|{code}^{_esc(label)}^MetaDMPMSS||{yes_no}^^expandedYes-NoIndicator||||||F")
+        lines.append(
+            f"OBX|{n}|CWE|{code}^{escape(label)}^MetaDMPMSS||{yes_no}^^expandedYes-NoIndicator||||||F"
+        )
+    return encode_message(lines, request.charset)
+
+
+def encode_message(lines: Sequence[str], charset: str) -> bytes:
+    """Segments joined with CR and encoded per MSH-18 (``charset``, HL7 table 0211)."""
     text = "\r".join(lines) + "\r"
-    codec = charset_to_codec(request.charset) or "utf-8"
+    codec = charset_to_codec(charset) or "utf-8"
     try:
         return text.encode(codec)
     except UnicodeEncodeError:

@@ -322,8 +322,10 @@ class ImapSession:
     # ---------------------------------------------------------------------------------------------- waiting
 
     def wait_for_news(self, timeout: float, *, since_uid: int | None, poll_interval: float = 30.0) -> bool:
-        """True as soon as a message with a UID above ``since_uid`` is there (or may be: IDLE said so)."""
-        if self.search_new(since_uid=since_uid, unseen_only=since_uid is None):
+        """True as soon as an unseen message with a UID above ``since_uid`` is there (or may be: IDLE said so).
+
+        Unseen only, as the poll fetches: a mail read elsewhere (a webmail) would otherwise announce news forever."""
+        if self.search_new(since_uid=since_uid, unseen_only=True):
             return True
         timeout = max(0.0, min(timeout, MAX_IDLE_SECONDS))
         if self.supports_idle:
@@ -334,7 +336,7 @@ class ImapSession:
             time.sleep(min(poll_interval, remaining))
             with self._errors("noop"):
                 client.noop()
-            if self.search_new(since_uid=since_uid, unseen_only=since_uid is None):
+            if self.search_new(since_uid=since_uid, unseen_only=True):
                 return True
         return False
 

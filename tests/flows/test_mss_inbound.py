@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from opensegur.connectors.mss_imap import ImapMailboxReader
 from opensegur.flows import mss_inbound
 from opensegur.flows.mss_inbound import (
     JOB_INTEGRATE,
     JOB_MDN,
+    JOB_RESULTS_TO_DPI,
     JOB_TO_DPI,
     InboundError,
     MailLimits,
@@ -23,17 +25,20 @@ from opensegur.flows.mss_inbound import (
     attach,
     make_integrate_handler,
     make_mdn_handler,
+    make_results_to_dpi_handler,
     make_to_dpi_handler,
     poll_mailbox,
     reject,
+    run_poller,
 )
-from opensegur.flows.mssante_ports import FetchedMail, MailSendResult
+from opensegur.flows.mssante_ports import FetchedMail, IdleMailboxReader, MailSendResult, MailUnavailableError
 from opensegur.flows.worker import RetryableError, WorkerPool
 from opensegur.store.db import Database
 from opensegur.store.jobs import RetryPolicy
 from opensegur.store.models import (
     AuditEvent,
     Document,
+    Exchange,
     Job,
     LabResult,
     Mail,
@@ -87,15 +92,23 @@ class FakeDpi:
     down: bool = False
     answer: str = "AA"
     error: str = ""
+    # Per message type (MSH-9.1, e.g. "ORU"): down, or (MSA-1, ERR segments) instead of the defaults above.
+    down_types: set[str] = field(default_factory=set)
+    answers: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     async def send(self, message: bytes) -> bytes:
-        if self.down:
+        msh_fields = message.split(b"\r", 1)[0].split(b"|")
+        kind = msh_fields[8].split(b"^")[0].decode()
+        if self.down or kind in self.down_types:
             raise RetryableError("connection refused")
         self.received.append(message)
-        control_id = message.split(b"\r", 1)[0].split(b"|")[9].decode()
+        control_id = msh_fields[9].decode()
+        answer, error = self.answers.get(kind, (self.answer, self.error))
         msh = "MSH|^~\\&|DPI|CH|OPENSEGUR|CH|20260101||ACK^T02^ACK|A1|P|2.6|||||FRA|UNICODE UTF-8"
-        ack = f"{msh}\rMSA|{self.answer}|{control_id}\r"
-        return (ack + self.error).encode()
+        return f"{msh}\rMSA|{answer}|{control_id}\r{error}".encode()
+
+    def of_type(self, kind: str) -> list[bytes]:
+        return [m for m in self.received if parse(m)[1].message_type == kind]
 
 
 @dataclass
@@ -146,6 +159,7 @@ def env(db: Database) -> Env:
             JOB_INTEGRATE: make_integrate_handler(ctx),
             JOB_TO_DPI: make_to_dpi_handler(ctx),
             JOB_MDN: make_mdn_handler(ctx),
+            JOB_RESULTS_TO_DPI: make_results_to_dpi_handler(ctx),
         },
         policy=RetryPolicy(max_attempts=5, base_s=0.0, max_s=0.0),
     )
@@ -527,3 +541,270 @@ async def test_reject_from_triage_sends_the_refusal_code(env: Env, cr_img: bytes
     [mdn] = env.mdns()
     assert mdn.error_code == "902" and mdn.action_mode == "manual-action"
     assert env.count(AuditEvent, AuditEvent.action == "mss_reject") == 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Biology results to the DPI as ORU^R01
+
+
+async def _bio_mail(env: Env, *, drain: bool = True) -> None:
+    env.ctx.forward_results_oru = True
+    add_patient(env.db)
+    env.reader.deliver(document_mail(CR_BIO.read_bytes(), document_label="CR de biologie"))
+    await env.poll()
+    if drain:
+        await env.run()
+
+
+def _oru_exchanges(env: Env) -> list[tuple[str, str]]:
+    with env.db.session() as s:
+        rows = s.scalars(select(Exchange).where(Exchange.transaction == "ORU").order_by(Exchange.id))
+        return [(e.outcome, e.detail or "") for e in rows]
+
+
+async def test_cr_bio_results_go_to_the_dpi_as_oru_after_the_document(env: Env) -> None:
+    await _bio_mail(env)
+    [mdm, oru] = env.dpi.received  # the document first, then its results
+    assert parse(mdm)[1].message_type == "MDM"
+    message, header = parse(oru)
+    assert (header.message_type, header.trigger, header.version) == ("ORU", "R01", "2.5")
+    pid = segments(message, "PID")[0]
+    assert get_field(pid, 3, 1, 1) == INS and get_field(pid, 3, 2, 1) == "IPP42"
+    with env.db.session() as s:
+        doc = s.scalars(select(Document)).one()
+        loincs = list(s.scalars(select(LabResult.loinc).order_by(LabResult.id)))
+        assert doc.context["oru_ack"] == "AA" and doc.status == "acknowledged"
+        assert doc.context["oru_control_id"] == header.control_id
+        assert (
+            s.scalars(select(AuditEvent).where(AuditEvent.action == "mss_results_dpi_ack")).one().reason
+            == "AA"
+        )
+    assert [get_field(obx, 3) for obx in segments(message, "OBX")] == loincs
+    assert get_field(segments(message, "OBR")[0], 4) == "11502-2"
+    assert _oru_exchanges(env) == [("success", "Résultats de biologie intégrés par le DPI")]
+    assert env.count(Job, Job.kind == JOB_RESULTS_TO_DPI) == 1
+    assert env.mails()[0].status == "integrated" and env.mdns()[0].ok
+
+
+async def test_no_oru_unless_configured_or_without_results(env: Env, cr_img: bytes) -> None:
+    add_patient(env.db)
+    env.reader.deliver(document_mail(CR_BIO.read_bytes(), document_label="CR de biologie"))
+    await env.poll()
+    await env.run()
+    assert env.dpi.of_type("ORU") == [] and env.count(Job, Job.kind == JOB_RESULTS_TO_DPI) == 0
+
+    env.ctx.forward_results_oru = True
+    env.reader.deliver(document_mail(cr_img))
+    await env.poll()
+    await env.run()
+    assert len(env.dpi.of_type("MDM")) == 2
+    assert env.dpi.of_type("ORU") == [] and env.count(Job, Job.kind == JOB_RESULTS_TO_DPI) == 0
+
+
+async def test_oru_waits_while_the_dpi_is_down(env: Env) -> None:
+    env.dpi.down_types = {"ORU"}
+    await _bio_mail(env, drain=False)
+    for _ in range(5):  # integration, MDM, MDN and two ORU attempts
+        await env.pool.run_once()
+    with env.db.session() as s:
+        job = s.scalars(select(Job).where(Job.kind == JOB_RESULTS_TO_DPI)).one()
+        assert job.status == "pending" and job.attempts == 2 and "refused" in (job.last_error or "")
+        assert "oru_ack" not in s.scalars(select(Document)).one().context
+    assert [o for o, _ in _oru_exchanges(env)] == ["retry", "retry"]
+    assert "DPI injoignable" in _oru_exchanges(env)[0][1]
+    env.dpi.down_types = set()
+    await env.run()
+    assert len(env.dpi.of_type("ORU")) == 1
+    assert [o for o, _ in _oru_exchanges(env)] == ["retry", "retry", "success"]
+
+
+async def test_oru_refusal_shows_on_the_document(env: Env) -> None:
+    env.dpi.answers["ORU"] = (
+        "AE",
+        "ERR||OBX^1^3|103^Table value not found^HL70357|E||||Code LOINC inconnu\r",
+    )
+    await _bio_mail(env)
+    with env.db.session() as s:
+        doc = s.scalars(select(Document)).one()
+        assert (
+            doc.status == "acknowledged" and doc.context["oru_ack"] == "AE"
+        )  # the document itself was taken
+        assert doc.status_reason == "Résultats de biologie refusés par le DPI (AE) : Code LOINC inconnu"
+        [finding] = [f for f in doc.findings if f["source"] == "dpi"]
+        assert (finding["severity"], finding["code"]) == ("blocking", "ORU-AE")
+        assert (
+            s.scalars(select(AuditEvent).where(AuditEvent.action == "mss_results_dpi_ack")).one().reason
+            == "AE"
+        )
+    assert [o for o, _ in _oru_exchanges(env)] == ["rejected"]
+    assert env.mails()[0].status == "integrated" and env.mdns()[0].ok  # the MDN is about the document
+
+
+async def test_oru_ar_is_retried_then_final(env: Env) -> None:
+    env.ctx.ar_attempts = 2
+    env.dpi.answers["ORU"] = ("AR", "")
+    await _bio_mail(env)
+    assert len(env.dpi.of_type("ORU")) == 2
+    assert [o for o, _ in _oru_exchanges(env)] == ["retry", "rejected"]
+    with env.db.session() as s:
+        doc = s.scalars(select(Document)).one()
+        assert doc.context["oru_ack"] == "AR" and "aucun motif donné" in (doc.status_reason or "")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The poller: one loop per mailbox, IDLE where the reader offers it
+
+
+@dataclass
+class CountingReader(FakeReader):
+    fetches: dict[str, int] = field(default_factory=dict)
+    failures: int = 0  # fetches that fail before the operator answers again
+    hang: set[str] = field(default_factory=set)  # mailboxes whose fetch never answers
+
+    async def fetch_new(self, mailbox: str, limit: int) -> list[FetchedMail]:
+        self.fetches[mailbox] = self.fetches.get(mailbox, 0) + 1
+        if mailbox in self.hang:
+            await asyncio.Event().wait()
+        if self.failures:
+            self.failures -= 1
+            raise MailUnavailableError("Serveur IMAP MSSanté injoignable")
+        return await super().fetch_new(mailbox, limit)
+
+
+@dataclass
+class IdleReader(CountingReader):
+    news: dict[str, asyncio.Event] = field(default_factory=dict)
+    waiting: set[str] = field(default_factory=set)
+    broken_waits: int = 0
+
+    def _event(self, mailbox: str) -> asyncio.Event:
+        return self.news.setdefault(mailbox, asyncio.Event())
+
+    def deliver(self, raw: bytes, mailbox: str = BOX) -> None:
+        super().deliver(raw, mailbox)
+        self._event(mailbox).set()
+
+    async def wait_for_news(self, mailbox: str, timeout: float) -> bool:
+        if self.broken_waits:
+            self.broken_waits -= 1
+            raise RuntimeError("IDLE answered nonsense")
+        event = self._event(mailbox)
+        self.waiting.add(mailbox)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            self.waiting.discard(mailbox)
+        event.clear()
+        return True
+
+
+async def _until(check: Any, timeout: float = 5.0) -> float:
+    """Seconds until ``check()`` holds; fails the test after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not check():
+        assert loop.time() - start < timeout, "condition not met in time"
+        await asyncio.sleep(0.01)
+    return loop.time() - start
+
+
+def _start(env: Env, reader: FakeReader, boxes: list[str], interval_s: float, **kwargs: Any) -> Any:
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_poller(env.db, reader, boxes, interval_s=interval_s, limit=kwargs.get("limit", 10), stop=stop,
+                   on_stored=kwargs.get("on_stored"))
+    )  # fmt: skip
+    return stop, task
+
+
+async def _stop(stop: asyncio.Event, task: Any) -> float:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    stop.set()
+    await asyncio.wait_for(task, 2.0)
+    return loop.time() - start
+
+
+def test_the_imap_reader_offers_idle_and_the_fakes_say_what_they_offer() -> None:
+    assert isinstance(ImapMailboxReader("localhost", 993, credentials={}), IdleMailboxReader)
+    assert isinstance(IdleReader(), IdleMailboxReader)
+    assert not isinstance(FakeReader(), IdleMailboxReader)
+
+
+async def test_news_wakes_the_idle_poller_long_before_the_interval(env: Env, cr_img: bytes) -> None:
+    reader, woken = IdleReader(), []
+    stop, task = _start(env, reader, [BOX], 60.0, on_stored=lambda: woken.append(1))
+    await _until(lambda: BOX in reader.waiting)
+    reader.deliver(document_mail(cr_img))
+    assert await _until(lambda: woken == [1]) < 2.0
+    assert len(env.mails()) == 1 and reader.done == {(BOX, 1)}
+    await _until(lambda: BOX in reader.waiting)  # back to waiting, not polling in a loop
+    assert reader.fetches[BOX] == 2
+    assert await _stop(stop, task) < 0.5
+
+
+async def test_without_idle_the_poller_sleeps_the_interval(env: Env, cr_img: bytes) -> None:
+    reader = CountingReader()
+    stop, task = _start(env, reader, [BOX], 0.3)
+    await _until(lambda: reader.fetches.get(BOX) == 1)
+    reader.deliver(document_mail(cr_img))
+    await _until(lambda: len(env.mails()) == 1)
+    await asyncio.sleep(0.65)
+    assert 3 <= reader.fetches[BOX] <= 5  # about one poll per interval
+    assert await _stop(stop, task) < 0.5
+
+
+async def test_stop_ends_every_loop_promptly(env: Env) -> None:
+    idle, plain = IdleReader(), CountingReader()
+    other = "dpi-bio@ch-test.mssante.fr"
+    runs = [_start(env, idle, [BOX, other], 60.0), _start(env, plain, [BOX, other], 60.0)]
+    await _until(lambda: idle.waiting == {BOX, other} and plain.fetches == {BOX: 1, other: 1})
+    for stop, task in runs:
+        assert await _stop(stop, task) < 0.5
+
+
+async def test_one_stuck_mailbox_does_not_hold_the_others(env: Env, cr_img: bytes) -> None:
+    reader = IdleReader(hang={"bloquee@ch-test.mssante.fr"})
+    stop, task = _start(env, reader, ["bloquee@ch-test.mssante.fr", BOX], 60.0)
+    await _until(lambda: BOX in reader.waiting)
+    reader.deliver(document_mail(cr_img))
+    await _until(lambda: len(env.mails()) == 1)
+    assert await _stop(stop, task) < 0.5
+
+
+async def test_failures_back_off_and_never_end_the_loop(env: Env, cr_img: bytes) -> None:
+    reader = IdleReader(failures=2, broken_waits=1)
+    FakeReader.deliver(reader, document_mail(cr_img))  # there before the poller starts: no news to announce
+    stop, task = _start(env, reader, [BOX], 0.2)
+    # Two failed polls, then a stored mail, then a broken wait: each followed by one interval, no more.
+    elapsed = await _until(lambda: len(env.mails()) == 1)
+    assert 0.35 < elapsed < 2.0 and reader.fetches[BOX] == 3
+    await _until(lambda: BOX in reader.waiting)
+    assert reader.broken_waits == 0 and reader.fetches[BOX] == 4
+    assert not task.done()
+    await _stop(stop, task)
+
+
+async def test_a_backlog_is_drained_without_waiting(env: Env, cr_img: bytes) -> None:
+    reader = CountingReader()
+    for n in range(3):
+        reader.deliver(handmade_mail([(cr_img, "text", "xml", f"cr{n}.xml")]))
+    stop, task = _start(env, reader, [BOX], 60.0, limit=1)
+    assert await _until(lambda: len(env.mails()) == 3) < 2.0
+    await _stop(stop, task)
+
+
+async def test_news_the_poll_does_not_find_does_not_spin(env: Env) -> None:
+    @dataclass
+    class Liar(IdleReader):
+        async def wait_for_news(self, mailbox: str, timeout: float) -> bool:
+            return True  # e.g. a mail read in a webmail above the reader's last UID: never fetched
+
+    reader = Liar()
+    stop, task = _start(env, reader, [BOX], 0.2)
+    await asyncio.sleep(0.7)
+    # Each spurious announcement costs one extra poll, then a plain interval: about two polls per interval.
+    assert 4 <= reader.fetches[BOX] <= 10
+    await _stop(stop, task)
