@@ -321,7 +321,7 @@ class Mail(Base):
     document_id: Mapped[int | None] = mapped_column(ForeignKey("document.id"), index=True)
     delivery_id: Mapped[int | None] = mapped_column(ForeignKey("delivery.id"), index=True)
     payload_sha256: Mapped[str | None] = mapped_column(ForeignKey("payload.sha256"))
-    # out: pending, sent, delivered, failed, read; in: received, integrated, triage, rejected
+    # out: pending, sending, sent, delivered, failed, read, cancelled; in: received, integrated, triage, rejected
     status: Mapped[str] = mapped_column(String(16), default="pending")
     reason: Mapped[str | None] = mapped_column(Text)
     mdn_code: Mapped[str | None] = mapped_column(String(8))

@@ -50,12 +50,23 @@ KIND_LABELS = {"initial": "Premier envoi", "replacement": "Nouvelle version", "d
 DELIVERY_LABELS = {
     "pending": "En file d'attente",
     "held": "Retenu",
+    "waiting": "En attente du document qu'il remplace",
     "sending": "Envoi en cours",
     "delivered": "Remis",
     "failed": "Échec (nouvel essai prévu)",
     "dead": "Échec définitif",
 }
-ACTION_LABELS = {"register": "Dépôt", "replace": "Remplacement", "delete": "Suppression"}
+ACTION_LABELS = {
+    "register": "Dépôt",
+    "replace": "Remplacement",
+    "delete": "Suppression",
+    "send": "Envoi par messagerie",
+}
+DESTINATION_LABELS = {
+    "DMP": "DMP",
+    "MSSANTE_PS": "MSSanté — professionnels",
+    "MSSANTE_PAT": "MSSanté — patient (Mon espace santé)",
+}
 SEVERITY_LABELS = {"blocking": "Bloquant", "warning": "Avertissement", "info": "Information"}
 # The steps of the flow view, in order; ``rejected``/``error``/``opposition`` stop on one of them.
 STEPS = [
@@ -681,6 +692,7 @@ def documents_router(runtime: Any, *, max_pdf_bytes: int | None = None) -> APIRo
             STATUS_LABELS=STATUS_LABELS,
             DOC_COLOURS=DOC_STATUS_COLOURS,
             ACTION_LABELS=ACTION_LABELS,
+            DESTINATION_LABELS=DESTINATION_LABELS,
         )
         return TEMPLATES.TemplateResponse(request, "document.html", ctx)
 
