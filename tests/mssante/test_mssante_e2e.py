@@ -8,8 +8,10 @@ lab results of a CR-BIO on the API and the patient page; an unknown patient's ma
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,6 +49,7 @@ from tests.mssante.helpers import (
     set_obx,
     wait_for,
 )
+from tests.test_server import chromium
 
 __all__ = ["mss_platform", "schematron_cache"]  # fixtures, imported for pytest
 
@@ -256,7 +259,7 @@ def later_tsh_report() -> bytes:
 
 
 async def test_inbound_cr_bio_shows_structured_results_on_the_api_and_the_patient_page(
-    mss_platform: tuple[Runtime, DpiStub],
+    mss_platform: tuple[Runtime, DpiStub], tmp_path: Path
 ) -> None:
     rt, dpi = mss_platform
     patient_id = await _qualified_patient(rt)
@@ -279,10 +282,19 @@ async def test_inbound_cr_bio_shows_structured_results_on_the_api_and_the_patien
         assert page.status_code == 200
     assert "Résultats de biologie" in page.text
     assert "<svg" in page.text and "Évolution de" in page.text
+    # What a clinician's browser shows: the table and the chart, with a point per TSH value.
+    url = f"http://127.0.0.1:{rt.http_port}/identites/{patient_id}"
+    dom = await asyncio.to_thread(chromium, tmp_path, "--dump-dom", url)
+    assert 'lang="fr"' in dom and "Résultats de biologie" in dom
+    chart = dom[dom.index("Évolution de") :]
+    assert chart.count("<circle") >= 2, chart[:2000]
+    shot = tmp_path / "patient.png"
+    await asyncio.to_thread(chromium, tmp_path, "--window-size=1300,2400", f"--screenshot={shot}", url)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
 async def test_inbound_mail_for_an_unknown_patient_waits_in_triage(
-    mss_platform: tuple[Runtime, DpiStub],
+    mss_platform: tuple[Runtime, DpiStub], tmp_path: Path
 ) -> None:
     rt, dpi = mss_platform
     cda = other_patient_cda(CR_IMG.read_bytes())
@@ -304,3 +316,7 @@ async def test_inbound_mail_for_an_unknown_patient_waits_in_triage(
         assert page.status_code == 200
     assert "Patient inconnu" in page.text
     assert dpi.of_type("MDM") == []
+    dom = await asyncio.to_thread(
+        chromium, tmp_path, "--dump-dom", f"http://127.0.0.1:{rt.http_port}/mssante/triage/{item['id']}"
+    )
+    assert "Patient inconnu" in dom and "Rattacher" in dom and "Rejeter" in dom
