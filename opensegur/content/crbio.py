@@ -64,6 +64,10 @@ class LabObservation:
     reference_text: str | None
     interpretation: str | None
     observed_at: datetime | None
+    # The lab's own code when there is no LOINC (code, code system OID), and a coded result (code, label, system
+    # OID): what an ORU^R01 to the DPI carries in OBX-3 and as a CE value.
+    local_code: tuple[str, str] | None = None
+    value_code: tuple[str, str, str] | None = None
 
 
 def parse_ts(value: str | None) -> datetime | None:
@@ -202,10 +206,11 @@ def _value(el: etree._Element | None, narrative: _Narrative) -> tuple[str | None
     return narrative.original_text(el) or _text(el), None, None
 
 
-def _code(obs: etree._Element, narrative: _Narrative) -> tuple[str, str]:
+def _code(obs: etree._Element, narrative: _Narrative) -> tuple[str, str, tuple[str, str] | None]:
+    """(LOINC or "", label, the lab's local code when there is no LOINC)."""
     code = obs.find("cda:code", NS)
     if code is None:
-        return "", "Analyse sans code"
+        return "", "Analyse sans code", None
     loinc = code.get("code") if code.get("codeSystem") == LOINC_OID else None
     translations = code.findall("cda:translation", NS)
     if not loinc:
@@ -218,7 +223,26 @@ def _code(obs: etree._Element, narrative: _Narrative) -> tuple[str, str]:
         or next((t.get("code") for t in translations if t.get("code")), None)
         or "Analyse sans code"
     )
-    return (loinc or "").strip(), label
+    local = None
+    if not loinc:
+        local = next(
+            (
+                ((c.get("code") or "").strip(), c.get("codeSystem") or "")
+                for c in (code, *translations)
+                if c.get("code") and c.get("codeSystem") != LOINC_OID
+            ),
+            None,
+        )
+    return (loinc or "").strip(), label, local
+
+
+def _value_code(el: etree._Element | None) -> tuple[str, str, str] | None:
+    if el is None or el.get("nullFlavor") or _xsi_type(el) not in ("CD", "CE", "CV", "CO", "CS"):
+        return None
+    code = (el.get("code") or "").strip()
+    if not code:
+        return None
+    return code, el.get("displayName") or code, el.get("codeSystem") or ""
 
 
 def _reference(obs: etree._Element, narrative: _Narrative) -> tuple[float | None, float | None, str | None]:
@@ -284,8 +308,9 @@ def extract_results(cda: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> list[LabO
             status = obs.find("cda:statusCode", NS)
             if status is not None and status.get("code") in _WITHDRAWN:
                 continue
-            loinc, label = _code(obs, narrative)
-            text, number, unit = _value(obs.find("cda:value", NS), narrative)
+            loinc, label, local = _code(obs, narrative)
+            value_el = obs.find("cda:value", NS)
+            text, number, unit = _value(value_el, narrative)
             low, high, ref_text = _reference(obs, narrative)
             interp = obs.find("cda:interpretationCode", NS)
             flag = (interp.get("code") or "").strip() if interp is not None else ""
@@ -301,6 +326,8 @@ def extract_results(cda: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> list[LabO
                     reference_text=_clip(ref_text, _MAX_REFERENCE),
                     interpretation=flag[:8] or None,
                     observed_at=_observed_at(obs),
+                    local_code=(local[0][:40], local[1][:64]) if local else None,
+                    value_code=_value_code(value_el),
                 )
             )
     return results

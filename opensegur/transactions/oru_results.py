@@ -127,16 +127,35 @@ def observation_from_lab(o: LabObservation) -> OruObservation:
         reference: str | None = f"{_number(o.reference_low)}-{_number(o.reference_high)}"
     else:
         reference = o.reference_text
+    code, system = o.loinc, "LN"
+    if not code and o.local_code is not None:
+        code, system = o.local_code[0], _v2_coding_system(o.local_code[1])
+    coded = None
+    if o.value_code is not None:
+        coded = (o.value_code[0], o.value_code[1], _v2_coding_system(o.value_code[2]))
     return OruObservation(
-        code=o.loinc,
+        code=code,
         label=o.label,
         value=value,
-        code_system="LN",
+        code_system=system,
+        coded_value=coded,
         unit=o.unit,
         reference_range=reference,
         interpretation=o.interpretation,
         observed_at=o.observed_at,
     )
+
+
+# HL7 v2 table 0396 names for the code systems CI-SIS documents use; any other (a lab's own OID) is "L", local.
+_V2_CODING_SYSTEMS = {
+    "2.16.840.1.113883.6.1": "LN",
+    "2.16.840.1.113883.6.96": "SCT",
+    "2.16.840.1.113883.6.8": "UCUM",
+}
+
+
+def _v2_coding_system(oid: str) -> str:
+    return _V2_CODING_SYSTEMS.get(oid, "L")
 
 
 def _coded(code: str, text: str, system: str) -> str:

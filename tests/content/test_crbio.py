@@ -103,6 +103,8 @@ def test_microbiology_isolates_in_nested_organizers() -> None:
 def test_local_code_only_keeps_the_result_without_a_loinc() -> None:
     (crp,) = results("BIO-CR-BIO_2024.01_CRP_non_LOINC.xml")
     assert crp.loinc == ""
+    # The lab's own code, from the translation of an uncoded LOINC code, with its code system.
+    assert crp.local_code == ("1234", "1.2.250.1.2.3.4") and crp.value_code is None
     assert crp.label == "C Réactive protéine [Masse/Volume] Sérum/Plasma ; Numérique"
     assert (crp.value, crp.value_num, crp.unit) == ("≤ 1.0", None, "mg/L")
     assert (crp.reference_low, crp.reference_high, crp.reference_text) == (None, 5.0, "≤ 5.0")
@@ -245,3 +247,10 @@ def test_odd_values_stay_readable_and_withdrawn_results_are_left_out() -> None:
 )
 def test_hl7_timestamps(raw: str, expected: datetime | None) -> None:
     assert parse_ts(raw) == expected
+
+
+def test_coded_results_keep_their_code_for_the_dpi() -> None:
+    hpv, cyto = results("BIO-CR-BIO_2024.01_DEP-CCU-tout-structuré.xml")
+    assert hpv.loinc == "77379-6" and hpv.local_code is None
+    assert hpv.value_code == ("1269497006", "ADN d'HPV-HR détecté", "2.16.840.1.113883.6.96")
+    assert cyto.value_code is not None and cyto.value_code[0] == "MED-1194"

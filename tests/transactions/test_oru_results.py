@@ -113,8 +113,8 @@ def test_result_without_loinc_and_with_an_interval_is_text() -> None:
     raw = build_oru_results(_report("BIO-CR-BIO_2024.01_CRP_non_LOINC.xml"), ROUTE, control_id="C1", now=NOW)
     [obx] = segments(parse(raw)[0], "OBX")
     assert get_field(obx, 2) == "ST"
-    # No LOINC and no local code from the extractor: the label alone, as a CE with text only.
-    assert get_field(obx, 3, 1, 1) == "" and get_field(obx, 3, 1, 3) == ""
+    # No LOINC: the lab's local code, coding system "L" (HL7 table 0396, local).
+    assert get_field(obx, 3, 1, 1) == "1234" and get_field(obx, 3, 1, 3) == "L"
     assert get_field(obx, 3, 1, 2).startswith("C Réactive protéine")
     assert (get_field(obx, 5), get_field(obx, 6), get_field(obx, 7)) == ("≤ 1.0", "mg/L", "≤ 5.0")
 
@@ -198,3 +198,18 @@ def test_other_charset_and_refusals() -> None:
         build_oru_results(
             _report("BIO-CR-BIO_2024.01_TSH_1.xml", observations=[]), ROUTE, control_id="C6", now=NOW
         )
+
+
+def test_coded_result_goes_as_ce_with_its_coding_system() -> None:
+    hpv = observation_from_lab(
+        _lab(
+            loinc="",
+            value="Absence",
+            value_num=None,
+            local_code=("HPV-L", "1.2.250.1.999.7"),
+            value_code=("260415000", "Non détecté", "2.16.840.1.113883.6.96"),
+        )
+    )
+    assert hpv.value_type == "CE"
+    assert (hpv.code, hpv.code_system) == ("HPV-L", "L")
+    assert hpv.coded_value == ("260415000", "Non détecté", "SCT")
