@@ -336,8 +336,8 @@ def ack_code_for(errors: Sequence[Hl7Error]) -> str:
     return "AA"
 
 
-def _escape(text: str, fs: str, encoding: str) -> str:
-    """HL7 escaping of free text.
+def escape_text(text: str, fs: str = "|", encoding: str = "^~\\&") -> str:
+    """HL7 escaping of free text; line breaks become spaces (one segment per line).
 
     Not python-hl7's escape(): it also hex-escapes every non-ASCII character, which mangles French text.
     """
@@ -348,9 +348,10 @@ def _escape(text: str, fs: str, encoding: str) -> str:
     return out.replace("\r", " ").replace("\n", " ")
 
 
-def _format_ts(now: datetime) -> str:
-    stamp = now.strftime("%Y%m%d%H%M%S")
-    return stamp + now.strftime("%z") if now.tzinfo is not None else stamp
+def format_dtm(value: datetime) -> str:
+    """HL7 DTM to the second, with the UTC offset when the datetime is aware."""
+    stamp = value.strftime("%Y%m%d%H%M%S")
+    return stamp + value.strftime("%z") if value.tzinfo is not None else stamp
 
 
 def _new_control_id(now: datetime) -> str:
@@ -390,7 +391,7 @@ def build_ack(
     now = now or datetime.now().astimezone()
 
     def esc(value: str) -> str:
-        return _escape(value, fs, enc)
+        return escape_text(value, fs, enc)
 
     trigger = esc(header.trigger)
     msg_type = comp.join(["ACK", trigger, "ACK"]) if trigger else "ACK"
@@ -401,7 +402,7 @@ def build_ack(
         esc(facility),
         header.sending_application,
         header.sending_facility,
-        _format_ts(now),
+        format_dtm(now),
         "",
         msg_type,
         esc(control_id or _new_control_id(now)),

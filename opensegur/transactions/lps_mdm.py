@@ -40,7 +40,15 @@ from datetime import datetime
 from typing import Literal
 
 from opensegur.identity.ins import OID_NIA, OID_NIA_TEST
-from opensegur.transactions.hl7v2 import Hl7Error, charset_to_codec, get_field, parse, segments
+from opensegur.transactions.hl7v2 import (
+    Hl7Error,
+    charset_to_codec,
+    escape_text,
+    format_dtm,
+    get_field,
+    parse,
+    segments,
+)
 
 __all__ = [
     "APPLICATION_ERROR_LABELS",
@@ -57,11 +65,9 @@ __all__ = [
     "build_lps_mdm",
     "document_number",
     "encode_message",
-    "escape",
     "msh_segment",
     "parse_lps_ack",
     "pid_segment",
-    "timestamp",
 ]
 
 PROFILE = "1.1^CISIS_CDA_HL7_LPS"
@@ -222,20 +228,6 @@ class LpsAck:
 # Building
 
 
-def escape(text: str) -> str:
-    """HL7 escaping of text with the default delimiters; line breaks become spaces (one segment per line)."""
-    out = text.replace("\\", "\\E\\")
-    for char, code in (("|", "F"), ("^", "S"), ("~", "R"), ("&", "T")):
-        out = out.replace(char, f"\\{code}\\")
-    return out.replace("\r", " ").replace("\n", " ")
-
-
-def timestamp(value: datetime) -> str:
-    """HL7 DTM to the second, with the UTC offset when the datetime is aware."""
-    stamp = value.strftime("%Y%m%d%H%M%S")
-    return stamp + value.strftime("%z") if value.tzinfo is not None else stamp
-
-
 @dataclass(frozen=True)
 class MessageRoute:
     """MSH-3 to MSH-6, MSH-11 and MSH-18 of the messages the PFI sends to the DPI."""
@@ -255,15 +247,15 @@ def msh_segment(
     fields = [
         "MSH",
         "^~\\&",
-        escape(route.sending_application),
-        escape(route.sending_facility),
-        escape(route.receiving_application),
-        escape(route.receiving_facility),
-        timestamp(now),
+        escape_text(route.sending_application),
+        escape_text(route.sending_facility),
+        escape_text(route.receiving_application),
+        escape_text(route.receiving_facility),
+        format_dtm(now),
         "",
         message_type,
-        escape(control_id),
-        escape(route.processing_id),
+        escape_text(control_id),
+        escape_text(route.processing_id),
         version,
         "",
         "",
@@ -283,8 +275,8 @@ def msh_segment(
 def document_number(root: str, extension: str | None) -> str:
     """TXA-12/13 (EI) per the volet: ``ext^^root^ISO`` when the CDA id has an extension, else the root OID."""
     if extension:
-        return f"{escape(extension)}^^{escape(root)}^ISO"
-    return escape(root)
+        return f"{escape_text(extension)}^^{escape_text(root)}^ISO"
+    return escape_text(root)
 
 
 def _ins_namespace(oid: str) -> str:
@@ -295,23 +287,29 @@ def pid_segment(p: LpsPatient) -> str:
     """PID with the INS (qualified identities only) and the IPP in PID-3, as every message to the DPI sends it."""
     ids = []
     if p.ins_matricule and p.ins_oid:
-        ids.append(f"{escape(p.ins_matricule)}^^^{_ins_namespace(p.ins_oid)}&{escape(p.ins_oid)}&ISO^INS")
+        ids.append(
+            f"{escape_text(p.ins_matricule)}^^^{_ins_namespace(p.ins_oid)}&{escape_text(p.ins_oid)}&ISO^INS"
+        )
     if p.ipp:
         kind = "ISO" if "." in p.ipp_authority else "M"
-        authority = f"{escape(p.ipp_namespace)}&{escape(p.ipp_authority)}&{kind}" if p.ipp_authority else ""
-        ids.append(f"{escape(p.ipp)}^^^{authority}^PI")
+        authority = (
+            f"{escape_text(p.ipp_namespace)}&{escape_text(p.ipp_authority)}&{kind}" if p.ipp_authority else ""
+        )
+        ids.append(f"{escape_text(p.ipp)}^^^{authority}^PI")
     first = p.first_names.split(" ", 1)[0] if p.first_names else ""
-    names = [f"{escape(p.birth_name)}^{escape(first)}^{escape(p.first_names)}^^^^L"]
+    names = [f"{escape_text(p.birth_name)}^{escape_text(first)}^{escape_text(p.first_names)}^^^^L"]
     if p.used_name or p.used_first_name:
-        names.append(f"{escape(p.used_name or p.birth_name)}^{escape(p.used_first_name or first)}^^^^^D")
+        names.append(
+            f"{escape_text(p.used_name or p.birth_name)}^{escape_text(p.used_first_name or first)}^^^^^D"
+        )
     fields = [""] * 33
     fields[0] = "PID"
     fields[3] = "~".join(ids)
     fields[5] = "~".join(names)
-    fields[7] = escape(p.birth_date or "")
-    fields[8] = escape(p.sex)
-    fields[11] = f"^^^^^^BDL^^{escape(p.birth_place)}" if p.birth_place else ""
-    fields[32] = escape(p.identity_status or "")
+    fields[7] = escape_text(p.birth_date or "")
+    fields[8] = escape_text(p.sex)
+    fields[11] = f"^^^^^^BDL^^{escape_text(p.birth_place)}" if p.birth_place else ""
+    fields[32] = escape_text(p.identity_status or "")
     while fields[-1] == "":
         fields.pop()
     return "|".join(fields)
@@ -324,22 +322,22 @@ def _prt(code: str, participant: LpsParticipant) -> str:
     fields[4] = f"{code}^^participation"
     if participant.person_id or participant.family:
         xcn = [""] * 13
-        xcn[0] = escape(participant.person_id or "")
-        xcn[1] = escape(participant.family or "")
-        xcn[2] = escape(participant.given or "")
+        xcn[0] = escape_text(participant.person_id or "")
+        xcn[1] = escape_text(participant.family or "")
+        xcn[2] = escape_text(participant.given or "")
         xcn[9] = "D"  # nom d'exercice, as in the volet's examples
         if participant.person_id:
             xcn[8] = participant.person_authority
-            xcn[12] = escape(participant.person_id_type)
+            xcn[12] = escape_text(participant.person_id_type)
         fields[5] = "^".join(xcn).rstrip("^")
     if participant.organization_name or participant.organization_id:
         xon = [""] * 10
-        xon[0] = escape(participant.organization_name or "")
+        xon[0] = escape_text(participant.organization_name or "")
         xon[5] = participant.organization_authority
-        xon[6] = escape(participant.organization_id_type)
-        xon[9] = escape(participant.organization_id or "")
+        xon[6] = escape_text(participant.organization_id_type)
+        xon[9] = escape_text(participant.organization_id or "")
         fields[8] = "^".join(xon).rstrip("^")
-    fields[15] = f"^^X.400^{escape(participant.address)}"
+    fields[15] = f"^^X.400^{escape_text(participant.address)}"
     return "|".join(fields)
 
 
@@ -353,8 +351,8 @@ def build_lps_mdm(request: LpsMdmRequest, *, control_id: str, now: datetime) -> 
     if request.kind == "replacement" and not doc.parent_root:
         raise ValueError("a replacement (T10) requires the parent document id (TXA-13)")
     trigger, order_control, result_status = _EVENTS[request.kind]
-    stamp = timestamp(now)
-    doc_type = f"{escape(doc.type_code)}^{escape(doc.type_label)}^{escape(doc.type_system)}"
+    stamp = format_dtm(now)
+    doc_type = f"{escape_text(doc.type_code)}^{escape_text(doc.type_label)}^{escape_text(doc.type_system)}"
     parent = document_number(doc.parent_root, doc.parent_extension) if doc.parent_root else ""
     msh = msh_segment(
         MessageRoute(
@@ -373,7 +371,7 @@ def build_lps_mdm(request: LpsMdmRequest, *, control_id: str, now: datetime) -> 
     )
     txa = [""] * 18
     txa[0], txa[1], txa[2], txa[3] = "TXA", "1", doc_type.split("^", 1)[0], "TEXT"
-    txa[4] = escape(doc.activity_time or "")
+    txa[4] = escape_text(doc.activity_time or "")
     txa[12] = document_number(doc.id_root, doc.id_extension)
     txa[13] = parent
     txa[17] = "AU"
@@ -391,14 +389,14 @@ def build_lps_mdm(request: LpsMdmRequest, *, control_id: str, now: datetime) -> 
         _prt("SB", mail.sender),
         *(_prt("RCT", r) for r in mail.recipients),
         *(_prt("REPLY", LpsParticipant(a)) for a in mail.reply_to),
-        f"OBX|2|ED|{escape(mail.message_id)}^{escape(mail.subject)}||^text^^Base64^{body64}||||||F",
+        f"OBX|2|ED|{escape_text(mail.message_id)}^{escape_text(mail.subject)}||^text^^Base64^{body64}||||||F",
     ]
     meta = request.meta
     values = (meta.masque_ps, meta.invisible_patient, meta.invisible_rep_legaux, meta.modif_conf_code)
     for n, ((code, label), on) in enumerate(zip(_META, values, strict=True), start=3):
         yes_no = "Y" if on else "N"
         lines.append(
-            f"OBX|{n}|CWE|{code}^{escape(label)}^MetaDMPMSS||{yes_no}^^expandedYes-NoIndicator||||||F"
+            f"OBX|{n}|CWE|{code}^{escape_text(label)}^MetaDMPMSS||{yes_no}^^expandedYes-NoIndicator||||||F"
         )
     return encode_message(lines, request.charset)
 

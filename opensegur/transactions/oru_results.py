@@ -33,16 +33,14 @@ from decimal import Decimal
 from typing import Literal
 
 from opensegur.content.crbio import ABNORMAL_INTERPRETATIONS, LabObservation
-from opensegur.transactions.hl7v2 import charset_to_codec
+from opensegur.transactions.hl7v2 import charset_to_codec, escape_text, format_dtm
 from opensegur.transactions.lps_mdm import (
     LpsPatient,
     MessageRoute,
     document_number,
     encode_message,
-    escape,
     msh_segment,
     pid_segment,
-    timestamp,
 )
 
 __all__ = [
@@ -160,8 +158,8 @@ def _v2_coding_system(oid: str) -> str:
 
 def _coded(code: str, text: str, system: str) -> str:
     if not code:
-        return f"^{escape(text)}"
-    return f"{escape(code)}^{escape(text)}^{escape(system)}"
+        return f"^{escape_text(text)}"
+    return f"{escape_text(code)}^{escape_text(text)}^{escape_text(system)}"
 
 
 def _obx(n: int, o: OruObservation, status: str) -> str:
@@ -170,18 +168,18 @@ def _obx(n: int, o: OruObservation, status: str) -> str:
         assert o.coded_value is not None
         value = _coded(*o.coded_value)
     else:
-        value = escape((o.value or "").strip())
+        value = escape_text((o.value or "").strip())
     fields = [""] * 15
     fields[0] = "OBX"
     fields[1] = str(n)
     fields[2] = kind
     fields[3] = _coded(o.code, o.label, o.code_system)
     fields[5] = value
-    fields[6] = f"{escape(o.unit)}^^UCUM" if o.unit else ""
-    fields[7] = escape(o.reference_range or "")
+    fields[6] = f"{escape_text(o.unit)}^^UCUM" if o.unit else ""
+    fields[7] = escape_text(o.reference_range or "")
     fields[8] = abnormal_flag(o.interpretation)
     fields[11] = status
-    fields[14] = timestamp(o.observed_at) if o.observed_at else ""
+    fields[14] = format_dtm(o.observed_at) if o.observed_at else ""
     while fields[-1] == "":
         fields.pop()
     return "|".join(fields)
@@ -201,8 +199,8 @@ def build_oru_results(report: OruReport, route: MessageRoute, *, control_id: str
     obr = [""] * 26
     obr[0], obr[1], obr[2], obr[3] = "OBR", "1", placer, filler
     obr[4] = _coded(report.report_code, report.report_label, report.report_system)
-    obr[7] = timestamp(observed) if observed else ""
-    obr[22] = timestamp(report.reported_at) if report.reported_at else ""
+    obr[7] = format_dtm(observed) if observed else ""
+    obr[22] = format_dtm(report.reported_at) if report.reported_at else ""
     obr[25] = status
     lines = [
         msh_segment(route, message_type="ORU^R01^ORU_R01", control_id=control_id, version="2.5", now=now),

@@ -34,6 +34,8 @@ from opensegur.transactions.hl7v2 import (
     Hl7Error,
     MessageHeader,
     charset_to_codec,
+    escape_text,
+    format_dtm,
     get_field,
     parse,
     segments,
@@ -161,18 +163,6 @@ class ZamMessage:
     status: ZamStatus
 
 
-def _esc(text: str) -> str:
-    out = text.replace("\\", "\\E\\")
-    for char, code in (("|", "F"), ("^", "S"), ("~", "R"), ("&", "T")):
-        out = out.replace(char, f"\\{code}\\")
-    return out.replace("\r", " ").replace("\n", " ")
-
-
-def _ts(value: datetime) -> str:
-    stamp = value.strftime("%Y%m%d%H%M%S")
-    return stamp + value.strftime("%z") if value.tzinfo is not None else stamp
-
-
 def _validate(status: ZamStatus) -> None:
     _, _, _, second, _, _ = ZAM_EVENTS[status.kind]
     if len(status.errors) > 1:
@@ -205,15 +195,15 @@ def build_zam(
     msh = [
         "MSH",
         "^~\\&",
-        _esc(app),
-        _esc(facility),
+        escape_text(app),
+        escape_text(facility),
         header.sending_application,
         header.sending_facility,
-        _ts(now),
+        format_dtm(now),
         "",
         f"ZAM^{trigger}^ZAM_Z01",
-        _esc(control_id),
-        _esc(header.processing_id or "P"),
+        escape_text(control_id),
+        escape_text(header.processing_id or "P"),
         "2.6",
         "",
         "",
@@ -229,20 +219,22 @@ def build_zam(
     yes_no = "Y" if status.success else "N"
     lines = [
         "|".join(msh),
-        f"EVN||{_ts(status.timestamp)}",
-        f"OBX|1|CWE|{code}^{_esc(label)}^AckMetierZAM|{_esc(original_id)}|{yes_no}^^expandedYes-NoIndicator"
+        f"EVN||{format_dtm(status.timestamp)}",
+        f"OBX|1|CWE|{code}^{escape_text(label)}^AckMetierZAM|{escape_text(original_id)}|{yes_no}^^expandedYes-NoIndicator"
         "||||||F|",
     ]
     if second:
-        address = _esc(status.recipient_address or "")
+        address = escape_text(status.recipient_address or "")
         lines.append(
-            f"OBX|2|XTN|{second}^{_esc(second_label)}^AckMetierZAM|{_esc(status.recipient_id or '')}"
+            f"OBX|2|XTN|{second}^{escape_text(second_label)}^AckMetierZAM|{escape_text(status.recipient_id or '')}"
             f"|^^X.400^{address}||||||F|"
         )
     for error in status.errors:
         table = SMTP_ERROR_CODES if status.kind == "reception_mss" else APPLICATION_ERROR_CODES
         err_label = error.label or (table.get(error.code, "") if status.kind != "reception_dmp" else "")
-        err5 = "^".join([_esc(error.code), _esc(err_label), _esc(error.system or default_system)])
+        err5 = "^".join(
+            [escape_text(error.code), escape_text(err_label), escape_text(error.system or default_system)]
+        )
         lines.append(f"ERR|||{ERR3}|{error.severity}|{err5}")
     text = "\r".join(lines) + "\r"
     return text.encode(charset_to_codec(charset) or "utf-8")
