@@ -240,11 +240,11 @@ def _headers(raw: bytes) -> Message:
     return BytesHeaderParser(policy=policy.default).parsebytes(raw)
 
 
-def _enqueue_mdn(s: Session, mail: Mail, code: str | None, manual: bool) -> None:
+def _enqueue_mdn(s: Session, mail: Mail, code: str | None, manual: bool, key_suffix: str = "") -> None:
     jobs.enqueue(
         s,
         JOB_MDN,
-        f"{JOB_MDN}:{mail.id}:{code or 'ok'}",
+        f"{JOB_MDN}:{mail.id}:{code or 'ok'}{key_suffix}",
         {"mail_id": mail.id, "code": code, "manual": manual},
         structure_id=mail.structure_id,
         patient_id=mail.patient_id,
@@ -1248,14 +1248,8 @@ def confirm_mdn(db: Database, mail_id: int, actor: str) -> None:
         code = mail.detail.get("mdn_pending_code")
         mail.detail = {**mail.detail, "mdn": "confirmed"}
         _audit(s, actor, "mss_mdn_confirm", mail, "confirmation de l'accusé", code=code)
-        jobs.enqueue(
-            s,
-            JOB_MDN,
-            f"{JOB_MDN}:{mail.id}:{code or 'ok'}:confirmed",
-            {"mail_id": mail.id, "code": code, "manual": True},
-            structure_id=mail.structure_id,
-            patient_id=mail.patient_id,
-        )
+        # Its own key: the automatic MDN job of the same code was held, not sent.
+        _enqueue_mdn(s, mail, code, manual=True, key_suffix=":confirmed")
 
 
 # --------------------------------------------------------------------------------------------------------------
