@@ -75,7 +75,6 @@ from opensegur.store.models import (
 from opensegur.store.payloads import load_payload, store_payload
 from opensegur.transactions.hl7v2 import ERROR_LABELS, Hl7Error
 from opensegur.transactions.lps_mdm import (
-    APPLICATION_ERROR_LABELS,
     LpsAck,
     LpsDocument,
     LpsMail,
@@ -87,6 +86,7 @@ from opensegur.transactions.lps_mdm import (
     build_lps_mdm,
     parse_lps_ack,
 )
+from opensegur.transactions.mdn import ERROR_LABELS as VOLET_ERROR_LABELS
 from opensegur.transactions.mdn import MdnError, build_mdn
 from opensegur.transactions.mss_mail import (
     DEFAULT_MAX_ATTACHMENT,
@@ -865,6 +865,27 @@ def _finish_mail_if_complete(s: Session, mail_id: int) -> None:
     _enqueue_mdn(s, mail, mail.mdn_code, manual)
 
 
+async def _dpi_answer(
+    ctx: MssInboundContext, message: bytes, control_id: str, retry: Callable[[str, bytes | None], None]
+) -> tuple[LpsAck, bytes]:
+    """Send one message to the DPI and read its ACK. What cannot count as the answer to this message (DPI down,
+    unreadable, another message's ACK) is recorded through ``retry`` and raised as RetryableError."""
+    try:
+        response = await ctx.dpi.send(message)
+    except RetryableError as exc:
+        await asyncio.to_thread(retry, f"DPI injoignable, nouvel essai prévu : {exc}", None)
+        raise
+    try:
+        ack = parse_lps_ack(response)
+    except Hl7Error as exc:
+        await asyncio.to_thread(retry, f"Réponse du DPI illisible : {exc.message}", response)
+        raise RetryableError(f"unreadable DPI acknowledgement ({exc.code})") from exc
+    if ack.control_id != control_id:
+        await asyncio.to_thread(retry, "Accusé du DPI pour un autre message", response)
+        raise RetryableError("DPI acknowledgement for another message")
+    return ack, response
+
+
 async def send_to_dpi(ctx: MssInboundContext, document_id: int, attempt: int) -> dict[str, Any]:
     """The ``mss.to_dpi`` job: one MDM, one ACK. RetryableError while the DPI is unreachable."""
     endpoint = f"{ctx.endpoint.receiving_application}@{ctx.endpoint.receiving_facility}"
@@ -889,19 +910,7 @@ async def send_to_dpi(ctx: MssInboundContext, document_id: int, attempt: int) ->
             doc.status_reason = reason
             _exchange(s, document_id, endpoint, message, response, "retry", reason)
 
-    try:
-        response = await ctx.dpi.send(message)
-    except RetryableError as exc:
-        await asyncio.to_thread(_retry, f"DPI injoignable, nouvel essai prévu : {exc}", None)
-        raise
-    try:
-        ack = parse_lps_ack(response)
-    except Hl7Error as exc:
-        await asyncio.to_thread(_retry, f"Réponse du DPI illisible : {exc.message}", response)
-        raise RetryableError(f"unreadable DPI acknowledgement ({exc.code})") from exc
-    if ack.control_id != control_id:
-        await asyncio.to_thread(_retry, "Accusé du DPI pour un autre message", response)
-        raise RetryableError("DPI acknowledgement for another message")
+    ack, response = await _dpi_answer(ctx, message, control_id, _retry)
     if ack.code == "AR" and attempt < ctx.ar_attempts:
         await asyncio.to_thread(_retry, f"{ack.reason_fr} : nouvel essai prévu", response)
         raise RetryableError("DPI rejected the message for a circumstantial reason (AR)")
@@ -1027,19 +1036,7 @@ async def send_results_to_dpi(ctx: MssInboundContext, document_id: int, attempt:
         with ctx.db.session() as s:
             _exchange(s, document_id, endpoint, message, response, "retry", reason, "ORU")
 
-    try:
-        response = await ctx.dpi.send(message)
-    except RetryableError as exc:
-        await asyncio.to_thread(_retry, f"DPI injoignable, nouvel essai prévu : {exc}", None)
-        raise
-    try:
-        ack = parse_lps_ack(response)
-    except Hl7Error as exc:
-        await asyncio.to_thread(_retry, f"Réponse du DPI illisible : {exc.message}", response)
-        raise RetryableError(f"unreadable DPI acknowledgement ({exc.code})") from exc
-    if ack.control_id != control_id:
-        await asyncio.to_thread(_retry, "Accusé du DPI pour un autre message", response)
-        raise RetryableError("DPI acknowledgement for another message")
+    ack, response = await _dpi_answer(ctx, message, control_id, _retry)
     reason = _results_reason(ack)
     if ack.code == "AR" and attempt < ctx.ar_attempts:
         await asyncio.to_thread(_retry, f"{reason} : nouvel essai prévu", response)
@@ -1228,7 +1225,7 @@ def attach(
 
 def reject(db: Database, mail_id: int, reason: str, actor: str, *, code: str | None = None) -> None:
     """Refuse a mail in triage: kept with status "rejected", MDN with the refusal code if the sender asked."""
-    if code is not None and code not in APPLICATION_ERROR_LABELS:
+    if code is not None and code not in VOLET_ERROR_LABELS:
         raise InboundError("CODE_UNKNOWN", f"Code de refus inconnu : {code}")
     with db.session() as s:
         mail = s.get_one(Mail, mail_id, with_for_update=True)

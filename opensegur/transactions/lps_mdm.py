@@ -50,8 +50,10 @@ from opensegur.transactions.hl7v2 import (
     segments,
 )
 
+# error-codes.md: the consumer's applicationErrorCondition (ERR-5 of its ACK) is the MDN's table.
+from opensegur.transactions.mdn import ERROR_LABELS
+
 __all__ = [
-    "APPLICATION_ERROR_LABELS",
     "PROFILE",
     "LpsAck",
     "LpsAckError",
@@ -79,16 +81,6 @@ _EVENTS: dict[Kind, tuple[str, str, str]] = {
     "initial": ("T02", "NW", "F"),
     "replacement": ("T10", "RO", "C"),
     "deletion": ("T04", "CA", "D"),
-}
-# error-codes.md, user-defined applicationErrorCondition (ERR-5 of the consumer's ACK).
-APPLICATION_ERROR_LABELS = {
-    "900": "Version du document incorrecte lors d'une demande de remplacement/suppression",
-    "901": "Auteur non autorisé à remplacer ou supprimer un document",
-    "902": "Identifiant patient inconnu",
-    "903": "INS non présent dans le document",
-    "904": "L'INS transmis ne correspond pas exactement à celui stocké dans la base du consommateur",
-    "905": "L'INS transmis n'est pas complet",
-    "906": "Erreur 'Autre'",
 }
 # meta-dmp-mss.md, in the order the volet requires them (OBX 3 to 6).
 _META = (
@@ -209,7 +201,7 @@ class LpsAck:
         if self.accepted:
             return None
         for e in self.errors:
-            if e.application_code in APPLICATION_ERROR_LABELS:
+            if e.application_code in ERROR_LABELS:
                 return e.application_code
         return "906"
 
@@ -219,7 +211,7 @@ class LpsAck:
             return "Document intégré par le DPI"
         code = self.volet_code or "906"
         details = [e.text or e.application_label or "" for e in self.errors]
-        label = APPLICATION_ERROR_LABELS[code]
+        label = ERROR_LABELS[code]
         detail = next((d for d in details if d and d != label), "")
         return f"Refus du DPI ({self.code}) : {code} {label}" + (f" — {detail}" if detail else "")
 
