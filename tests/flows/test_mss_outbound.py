@@ -151,17 +151,13 @@ def rig(db: Database) -> Rig:
 
 def with_flags(raw: bytes, nte_fin: bool = False, **flags: bool) -> bytes:
     """Set MetaDMPMSS OBX values (``DESTMSSANTEPAT=True``…) in an ANS example; optionally NTE-4 FIN after it."""
-    segments = raw.split(b"\r")
+    raw = dmp_helpers.with_flags(raw, **flags)
+    if not nte_fin:
+        return raw
     out = []
-    for seg in segments:
-        fields = seg.split(b"|")
-        if fields[0] == b"OBX" and len(fields) > 5:
-            code = fields[3].split(b"^")[0].decode()
-            if code in flags:
-                fields[5] = (b"Y" if flags[code] else b"N") + b"^^expandedYes-NoIndicator"
-                seg = b"|".join(fields)
+    for seg in raw.split(b"\r"):
         out.append(seg)
-        if nte_fin and seg.startswith(b"OBX|") and b"|DESTMSSANTEPAT^" in seg:
+        if seg.startswith(b"OBX|") and b"|DESTMSSANTEPAT^" in seg:
             out.append(b"NTE|1|||FIN")
     return b"\r".join(out)
 
