@@ -62,7 +62,7 @@ _SVRL_NS = "http://purl.oclc.org/dsdl/svrl"
 _XSL_NS = "http://www.w3.org/1999/XSL/Transform"
 _XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
 _SKELETON_DIR = Path(lxml.isoschematron.__file__).parent / "resources" / "xsl" / "iso-schematron-xslt1"
-_CACHE_FORMAT = "1"  # bump when the generation pipeline changes
+_CACHE_FORMAT = "2"  # bump when the generation pipeline changes
 
 # Templates every CI-SIS document or every N1 carries: they never identify a volet.
 _GENERIC_TEMPLATES = frozenset(
@@ -211,7 +211,54 @@ def _schematron_to_xslt(sch: Path) -> str:
     for step in steps:
         transform = etree.XSLT(etree.parse(str(_SKELETON_DIR / step), parser))
         result = transform(result)
+    for template in result.getroot().iter(f"{{{_XSL_NS}}}template"):
+        match = template.get("match")
+        if match:
+            template.set("match", _parent_guarded(match))
     return str(etree.tostring(result, encoding="unicode"))
+
+
+_QNAME_STEP = re.compile(r"^([A-Za-z_][\w.-]*:[A-Za-z_][\w.-]*|[A-Za-z_][\w.-]*)(?=\[|$)")
+
+
+def _split_top_level(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside predicates, parentheses and string literals."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _parent_guarded(pattern: str) -> str:
+    """``…/hl7:x[p]/*[q]`` → ``…/hl7:x[p]/*[parent::hl7:x][q]``: same nodes, same priority, far cheaper.
+
+    The CI-SIS schematrons (ART-DECOR) check "no unexpected element" with a hundred-odd rules whose last step is
+    ``*[not(self::a | self::b …)]``. Saxon tests a pattern from its last step, so every element of the document
+    evaluated every one of those unions before looking at its parent: half the time of structuration minimale.
+    The parent's name is implied by the ``/`` step, so testing it first changes no result (checked on the ANS
+    examples by the tests) and only skips the work. Unions, ``//`` steps and attribute parents are left as they are.
+    """
+    if len(_split_top_level(pattern, "|")) > 1:
+        return pattern
+    steps = _split_top_level(pattern, "/")
+    if len(steps) < 2 or not steps[-1].startswith("*["):
+        return pattern
+    parent = _QNAME_STEP.match(steps[-2])
+    if parent is None:
+        return pattern
+    steps[-1] = f"*[parent::{parent.group(1)}]{steps[-1][1:]}"
+    return "/".join(steps)
 
 
 def _with_base(xslt_text: str, sch: Path) -> str:
