@@ -134,7 +134,8 @@ def _record_state(db: Database, patient_id: int, state: dict[str, Any]) -> dict[
 def _record_outage(db: Database, patient_id: int, error: str, actor: str) -> dict[str, Any]:
     with db.session() as s:
         p = s.get_one(Patient, patient_id)
-        job = pending_search(s, patient_id) or jobs.enqueue(
+        pending = pending_search(s, patient_id)
+        job_id = pending.id if pending is not None else jobs.enqueue(
             s,
             JOB_INSI_SEARCH,
             f"{JOB_INSI_SEARCH}:{patient_id}:{utcnow().isoformat()}",
@@ -147,7 +148,7 @@ def _record_outage(db: Database, patient_id: int, error: str, actor: str) -> dic
             "state": "unavailable",
             "message": "Téléservice INSi injoignable : nouvel essai programmé",
             "error": error[:300],
-            "job_id": job.id,
+            "job_id": job_id,
             "at": utcnow().isoformat(),
         }
         p.insi_state = state

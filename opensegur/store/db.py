@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Insert, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -44,6 +45,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def insert_unless_exists(session: Session, table: Table, values: dict[str, Any], key: str) -> Insert:
+    """``INSERT … ON CONFLICT (key) DO NOTHING`` for the session's engine: one statement where a read, a savepoint
+    and an insert took three, and no race between two writers of the same key (PostgreSQL)."""
+    dialect = session.get_bind().dialect.name
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table).values(values)
+    return stmt.on_conflict_do_nothing(index_elements=[key])
 
 
 class FairLock:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, or_, select, update
 from sqlalchemy.orm import Session
 
+from opensegur.store.db import insert_unless_exists
 from opensegur.store.models import Job, utcnow
+
+_JOB = cast(Table, Job.__table__)
 
 
 @dataclass(frozen=True)
@@ -40,29 +42,28 @@ def enqueue(
     patient_id: int | None = None,
     max_attempts: int = 8,
     run_after: datetime | None = None,
-) -> Job:
-    """Add a job unless one with the same idempotence key exists; return the job either way."""
-    existing = session.scalar(select(Job).where(Job.key == key))
-    if existing is not None:
-        return existing
-    job = Job(
-        kind=kind,
-        key=key,
-        args=args or {},
-        structure_id=structure_id,
-        patient_id=patient_id,
-        max_attempts=max_attempts,
-        run_after=run_after or utcnow(),
-    )
-    try:
-        with session.begin_nested():
-            session.add(job)
-    except IntegrityError:
-        # Another worker enqueued the same key between our read and our insert.
-        found = session.scalar(select(Job).where(Job.key == key))
-        assert found is not None
-        return found
-    return job
+) -> int:
+    """Add a job unless one with the same idempotence key exists; return the job's id either way."""
+    now = utcnow()
+    values = {
+        "kind": kind,
+        "key": key,
+        "args": args or {},
+        "structure_id": structure_id,
+        "patient_id": patient_id,
+        "max_attempts": max_attempts,
+        "run_after": run_after or now,
+        "status": "pending",
+        "attempts": 0,
+        "result": {},
+        "created_at": now,
+        "updated_at": now,
+    }
+    stmt = insert_unless_exists(session, _JOB, values, "key").returning(_JOB.c.id)
+    job_id = session.execute(stmt).scalar()
+    if job_id is None:
+        job_id = session.execute(select(_JOB.c.id).where(_JOB.c.key == key)).scalar_one()
+    return int(job_id)
 
 
 def claim(session: Session, worker: str, kinds: list[str], lease_s: float) -> Job | None:

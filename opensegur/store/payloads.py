@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+from typing import cast
 
+from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
+from opensegur.store.db import insert_unless_exists
 from opensegur.store.models import Payload
+
+_PAYLOAD = cast(Table, Payload.__table__)
 
 
 def store_payload(session: Session, data: bytes) -> str:
     digest = hashlib.sha256(data).hexdigest()
-    if session.get(Payload, digest) is None:
-        session.add(Payload(sha256=digest, size=len(data), data=data))
-        session.flush()
+    values = {"sha256": digest, "size": len(data), "data": data}
+    session.execute(insert_unless_exists(session, _PAYLOAD, values, "sha256"))
     return digest
 
 

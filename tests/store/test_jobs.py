@@ -16,7 +16,7 @@ def test_enqueue_is_idempotent_on_key(db: Database) -> None:
     with db.session() as s:
         a = jobs.enqueue(s, "k", "same-key", {"n": 1})
         b = jobs.enqueue(s, "k", "same-key", {"n": 2})
-        assert a is b
+        assert a == b
     with db.session() as s:
         rows = s.scalars(select(Job)).all()
         assert len(rows) == 1 and rows[0].args == {"n": 1}
