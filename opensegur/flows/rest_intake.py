@@ -461,9 +461,19 @@ def _parent(s: Session, site: Structure, patient: Patient, replaces: str) -> tup
 
 
 def accept_rest_document(
-    s: Session, req: RestDocument, pdf: bytes, *, oid_root: str, actor: str
+    s: Session,
+    req: RestDocument,
+    pdf: bytes,
+    *,
+    oid_root: str,
+    actor: str,
+    source: str = "rest",
+    extra_context: dict[str, Any] | None = None,
 ) -> RestAccepted:
-    """Build the CDA, store it and queue its processing, in the caller's transaction."""
+    """Build the CDA, store it and queue its processing, in the caller's transaction.
+
+    ``source`` names the entry (``rest``, or ``mhd`` for a PDF sent in a FHIR Bundle) in the document and its audit
+    event; ``extra_context`` keeps what that entry needs later (e.g. the sender's own document id)."""
     try:
         info: PdfInfo = check_pdf(pdf)
     except CdaError as exc:
@@ -514,7 +524,7 @@ def accept_rest_document(
     doc = Document(
         structure_id=site.id,
         patient_id=patient.id,
-        source="rest",
+        source=source,
         kind=kind,
         unique_id=unique_id,
         set_id=_join(set_id),
@@ -545,6 +555,7 @@ def accept_rest_document(
                 "pdfa_part": info.pdfa_part,
                 "pdf_size": len(pdf),
             },
+            **(extra_context or {}),
         },
     )
     s.add(doc)
@@ -562,7 +573,7 @@ def accept_rest_document(
             actor=actor,
             action="submit_document",
             patient_id=patient.id,
-            reason="api",
+            reason="api" if source == "rest" else source,
             detail={"document_id": doc.id, "unique_id": unique_id, "kind": kind},
         )
     )

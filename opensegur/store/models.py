@@ -236,7 +236,7 @@ class Document(Base):
     structure_id: Mapped[int] = mapped_column(ForeignKey("structure.id"))
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
     inbound_message_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_message.id"))
-    source: Mapped[str] = mapped_column(String(8))  # hl7, rest
+    source: Mapped[str] = mapped_column(String(8))  # hl7, rest, mhd, mssante
     kind: Mapped[str] = mapped_column(String(12))  # initial, replacement, deletion
     unique_id: Mapped[str] = mapped_column(String(128))
     set_id: Mapped[str | None] = mapped_column(String(128))

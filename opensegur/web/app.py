@@ -28,6 +28,7 @@ from opensegur.store.models import AuditEvent, IdentityEvent, Job, Patient, Prof
 from opensegur.web import queries
 from opensegur.web.annuaire import create_annuaire_web_router
 from opensegur.web.documents import documents_router
+from opensegur.web.mhd import mhd_router
 from opensegur.web.mss_outbound_api import create_mss_outbound_router
 from opensegur.web.mssante import create_mssante_router, patient_sections
 
@@ -400,6 +401,7 @@ def create_app(runtime: Any) -> FastAPI:
         return back(patient_id, f"Identité n° {source_id} fusionnée dans celle-ci")
 
     app.include_router(documents_router(runtime))
+    app.include_router(mhd_router(runtime))
     app.include_router(create_mssante_router(runtime))
     app.include_router(create_mss_outbound_router(runtime))
     app.include_router(create_annuaire_web_router(lambda: runtime.annuaire))
