@@ -38,6 +38,29 @@ class IntakeResult:
     duplicate: bool = False
 
 
+_Content = pam_fr.PamEvent | cda_hl7v2.DocumentMessage | siu.Appointment | hl7v2.Hl7Error
+
+
+def _read_content(message: hl7.Message, header: hl7v2.MessageHeader) -> _Content:
+    """What the message carries, or the error that refuses it (answered once its control id is checked)."""
+    try:
+        if header.message_type == "ADT":
+            return pam_fr.parse_pam(message, header)
+        if header.message_type in ("MDM", "ORU"):
+            return cda_hl7v2.parse_document_message(message, header)
+        if header.message_type == "SIU":
+            return siu.parse_siu(message, header)
+    except hl7v2.Hl7Error as exc:
+        return exc
+    return hl7v2.Hl7Error(
+        code="200",
+        severity="E",
+        location="MSH^1^9^1",
+        message=f"Type de message {header.message_type} non pris en charge",
+        reject=True,
+    )
+
+
 class Hl7Intake:
     def __init__(
         self,
@@ -58,10 +81,12 @@ class Hl7Intake:
         except hl7v2.Hl7Error as exc:
             return self._unparseable(raw, exc)
         sender = f"{header.sending_application}|{header.sending_facility}"
+        # Reading the content (base64, CDA header) is CPU work that needs no database: done before the write lock.
+        content = _read_content(message, header)
         try:
             with self.db.session() as s:
                 result = self._seen(s, sender, header.control_id) or self._process(
-                    s, raw, message, header, sender
+                    s, raw, content, header, sender
                 )
         except IntegrityError:
             # The same control id arrived on another connection at the same moment: answer with its ACK.
@@ -95,36 +120,28 @@ class Hl7Intake:
         return IntakeResult(row.ack, row.ack_code, row.id, duplicate=True)
 
     def _process(
-        self, s: Session, raw: bytes, message: hl7.Message, header: hl7v2.MessageHeader, sender: str
+        self, s: Session, raw: bytes, content: _Content, header: hl7v2.MessageHeader, sender: str
     ) -> IntakeResult:
         errors: list[hl7v2.Hl7Error] = []
         patient_id: int | None = None
         structure_id: int | None = None
         digest = store_payload(s, raw)
         try:
+            if isinstance(content, hl7v2.Hl7Error):
+                raise content
             with s.begin_nested():
-                if header.message_type == "ADT":
-                    event = pam_fr.parse_pam(message, header)
-                    outcome = apply_event(s, event, actor=f"hl7:{sender}")
+                if isinstance(content, pam_fr.PamEvent):
+                    outcome = apply_event(s, content, actor=f"hl7:{sender}")
                     patient_id, structure_id = outcome.patient_id, outcome.structure_id
                     errors.extend(outcome.warnings)
-                elif header.message_type in ("MDM", "ORU"):
-                    dm = cda_hl7v2.parse_document_message(message, header)
-                    accepted = accept_document(s, dm, sender, actor=f"hl7:{sender}")
+                elif isinstance(content, cda_hl7v2.DocumentMessage):
+                    accepted = accept_document(s, content, sender, actor=f"hl7:{sender}")
                     patient_id, structure_id = accepted.patient_id, accepted.structure_id
                     errors.extend(accepted.warnings)
-                elif header.message_type == "SIU":
-                    booked = accept_appointment(s, siu.parse_siu(message, header), sender)
+                else:
+                    booked = accept_appointment(s, content, sender)
                     patient_id, structure_id = booked.patient_id, booked.structure_id
                     errors.extend(booked.warnings)
-                else:
-                    raise hl7v2.Hl7Error(
-                        code="200",
-                        severity="E",
-                        location="MSH^1^9^1",
-                        message=f"Type de message {header.message_type} non pris en charge",
-                        reject=True,
-                    )
         except hl7v2.Hl7Error as exc:
             errors = [exc]
         failed = [e for e in errors if e.severity == "E"]
