@@ -67,21 +67,13 @@ class WorkerPool:
         self._tasks.clear()
 
     async def run_once(self, worker: str = "inline") -> bool:
-        """Claim and run one job; False when nothing was ready. Used by tests and by the loop."""
-        kinds = list(self.handlers)
-
-        def _claim() -> Job | None:
-            with self.db.session() as s:
-                job = jobs.claim(s, worker, kinds, self.lease_s)
-                if job is not None:
-                    s.flush()
-                    s.expunge(job)
-                return job
-
-        job = await asyncio.to_thread(_claim)
+        """Claim and run one job; False when nothing was ready. Used by tests and by ``drain``."""
+        job = await asyncio.to_thread(self._claim, worker, None)
         if job is None:
             return False
-        await self._execute(job)
+        done = await self._execute(job)
+        if done is not None:
+            await asyncio.to_thread(self._complete, *done)
         return True
 
     async def drain(self, max_jobs: int = 10_000) -> int:
@@ -92,18 +84,37 @@ class WorkerPool:
         return done
 
     async def _run(self, worker: str) -> None:
+        # A finished job is marked done in the same transaction that claims the next one: one commit less per job.
+        # A crash in between only lets its lease expire and the job run again, as a crash before any completion.
+        finished: tuple[int, dict[str, Any] | None] | None = None
         while not self._stopping.is_set():
             try:
-                ran = await self.run_once(worker)
+                job = await asyncio.to_thread(self._claim, worker, finished)
+                finished = None
             except Exception:  # the loop must survive a database hiccup
                 log.exception("worker %s: claim failed", worker)
-                ran = False
-            if not ran:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.idle_sleep_s)
+                job = None
+            if job is not None:
+                finished = await self._execute(job)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.idle_sleep_s)
+        if finished is not None:
+            await asyncio.to_thread(self._complete, *finished)
 
-    async def _execute(self, job: Job) -> None:
+    def _claim(self, worker: str, finished: tuple[int, dict[str, Any] | None] | None) -> Job | None:
+        with self.db.session() as s:
+            if finished is not None:
+                jobs.complete(s, *finished)
+            job = jobs.claim(s, worker, list(self.handlers), self.lease_s)
+            if job is not None:
+                s.flush()
+                s.expunge(job)
+            return job
+
+    async def _execute(self, job: Job) -> tuple[int, dict[str, Any] | None] | None:
+        """Run the handler; a failure is recorded at once, a success is returned for the caller to record."""
         handler = self.handlers[job.kind]
         try:
             result = await handler(job)
@@ -115,11 +126,12 @@ class WorkerPool:
             log.exception("job %s (%s) crashed", job.id, job.kind)
             await asyncio.to_thread(self._fail, job, f"{type(exc).__name__}: {exc}", True)
         else:
-            await asyncio.to_thread(self._complete, job, result)
+            return job.id, result
+        return None
 
-    def _complete(self, job: Job, result: dict[str, Any] | None) -> None:
+    def _complete(self, job_id: int, result: dict[str, Any] | None) -> None:
         with self.db.session() as s:
-            jobs.complete(s, job.id, result)
+            jobs.complete(s, job_id, result)
 
     def _fail(self, job: Job, error: str, retryable: bool) -> None:
         with self.db.session() as s:
