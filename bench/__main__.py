@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -172,6 +173,33 @@ async def bench_insi(n: int) -> tuple[float, float]:
     return ours, base
 
 
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds (user + system) of this process and of its children, by role (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, float, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        procs[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, cmdline)
+    me = os.getpid()
+    out: dict[str, float] = {}
+    for pid, (_, cpu, cmdline) in procs.items():
+        ancestor = pid
+        while ancestor in procs and ancestor not in (me, 1):
+            ancestor = procs[ancestor][0]
+        if ancestor != me:
+            continue
+        role = "platform" if pid == me else "sandbox" if " sandbox " in cmdline else "validation"
+        out[role] = out.get(role, 0.0) + cpu
+    return out
+
+
 @contextlib.asynccontextmanager
 async def sandbox_process(data_dir: Path) -> AsyncIterator[dict[str, Any]]:
     """`opensegur sandbox` in its own process, as the national services are in production: the platform's
@@ -207,8 +235,9 @@ async def sandbox_process(data_dir: Path) -> AsyncIterator[dict[str, Any]]:
         log.close()
 
 
-async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float]:
-    """Documents per second from the first MLLP byte to the DMP's registry answer, all validation on."""
+async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float, dict[str, float]]:
+    """Documents per second from the first MLLP byte to the DMP's registry answer, all validation on; and the CPU
+    milliseconds each process (platform, validation, sandbox DMP) spent per document, to say where the time goes."""
     from sqlalchemy import func, select
 
     from bench.mdm_factory import mdm
@@ -243,6 +272,7 @@ async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float]:
                     s.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "delivered"))
                 )
 
+        cpu_before = cpu_by_process()
         start = time.perf_counter()
         await asyncio.gather(*(send_many(rt.mllp_port or 0, payloads[k::4]) for k in range(4)))
         deadline = time.monotonic() + 600
@@ -251,6 +281,7 @@ async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float]:
                 raise SystemExit(f"only {delivered()} of {n} documents reached the DMP in 10 minutes")
             await asyncio.sleep(0.05)
         ours = n / (time.perf_counter() - start)
+        cpu = {role: (s - cpu_before.get(role, 0.0)) * 1000 / n for role, s in cpu_by_process().items()}
         await platform.stop()
 
     # Baseline: what any integration engine must do at least: parse the HL7, decode the base64, parse the XML,
@@ -297,7 +328,7 @@ async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float]:
         base = n / (time.perf_counter() - start)
     server.should_exit = True
     await task
-    return ours, base
+    return ours, base, cpu
 
 
 async def bench_mss_inbound(n: int, tmp: Path) -> tuple[float, float]:
@@ -408,47 +439,66 @@ async def bench_mss_inbound(n: int, tmp: Path) -> tuple[float, float]:
 
 async def main(args: argparse.Namespace) -> None:
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        feeds = [await bench_feed(args.messages, Path(tmp) / f"run{i}") for i in range(args.repeat)]
-    ours = statistics.median(f[0] for f in feeds)
-    base = statistics.median(f[1] for f in feeds)
-    rows.append(("Flux d'identité PAM FR sur MLLP (messages/s)", ours, "MLLP + INSERT SQLite brut", base))
-    with tempfile.TemporaryDirectory() as tmp:
-        docs = [await bench_dmp_feed(args.documents, Path(tmp) / f"dmp_{i}") for i in range(args.repeat)]
-    ours = statistics.median(d[0] for d in docs)
-    base = statistics.median(d[1] for d in docs)
-    rows.append(
-        (
-            "Flux DMP de bout en bout : MDM sur MLLP → validation complète → ITI-41 (documents/s)",
-            ours,
-            "HL7 + base64 + XML + POST HTTP nu",
-            base,
+    notes = []
+    only = set(args.only or FLOWS)
+    if "identity" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            feeds = [await bench_feed(args.messages, Path(tmp) / f"run{i}") for i in range(args.repeat)]
+        ours = statistics.median(f[0] for f in feeds)
+        base = statistics.median(f[1] for f in feeds)
+        rows.append(("Flux d'identité PAM FR sur MLLP (messages/s)", ours, "MLLP + INSERT SQLite brut", base))
+    if "dmp" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            docs = [await bench_dmp_feed(args.documents, Path(tmp) / f"dmp_{i}") for i in range(args.repeat)]
+        ours = statistics.median(d[0] for d in docs)
+        base = statistics.median(d[1] for d in docs)
+        rows.append(
+            (
+                "Flux DMP de bout en bout : MDM sur MLLP → validation complète → ITI-41 (documents/s)",
+                ours,
+                "HL7 + base64 + XML + POST HTTP nu",
+                base,
+            )
         )
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        mss = [await bench_mss_inbound(args.mails, Path(tmp) / f"mss_{i}") for i in range(args.repeat)]
-    ours = statistics.median(m[0] for m in mss)
-    base = statistics.median(m[1] for m in mss)
-    rows.append(
-        (
-            "Courriels MSSanté reçus intégrés : MIME + XDM + rapprochement INS + document + MDM (courriels/s)",
-            ours,
-            "analyse MIME + XDM + en-tête CDA seule",
-            base,
+        cpu = {
+            role: statistics.median(d[2].get(role, 0.0) for d in docs)
+            for role in ("platform", "validation", "sandbox")
+        }
+        notes.append(
+            "Flux DMP, CPU par document (ms) : plateforme {platform:.0f}, processus de validation {validation:.0f}, "
+            "bac à sable DMP {sandbox:.0f} — total {total:.0f} pour {cores} cœurs".format(
+                **cpu, total=sum(cpu.values()), cores=os.cpu_count()
+            )
         )
-    )
-    insis = [await bench_insi(args.searches) for _ in range(args.repeat)]
-    ours = statistics.median(i[0] for i in insis)
-    base = statistics.median(i[1] for i in insis)
-    rows.append(("Recherche INSi par traits via le bac à sable (requêtes/s)", ours, "POST HTTP nu", base))
+    if "mss" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            mss = [await bench_mss_inbound(args.mails, Path(tmp) / f"mss_{i}") for i in range(args.repeat)]
+        ours = statistics.median(m[0] for m in mss)
+        base = statistics.median(m[1] for m in mss)
+        rows.append(
+            (
+                "Courriels MSSanté reçus intégrés : MIME + XDM + rapprochement INS + document + MDM (courriels/s)",
+                ours,
+                "analyse MIME + XDM + en-tête CDA seule",
+                base,
+            )
+        )
+    if "insi" in only:
+        insis = [await bench_insi(args.searches) for _ in range(args.repeat)]
+        ours = statistics.median(i[0] for i in insis)
+        base = statistics.median(i[1] for i in insis)
+        rows.append(("Recherche INSi par traits via le bac à sable (requêtes/s)", ours, "POST HTTP nu", base))
     lines = ["| mesure | OpenSégur | référence nue | ratio |", "|---|---:|---|---:|"]
     for label, o, blabel, b in rows:
         lines.append(f"| {label} | {o:,.0f} | {blabel} : {b:,.0f} | {o / b:.2f} |")
-    table = "\n".join(lines)
+    table = "\n".join(lines + [""] + notes if notes else lines)
     print(table)
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.md").write_text(table + "\n", encoding="utf-8")
+
+
+FLOWS = ("identity", "dmp", "mss", "insi")
 
 
 if __name__ == "__main__":
@@ -458,4 +508,5 @@ if __name__ == "__main__":
     parser.add_argument("--documents", type=int, default=300)
     parser.add_argument("--mails", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", nargs="+", choices=FLOWS, help="measure only these flows")
     asyncio.run(main(parser.parse_args()))
