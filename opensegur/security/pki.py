@@ -15,6 +15,8 @@ import json
 import os
 import ssl
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,6 +336,22 @@ def structure_id_of(cert: x509.Certificate) -> str | None:
     return str(values[0].value) if values else None
 
 
+@dataclass(frozen=True)
+class _VerifiedChain:
+    chain: tuple[x509.Certificate, ...]
+    valid_from: dt.datetime  # latest notBefore of the chain
+    valid_until: dt.datetime  # earliest notAfter of the chain
+
+
+# Chains that verified, keyed by the trust store PEM and the exact DER of the leaf and intermediates: a client signs
+# every message with the same chain. Sound because only the validity periods depend on the time (cryptography's
+# verifier checks no CRL or OCSP), so a hit outside the chain's common validity window is verified again; failures
+# are never cached.
+_CHAIN_CACHE_SIZE = 64
+_chain_cache: OrderedDict[tuple[bytes, bytes, tuple[bytes, ...]], _VerifiedChain] = OrderedDict()
+_chain_cache_lock = threading.Lock()
+
+
 def verify_certificate_chain(
     leaf: x509.Certificate,
     trusted_ca_pem: bytes,
@@ -346,6 +364,39 @@ def verify_certificate_chain(
     The end-entity policy only demands a digitalSignature key usage: the VIHF/XAdES signing certificate has no
     TLS extended key usage, so the stock client/server policies of ``cryptography`` would reject it.
     """
+    at = at or dt.datetime.now(dt.UTC)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    key = (
+        trusted_ca_pem,
+        leaf.public_bytes(serialization.Encoding.DER),
+        tuple(c.public_bytes(serialization.Encoding.DER) for c in intermediates),
+    )
+    with _chain_cache_lock:
+        known = _chain_cache.get(key)
+        if known is not None:
+            _chain_cache.move_to_end(key)
+    if known is not None and known.valid_from <= at <= known.valid_until:
+        return list(known.chain)
+    chain = _build_chain(leaf, trusted_ca_pem, intermediates, at)
+    verified = _VerifiedChain(
+        tuple(chain),
+        max(c.not_valid_before_utc for c in chain),
+        min(c.not_valid_after_utc for c in chain),
+    )
+    with _chain_cache_lock:
+        _chain_cache[key] = verified
+        while len(_chain_cache) > _CHAIN_CACHE_SIZE:
+            _chain_cache.popitem(last=False)
+    return chain
+
+
+def _build_chain(
+    leaf: x509.Certificate,
+    trusted_ca_pem: bytes,
+    intermediates: Sequence[x509.Certificate],
+    at: dt.datetime,
+) -> list[x509.Certificate]:
     from cryptography.x509 import verification as v
 
     def require_signature(_policy: object, _cert: x509.Certificate, ku: x509.KeyUsage | None) -> None:
@@ -361,7 +412,7 @@ def verify_certificate_chain(
     builder = (
         v.PolicyBuilder()
         .store(v.Store(roots))
-        .time(at or dt.datetime.now(dt.UTC))
+        .time(at)
         .extension_policies(ee_policy=ee_policy, ca_policy=v.ExtensionPolicy.webpki_defaults_ca())
     )
     try:

@@ -12,6 +12,7 @@ verified attribute set; the verifier accepts both so the sandbox does not reject
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -213,7 +214,7 @@ def build_vihf(
     if not ctx.roles:
         raise ValueError("at least one role is required")
     now = now or dt.datetime.now(dt.UTC)
-    signer_cert = load_certificate(cert_pem)
+    issuer_dn, chain_pems = _signer_material(cert_pem)
     instant = _fmt_instant(now)
 
     assertion = etree.Element(
@@ -224,7 +225,7 @@ def build_vihf(
         Version="2.0",
     )
     issuer = etree.SubElement(assertion, f"{_SAML}Issuer", Format=ISSUER_FORMAT)
-    issuer.text = signer_cert.subject.rfc4514_string()
+    issuer.text = issuer_dn
     # signxml replaces this placeholder, which puts ds:Signature right after Issuer as the SAML schema requires.
     etree.SubElement(assertion, f"{{{NS_DS}}}Signature", Id="placeholder", nsmap={"ds": NS_DS})
     subject = etree.SubElement(assertion, f"{_SAML}Subject")
@@ -258,9 +259,16 @@ def build_vihf(
     signed = signer.sign(
         assertion,
         key=cast(RSAPrivateKey, load_private_key(key_pem)),
-        cert=[c.public_bytes(Encoding.PEM).decode() for c in load_certificates(cert_pem)],
+        cert=list(chain_pems),
     )
     return signed
+
+
+@functools.lru_cache(maxsize=16)
+def _signer_material(cert_pem: bytes) -> tuple[str, tuple[str, ...]]:
+    # Cached: every VIHF of a structure is signed with the same chain, and parsing it twice per message showed.
+    certs = load_certificates(cert_pem)
+    return certs[0].subject.rfc4514_string(), tuple(c.public_bytes(Encoding.PEM).decode() for c in certs)
 
 
 def wsse_security_header(assertion: etree._Element) -> etree._Element:

@@ -27,7 +27,7 @@ import asyncio
 import re
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -811,12 +811,15 @@ def create_dmp_app(
             )
         return Response(outcome.body, status_code=outcome.status, media_type=outcome.media_type)
 
+    def endpoint_for(transaction: str) -> Callable[[Request], Awaitable[Response]]:
+        # A closure, not a defaulted parameter: FastAPI would read that one from the query string.
+        async def endpoint(request: Request) -> Response:
+            return await serve(transaction, request)
+
+        return endpoint
+
     for name in TRANSACTIONS:
-
-        async def endpoint(request: Request, _name: str = name) -> Response:
-            return await serve(_name, request)
-
-        app.add_api_route(f"{prefix}/{name}", endpoint, methods=["POST"], name=f"dmp_{name}")
+        app.add_api_route(f"{prefix}/{name}", endpoint_for(name), methods=["POST"], name=f"dmp_{name}")
 
     @app.get(f"{prefix}/inspect")
     async def inspect(patient: str = Query(min_length=15, max_length=15)) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     insert,
@@ -143,6 +145,24 @@ access_log = Table(
 )
 
 
+# Statements built once: building one per row (``insert().values(...)``) cost more CPU than SQLite executing it.
+_INSERT_ENTRY = insert(entries)
+_INSERT_SUBMISSION_SET = insert(submission_sets)
+_INSERT_ASSOCIATION = insert(associations)
+_INSERT_ACCESS = insert(access_log)
+_ENTRIES_TAKEN = select(entries.c.unique_id, entries.c.entry_uuid).where(
+    or_(
+        entries.c.unique_id.in_(bindparam("unique_ids", expanding=True)),
+        entries.c.entry_uuid.in_(bindparam("entry_uuids", expanding=True)),
+    )
+)
+_SET_UNIQUE_ID_TAKEN = select(submission_sets.c.id).where(
+    submission_sets.c.unique_id == bindparam("unique_id")
+)
+_ENTRY_UUID_TAKEN = select(entries.c.id).where(entries.c.entry_uuid == bindparam("entry_uuid"))
+_ENTRY_BY_UUID = select(entries).where(entries.c.entry_uuid == bindparam("entry_uuid"))
+
+
 @dataclass(frozen=True)
 class Caller:
     """The verified VIHF's view of who calls (what authorisation and the access history need)."""
@@ -178,8 +198,21 @@ class StoredEntry:
         )
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _dataclass_fields(obj: object) -> dict[str, Any]:
+    # json calls this for each nested dataclass (Coded, XdsAuthor): the JSON of dataclasses.asdict, without its
+    # deep copy of every value.
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {name: getattr(obj, name) for name in _field_names(type(obj))}
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
 def metadata_to_json(m: DocumentMetadata | SubmissionSetMetadata) -> str:
-    return json.dumps(dataclasses.asdict(m), ensure_ascii=False)
+    return json.dumps(m, ensure_ascii=False, default=_dataclass_fields)
 
 
 def _coded(d: dict[str, str]) -> Coded:
@@ -379,45 +412,49 @@ class DmpStore:
 
     # ------------------------------------------------------------------------------------------------ writes
 
-    def _exists(self, conn: Connection, table: Table, column: str, value: str) -> bool:
-        return conn.execute(select(table.c.id).where(table.c[column] == value)).first() is not None
-
-    def _insert_submission_set(
-        self, conn: Connection, ss: SubmissionSetMetadata, matricule: str, transaction: str
-    ) -> None:
-        if self._exists(conn, submission_sets, "unique_id", ss.unique_id):
+    def _check_set_unique_id(self, conn: Connection, ss: SubmissionSetMetadata) -> None:
+        if conn.execute(_SET_UNIQUE_ID_TAKEN, {"unique_id": ss.unique_id}).first() is not None:
             raise XdsError(
                 "XDSDuplicateUniqueIdInRegistry",
                 f"uniqueId de lot {ss.unique_id} déjà présent dans le registre",
                 ss.entry_uuid or "",
             )
-        conn.execute(
-            insert(submission_sets).values(
-                entry_uuid=ss.entry_uuid,
-                unique_id=ss.unique_id,
-                patient_cx=ss.patient_id,
-                patient_matricule=matricule,
-                source_id=ss.source_id,
-                metadata_json=metadata_to_json(ss),
-                submission_time=ss.submission_time,
-                transaction=transaction,
-                recorded_at=_now(),
-            )
-        )
+
+    @staticmethod
+    def _submission_set_row(ss: SubmissionSetMetadata, matricule: str, transaction: str) -> dict[str, Any]:
+        return {
+            "entry_uuid": ss.entry_uuid,
+            "unique_id": ss.unique_id,
+            "patient_cx": ss.patient_id,
+            "patient_matricule": matricule,
+            "source_id": ss.source_id,
+            "metadata_json": metadata_to_json(ss),
+            "submission_time": ss.submission_time,
+            "transaction": transaction,
+            "recorded_at": _now(),
+        }
+
+    @staticmethod
+    def _association_row(a: Association) -> dict[str, Any]:
+        return {
+            "assoc_uuid": a.id if a.id.startswith("urn:uuid:") else _new_uuid(),
+            "type": a.type,
+            "source": a.source,
+            "target": a.target,
+            "slots_json": json.dumps(a.slots, ensure_ascii=False),
+        }
+
+    def _insert_submission_set(
+        self, conn: Connection, ss: SubmissionSetMetadata, matricule: str, transaction: str
+    ) -> None:
+        self._check_set_unique_id(conn, ss)
+        conn.execute(_INSERT_SUBMISSION_SET, self._submission_set_row(ss, matricule, transaction))
 
     def _insert_association(self, conn: Connection, a: Association) -> None:
-        conn.execute(
-            insert(associations).values(
-                assoc_uuid=a.id if a.id.startswith("urn:uuid:") else _new_uuid(),
-                type=a.type,
-                source=a.source,
-                target=a.target,
-                slots_json=json.dumps(a.slots, ensure_ascii=False),
-            )
-        )
+        conn.execute(_INSERT_ASSOCIATION, self._association_row(a))
 
     def _load_one(self, conn: Connection, entry_uuid: str) -> StoredEntry | None:
-        row = conn.execute(select(entries).where(entries.c.entry_uuid == entry_uuid)).mappings().first()
+        row = conn.execute(_ENTRY_BY_UUID, {"entry_uuid": entry_uuid}).mappings().first()
         return self._entry(row) if row is not None else None
 
     def register(self, sub: ProvideAndRegister, caller: Caller, matricule: str) -> list[str]:
@@ -436,16 +473,24 @@ class DmpStore:
         docs = [(d, False) for d in sub.documents]
         if sub.signature is not None:
             docs.append((sub.signature, True))
+        entry_uuids = [real(d.metadata.entry_uuid) for d, _sig in docs]
         with self._lock, self.engine.begin() as conn:
-            for d, _sig in docs:
+            # One query for every identifier of the submission; errors are then reported in document order.
+            taken = conn.execute(
+                _ENTRIES_TAKEN,
+                {"unique_ids": [d.metadata.unique_id for d, _sig in docs], "entry_uuids": entry_uuids},
+            ).all()
+            taken_unique_ids = {r.unique_id for r in taken}
+            taken_entry_uuids = {r.entry_uuid for r in taken}
+            for (d, _sig), entry_uuid in zip(docs, entry_uuids, strict=True):
                 m = d.metadata
-                if self._exists(conn, entries, "unique_id", m.unique_id):
+                if m.unique_id in taken_unique_ids:
                     raise XdsError(
                         "XDSDuplicateUniqueIdInRegistry",
                         f"uniqueId {m.unique_id} déjà présent dans le DMP",
                         m.entry_uuid or "",
                     )
-                if self._exists(conn, entries, "entry_uuid", real(m.entry_uuid)):
+                if entry_uuid in taken_entry_uuids:
                     raise XdsError("XDSRegistryError", f"entryUUID {m.entry_uuid} déjà utilisé", m.unique_id)
             replaced: list[StoredEntry] = []
             for new_id, old_id in sub.replaces.items():
@@ -468,46 +513,53 @@ class DmpStore:
                     )
                 replaced.append(old)
             self._insert_submission_set(conn, ss, matricule, "iti41")
-            stored: list[str] = []
-            for d, is_sig in docs:
-                m = dataclasses.replace(d.metadata)
-                entry_uuid = real(m.entry_uuid)
-                sha256 = self._write_blob(d.content)
+            now = _now()
+            rows: list[dict[str, Any]] = []
+            for (d, is_sig), entry_uuid in zip(docs, entry_uuids, strict=True):
+                m = d.metadata
                 author_ps, author_structure = _author_ids(m)
-                conn.execute(
-                    insert(entries).values(
-                        entry_uuid=entry_uuid,
-                        logical_id=entry_uuid,  # a new document (or a replacement) starts a new logical id
-                        version=1,
-                        unique_id=m.unique_id,
-                        patient_cx=m.patient_id,
-                        patient_matricule=matricule,
-                        status="Approved",
-                        is_signature=int(is_sig),
-                        metadata_json=metadata_to_json(m),
-                        mime_type=m.mime_type,
-                        size=len(d.content),
-                        sha1=hashlib.sha1(d.content).hexdigest(),
-                        sha256=sha256,
-                        author_ps=author_ps,
-                        author_structure=author_structure,
-                        submitter_subject=caller.subject_id,
-                        submitter_structure=caller.structure_id,
-                        submission_set_uuid=ss.entry_uuid,
-                        submission_time=ss.submission_time,
-                        recorded_at=_now(),
-                    )
+                # The XDS reader refused a hash that differs from the content's, so a given one needs no recompute.
+                sha1 = m.hash_sha1.lower() if m.hash_sha1 else hashlib.sha1(d.content).hexdigest()
+                rows.append(
+                    {
+                        "entry_uuid": entry_uuid,
+                        "logical_id": entry_uuid,  # a new document (or a replacement) starts a new logical id
+                        "version": 1,
+                        "unique_id": m.unique_id,
+                        "patient_cx": m.patient_id,
+                        "patient_matricule": matricule,
+                        "status": "Approved",
+                        "is_signature": int(is_sig),
+                        "metadata_json": metadata_to_json(m),
+                        "mime_type": m.mime_type,
+                        "size": len(d.content),
+                        "sha1": sha1,
+                        "sha256": self._write_blob(d.content),
+                        "author_ps": author_ps,
+                        "author_structure": author_structure,
+                        "submitter_subject": caller.subject_id,
+                        "submitter_structure": caller.structure_id,
+                        "submission_set_uuid": ss.entry_uuid,
+                        "submission_time": ss.submission_time,
+                        "recorded_at": now,
+                    }
                 )
-                stored.append(entry_uuid)
-            for a in sub.associations:
-                self._insert_association(
-                    conn, dataclasses.replace(a, source=real(a.source), target=real(a.target))
+            conn.execute(_INSERT_ENTRY, rows)
+            if sub.associations:
+                conn.execute(
+                    _INSERT_ASSOCIATION,
+                    [
+                        self._association_row(
+                            dataclasses.replace(a, source=real(a.source), target=real(a.target))
+                        )
+                        for a in sub.associations
+                    ],
                 )
             for old in replaced:
                 conn.execute(
                     update(entries).where(entries.c.entry_uuid == old.entry_uuid).values(status="Deprecated")
                 )
-            return stored
+            return [row["entry_uuid"] for row in rows]
 
     def update(self, upd: UpdateDocumentSet, caller: Caller, matricule: str) -> None:
         """Apply an ITI-57 request: confidentiality versions and status changes (deletion by the author)."""
@@ -538,7 +590,7 @@ class DmpStore:
                         m.entry_uuid or "",
                     )
                 _check_confidentiality_only(prev.metadata, m)
-                if self._exists(conn, entries, "entry_uuid", m.entry_uuid or ""):
+                if conn.execute(_ENTRY_UUID_TAKEN, {"entry_uuid": m.entry_uuid or ""}).first() is not None:
                     raise XdsError("XDSRegistryError", f"entryUUID {m.entry_uuid} déjà utilisé", m.unique_id)
                 new_meta = dataclasses.replace(
                     prev.metadata, confidentiality_codes=list(m.confidentiality_codes)
@@ -560,7 +612,7 @@ class DmpStore:
                     submission_time=ss.submission_time,
                     recorded_at=_now(),
                 )
-                conn.execute(insert(entries).values(**old_row))
+                conn.execute(_INSERT_ENTRY, old_row)
                 self._insert_association(
                     conn,
                     Association(
@@ -628,18 +680,19 @@ class DmpStore:
     ) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                insert(access_log).values(
-                    at=_now(),
-                    patient_matricule=matricule,
-                    transaction=transaction,
-                    subject_id=caller.subject_id,
-                    subject_name=caller.subject_name,
-                    structure_id=caller.structure_id,
-                    authentication_mode=caller.authentication_mode,
-                    purpose_of_use=caller.purpose_of_use,
-                    outcome=outcome,
-                    detail=detail[:2000],
-                )
+                _INSERT_ACCESS,
+                {
+                    "at": _now(),
+                    "patient_matricule": matricule,
+                    "transaction": transaction,
+                    "subject_id": caller.subject_id,
+                    "subject_name": caller.subject_name,
+                    "structure_id": caller.structure_id,
+                    "authentication_mode": caller.authentication_mode,
+                    "purpose_of_use": caller.purpose_of_use,
+                    "outcome": outcome,
+                    "detail": detail[:2000],
+                },
             )
 
     def access_history(self, matricule: str) -> list[dict[str, Any]]:
