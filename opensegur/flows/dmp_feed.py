@@ -379,7 +379,8 @@ def process_document(ctx: ProcessContext, document_id: int) -> str:
         if patient is None or patient.status != IdentityStatus.QUAL.value:
             set_status(doc, "waiting_identity", "Identité du patient non qualifiée : envoi suspendu")
             return doc.status
-        if _identical_already_delivered(s, doc):
+        # A first send has, by definition, no earlier copy of its uniqueId (intake refuses another content under it).
+        if not doc.context.get("first_send") and _identical_already_delivered(s, doc):
             set_status(doc, "acknowledged", "Contenu identique déjà présent dans le DMP : rien à renvoyer")
             return doc.status
         try:
