@@ -17,13 +17,10 @@ from sqlalchemy.orm import Session
 
 from opensegur.content.cda import CdaError, CdaHeader, Identifier, parse_cda
 from opensegur.content.jdv import JDV_TYPE_CODE, load_value_set
-from opensegur.flows.dmp_feed import CDA_MAX_BYTES, STATUS_LABELS, document_flags
+from opensegur.flows.dmp_feed import CDA_MAX_BYTES, STATUS_LABELS
 from opensegur.flows.identity_feed import resolve_site
-from opensegur.flows.identity_gate import JOB_PROCESS
-from opensegur.flows.rest_intake import RestIntakeError, accept_rest_document, parse_metadata
-from opensegur.store import jobs
+from opensegur.flows.rest_intake import RestIntakeError, accept_rest_document, parse_metadata, record_document
 from opensegur.store.models import AuditEvent, Document, Patient, PatientIdentifier, Structure
-from opensegur.store.payloads import store_payload
 from opensegur.transactions.mhd import FhirError, ProvideBundle, SubmittedDocument, build_document_reference
 
 __all__ = ["SOURCE", "BundleOutcome", "accept_bundle", "read_document_reference"]
@@ -361,55 +358,27 @@ def _accept_cda(
                 f"{d.expression}.relatesTo[0]",
             )
     kind = "replacement" if replaces else "initial"
-    unique_id = d.master_identifier
-    doc = Document(
-        structure_id=site.id,
-        patient_id=patient.id,
+    doc = record_document(
+        s,
+        site=site,
+        patient=patient,
         source=SOURCE,
+        actor=actor,
         kind=kind,
-        unique_id=unique_id,
+        unique_id=d.master_identifier,
         set_id=_join(header.set_id),
         version=header.version_number,
         parent_unique_id=replaces,
         type_code=d.type_code,
         title=header.title or d.title,
-        payload_sha256=store_payload(s, d.content),
-        mime_type="text/xml",
-        size=len(d.content),
-        status="received",
-        held=False,
-        findings=[],
-        flags=document_flags(
-            masque_ps="MASQUE_PS" in d.visibility,
-            invisible_patient="INVISIBLE_PATIENT" in d.visibility,
-            invisible_rep_legaux="INVISIBLE_REPRESENTANTS_LEGAUX" in d.visibility,
+        cda=d.content,
+        visibility=(
+            "MASQUE_PS" in d.visibility,
+            "INVISIBLE_PATIENT" in d.visibility,
+            "INVISIBLE_REPRESENTANTS_LEGAUX" in d.visibility,
         ),
-        context={
-            "patient_class": d.patient_class,
-            "visit_number": d.visit_number if d.visit_authority else None,
-            "visit_number_authority": d.visit_authority if d.visit_number else None,
-            "first_send": kind == "initial",
-            "mhd": _mhd_context(d, actor, submission_set),
-        },
-    )
-    s.add(doc)
-    s.flush()
-    jobs.enqueue(
-        s,
-        JOB_PROCESS,
-        f"{JOB_PROCESS}:{doc.id}",
-        {"document_id": doc.id},
-        structure_id=site.id,
-        patient_id=patient.id,
-    )
-    s.add(
-        AuditEvent(
-            actor=actor,
-            action="submit_document",
-            patient_id=patient.id,
-            reason=SOURCE,
-            detail={"document_id": doc.id, "unique_id": unique_id, "kind": kind},
-        )
+        stay=(d.patient_class, d.visit_number, d.visit_authority),
+        context={"mhd": _mhd_context(d, actor, submission_set)},
     )
     return doc.id
 

@@ -135,13 +135,17 @@ def _record_outage(db: Database, patient_id: int, error: str, actor: str) -> dic
     with db.session() as s:
         p = s.get_one(Patient, patient_id)
         pending = pending_search(s, patient_id)
-        job_id = pending.id if pending is not None else jobs.enqueue(
-            s,
-            JOB_INSI_SEARCH,
-            f"{JOB_INSI_SEARCH}:{patient_id}:{utcnow().isoformat()}",
-            {"actor": actor},
-            structure_id=p.structure_id,
-            patient_id=patient_id,
+        job_id = (
+            pending.id
+            if pending is not None
+            else jobs.enqueue(
+                s,
+                JOB_INSI_SEARCH,
+                f"{JOB_INSI_SEARCH}:{patient_id}:{utcnow().isoformat()}",
+                {"actor": actor},
+                structure_id=p.structure_id,
+                patient_id=patient_id,
+            )
         )
         s.flush()
         state = {

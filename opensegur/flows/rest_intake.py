@@ -56,6 +56,7 @@ __all__ = [
     "RestAccepted",
     "parse_metadata",
     "accept_rest_document",
+    "record_document",
 ]
 
 DEFAULT_MAX_PDF_BYTES = 20 * 1024 * 1024
@@ -519,36 +520,23 @@ def accept_rest_document(
         cda = build_n1(data, pdf)
     except CdaError as exc:
         raise _invalid(exc.code, exc.message_fr) from exc
-    digest = store_payload(s, cda)
-    unique_id = _join(document_id)
-    doc = Document(
-        structure_id=site.id,
-        patient_id=patient.id,
+    doc = record_document(
+        s,
+        site=site,
+        patient=patient,
         source=source,
+        actor=actor,
         kind=kind,
-        unique_id=unique_id,
+        unique_id=_join(document_id),
         set_id=_join(set_id),
         version=version,
         parent_unique_id=req.replaces,
         type_code=req.type_code,
         title=title,
-        payload_sha256=digest,
-        mime_type="text/xml",
-        size=len(cda),
-        status="received",
-        held=False,
-        findings=[],
-        # Same keys as the HL7 path so that the flow reads both alike; only the DMP is a destination here.
-        flags=document_flags(
-            masque_ps=req.masque_ps,
-            invisible_patient=req.invisible_patient,
-            invisible_rep_legaux=req.invisible_rep_legaux,
-        ),
+        cda=cda,
+        visibility=(req.masque_ps, req.invisible_patient, req.invisible_rep_legaux),
+        stay=(stay.patient_class, stay.visit_number, stay_authority),
         context={
-            "patient_class": stay.patient_class,
-            "visit_number": stay.visit_number if stay_authority else None,
-            "visit_number_authority": stay_authority if stay.visit_number else None,
-            "first_send": kind == "initial",
             "rest": {
                 "actor": actor,
                 "pdf_pages": info.pages,
@@ -556,6 +544,64 @@ def accept_rest_document(
                 "pdf_size": len(pdf),
             },
             **(extra_context or {}),
+        },
+    )
+    return RestAccepted(doc.id, doc.unique_id, patient.id, kind, version)
+
+
+def record_document(
+    s: Session,
+    *,
+    site: Structure,
+    patient: Patient,
+    source: str,
+    actor: str,
+    kind: str,
+    unique_id: str,
+    set_id: str | None,
+    version: int | None,
+    parent_unique_id: str | None,
+    type_code: str | None,
+    title: str | None,
+    cda: bytes,
+    visibility: tuple[bool, bool, bool],
+    stay: tuple[str | None, str | None, str | None],
+    context: dict[str, Any],
+) -> Document:
+    """The Document row, its ``document.process`` job and the audit event, in the caller's transaction: what every
+    intake without HL7 records once it holds a CDA (built here from a PDF, or sent as is over FHIR).
+
+    ``visibility`` is (MASQUE_PS, INVISIBLE_PATIENT, INVISIBLE_REP_LEGAUX); ``stay`` is (patient class, visit number,
+    its authority OID) — the number is kept only with its authority, which the XDS referenceIdList needs.
+    """
+    patient_class, visit_number, visit_authority = stay
+    doc = Document(
+        structure_id=site.id,
+        patient_id=patient.id,
+        source=source,
+        kind=kind,
+        unique_id=unique_id,
+        set_id=set_id,
+        version=version,
+        parent_unique_id=parent_unique_id,
+        type_code=type_code,
+        title=title,
+        payload_sha256=store_payload(s, cda),
+        mime_type="text/xml",
+        size=len(cda),
+        status="received",
+        held=False,
+        findings=[],
+        # Same keys as the HL7 path so that the flow reads every source alike; only the DMP is a destination here.
+        flags=document_flags(
+            masque_ps=visibility[0], invisible_patient=visibility[1], invisible_rep_legaux=visibility[2]
+        ),
+        context={
+            "patient_class": patient_class,
+            "visit_number": visit_number if visit_authority else None,
+            "visit_number_authority": visit_authority if visit_number else None,
+            "first_send": kind == "initial",
+            **context,
         },
     )
     s.add(doc)
@@ -577,4 +623,4 @@ def accept_rest_document(
             detail={"document_id": doc.id, "unique_id": unique_id, "kind": kind},
         )
     )
-    return RestAccepted(doc.id, unique_id, patient.id, kind, version)
+    return doc
