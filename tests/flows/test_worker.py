@@ -1,0 +1,94 @@
+"""The worker loop: each finished job is marked done (with the next claim, or on its own when none follows),
+failures are recorded at once, and a stop leaves no finished job behind."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import select
+
+from opensegur.flows.worker import PermanentError, RetryableError, WorkerPool
+from opensegur.store import jobs
+from opensegur.store.db import Database
+from opensegur.store.models import Job
+
+
+def _enqueue(db: Database, *keys: str) -> None:
+    with db.session() as s:
+        for key in keys:
+            jobs.enqueue(s, "work", key, {"key": key})
+
+
+def _jobs(db: Database) -> dict[str, Job]:
+    with db.session() as s:
+        rows = s.scalars(select(Job)).all()
+        for row in rows:
+            s.expunge(row)
+    return {row.key: row for row in rows}
+
+
+async def _until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_loop_marks_every_job_done_with_its_result(db: Database) -> None:
+    ran: list[str] = []
+
+    async def handler(job: Job) -> dict[str, Any]:
+        ran.append(job.args["key"])
+        return {"seen": job.args["key"]}
+
+    _enqueue(db, "a", "b", "c")
+    pool = WorkerPool(db, {"work": handler}, concurrency=1, idle_sleep_s=0.05)
+    await pool.start()
+    try:
+        # The last job has no next claim to ride on: it is completed by the idle claim that finds nothing.
+        await _until(lambda: all(j.status == "done" for j in _jobs(db).values()))
+    finally:
+        await pool.stop()
+    assert sorted(ran) == ["a", "b", "c"]
+    assert {k: j.result for k, j in _jobs(db).items()} == {k: {"seen": k} for k in "abc"}
+
+
+async def test_failures_are_recorded_at_once(db: Database) -> None:
+    async def handler(job: Job) -> dict[str, Any]:
+        if job.args["key"] == "retry":
+            raise RetryableError("service down")
+        raise PermanentError("refused")
+
+    _enqueue(db, "retry", "dead")
+    pool = WorkerPool(
+        db, {"work": handler}, concurrency=1, policy=jobs.RetryPolicy(base_s=60), idle_sleep_s=0.05
+    )
+    await pool.start()
+    try:
+        await _until(lambda: {j.status for j in _jobs(db).values()} == {"pending", "dead"})
+    finally:
+        await pool.stop()
+    rows = _jobs(db)
+    assert rows["retry"].attempts == 1 and rows["retry"].last_error == "service down"
+    assert rows["dead"].last_error == "refused"
+
+
+async def test_stop_completes_the_job_that_just_finished(db: Database) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def handler(job: Job) -> dict[str, Any]:
+        started.set()
+        await release.wait()
+        return {"ok": True}
+
+    _enqueue(db, "only")
+    pool = WorkerPool(db, {"work": handler}, concurrency=1, idle_sleep_s=0.05)
+    await pool.start()
+    await started.wait()
+    stopping = asyncio.create_task(pool.stop())
+    await asyncio.sleep(0.05)
+    release.set()
+    await stopping
+    assert _jobs(db)["only"].status == "done"
