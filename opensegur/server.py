@@ -324,7 +324,7 @@ class Platform:
             policy=RetryPolicy(s.job_max_attempts, s.job_backoff_base_s, s.job_backoff_max_s),
             lease_s=s.job_lease_s,
         )
-        intake = Hl7Intake(self.db, on_commit=workers.wake)
+        intake = Hl7Intake(self.db, on_commit=workers.wake, business_acks=zam_endpoint is not None)
         self.runtime = rt = Runtime(
             s, self.db, intake, workers, insi, endpoints, annuaire=self._annuaire_client
         )

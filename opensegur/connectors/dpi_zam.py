@@ -37,7 +37,7 @@ def zam_errors(errors: list[dict[str, str]]) -> list[ZamError]:
 
 
 class MllpZamSender:
-    """ZamPort over MLLP. Endpoints per structure come from its settings (``zam_host``/``zam_port``)."""
+    """ZamPort over MLLP to the platform's ``zam_endpoint``."""
 
     def __init__(
         self,
@@ -57,9 +57,9 @@ class MllpZamSender:
     ) -> None:
         context = document["context"]
         zam = context.get("zam") or {}
-        endpoint = zam.get("endpoint") or self.default_endpoint
+        endpoint = self.default_endpoint
         if endpoint is None:
-            # A DPI that wants business acknowledgements declares where; without it there is nobody to tell.
+            # Documents accepted while an endpoint was configured, after it was removed: nobody left to tell.
             log.info("no ZAM endpoint configured for document %s: acknowledgement not sent", document["id"])
             return
         host, port = endpoint

@@ -196,8 +196,13 @@ def _mssante_context(dm: DocumentMessage) -> dict[str, Any]:
     }
 
 
-def accept_document(s: Session, dm: DocumentMessage, sender: str, actor: str) -> Accepted:
-    """Record the documents of one MDM/ORU and queue their processing. Raises Hl7Error to refuse the message."""
+def accept_document(
+    s: Session, dm: DocumentMessage, sender: str, actor: str, *, business_acks: bool = True
+) -> Accepted:
+    """Record the documents of one MDM/ORU and queue their processing. Raises Hl7Error to refuse the message.
+
+    ``business_acks`` says whether a DPI listens for ZAM: without one, the document keeps no ZAM context, so no
+    acknowledgement is queued for nobody and its flow view does not wait for one."""
     candidates = [dm.header.sending_facility or ""]
     if dm.author is not None:
         candidates.insert(0, dm.author.organization_id or "")
@@ -290,7 +295,9 @@ def accept_document(s: Session, dm: DocumentMessage, sender: str, actor: str) ->
                 "processing_id": dm.header.processing_id,
                 "charset": dm.header.charset,
                 "sender": sender,
-            },
+            }
+            if business_acks
+            else None,
             "patient_class": dm.visit.patient_class,
             "visit_number": dm.visit.visit_number,
             "visit_number_authority": dm.visit.visit_number_authority,

@@ -69,8 +69,10 @@ class Hl7Intake:
         app: str = "OPENSEGUR",
         facility: str = "OPENSEGUR",
         on_commit: Callable[[], None] | None = None,
+        business_acks: bool = True,
     ) -> None:
         self.db = db
+        self.business_acks = business_acks  # False when no DPI endpoint receives ZAM
         self.app = app
         self.facility = facility
         self.on_commit = on_commit
@@ -135,7 +137,9 @@ class Hl7Intake:
                     patient_id, structure_id = outcome.patient_id, outcome.structure_id
                     errors.extend(outcome.warnings)
                 elif isinstance(content, cda_hl7v2.DocumentMessage):
-                    accepted = accept_document(s, content, sender, actor=f"hl7:{sender}")
+                    accepted = accept_document(
+                        s, content, sender, actor=f"hl7:{sender}", business_acks=self.business_acks
+                    )
                     patient_id, structure_id = accepted.patient_id, accepted.structure_id
                     errors.extend(accepted.warnings)
                 else:

@@ -176,7 +176,8 @@ def timeline(doc: Document, exchanges: list[Exchange]) -> list[dict[str, Any]]:
     elif status == "sending":
         at, state = _STEP_INDEX["sent"], "current"
     elif status == "sent":
-        # Over HL7 the DPI's acknowledgement (ZAM) is still to come; over REST or FHIR nobody waits for one.
+        # Over HL7 the DPI's acknowledgement (ZAM) is still to come; over REST or FHIR, or without a ZAM endpoint,
+        # nobody waits for one.
         at, state = _STEP_INDEX["acknowledged"], "current" if doc.context.get("zam") else "skipped"
     elif status == "acknowledged":
         at, state = _STEP_INDEX["acknowledged"], "done"
@@ -192,7 +193,7 @@ def timeline(doc: Document, exchanges: list[Exchange]) -> list[dict[str, Any]]:
     notes = {
         "waiting": reason,
         "error": reason,
-        "skipped": "Sans objet (dépôt REST ou FHIR, pas d'accusé métier)",
+        "skipped": "Sans objet : aucun logiciel n'attend d'accusé métier (ZAM) pour ce document",
         "current": "Envoi en cours" if status == "sending" else None,
     }
     steps = []

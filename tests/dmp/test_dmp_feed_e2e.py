@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from opensegur.server import Runtime
@@ -86,3 +88,26 @@ async def test_published_oru_replacement_of_an_unknown_document_is_refused(
     raw, _cid = with_control_id(next((folder / "Remplacement ORU").glob("message_*")).read_bytes())
     ack = await send_message("127.0.0.1", rt.mllp_port or 0, raw, timeout=30)
     assert b"MSA|AE|" in ack and b"|900" in ack
+
+
+async def test_without_a_zam_endpoint_nothing_waits_for_an_acknowledgement(
+    tmp_path: Path, schematron_cache: Path
+) -> None:
+    from sqlalchemy import func, select
+
+    from opensegur.store.models import Document, Job
+    from opensegur.web.documents import timeline
+
+    async with helpers.running_platform(tmp_path, schematron_cache, zam_endpoint=None) as (rt, dpi):
+        number = helpers.new_number()
+        assert (await helpers.send_raw(rt, helpers.mdm("initial", number))).code == "AA"
+        sent = await helpers.wait_status(rt, helpers.uid(number), {"sent", "acknowledged"})
+        assert sent.status == "sent" and sent.deliveries[0]["status"] == "delivered"
+        with rt.db.session() as s:
+            doc = s.get_one(Document, sent.id)
+            assert doc.context["zam"] is None
+            steps = timeline(doc, [])
+            zam_jobs = s.scalar(select(func.count()).select_from(Job).where(Job.kind.like("%zam%")))
+        # The last step of the flow view says no acknowledgement is expected, instead of waiting for ever.
+        assert steps[-1]["state"] == "skipped" and "ZAM" in (steps[-1]["note"] or "")
+        assert zam_jobs == 0 and dpi.messages == []
