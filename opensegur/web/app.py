@@ -7,7 +7,6 @@ system accounts, and the same hook will carry the authorisation matrix and Pro S
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +26,7 @@ from opensegur.store import jobs
 from opensegur.store.models import AuditEvent, IdentityEvent, Job, Patient, Professional, Structure
 from opensegur.web import queries
 from opensegur.web.annuaire import create_annuaire_web_router
+from opensegur.web.auth import bearer_accepted, demo_user
 from opensegur.web.documents import documents_router
 from opensegur.web.mhd import mhd_router
 from opensegur.web.mss_outbound_api import create_mss_outbound_router
@@ -48,14 +48,12 @@ def allow(permission: str) -> Callable[[Request], str]:
     """Route guard: returns the actor's name, or refuses with 401."""
 
     def check(request: Request) -> str:
-        rt = request.app.state.runtime
-        token = rt.settings.api_token
-        if request.url.path.startswith("/api/") and token is not None:
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
-                raise HTTPException(401, f"Jeton d'accès absent ou invalide (permission {permission})")
-            return "api"
-        return request.headers.get("x-opensegur-user", "utilisateur-demo")
+        accepted = bearer_accepted(request) if request.url.path.startswith("/api/") else None
+        if accepted is None:
+            return demo_user(request)
+        if not accepted:
+            raise HTTPException(401, f"Jeton d'accès absent ou invalide (permission {permission})")
+        return "api"
 
     return check
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from opensegur.transactions.mhd import (
     size_label,
     transaction_response,
 )
+from opensegur.web.auth import bearer_accepted, demo_user
 
 __all__ = ["mhd_router", "FHIR_BASE"]
 
@@ -50,11 +50,10 @@ def _outcome(error: FhirError, headers: dict[str, str] | None = None) -> JSONRes
 
 def _actor(request: Request, permission: str) -> str | JSONResponse:
     """The caller, or a 401 OperationOutcome: the same bearer token as the REST API, answered the FHIR way."""
-    token = request.app.state.runtime.settings.api_token
-    if token is None:
-        return request.headers.get("x-opensegur-user", "utilisateur-demo")
-    given = request.headers.get("authorization", "")
-    if not secrets.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
+    accepted = bearer_accepted(request)
+    if accepted is None:
+        return demo_user(request)
+    if not accepted:
         return _outcome(
             FhirError(401, "login", f"Jeton d'accès absent ou invalide (permission {permission})"),
             {"www-authenticate": "Bearer"},
