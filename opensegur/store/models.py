@@ -345,6 +345,7 @@ class LabResult(Base):
     reference_low: Mapped[float | None] = mapped_column()
     reference_high: Mapped[float | None] = mapped_column()
     reference_text: Mapped[str | None] = mapped_column(String(200))
-    interpretation: Mapped[str | None] = mapped_column(String(8))  # HL7 ObservationInterpretation: N, H, L, HH…
+    # HL7 ObservationInterpretation: N, H, L, HH…
+    interpretation: Mapped[str | None] = mapped_column(String(8))
     observed_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -221,8 +221,9 @@ def with_flags(raw: bytes, **flags: bool) -> bytes:
     sep, segments = _segments(raw)
     for i, seg in enumerate(segments):
         fields = seg.split(b"|")
-        if fields[0] == b"OBX" and len(fields) > 5 and fields[3].split(b"^")[0].decode() in flags:
-            fields[5] = (b"Y" if flags[fields[3].split(b"^")[0].decode()] else b"N") + b"^^expandedYes-NoIndicator"
+        code = fields[3].split(b"^")[0].decode() if len(fields) > 5 else ""
+        if fields[0] == b"OBX" and code in flags:
+            fields[5] = (b"Y" if flags[code] else b"N") + b"^^expandedYes-NoIndicator"
             segments[i] = b"|".join(fields)
     return sep.join(segments)
 
