@@ -129,6 +129,18 @@ def set_status(doc: Document, status: str, reason: str | None = None) -> None:
 # ---- intake (inside the transaction that stores the HL7 message, before the ACK) --------------------------
 
 
+def document_with_content(s: Session, structure_id: int, unique_id: str) -> Document | None:
+    """The initial or replacement document of a site that carries ``unique_id`` (what a T10 replaces, a T04
+    deletes): a deletion request shares the uniqueId but has no content of its own."""
+    return s.scalar(
+        select(Document).where(
+            Document.structure_id == structure_id,
+            Document.unique_id == unique_id,
+            Document.kind.in_(("initial", "replacement")),
+        )
+    )
+
+
 @dataclass
 class Accepted:
     patient_id: int
@@ -234,14 +246,7 @@ def accept_document(
             raise _doc_error("Suppression d'un document inconnu de la plateforme", "TXA^1^12", "900")
     if dm.kind == "replacement":
         assert parent_id is not None  # the transaction layer requires it on a T10 / OBX-11 C
-        known = s.scalar(
-            select(Document).where(
-                Document.structure_id == site.id,
-                Document.unique_id == parent_id,
-                Document.kind.in_(("initial", "replacement")),
-            )
-        )
-        if known is None:
+        if document_with_content(s, site.id, parent_id) is None:
             raise _doc_error("Remplacement d'un document inconnu de la plateforme", "TXA^1^13", "900")
     content = dm.documents[0].content if dm.documents else b""
     digest = store_payload(s, content) if content else None
@@ -346,13 +351,7 @@ def process_document(ctx: ProcessContext, document_id: int) -> str:
         doc = s.get_one(Document, document_id)
         if doc.kind == "deletion":
             # The DMP entry to delete is the patient's of the original document: its INS is the one to use.
-            original = s.scalar(
-                select(Document).where(
-                    Document.structure_id == doc.structure_id,
-                    Document.unique_id == doc.unique_id,
-                    Document.kind.in_(("initial", "replacement")),
-                )
-            )
+            original = document_with_content(s, doc.structure_id, doc.unique_id)
             if original is None or not original.ins_matricule:
                 set_status(doc, "rejected", "Document à supprimer jamais envoyé au DMP")
                 _enqueue_zam(s, doc, "DMP", ok=False)

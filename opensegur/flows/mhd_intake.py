@@ -17,9 +17,15 @@ from sqlalchemy.orm import Session
 
 from opensegur.content.cda import CdaError, CdaHeader, Identifier, parse_cda
 from opensegur.content.jdv import JDV_TYPE_CODE, load_value_set
-from opensegur.flows.dmp_feed import CDA_MAX_BYTES, STATUS_LABELS
+from opensegur.flows.dmp_feed import CDA_MAX_BYTES, STATUS_LABELS, document_with_content
 from opensegur.flows.identity_feed import resolve_site
-from opensegur.flows.rest_intake import RestIntakeError, accept_rest_document, parse_metadata, record_document
+from opensegur.flows.rest_intake import (
+    RestIntakeError,
+    accept_rest_document,
+    current_identity,
+    parse_metadata,
+    record_document,
+)
 from opensegur.store.models import AuditEvent, Document, Patient, PatientIdentifier, Structure
 from opensegur.transactions.mhd import FhirError, ProvideBundle, SubmittedDocument, build_document_reference
 
@@ -77,15 +83,6 @@ def _authorities(site: Structure) -> list[str]:
     return [a for a in (site.ipp_authority_oid, site.ipp_authority, site.finess) if a]
 
 
-def _current(s: Session, patient: Patient) -> Patient:
-    # A merged identity lives on in the one it was merged into, as in the REST intake.
-    seen: set[int] = set()
-    while not patient.active and patient.merged_into_id and patient.id not in seen:
-        seen.add(patient.id)
-        patient = s.get_one(Patient, patient.merged_into_id)
-    return patient
-
-
 def _patient(s: Session, d: SubmittedDocument) -> tuple[Structure, Patient, dict[str, Any]]:
     """The site and patient the subject names, and the REST ``patient`` object that designates them."""
     for authority, value in d.subject.ipps:
@@ -102,7 +99,7 @@ def _patient(s: Session, d: SubmittedDocument) -> tuple[Structure, Patient, dict
             )
         )
         if row is not None:
-            return site, _current(s, row.patient), {"site": site.id, "ipp": value}
+            return site, current_identity(s, row.patient), {"site": site.id, "ipp": value}
     if d.subject.ins is not None:
         matricule, oid = d.subject.ins
         rows = s.scalars(
@@ -127,7 +124,7 @@ def _patient(s: Session, d: SubmittedDocument) -> tuple[Structure, Patient, dict
             patient = next(p for p in rows if p.structure_id == site_id)
             return (
                 s.get_one(Structure, site_id),
-                _current(s, patient),
+                current_identity(s, patient),
                 {"site": site_id, "ins": matricule, "ins_oid": oid},
             )
     named = f"IPP {d.subject.ipps[0][1]}" if d.subject.ipps else "INS fourni"
@@ -342,21 +339,13 @@ def _accept_cda(
     except CdaError as exc:
         raise FhirError(422, "invalid", f"CDA illisible : {exc.message_fr}", d.content_expression) from exc
     replaces = _check_against_header(s, d, header)
-    if replaces is not None:
-        parent = s.scalar(
-            select(Document).where(
-                Document.structure_id == site.id,
-                Document.unique_id == replaces,
-                Document.kind.in_(("initial", "replacement")),
-            )
+    if replaces is not None and document_with_content(s, site.id, replaces) is None:
+        raise FhirError(
+            422,
+            "not-found",
+            f"Document remplacé « {replaces} » inconnu de la plateforme sur ce site",
+            f"{d.expression}.relatesTo[0]",
         )
-        if parent is None:
-            raise FhirError(
-                422,
-                "not-found",
-                f"Document remplacé « {replaces} » inconnu de la plateforme sur ce site",
-                f"{d.expression}.relatesTo[0]",
-            )
     kind = "replacement" if replaces else "initial"
     doc = record_document(
         s,

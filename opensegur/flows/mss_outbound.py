@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 
 from opensegur.content.xds_metadata import MetadataError, submission_set_metadata
 from opensegur.documents.metadata import DocumentMetadata
-from opensegur.flows.dmp_feed import JOB_MSS_SEND, _metadata_from_json, set_status
+from opensegur.flows.dmp_feed import JOB_MSS_SEND, _metadata_from_json, document_with_content, set_status
 from opensegur.flows.identity_feed import find_by_identifier, read_ins, resolve_site
 from opensegur.flows.mssante_ports import DpiSender, MailSender, MailSendResult, MailUnavailableError
 from opensegur.flows.worker import PermanentError, RetryableError
@@ -516,13 +516,7 @@ def _parent_delivery(s: Session, doc: Document, d: Delivery) -> tuple[bool, Deli
     """(whether this mail must wait, the parent's delivery) for a replacement document."""
     if doc.kind != "replacement" or not doc.parent_unique_id:
         return False, None
-    parent_doc = s.scalar(
-        select(Document).where(
-            Document.structure_id == doc.structure_id,
-            Document.unique_id == doc.parent_unique_id,
-            Document.kind.in_(("initial", "replacement")),
-        )
-    )
+    parent_doc = document_with_content(s, doc.structure_id, doc.parent_unique_id)
     flag = dict(_DEST_FLAGS)[d.destination]
     if parent_doc is None or not (parent_doc.flags or {}).get(flag):
         return False, None  # the replaced document never went this way: nothing to overtake

@@ -302,7 +302,7 @@ def _site(s: Session, ref: int | str) -> Structure:
     return site
 
 
-def _current(s: Session, patient: Patient) -> Patient:
+def current_identity(s: Session, patient: Patient) -> Patient:
     # A merged identity lives on in the one it was merged into; documents follow it there.
     seen: set[int] = set()
     while not patient.active and patient.merged_into_id and patient.id not in seen:
@@ -333,7 +333,7 @@ def _find_patient(s: Session, site: Structure, ref: PatientRef) -> Patient:
     if found is None:
         named = f"IPP {ref.ipp}" if ref.ipp else f"INS {ref.ins}"
         raise _invalid("PATIENT_UNKNOWN", f"Patient inconnu sur le site {site.name} ({named})", "patient")
-    return _current(s, found)
+    return current_identity(s, found)
 
 
 def _author(s: Session, ref: AuthorRef) -> N1Professional:
