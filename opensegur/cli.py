@@ -1,4 +1,4 @@
-"""Command line: `opensegur serve`, `opensegur sandbox`, `opensegur config`, `opensegur migrate`."""
+"""Command line: `opensegur serve`, `opensegur worker`, `opensegur sandbox`, `opensegur config`, `opensegur migrate`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-sandbox", action="store_true", help="do not start the simulated national services"
     )
 
+    worker = sub.add_parser(
+        "worker",
+        help="run only the job workers on the shared database (more processes or hosts beside `serve`)",
+    )
+    common(worker)
+
     sandbox = sub.add_parser(
         "sandbox", help="start only the simulated national services (DMP, INSi, MSSanté, Annuaire Santé)"
     )
@@ -77,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "sandbox":
         asyncio.run(Platform(settings).run_sandbox_forever())
+        return 0
+    if args.command == "worker":
+        asyncio.run(Platform(settings).run_forever(listen=False))
         return 0
     asyncio.run(Platform(settings).run_forever())
     return 0

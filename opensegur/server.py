@@ -234,7 +234,10 @@ class Platform:
         self.runtime: Runtime | None = None
         self._stopped = asyncio.Event()
 
-    async def start(self) -> Runtime:
+    async def start(self, *, listen: bool = True) -> Runtime:
+        """Start the platform. ``listen=False`` is a worker process (``opensegur worker``): it only runs the jobs
+        of the shared database — no MLLP, no HTTP, no sandbox, no mailbox polling, which the serving process does;
+        the national services are those of the settings."""
         s = self.settings
         # Every blocking step (SQL, validation, signing) runs in a thread; asyncio's default pool (cores + 4) would
         # let a burst of MLLP messages and busy workers starve the pages and the API. Waiting threads are cheap.
@@ -261,7 +264,7 @@ class Platform:
                 Path(s.dmp_ca) if s.dmp_ca else None,
             )
         mss = _MssWiring.from_settings(s)
-        if s.sandbox:
+        if s.sandbox and listen:
             sandbox = await self.start_sandbox()
             endpoints = sandbox.endpoints
             insi_url = insi_url or endpoints["insi"]["url"]
@@ -271,7 +274,7 @@ class Platform:
             if credentials is None:
                 credentials = DmpCredentials(sandbox.pki.signing_cert, sandbox.pki.signing_key)
             mss = mss.with_sandbox(endpoints)
-        if s.demo:
+        if s.demo and listen:
             from opensegur.ops.demo import load_demo
 
             await asyncio.to_thread(load_demo, self.db)
@@ -329,6 +332,11 @@ class Platform:
             s, self.db, intake, workers, insi, endpoints, annuaire=self._annuaire_client
         )
         await workers.start()
+        if not listen:
+            self._warm = asyncio.create_task(asyncio.to_thread(validator.warm_up))
+            rt.ready = True
+            log.info("OpenSégur worker ready: %s job workers on %s", s.workers, s.public_dict()["db_url"])
+            return rt
         if self._mailbox_reader is not None and mss.mailboxes:
             self._mss_poller = asyncio.create_task(
                 mss_inbound.run_poller(
@@ -341,8 +349,10 @@ class Platform:
                     on_stored=workers.wake,
                 )
             )
-        # Compile the schematrons while the rest starts: the first document must not pay for it.
-        self._warm = asyncio.create_task(asyncio.to_thread(validator.warm_up))
+        if s.workers:
+            # Compile the schematrons while the rest starts: the first document must not pay for it. Without
+            # workers here (`opensegur worker` processes run the jobs), nothing in this process validates.
+            self._warm = asyncio.create_task(asyncio.to_thread(validator.warm_up))
 
         async def handle(raw: bytes) -> bytes:
             result = await asyncio.to_thread(intake.handle, raw)
@@ -543,8 +553,8 @@ class Platform:
         self.db.dispose()
         self._stopped.set()
 
-    async def run_forever(self) -> None:
-        await self.start()
+    async def run_forever(self, *, listen: bool = True) -> None:
+        await self.start(listen=listen)
         await self._wait_for_signal()
         await self.stop()
 
