@@ -44,6 +44,7 @@ from opensegur.flows.worker import Handler, RetryableError, WorkerPool
 from opensegur.security.pki import TestPki
 from opensegur.store.db import Database
 from opensegur.transactions.insi import InsiContext, InsiResult, InsiTraitsQuery
+from opensegur.transactions.lps_mdm import MessageRoute
 from opensegur.transport.mllp import MllpFramingError, MllpServer
 
 log = logging.getLogger(__name__)
@@ -476,7 +477,7 @@ class Platform:
             db=self.db,
             dpi=MllpDpiSender(*dpi, timeout=s.dpi_timeout_s) if dpi else _NoDpi(),
             mail_sender=mailer,
-            endpoint=mss_inbound.DpiEndpoint(
+            endpoint=MessageRoute(
                 receiving_application=s.dpi_mdm_application, receiving_facility=s.dpi_mdm_facility
             ),
             limits=mss_inbound.MailLimits(

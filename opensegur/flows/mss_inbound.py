@@ -152,24 +152,13 @@ class MailLimits:
     xdm_max_files: int = DEFAULT_MAX_FILES
 
 
-@dataclass(frozen=True)
-class DpiEndpoint:
-    """MSH-3 to MSH-6 and MSH-11/18 of the MDM sent to the DPI."""
-
-    receiving_application: str = "DPI"
-    receiving_facility: str = ""
-    sending_application: str = "OPENSEGUR"
-    sending_facility: str = "OPENSEGUR"
-    processing_id: str = "P"
-    charset: str = "UNICODE UTF-8"
-
-
 @dataclass
 class MssInboundContext:
     db: Database
     dpi: DpiSender
     mail_sender: MailSender
-    endpoint: DpiEndpoint = field(default_factory=DpiEndpoint)
+    # MSH-3 to MSH-6 and MSH-11/18 of the messages sent to the DPI.
+    endpoint: MessageRoute = MessageRoute()
     limits: MailLimits = field(default_factory=MailLimits)
     # Hospital mailbox → site id: patients are then matched in that site only (one GHT, several DPIs).
     mailbox_structures: dict[str, int] = field(default_factory=dict)
@@ -787,7 +776,6 @@ def _mdm_request(ctx: MssInboundContext, s: Session, doc: Document) -> LpsMdmReq
     patient = s.get_one(Patient, doc.patient_id)
     flags = doc.flags
     confidentiality = set(flags.get("confidentiality", []))
-    e = ctx.endpoint
     return LpsMdmRequest(
         kind="replacement" if doc.kind == "replacement" else "initial",
         patient=_lps_patient(s, patient),
@@ -816,12 +804,7 @@ def _mdm_request(ctx: MssInboundContext, s: Session, doc: Document) -> LpsMdmReq
             invisible_rep_legaux="INVISIBLE_REPRESENTANTS_LEGAUX" in confidentiality,
             modif_conf_code=bool(flags.get("modif_conf_code")),
         ),
-        sending_application=e.sending_application,
-        sending_facility=e.sending_facility,
-        receiving_application=e.receiving_application,
-        receiving_facility=e.receiving_facility,
-        processing_id=e.processing_id,
-        charset=e.charset,
+        route=ctx.endpoint,
     )
 
 
@@ -960,18 +943,6 @@ async def send_to_dpi(ctx: MssInboundContext, document_id: int, attempt: int) ->
     return {"ack": ack.code, "code": ack.volet_code}
 
 
-def _route(ctx: MssInboundContext) -> MessageRoute:
-    e = ctx.endpoint
-    return MessageRoute(
-        e.sending_application,
-        e.sending_facility,
-        e.receiving_application,
-        e.receiving_facility,
-        e.processing_id,
-        e.charset,
-    )
-
-
 def _oru_report(s: Session, doc: Document) -> OruReport | None:
     """The ORU content of a document, None when it holds no result. PermanentError for an unreadable CDA."""
     content = load_payload(s, doc.payload_sha256 or "")
@@ -1024,7 +995,7 @@ async def send_results_to_dpi(ctx: MssInboundContext, document_id: int, attempt:
             if report is None:
                 return {"skipped": "no results"}
             return build_oru_results(
-                report, _route(ctx), control_id=control_id, now=datetime.now().astimezone()
+                report, ctx.endpoint, control_id=control_id, now=datetime.now().astimezone()
             )
 
     built = await asyncio.to_thread(_build)

@@ -158,18 +158,25 @@ class LpsMail:
 
 
 @dataclass(frozen=True)
-class LpsMdmRequest:
-    kind: Kind
-    patient: LpsPatient
-    document: LpsDocument
-    mail: LpsMail
-    meta: MetaDmpMss = MetaDmpMss()
+class MessageRoute:
+    """MSH-3 to MSH-6, MSH-11 and MSH-18 of the messages the PFI sends to the DPI."""
+
     sending_application: str = "OPENSEGUR"
     sending_facility: str = "OPENSEGUR"
     receiving_application: str = "DPI"
     receiving_facility: str = ""
     processing_id: str = "P"
     charset: str = "UNICODE UTF-8"
+
+
+@dataclass(frozen=True)
+class LpsMdmRequest:
+    kind: Kind
+    patient: LpsPatient
+    document: LpsDocument
+    mail: LpsMail
+    meta: MetaDmpMss = MetaDmpMss()
+    route: MessageRoute = MessageRoute()
 
 
 @dataclass(frozen=True)
@@ -218,18 +225,6 @@ class LpsAck:
 
 # ----------------------------------------------------------------------------------------------------------
 # Building
-
-
-@dataclass(frozen=True)
-class MessageRoute:
-    """MSH-3 to MSH-6, MSH-11 and MSH-18 of the messages the PFI sends to the DPI."""
-
-    sending_application: str = "OPENSEGUR"
-    sending_facility: str = "OPENSEGUR"
-    receiving_application: str = "DPI"
-    receiving_facility: str = ""
-    processing_id: str = "P"
-    charset: str = "UNICODE UTF-8"
 
 
 def msh_segment(
@@ -335,9 +330,9 @@ def _prt(code: str, participant: LpsParticipant) -> str:
 
 def build_lps_mdm(request: LpsMdmRequest, *, control_id: str, now: datetime) -> bytes:
     """The MDM^T02/T10/T04 of the volet carrying one CDA and the mail it came from, encoded per MSH-18."""
-    if request.charset not in ALLOWED_CHARSETS:
+    if request.route.charset not in ALLOWED_CHARSETS:
         raise ValueError(
-            f"MSH-18 {request.charset!r} not allowed by the volet ({', '.join(ALLOWED_CHARSETS)})"
+            f"MSH-18 {request.route.charset!r} not allowed by the volet ({', '.join(ALLOWED_CHARSETS)})"
         )
     doc, mail = request.document, request.mail
     if request.kind == "replacement" and not doc.parent_root:
@@ -347,14 +342,7 @@ def build_lps_mdm(request: LpsMdmRequest, *, control_id: str, now: datetime) -> 
     doc_type = f"{escape_text(doc.type_code)}^{escape_text(doc.type_label)}^{escape_text(doc.type_system)}"
     parent = document_number(doc.parent_root, doc.parent_extension) if doc.parent_root else ""
     msh = msh_segment(
-        MessageRoute(
-            request.sending_application,
-            request.sending_facility,
-            request.receiving_application,
-            request.receiving_facility,
-            request.processing_id,
-            request.charset,
-        ),
+        request.route,
         message_type=f"MDM^{trigger}^MDM_T02",
         control_id=control_id,
         version="2.6",
@@ -390,7 +378,7 @@ def build_lps_mdm(request: LpsMdmRequest, *, control_id: str, now: datetime) -> 
         lines.append(
             f"OBX|{n}|CWE|{code}^{escape_text(label)}^MetaDMPMSS||{yes_no}^^expandedYes-NoIndicator||||||F"
         )
-    return encode_message(lines, request.charset)
+    return encode_message(lines, request.route.charset)
 
 
 def encode_message(lines: Sequence[str], charset: str) -> bytes:

@@ -4,6 +4,7 @@ the ANS example messages field by field (modulo ids, timestamps and the deviatio
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from opensegur.transactions.lps_mdm import (
     LpsMdmRequest,
     LpsParticipant,
     LpsPatient,
+    MessageRoute,
     MetaDmpMss,
     build_lps_mdm,
     document_number,
@@ -90,10 +92,12 @@ def _request(kind: str, cda: bytes, example: hl7.Message) -> LpsMdmRequest:
         meta=MetaDmpMss(
             invisible_patient=invisible, invisible_rep_legaux=invisible, modif_conf_code=kind == "replacement"
         ),
-        sending_application="PFI-Y",
-        sending_facility="Organisation-Y",
-        receiving_application="RIS-Y",
-        receiving_facility="Organisation-Y",
+        route=MessageRoute(
+            sending_application="PFI-Y",
+            sending_facility="Organisation-Y",
+            receiving_application="RIS-Y",
+            receiving_facility="Organisation-Y",
+        ),
     )
 
 
@@ -179,7 +183,8 @@ def test_delimiters_in_mail_fields_are_escaped() -> None:
 
 def test_latin9_charset_is_honoured() -> None:
     example, cda = _example("initial")
-    request = LpsMdmRequest(**{**_request("initial", cda, example).__dict__, "charset": "8859/15"})
+    base = _request("initial", cda, example)
+    request = replace(base, route=replace(base.route, charset="8859/15"))
     raw = build_lps_mdm(request, control_id="1", now=NOW)
     assert "Masqué".encode("iso-8859-15") in raw
     _, header = parse(raw)
