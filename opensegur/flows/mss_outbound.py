@@ -739,18 +739,31 @@ def _after_send(db: Database, mail_id: int, result: MailSendResult) -> dict[str,
         return {"mail_id": mail.id, "accepted": len(accepted), "refused": len(refused)}
 
 
+async def _send_prepared(
+    db: Database, mailer: MailSender, ready: _Ready | dict[str, Any], *, not_built: str, all_refused: str
+) -> dict[str, Any]:
+    """Send what a prepare step stored, or pass on why it stored nothing; a mail no recipient took is a failure."""
+    if not isinstance(ready, _Ready):
+        if "failed" in ready:
+            raise PermanentError(f"{not_built} : {ready['failed']}")
+        return ready
+    outcome = await _send(db, mailer, ready)
+    if not outcome["accepted"]:
+        raise PermanentError(all_refused)
+    return outcome
+
+
 async def send_document_mail(
     db: Database, mailer: MailSender, cfg: MssOutboundConfig, delivery_id: int
 ) -> dict[str, Any]:
     ready = await asyncio.to_thread(_prepare_document_mail, db, cfg, delivery_id)
-    if not isinstance(ready, _Ready):
-        if "failed" in ready:
-            raise PermanentError(f"courriel non construit : {ready['failed']}")
-        return ready
-    outcome = await _send(db, mailer, ready)
-    if not outcome["accepted"]:
-        raise PermanentError("tous les destinataires ont été refusés")
-    return outcome
+    return await _send_prepared(
+        db,
+        mailer,
+        ready,
+        not_built="courriel non construit",
+        all_refused="tous les destinataires ont été refusés",
+    )
 
 
 # ---- DSN / MDN → ZAM ----------------------------------------------------------------------------------------
@@ -1208,14 +1221,13 @@ async def send_appointment_mail(
     db: Database, mailer: MailSender, cfg: MssOutboundConfig, mail_id: int
 ) -> dict[str, Any]:
     ready = await asyncio.to_thread(_prepare_appointment, db, cfg, mail_id)
-    if not isinstance(ready, _Ready):
-        if "failed" in ready:
-            raise PermanentError(f"rappel de rendez-vous non envoyé : {ready['failed']}")
-        return ready
-    outcome = await _send(db, mailer, ready)
-    if not outcome["accepted"]:
-        raise PermanentError("adresse du patient refusée par l'opérateur")
-    return outcome
+    return await _send_prepared(
+        db,
+        mailer,
+        ready,
+        not_built="rappel de rendez-vous non envoyé",
+        all_refused="adresse du patient refusée par l'opérateur",
+    )
 
 
 # ---- job handlers -----------------------------------------------------------------------------------------
