@@ -407,11 +407,6 @@ def documents_router(runtime: Any, *, max_pdf_bytes: int | None = None) -> APIRo
     def run(fn: Callable[..., Any], *args: Any) -> Any:
         return asyncio.to_thread(fn, *args)
 
-    def wake() -> None:
-        workers = getattr(runtime, "workers", None)
-        if workers is not None:
-            workers.wake()
-
     # ---- API: read --------------------------------------------------------------------------------------
     @router.get("/api/v1/documents", tags=["documents"])
     async def api_documents(
@@ -526,13 +521,13 @@ def documents_router(runtime: Any, *, max_pdf_bytes: int | None = None) -> APIRo
     @router.post("/api/v1/documents/{document_id}/release", tags=["documents"])
     async def api_release(document_id: int, actor: Writer) -> dict[str, Any]:
         await run(_release, document_id, actor)
-        wake()
+        runtime.workers.wake()
         return await _state(document_id)
 
     @router.post("/api/v1/documents/{document_id}/retry", tags=["documents"])
     async def api_retry(document_id: int, actor: Writer) -> dict[str, Any]:
         n = await run(_retry, document_id, actor)
-        wake()
+        runtime.workers.wake()
         return {**await _state(document_id), "retried": n}
 
     # ---- API: intake ------------------------------------------------------------------------------------
@@ -605,7 +600,7 @@ def documents_router(runtime: Any, *, max_pdf_bytes: int | None = None) -> APIRo
             accepted = await run(_store)
         except RestIntakeError as exc:
             return _problem(409 if exc.kind == "conflict" else 422, exc.code, exc.message, exc.field)
-        wake()
+        runtime.workers.wake()
         url = f"/api/v1/documents/{accepted.document_id}"
         return JSONResponse(
             {
@@ -709,7 +704,7 @@ def documents_router(runtime: Any, *, max_pdf_bytes: int | None = None) -> APIRo
             if exc.status_code == 404:
                 raise
             return back(document_id, str(exc.detail))
-        wake()
+        runtime.workers.wake()
         return back(document_id, done)
 
     @router.post("/documents/{document_id}/retenir", include_in_schema=False)

@@ -91,11 +91,6 @@ def mhd_router(runtime: Any, *, max_document_bytes: int | None = None) -> APIRou
     def run(fn: Callable[..., Any], *args: Any) -> Any:
         return asyncio.to_thread(fn, *args)
 
-    def wake() -> None:
-        workers = getattr(runtime, "workers", None)
-        if workers is not None:
-            workers.wake()
-
     @router.get("/metadata", summary="CapabilityStatement du serveur FHIR (MHD Document Recipient)")
     async def metadata() -> JSONResponse:
         from importlib.metadata import PackageNotFoundError, version
@@ -150,7 +145,7 @@ def mhd_router(runtime: Any, *, max_document_bytes: int | None = None) -> APIRou
                 FhirError(409, "conflict", "Soumission concurrente du même document : renvoyez le Bundle")
             )
         if outcome.created:
-            wake()
+            runtime.workers.wake()
         return JSONResponse(transaction_response(outcome.results), media_type=FHIR_JSON)
 
     @router.get("/DocumentReference/{resource_id}", summary="Fiche d'un document et son statut")

@@ -98,11 +98,6 @@ def create_mss_outbound_router(runtime: Any) -> APIRouter:
     router = APIRouter(tags=["mssante"])
     db = runtime.db
 
-    def wake() -> None:
-        workers = getattr(runtime, "workers", None)
-        if workers is not None:
-            workers.wake()
-
     @router.post("/api/v1/mssante/appointments", status_code=202, response_model=AppointmentQueued)
     async def post_appointment(req: AppointmentRequest, actor: Sender) -> AppointmentQueued:
         """Envoie au patient (Mon espace santé) un courriel de confirmation de rendez-vous."""
@@ -125,7 +120,7 @@ def create_mss_outbound_router(runtime: Any) -> APIRouter:
             queued = await asyncio.to_thread(_do)
         except MssOutboundError as exc:
             raise _http_error(exc) from exc
-        wake()
+        runtime.workers.wake()
         return queued
 
     @router.post(
@@ -165,7 +160,7 @@ def create_mss_outbound_router(runtime: Any) -> APIRouter:
             queued = await asyncio.to_thread(_do)
         except MssOutboundError as exc:
             raise _http_error(exc) from exc
-        wake()
+        runtime.workers.wake()
         return queued
 
     return router

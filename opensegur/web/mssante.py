@@ -810,11 +810,6 @@ def create_mssante_router(runtime: Any) -> APIRouter:
     def run(fn: Callable[..., Any], *args: Any) -> Any:
         return asyncio.to_thread(fn, *args)
 
-    def wake() -> None:
-        workers = getattr(runtime, "workers", None)
-        if workers is not None:
-            workers.wake()
-
     def _triage(
         mailbox: str | None, limit: int, offset: int
     ) -> tuple[list[Mail], int, list[tuple[str, int]]]:
@@ -879,7 +874,7 @@ def create_mssante_router(runtime: Any) -> APIRouter:
                 await run(fn, *args)
         except (ValueError, LookupError) as exc:
             raise HTTPException(409, getattr(exc, "message_fr", None) or str(exc)) from exc
-        wake()
+        runtime.workers.wake()
 
         def _after() -> dict[str, Any]:
             with db.session() as s:
