@@ -1,4 +1,5 @@
-"""Command line: `opensegur serve`, `opensegur worker`, `opensegur sandbox`, `opensegur config`, `opensegur migrate`."""
+"""Command line: `opensegur serve`, `opensegur worker`, `opensegur sandbox`, `opensegur config`, `opensegur migrate`,
+`opensegur send`."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from opensegur.config import Settings
+from opensegur.hospital import cli as hospital_cli
+from opensegur.hospital.loader import ConfigInvalid
+from opensegur.security import cli as security_cli
+from opensegur.transport import mllp_send
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("data_dir", "db", "host", "http_port", "mllp_port"):
+    for name in ("data_dir", "db", "host", "http_port", "mllp_port", "config_dir"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -36,8 +41,18 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--data-dir", type=Path)
         p.add_argument("--db", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite)")
 
+    def config_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config",
+            dest="config_dir",
+            type=Path,
+            metavar="DIR",
+            help="the hospital's configuration directory",
+        )
+
     serve = sub.add_parser("serve", help="start the whole platform")
     common(serve)
+    config_dir(serve)
     serve.add_argument("--demo", action="store_true", help="load the demo GHT and patients")
     serve.add_argument("--host")
     serve.add_argument("--http-port", type=int)
@@ -51,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run only the job workers on the shared database (more processes or hosts beside `serve`)",
     )
     common(worker)
+    config_dir(worker)
 
     sandbox = sub.add_parser(
         "sandbox", help="start only the simulated national services (DMP, INSi, MSSanté, Annuaire Santé)"
@@ -61,14 +77,19 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = sub.add_parser("config", help="print the effective configuration, without secrets")
     common(cfg)
+    hospital_cli.register(cfg)
     mig = sub.add_parser("migrate", help="create or upgrade the database schema")
     common(mig)
+    mllp_send.register(sub)
+    security_cli.register(sub)
 
     args = parser.parse_args(argv)
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per HTTP request to the DMP or INSi would drown the flow's own messages; exchanges are stored.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if hasattr(args, "handler"):
+        return int(args.handler(args))
     if args.command == "config":
         json.dump(settings.public_dict(), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
@@ -84,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sandbox":
         asyncio.run(Platform(settings).run_sandbox_forever())
         return 0
-    if args.command == "worker":
-        asyncio.run(Platform(settings).run_forever(listen=False))
-        return 0
-    asyncio.run(Platform(settings).run_forever())
+    try:
+        asyncio.run(Platform(settings).run_forever(listen=args.command != "worker"))
+    except ConfigInvalid:
+        # Each problem was logged with its file and line; the platform does not start on an invalid directory.
+        print("Démarrage refusé : le répertoire de configuration est invalide", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     mllp_port: int = 2575
     mllp_max_bytes: int = 20 * 1024 * 1024
     demo: bool = False
-    sandbox: bool = True
+    # The hospital's configuration directory (TOML: GHT, sites, DPIs, mailboxes, roles); demo: the demo GHT's.
+    config_dir: Path | None = None
+    # The simulated national services publish test passwords and admin endpoints: on with --demo only, unless
+    # set explicitly (another editor's CI may want the sandbox without the demo data).
+    sandbox: bool | None = None
     sandbox_port: int = 0  # 0: pick a free port, published at /sandbox/endpoints
     workers: int = 2
     job_max_attempts: int = 8
@@ -95,7 +99,10 @@ class Settings(BaseSettings):
     dpi_mdm_facility: str = ""
     dpi_timeout_s: float = 30.0
     dpi_forward_results_oru: bool = False  # biology received by mail also goes to the DPI as ORU^R01 results
-    api_token: SecretStr | None = None
+    # Login sessions: idle and absolute expiry; cookies marked Secure when the platform is reached over HTTPS.
+    session_idle_s: int = 30 * 60
+    session_absolute_s: int = 12 * 3600
+    public_base_url: str | None = None  # e.g. https://segur.chu-x.fr: redirects and cookies are built from it
     log_level: str = "INFO"
 
     @classmethod
@@ -108,6 +115,10 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    @property
+    def sandbox_on(self) -> bool:
+        return self.demo if self.sandbox is None else self.sandbox
 
     @property
     def db_url(self) -> str:

@@ -12,9 +12,10 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +42,11 @@ from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.flows.identity_gate import JOB_PROCESS
 from opensegur.flows.qualification import JOB_INSI_SEARCH, InsiUnavailableError, make_insi_job_handler
 from opensegur.flows.worker import Handler, RetryableError, WorkerPool
+from opensegur.hospital.apply import ApplyResult, load_and_apply
+from opensegur.hospital.loader import ConfigInvalid, ConfigProblem, load_directory
+from opensegur.hospital.model import HospitalConfig
 from opensegur.security.pki import TestPki
+from opensegur.security.sealer import ANCHOR_FILE, run_sealer
 from opensegur.store.db import Database
 from opensegur.transactions.insi import InsiContext, InsiResult, InsiTraitsQuery
 from opensegur.transactions.lps_mdm import MessageRoute
@@ -58,6 +63,17 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+def private_data_dir(path: Path) -> None:
+    """The data directory holds patients' documents and identities: readable by the platform's owner only, and
+    so is every file created in it from now on (database, WAL, payloads, anchors)."""
+    os.umask(0o077)
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    for child in path.iterdir():
+        if child.is_file():
+            child.chmod(0o600)
+
+
 def bind(host: str, port: int) -> socket.socket:
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets whose proto says TCP, and without it
     # every small HTTP exchange waits ~40 ms on delayed ACKs.
@@ -69,15 +85,6 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.setblocking(False)
     return sock
-
-
-# The demo hospital's MSSanté mailboxes in the sandbox: the applicative mailbox documents leave from (the ANS
-# examples' own), the imaging department's and the day hospital's organisational mailboxes.
-DEMO_HOSPITAL_MAILBOXES = (
-    "dpi@hopitalA.mssante.fr",
-    "radiologie@hopitalA.mssante.fr",
-    "hdj@hopitalA.mssante.fr",
-)
 
 
 def sandbox_endpoints(
@@ -115,6 +122,15 @@ def sandbox_endpoints(
     return out
 
 
+def _sandbox_mailboxes(hospital: HospitalConfig | None) -> tuple[str, ...]:
+    """The hospital mailboxes the sandbox operator creates: the configuration's, else the demo GHT's. Applicative
+    first: mail leaves from the first one (MSSanté: FROM = the applicative mailbox)."""
+    from opensegur.ops.demo import demo_config
+
+    boxes = hospital.mailboxes if hospital is not None and hospital.mailboxes else demo_config().mailboxes
+    return tuple(m.address for m in sorted(boxes, key=lambda m: m.kind != "applicative"))
+
+
 class InsiAdapter:
     """Gives the qualification flow the INSi port it expects, translating the connector's outage error."""
 
@@ -142,6 +158,10 @@ class Runtime:
     ready: bool = False
     mllp_port: int | None = None
     http_port: int | None = None
+    app: Any = None  # the ASGI application serving HTTP (tests override its dependencies)
+    # Re-reads and applies the configuration directory (the admin page's « Recharger »); None without a directory.
+    reload_config: Callable[[str], Awaitable[ApplyResult | None]] | None = None
+    hospital: HospitalConfig | None = None  # the configuration directory in force (replaced on reload)
 
 
 SANDBOX_MSS_PASSWORD = "bac-a-sable-mssante"  # every sandbox mailbox's password (login: its address)
@@ -234,6 +254,10 @@ class Platform:
         self._mss_poller: asyncio.Task[None] | None = None
         self.runtime: Runtime | None = None
         self._stopped = asyncio.Event()
+        self._sealer_stop = asyncio.Event()
+        self._sealer: asyncio.Task[None] | None = None
+        self._listen = True
+        self._reloads: set[asyncio.Task[None]] = set()
 
     async def start(self, *, listen: bool = True) -> Runtime:
         """Start the platform. ``listen=False`` is a worker process (``opensegur worker``): it only runs the jobs
@@ -245,8 +269,10 @@ class Platform:
         asyncio.get_running_loop().set_default_executor(
             concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="opensegur")
         )
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        private_data_dir(s.data_dir)
         await asyncio.to_thread(self.db.migrate)
+        self._listen = listen
+        hospital = await self._start_config()
         endpoints: dict[str, Any] = {}
         insi_url = s.insi_url
         dmp_urls = DmpEndpoints(
@@ -265,8 +291,8 @@ class Platform:
                 Path(s.dmp_ca) if s.dmp_ca else None,
             )
         mss = _MssWiring.from_settings(s)
-        if s.sandbox and listen:
-            sandbox = await self.start_sandbox()
+        if s.sandbox_on and listen:
+            sandbox = await self.start_sandbox(hospital=hospital)
             endpoints = sandbox.endpoints
             insi_url = insi_url or endpoints["insi"]["url"]
             if not dmp_urls.iti41:
@@ -275,10 +301,15 @@ class Platform:
             if credentials is None:
                 credentials = DmpCredentials(sandbox.pki.signing_cert, sandbox.pki.signing_key)
             mss = mss.with_sandbox(endpoints)
-        if s.demo and listen:
+        if s.demo and listen and self._demo_people_fit():
             from opensegur.ops.demo import load_demo
 
             await asyncio.to_thread(load_demo, self.db)
+            from opensegur.ops.demo_accounts import load_demo_accounts
+            from opensegur.ops.demo_stays import load_demo_stays
+
+            await asyncio.to_thread(load_demo_accounts, self.db)
+            await asyncio.to_thread(load_demo_stays, self.db)
         self._insi_client = InsiClient(
             insi_url or "",
             InsiContext(
@@ -330,7 +361,7 @@ class Platform:
         )
         intake = Hl7Intake(self.db, on_commit=workers.wake, business_acks=zam_endpoint is not None)
         self.runtime = rt = Runtime(
-            s, self.db, intake, workers, insi, endpoints, annuaire=self._annuaire_client
+            s, self.db, intake, workers, insi, endpoints, annuaire=self._annuaire_client, hospital=hospital
         )
         await workers.start()
         if not listen:
@@ -338,6 +369,8 @@ class Platform:
             rt.ready = True
             log.info("OpenSégur worker ready: %s job workers on %s", s.workers, s.public_dict()["db_url"])
             return rt
+        # One sealer per serving process (several hosts on PostgreSQL take turns on an advisory lock).
+        self._sealer = asyncio.create_task(run_sealer(self.db, s.data_dir / ANCHOR_FILE, self._sealer_stop))
         if self._mailbox_reader is not None and mss.mailboxes:
             self._mss_poller = asyncio.create_task(
                 mss_inbound.run_poller(
@@ -373,14 +406,92 @@ class Platform:
 
         sock = bind(s.host, s.http_port)
         rt.http_port = sock.getsockname()[1]
-        await self._serve_http(create_app(rt), sock)
+        if self._config_dir() is not None:
+            rt.reload_config = self.reload_config
+        rt.app = create_app(rt)
+        await self._serve_http(rt.app, sock)
         rt.ready = True
         log.info("OpenSégur ready: http://%s:%s  mllp %s:%s", s.host, rt.http_port, s.host, rt.mllp_port)
         return rt
 
-    async def start_sandbox(self, *, publish: bool = False) -> SandboxHandle:
+    def _config_dir(self) -> Path | None:
+        """The hospital's configuration directory: the settings', else the demo GHT's in demo mode."""
+        from opensegur.ops.demo import DEMO_CONFIG_DIR
+
+        return self.settings.config_dir or (DEMO_CONFIG_DIR if self.settings.demo else None)
+
+    def _demo_people_fit(self) -> bool:
+        """The demo's patients and accounts belong to the demo GHT's sites: not loaded into another hospital."""
+        from opensegur.ops.demo import DEMO_CONFIG_DIR
+
+        directory = self._config_dir()
+        if directory is not None and directory.resolve() != DEMO_CONFIG_DIR.resolve():
+            log.warning(
+                "Données de démonstration non chargées : %s n'est pas le répertoire du GHT de démonstration",
+                directory,
+            )
+            return False
+        return True
+
+    async def _start_config(self) -> HospitalConfig | None:
+        """Read, validate and apply the configuration directory at start; an invalid one stops the start."""
+        if self._config_dir() is None:
+            return None
+        try:
+            hospital, _ = await asyncio.to_thread(self._read_config, "démarrage")
+        except ConfigInvalid as exc:
+            for problem in exc.problems:
+                log.error("Configuration de l'établissement refusée : %s", problem)
+            raise
+        return hospital
+
+    def _read_config(self, applied_by: str) -> tuple[HospitalConfig, ApplyResult | None]:
+        directory = self._config_dir()
+        if directory is None:
+            raise ConfigInvalid(
+                [ConfigProblem("config_dir", 0, "aucun répertoire de configuration n'est défini (--config)")]
+            )
+        if not self._listen:
+            # A worker process only reads it: the serving process writes it into the shared database.
+            return load_directory(directory), None
+        hospital, result = load_and_apply(self.db, directory, applied_by)
+        for warning in result.warnings:
+            log.warning(warning)
+        if result.version_id is not None:
+            log.info(
+                "Configuration de l'établissement appliquée : version %s (%s) par %s",
+                result.version_id,
+                hospital.sha256[:12],
+                applied_by,
+            )
+        return hospital, result
+
+    async def reload_config(self, applied_by: str) -> ApplyResult | None:
+        """Re-read, validate and apply the configuration directory without restart (SIGHUP, the admin page).
+        Invalid: :class:`ConfigInvalid` with every problem, and the configuration in force stays. Returns the
+        application's result (None in a worker process, which does not write)."""
+        hospital, result = await asyncio.to_thread(self._read_config, applied_by)
+        if self.runtime is not None:
+            self.runtime.hospital = hospital
+        return result
+
+    def _reload_on_signal(self) -> None:
+        async def reload() -> None:
+            try:
+                await self.reload_config("SIGHUP")
+            except ConfigInvalid as exc:
+                log.error("Configuration rechargée refusée, la précédente reste en vigueur :\n%s", exc)
+
+        task = asyncio.create_task(reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def start_sandbox(
+        self, *, publish: bool = False, hospital: HospitalConfig | None = None
+    ) -> SandboxHandle:
         """Start the simulated national services: HTTP (INSi, DMP, Annuaire Santé, MSSanté admin) and the MSSanté
-        operator's SMTP and IMAP. ``publish`` serves /sandbox/endpoints on the sandbox itself (run on its own)."""
+        operator's SMTP and IMAP, with the mailboxes of ``hospital`` (else the demo GHT's). ``publish`` serves
+        /sandbox/endpoints on the sandbox itself (run on its own)."""
         from opensegur.sandbox.annuaire import directory_mailboxes
         from opensegur.sandbox.app import create_sandbox_app
         from opensegur.sandbox.mssante import MssOperator
@@ -389,13 +500,13 @@ class Platform:
         s = self.settings
         data = s.data_dir / "sandbox"
         pki = await asyncio.to_thread(ensure_test_pki, data / "pki")
-        hospital = tuple(s.mss_mailboxes) or DEMO_HOSPITAL_MAILBOXES
-        operator = MssOperator(data, [*directory_mailboxes(), *hospital], SANDBOX_MSS_PASSWORD, host=s.host)
+        mailboxes = tuple(s.mss_mailboxes) or _sandbox_mailboxes(hospital)
+        operator = MssOperator(data, [*directory_mailboxes(), *mailboxes], SANDBOX_MSS_PASSWORD, host=s.host)
         await operator.start()
         self._mss_operator = operator
         sock = bind(s.host, s.sandbox_port)
         base = f"http://{s.host}:{sock.getsockname()[1]}"
-        endpoints = sandbox_endpoints(base, pki, operator, hospital)
+        endpoints = sandbox_endpoints(base, pki, operator, mailboxes)
         await self._serve_http(create_sandbox_app(data, pki, operator, endpoints if publish else None), sock)
         return SandboxHandle(pki, endpoints)
 
@@ -536,6 +647,10 @@ class Platform:
             await asyncio.gather(self._mss_poller, return_exceptions=True)
         if self.runtime is not None:
             await self.runtime.workers.stop()
+        # After the workers: the entries they wrote last are sealed and anchored before the database closes.
+        self._sealer_stop.set()
+        if self._sealer is not None:
+            await asyncio.gather(self._sealer, return_exceptions=True)
         for server in reversed(self._servers):
             server.should_exit = True
         await asyncio.gather(*self._serve_tasks, return_exceptions=True)
@@ -564,5 +679,7 @@ class Platform:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if self.runtime is not None:
+            loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         await stop.wait()
         log.info("stopping")

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opensegur.flows.identity_gate import release_waiting_documents
+from opensegur.flows.stays import record_stay
 from opensegur.identity import rniv
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins, is_ins_oid
@@ -68,20 +69,36 @@ def _error(exc: IdentityError, code: str = "102") -> Hl7Error:
 
 def resolve_site(session: Session, names: list[str]) -> Structure | None:
     """The site known under one of ``names``: IPP authority (namespace or OID), FINESS, or a declared alias
-    such as the MSH-4 a DPI sends (``settings["facility_aliases"]``)."""
+    such as the MSH-4 a DPI sends (``settings["facility_aliases"]``). ``names`` go in order of preference: a
+    DPI serving several sites sends its own MSH-4 with the IPP domain of each, and the domain decides."""
     wanted = [n for n in names if n]
     if not wanted:
         return None
-    for site in session.scalars(select(Structure).where(Structure.kind == "EG").order_by(Structure.id)):
-        known = {
-            site.ipp_authority,
-            site.ipp_authority_oid,
-            site.finess,
-            *site.settings.get("facility_aliases", []),
-        }
-        if any(n in known for n in wanted):
-            return site
+    sites = session.scalars(select(Structure).where(Structure.kind == "EG").order_by(Structure.id)).all()
+    known = [
+        (
+            site,
+            {
+                site.ipp_authority,
+                site.ipp_authority_oid,
+                site.finess,
+                *site.settings.get("facility_aliases", []),
+            },
+        )
+        for site in sites
+    ]
+    for name in wanted:
+        for site, names_of_site in known:
+            if name in names_of_site:
+                return site
     return None
+
+
+def _authority(event: PamEvent) -> str:
+    """The IPP authority as the message names it (PID-3.4.1&PID-3.4.2), for the hospital's engineer to declare."""
+    ipp = event.patient.ipp
+    names = [ipp.assigning_authority_name, ipp.authority_oid] if ipp is not None else []
+    return "&".join(n for n in names if n) or "absente"
 
 
 def resolve_structure(session: Session, event: PamEvent) -> Structure:
@@ -96,7 +113,10 @@ def resolve_structure(session: Session, event: PamEvent) -> Structure:
             code="204",
             severity="E",
             location="PID^1^3",
-            message="Autorité d'affectation de l'IPP inconnue : aucun site du GHT ne la déclare",
+            message=(
+                f"Autorité d'affectation de l'IPP « {_authority(event)} » inconnue : aucun site du GHT ne la "
+                "déclare ; déclarez-la dans sites.toml du répertoire de configuration (ipp_domain du site)"
+            ),
             reject=False,
         )
     return site
@@ -254,6 +274,7 @@ def apply_event(session: Session, event: PamEvent, actor: str) -> FeedOutcome:
         )
     if created:
         _check_duplicates(session, patient)
+    record_stay(session, event, patient, site)
     session.add(
         IdentityEvent(
             patient_id=patient.id,

@@ -1,29 +1,42 @@
 """Demo GHT: two sites, their units and professionals, about fifty fictitious patients in mixed statuses.
 
-Every matricule uses the *test* INS OIDs and a key computed by the domain rule. The sandbox INSi knows part of
-these people, so the qualification assistant can be tried end to end on them. Deterministic, and loaded once.
+The GHT itself — sites, units, IPP domains, DPIs, mailboxes, roles — is configuration, not code: the directory
+``demo_ght/`` beside this module, applied as a hospital applies its own (``serve --config DIR``). The people
+here are data. Every matricule uses the *test* INS OIDs and a key computed by the domain rule. The sandbox INSi
+knows part of these people, so the qualification assistant can be tried end to end on them. Deterministic, and
+loaded once.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from datetime import date
+from pathlib import Path
 
 from sqlalchemy import select
 
+from opensegur.hospital.apply import apply_config
+from opensegur.hospital.loader import load_directory
+from opensegur.hospital.model import HospitalConfig
 from opensegur.identity.ins import OID_NIR_TEST, nir_key
-from opensegur.identity.professionals import idnat_ps_from_rpps, luhn_valid, validate_finess
+from opensegur.identity.professionals import idnat_ps_from_rpps, luhn_valid
 from opensegur.store.db import Database
 from opensegur.store.models import (
+    IdentityAlert,
     IdentityEvent,
     Patient,
     PatientIdentifier,
     Professional,
     Structure,
-    Unit,
 )
 
-DEMO_EJ_FINESS = "750000010"
+DEMO_CONFIG_DIR = Path(__file__).with_name("demo_ght")
+
+
+@functools.cache
+def demo_config() -> HospitalConfig:
+    return load_directory(DEMO_CONFIG_DIR)
 
 
 def luhn_complete(prefix: str) -> str:
@@ -33,30 +46,6 @@ def luhn_complete(prefix: str) -> str:
             return prefix + d
     raise AssertionError("unreachable")
 
-
-SITES = [
-    # finess prefix, name, IPP authority (namespace, OID), units, names its DPIs send in MSH-4 / PRT-8
-    (
-        "75000002",
-        "CHU-X — site Breteuil (démo)",
-        ("CHU-X", "000897406"),
-        [
-            ("6268", "Chirurgie viscérale"),
-            ("4010", "Médecine interne"),
-            ("2201", "Imagerie"),
-            ("3105", "Hôpital de jour"),
-        ],
-        # The ANS document examples come from "Organisation-Y" (RIS) and "labo" (SIL) of this site.
-        ["Organisation-X", "Organisation-Y", "labo", "300017985", "1120459876"],
-    ),
-    (
-        "75000003",
-        "Hôpital Saint-Vincent (démo)",
-        ("HSV", "1.2.250.1.999.1.1.2"),
-        [("1001", "Urgences"), ("1202", "Maternité"), ("1303", "Cardiologie")],
-        [],
-    ),
-]
 
 FIRST_F = ["MARIE", "CAMILLE", "LÉA", "CHLOÉ", "INÈS", "JEANNE", "LOUISE", "ANNE-SOPHIE", "SARAH", "ZOÉ"]
 FIRST_M = ["JEAN", "LUCAS", "HUGO", "MATHIS", "NOÉ", "PAUL", "JEAN-BAPTISTE", "KARIM", "YANN", "ÉLIOTT"]
@@ -107,33 +96,17 @@ def test_matricule(sex: str, birth: date, cog: str, serial: int) -> str:
 
 
 def load_demo(db: Database) -> bool:
-    """Insert the demo GHT once; returns False when it is already there."""
+    """Apply the demo GHT's configuration, then insert its people once; returns False when they are already
+    there."""
+    config = demo_config()
+    apply_config(db, config, applied_by="démo", source=str(DEMO_CONFIG_DIR))
     with db.session() as s:
-        if s.scalar(select(Structure).where(Structure.finess == DEMO_EJ_FINESS)) is not None:
+        if s.scalar(select(IdentityEvent.id).where(IdentityEvent.kind == "demo").limit(1)) is not None:
             return False
-        ej = Structure(
-            kind="EJ", finess=validate_finess(DEMO_EJ_FINESS), name="GHT Rives de Seine (démo)", settings={}
-        )
-        s.add(ej)
-        s.flush()
+        sites = [
+            s.scalars(select(Structure).where(Structure.finess == site.finess)).one() for site in config.sites
+        ]
         rng = random.Random(2026)
-        sites: list[Structure] = []
-        for prefix, name, (authority, oid), units, aliases in SITES:
-            site = Structure(
-                kind="EG",
-                finess=validate_finess(luhn_complete(prefix)),
-                name=name,
-                parent_id=ej.id,
-                ipp_authority=authority,
-                ipp_authority_oid=oid,
-                settings={"facility_aliases": aliases, "secteur_activite": "SA01"},
-            )
-            s.add(site)
-            s.flush()
-            for code, label in units:
-                s.add(Unit(structure_id=site.id, code=code, name=label))
-            sites.append(site)
-        s.flush()
         for i, (family, given, prof) in enumerate(
             [
                 ("RÉAULT", "Pierre", "Médecin — chirurgie viscérale"),
@@ -213,8 +186,6 @@ def load_demo(db: Database) -> bool:
         # A probable duplicate for the alerts panel: same person created twice under two IPPs.
         dup = add(sites[1], "900999", "LEROY", "JEANNE", "F", date(1961, 4, 9), "59350", "PROV", None)
         twin = add(sites[1], "901000", "LEROY", "JEANNE MARIE", "F", date(1961, 4, 9), "59350", "VALI", None)
-        from opensegur.store.models import IdentityAlert
-
         s.add(
             IdentityAlert(
                 patient_id=dup.id,

@@ -215,8 +215,16 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(String(100))
     action: Mapped[str] = mapped_column(String(64))
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"), index=True)
-    reason: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(
+        String(200)
+    )  # the purpose: soins, bris de glace, administration…
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Who exactly and from where, for entries made on behalf of a logged-in person or a system token.
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("account.id"), index=True)
+    role: Mapped[str | None] = mapped_column(String(64))
+    rpps: Mapped[str | None] = mapped_column(String(11))
+    address: Mapped[str | None] = mapped_column(String(64))
+    session_ref: Mapped[str | None] = mapped_column(String(32))  # web_session.id or token:<id>
 
 
 class Document(Base):
@@ -349,3 +357,150 @@ class LabResult(Base):
     interpretation: Mapped[str | None] = mapped_column(String(8))
     observed_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Stay(Base):
+    """A patient's stay or visit as the PAM FR movements describe it (PV1-19 / ZBE): where the patient is cared
+    for now. The care relationship of the authorisation matrix reads it: a unit-scoped professional sees the
+    patients with a current stay in one of their units."""
+
+    __tablename__ = "stay"
+    __table_args__ = (
+        UniqueConstraint("structure_id", "visit_number", name="uq_stay_visit"),
+        Index("ix_stay_unit_current", "structure_id", "unit_code", "ended_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    structure_id: Mapped[int] = mapped_column(ForeignKey("structure.id"))
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    visit_number: Mapped[str] = mapped_column(String(64))
+    patient_class: Mapped[str | None] = mapped_column(String(4))  # PV1-2: I, O, E, R…
+    unit_code: Mapped[str | None] = mapped_column(String(32))  # the UF where the patient is now
+    previous_unit_code: Mapped[str | None] = mapped_column(
+        String(32)
+    )  # before the last transfer (A12 undoes it)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column()  # discharge (A03); None while the stay is current
+    cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Account(Base):
+    """A person who may log in: a local account (argon2 hash and second factor), or one known by its identity
+    provider's subject (hospital SSO, Pro Santé Connect). ``assignments`` are the (role, scope) pairs of the
+    authorisation matrix: scope ``ght``, ``site:<FINESS>`` or ``unit:<FINESS>/<UF code>``."""
+
+    __tablename__ = "account"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    login: Mapped[str] = mapped_column(String(100), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    rpps: Mapped[str | None] = mapped_column(String(11), index=True)
+    assignments: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_last_step: Mapped[int | None] = mapped_column(Integer)  # a code is accepted once
+    recovery_codes: Mapped[list[str]] = mapped_column(JSON, default=list)  # argon2 hashes, each used once
+    psc_sub: Mapped[str | None] = mapped_column(String(200), unique=True)  # e-CPS linked to this account
+    sso_sub: Mapped[str | None] = mapped_column(String(200), unique=True)
+    source: Mapped[str] = mapped_column(String(16), default="local")  # local, hr, scim, demo
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    departed_at: Mapped[datetime | None] = mapped_column()
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column()
+    last_login_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WebauthnCredential(Base):
+    """A FIDO2 security key enrolled by an account; ``sign_count`` refuses a replayed assertion."""
+
+    __tablename__ = "webauthn_credential"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id"), index=True)
+    credential_id: Mapped[str] = mapped_column(String(400), unique=True)  # base64url
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    sign_count: Mapped[int] = mapped_column(Integer, default=0)
+    label: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class WebSession(Base):
+    """A server-side login session. The cookie carries a random secret; only its SHA-256 is stored here."""
+
+    __tablename__ = "web_session"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id"), index=True)
+    method: Mapped[str] = mapped_column(String(32))  # password, password+totp, password+webauthn, psc, sso
+    strong: Mapped[bool] = mapped_column(Boolean, default=False)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()  # absolute expiry
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class ApiToken(Base):
+    """A system account's bearer token (REST, FHIR MHD integrations). Only its SHA-256 is stored."""
+
+    __tablename__ = "api_token"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(100), default="ght")
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    last_used_at: Mapped[datetime | None] = mapped_column()
+
+
+class LoginAttempt(Base):
+    """Failed logins and second-factor attempts, counted per account and per address for rate limiting."""
+
+    __tablename__ = "login_attempt"
+    __table_args__ = (Index("ix_login_attempt_key_at", "key", "at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(200))  # "account:<login>", "address:<ip>", "totp:<account id>"
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditSeal(Base):
+    """Position and hash of each sealed audit entry: the tamper-evident chain over ``audit_event``.
+
+    Entries are sealed in commit order by one sealer (the chain cannot follow ids, which PostgreSQL hands out
+    before commit); ``hash`` = SHA-256(previous hash ‖ canonical entry)."""
+
+    __tablename__ = "audit_seal"
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    event_id: Mapped[int] = mapped_column(ForeignKey("audit_event.id"), unique=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    sealed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditAnchor(Base):
+    """The chain head, written periodically (and to a file beside the database): a later rewrite of the whole
+    chain from some point on no longer matches an anchor."""
+
+    __tablename__ = "audit_anchor"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConfigVersion(Base):
+    """Every applied version of the hospital's configuration directory: content hash, who, when, and the files."""
+
+    __tablename__ = "config_version"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    applied_by: Mapped[str] = mapped_column(String(100))
+    applied_at: Mapped[datetime] = mapped_column(default=utcnow)
+    source: Mapped[str] = mapped_column(String(500))  # the directory it was read from
+    files: Mapped[dict[str, Any]] = mapped_column(default=dict)  # relative path -> text

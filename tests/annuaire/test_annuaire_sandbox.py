@@ -14,7 +14,7 @@ from opensegur.identity.directory import (
     SYSTEM_MAILBOX_TYPE,
 )
 from opensegur.identity.professionals import luhn_valid
-from opensegur.ops.demo import SITES, luhn_complete
+from opensegur.ops.demo import demo_config, luhn_complete
 from opensegur.sandbox.annuaire import SANDBOX_API_KEY, directory_mailboxes
 from opensegur.sandbox.annuaire.fixtures import load_directory
 from tests.annuaire.conftest import BASE, sandbox_app
@@ -74,7 +74,7 @@ def test_fixtures_cover_the_ans_recipients_and_the_demo_ght() -> None:
         for i in o["identifier"]
         if i["system"].endswith("finess.sante.gouv.fr")
     }
-    assert {luhn_complete(prefix) for prefix, *_ in SITES} <= finess
+    assert {site.finess for site in demo_config().sites} <= finess
     # The six hospital professionals of the demo GHT keep the RPPS ops.demo gives them.
     assert {luhn_complete(f"1000{i:06d}") for i in range(1, 7)} <= set(rpps)
 

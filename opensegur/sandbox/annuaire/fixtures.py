@@ -33,7 +33,7 @@ from opensegur.identity.directory import (
     SYSTEMS_RPPS,
 )
 from opensegur.identity.professionals import luhn_valid
-from opensegur.ops.demo import DEMO_EJ_FINESS, SITES, luhn_complete
+from opensegur.ops.demo import demo_config, luhn_complete
 
 __all__ = ["DirectoryData", "directory_mailboxes", "load_directory"]
 
@@ -48,8 +48,7 @@ _SYSTEM_CATEGORY = (
 )
 _SYSTEM_MODE = "https://mos.esante.gouv.fr/NOS/TRE_R23-ModeExercice/FHIR/TRE-R23-ModeExercice"
 
-BRETEUIL_FINESS = luhn_complete(SITES[0][0])
-SAINT_VINCENT_FINESS = luhn_complete(SITES[1][0])
+BRETEUIL_FINESS, SAINT_VINCENT_FINESS = (site.finess for site in demo_config().sites)
 
 
 @dataclass(frozen=True)
@@ -113,12 +112,12 @@ ORGANIZATIONS: tuple[_Org, ...] = (
         "PARIS",
         "75007",
         "1 place du Docteur Fictif",
-        finess=DEMO_EJ_FINESS,
+        finess=demo_config().ght.finess,
         kind="LEGAL-ENTITY",
     ),
     _Org(
         "breteuil",
-        SITES[0][1],
+        demo_config().sites[0].name,
         "PARIS",
         "75007",
         "12 avenue de Breteuil",
@@ -132,7 +131,7 @@ ORGANIZATIONS: tuple[_Org, ...] = (
     ),
     _Org(
         "saint-vincent",
-        SITES[1][1],
+        demo_config().sites[1].name,
         "PARIS",
         "75014",
         "74 rue Denfert-Rochereau",
