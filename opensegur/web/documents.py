@@ -1,5 +1,4 @@
-"""HTTP edge of the document flows: the documents API (list, detail, actions, content, REST intake) and the
-flow-view pages in French.
+"""Read models of the document flows for the documents API and the flow-view pages (``web/routes/documents``).
 
 Business rules live in ``flows.dmp_feed`` and ``flows.rest_intake``; this module reads, maps errors to HTTP
 statuses and writes the audit trail of every read that shows patient data.
@@ -7,45 +6,21 @@ statuses and writes the audit trail of every read that shows patient data.
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
-from typing import Annotated, Any
-from urllib.parse import quote
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from sqlalchemy import func, or_, select
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session, selectinload
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
-from opensegur.flows import dmp_feed
 from opensegur.flows.dmp_feed import STATUS_LABELS
-from opensegur.flows.rest_intake import (
-    DEFAULT_MAX_PDF_BYTES,
-    RestIntakeError,
-    accept_rest_document,
-    parse_metadata,
-)
-from opensegur.store.models import AuditEvent, Document, Exchange, Patient, Payload, Structure
+from opensegur.security import audit
+from opensegur.security.actor import Actor
+from opensegur.store.models import Document, Exchange, Patient, Structure
 
-__all__ = ["documents_router", "DOC_STATUS_COLOURS", "KIND_LABELS", "timeline"]
-
-DOC_STATUS_COLOURS = {
-    "received": "#6b7280",
-    "validated": "#7c3aed",
-    "waiting_identity": "#b45309",
-    "held": "#d97706",
-    "sending": "#2563eb",
-    "sent": "#0e7490",
-    "acknowledged": "#15803d",
-    "opposition": "#be185d",
-    "rejected": "#b91c1c",
-    "error": "#dc2626",
-}
 KIND_LABELS = {"initial": "Premier envoi", "replacement": "Nouvelle version", "deletion": "Suppression"}
 DELIVERY_LABELS = {
     "pending": "En file d'attente",
@@ -78,27 +53,12 @@ STEPS = [
 ]
 _STEP_INDEX = {key: i for i, (key, _label) in enumerate(STEPS)}
 # Multipart boundaries, part headers and the metadata JSON on top of the PDF itself.
-_ENVELOPE_ALLOWANCE = 256 * 1024
-_HOLDABLE = ("received", "validated", "waiting_identity", "error")
+ENVELOPE_ALLOWANCE = 256 * 1024
+HOLDABLE = ("received", "validated", "waiting_identity", "error")
 _PARIS = ZoneInfo("Europe/Paris")
 
 
-def _allow(permission: str) -> Callable[[Request], str]:
-    """The app's route guard, looked up at request time: web.app imports this module."""
-
-    def check(request: Request) -> str:
-        from opensegur.web.app import allow
-
-        return allow(permission)(request)
-
-    return check
-
-
-Reader = Annotated[str, Depends(_allow("documents:read"))]
-Writer = Annotated[str, Depends(_allow("documents:write"))]
-
-
-class _TooLarge(Exception):
+class TooLarge(Exception):
     pass
 
 
@@ -112,11 +72,15 @@ def _iso(value: datetime | None) -> str | None:
     return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).isoformat()
 
 
-def heure_fr(value: str | None, seconds: bool = False) -> str:
-    """An API timestamp as a clinician reads it: Paris wall-clock time, French order."""
+def heure_fr(value: str | datetime | None, seconds: bool = False) -> str:
+    """A timestamp (ISO text from the API, or a stored datetime) as a clinician reads it: Paris wall-clock
+    time, French order. The store writes UTC; SQLite gives it back naive."""
     if not value:
         return "—"
-    moment = datetime.fromisoformat(value).astimezone(_PARIS)
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(_PARIS)
     return moment.strftime("%d/%m/%Y %H:%M:%S" if seconds else "%d/%m/%Y %H:%M")
 
 
@@ -126,7 +90,7 @@ def _patient_name(p: Patient | None) -> str | None:
     return f"{p.used_name or p.birth_name} {p.first_names}".strip()
 
 
-def _status(doc: Document) -> dict[str, str]:
+def status_of(doc: Document) -> dict[str, str]:
     return {"code": doc.status, "label": STATUS_LABELS.get(doc.status, doc.status)}
 
 
@@ -147,7 +111,7 @@ def document_summary(doc: Document, patient: Patient | None, site: Structure | N
         "type": {"code": doc.type_code, "title": doc.title},
         "patient": {"id": doc.patient_id, "name": _patient_name(patient)},
         "site": {"id": doc.structure_id, "name": site.name if site else None},
-        "status": _status(doc),
+        "status": status_of(doc),
         "status_reason": doc.status_reason,
         "held": doc.held,
         "first_send": _first_send(doc),
@@ -285,12 +249,17 @@ def search_documents(
     q: str | None,
     limit: int,
     offset: int,
+    visible: ColumnElement[bool] | None = None,
 ) -> tuple[list[dict[str, Any]], int, dict[str, int]]:
-    """One page of documents (newest first), the total, and the count per status for the same site."""
+    """One page of documents (newest first), the total, and the count per status for the same site; ``visible``
+    (a WHERE clause on Document) keeps only what the reader may see, counts included."""
     stmt = select(Document).options(selectinload(Document.deliveries))
     if site is not None:
         stmt = stmt.where(Document.structure_id == site)
     counted = select(Document.status, func.count()).group_by(Document.status)
+    if visible is not None:
+        stmt = stmt.where(visible)
+        counted = counted.where(visible)
     if site is not None:
         counted = counted.where(Document.structure_id == site)
     if status:
@@ -325,21 +294,13 @@ def search_documents(
     return items, total, counts
 
 
-def _audit_list(s: Session, actor: str, items: list[dict[str, Any]], reason: str) -> None:
+def audit_list(s: Session, actor: Actor, items: list[dict[str, Any]], reason: str) -> None:
     patients = sorted({i["patient"]["id"] for i in items if i["patient"]["id"]})
     if patients:
-        s.add(
-            AuditEvent(
-                actor=actor,
-                action="list_documents",
-                patient_id=None,
-                reason=reason,
-                detail={"patients": patients},
-            )
-        )
+        audit.record(s, actor, "list_documents", None, reason, {"patients": patients})
 
 
-def _get_document(s: Session, document_id: int) -> Document:
+def get_document(s: Session, document_id: int) -> Document:
     doc = s.get(Document, document_id)
     if doc is None:
         raise HTTPException(404, "Document inconnu")
@@ -349,20 +310,20 @@ def _get_document(s: Session, document_id: int) -> Document:
 # ---- upload ---------------------------------------------------------------------------------------------------
 
 
-async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+async def limited_stream(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
         if received > limit:
-            raise _TooLarge
+            raise TooLarge
         yield chunk
 
 
-def _problem(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+def problem(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "message": message, "field": field}, status_code=status)
 
 
-_INTAKE_SCHEMA: dict[str, Any] = {
+INTAKE_SCHEMA: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
@@ -387,338 +348,3 @@ _INTAKE_SCHEMA: dict[str, Any] = {
         },
     }
 }
-
-
-# ---- router ---------------------------------------------------------------------------------------------------
-
-
-def documents_router(runtime: Any, *, max_pdf_bytes: int | None = None) -> APIRouter:
-    """Routes of the documents API and pages. ``max_pdf_bytes`` overrides ``settings.rest_max_upload_bytes``."""
-    from opensegur.web.app import TEMPLATES
-
-    TEMPLATES.env.filters["heure_fr"] = heure_fr
-    router = APIRouter()
-    db = runtime.db
-    pdf_limit = int(
-        max_pdf_bytes or getattr(runtime.settings, "rest_max_upload_bytes", None) or DEFAULT_MAX_PDF_BYTES
-    )
-    body_limit = pdf_limit + _ENVELOPE_ALLOWANCE
-
-    def run(fn: Callable[..., Any], *args: Any) -> Any:
-        return asyncio.to_thread(fn, *args)
-
-    # ---- API: read --------------------------------------------------------------------------------------
-    @router.get("/api/v1/documents", tags=["documents"])
-    async def api_documents(
-        actor: Reader,
-        status: str | None = Query(None, description="statut du flux (received, validated, sent…)"),
-        patient_id: int | None = None,
-        site: int | None = Query(None, description="identifiant du site (structure EG)"),
-        q: str | None = Query(None, description="titre, identifiant unique, type ou nom du patient"),
-        limit: int = Query(100, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
-    ) -> dict[str, Any]:
-        def _q() -> dict[str, Any]:
-            with db.session() as s:
-                items, total, counts = search_documents(
-                    s, status=status, patient_id=patient_id, site=site, q=q, limit=limit, offset=offset
-                )
-                _audit_list(s, actor, items, "api")
-                return {"total": total, "counts": counts, "items": items}
-
-        return await run(_q)
-
-    @router.get("/api/v1/documents/{document_id}", tags=["documents"])
-    async def api_document(document_id: int, actor: Reader) -> dict[str, Any]:
-        def _q() -> dict[str, Any]:
-            with db.session() as s:
-                doc = _get_document(s, document_id)
-                s.add(
-                    AuditEvent(
-                        actor=actor,
-                        action="read_document_status",
-                        patient_id=doc.patient_id,
-                        reason="api",
-                        detail={"document_id": doc.id},
-                    )
-                )
-                return document_detail(s, doc)
-
-        return await run(_q)
-
-    @router.get(
-        "/api/v1/documents/{document_id}/content",
-        tags=["documents"],
-        response_class=Response,
-        responses={200: {"content": {"application/xml": {}}, "description": "Le CDA tel que stocké"}},
-    )
-    async def api_content(document_id: int, actor: Reader) -> Response:
-        def _q() -> tuple[bytes, str]:
-            with db.session() as s:
-                doc = _get_document(s, document_id)
-                if not doc.payload_sha256:
-                    raise HTTPException(404, "Ce document n'a pas de contenu (demande de suppression)")
-                s.add(
-                    AuditEvent(
-                        actor=actor,
-                        action="read_document",
-                        patient_id=doc.patient_id,
-                        reason="api",
-                        detail={"document_id": doc.id, "unique_id": doc.unique_id},
-                    )
-                )
-                return s.get_one(Payload, doc.payload_sha256).data, doc.unique_id
-
-        data, unique_id = await run(_q)
-        safe = "".join(c if c.isalnum() or c in ".-_" else "_" for c in unique_id)
-        return Response(
-            data,
-            media_type="application/xml",
-            headers={"content-disposition": f'inline; filename="{safe}.xml"'},
-        )
-
-    # ---- API: actions -----------------------------------------------------------------------------------
-    def _hold(document_id: int, actor: str) -> None:
-        with db.session() as s:
-            doc = _get_document(s, document_id)
-            if doc.held:
-                raise HTTPException(409, "Document déjà retenu")
-            if doc.status not in _HOLDABLE:
-                label = STATUS_LABELS.get(doc.status, doc.status)
-                raise HTTPException(409, f"Document au statut « {label} » : il ne peut plus être retenu")
-        try:
-            dmp_feed.hold(db, document_id, actor)
-        except ValueError as exc:
-            raise HTTPException(409, str(exc)) from exc
-
-    def _release(document_id: int, actor: str) -> None:
-        with db.session() as s:
-            if not _get_document(s, document_id).held:
-                raise HTTPException(409, "Le document n'est pas retenu : rien à libérer")
-        dmp_feed.release(db, document_id, actor)
-
-    def _retry(document_id: int, actor: str) -> int:
-        with db.session() as s:
-            _get_document(s, document_id)
-        n = dmp_feed.retry(db, document_id, actor)
-        if n == 0:
-            raise HTTPException(409, "Aucun envoi en échec à relancer pour ce document")
-        return n
-
-    async def _state(document_id: int) -> dict[str, Any]:
-        def _q() -> dict[str, Any]:
-            with db.session() as s:
-                doc = _get_document(s, document_id)
-                return {"id": doc.id, "status": _status(doc), "held": doc.held}
-
-        return await run(_q)
-
-    @router.post("/api/v1/documents/{document_id}/hold", tags=["documents"])
-    async def api_hold(document_id: int, actor: Writer) -> dict[str, Any]:
-        await run(_hold, document_id, actor)
-        return await _state(document_id)
-
-    @router.post("/api/v1/documents/{document_id}/release", tags=["documents"])
-    async def api_release(document_id: int, actor: Writer) -> dict[str, Any]:
-        await run(_release, document_id, actor)
-        runtime.workers.wake()
-        return await _state(document_id)
-
-    @router.post("/api/v1/documents/{document_id}/retry", tags=["documents"])
-    async def api_retry(document_id: int, actor: Writer) -> dict[str, Any]:
-        n = await run(_retry, document_id, actor)
-        runtime.workers.wake()
-        return {**await _state(document_id), "retried": n}
-
-    # ---- API: intake ------------------------------------------------------------------------------------
-    @router.post(
-        "/api/v1/documents",
-        tags=["documents"],
-        status_code=202,
-        openapi_extra=_INTAKE_SCHEMA,
-        summary="Déposer un PDF : la plateforme construit le CDA R2 N1 et l'envoie au DMP",
-    )
-    async def api_intake(request: Request, actor: Writer) -> JSONResponse:
-        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-            return _problem(
-                415,
-                "MULTIPART_EXPECTED",
-                "Corps multipart/form-data attendu (champs « pdf » et « metadata »)",
-            )
-        declared = request.headers.get("content-length", "")
-        too_large = _problem(
-            413,
-            "TOO_LARGE",
-            f"Fichier trop volumineux : {pdf_limit // (1024 * 1024)} Mo au plus",
-            "pdf",
-        )
-        if declared.isdigit() and int(declared) > body_limit:
-            return too_large
-        parser = MultiPartParser(
-            request.headers,
-            _limited(request, body_limit),
-            max_files=2,
-            max_fields=4,
-            max_part_size=_ENVELOPE_ALLOWANCE,
-        )
-        try:
-            form = await parser.parse()
-        except _TooLarge:
-            return too_large
-        except MultiPartException as exc:
-            return _problem(400, "MULTIPART_INVALID", f"Corps multipart illisible : {exc.message}")
-        try:
-            upload = form.get("pdf")
-            if not isinstance(upload, UploadFile):
-                return _problem(400, "PDF_MISSING", "Champ « pdf » absent (fichier attendu)", "pdf")
-            pdf = await upload.read(pdf_limit + 1)
-            if len(pdf) > pdf_limit:
-                return too_large
-            raw_meta = form.get("metadata")
-            if isinstance(raw_meta, UploadFile):
-                raw_meta = (await raw_meta.read(_ENVELOPE_ALLOWANCE)).decode("utf-8", "replace")
-            if not raw_meta:
-                return _problem(
-                    400, "METADATA_MISSING", "Champ « metadata » absent (JSON attendu)", "metadata"
-                )
-        finally:
-            await form.close()
-        try:
-            meta = json.loads(raw_meta)
-        except ValueError as exc:
-            return _problem(400, "METADATA_JSON", f"Métadonnées : JSON invalide ({exc})", "metadata")
-        try:
-            req = parse_metadata(meta)
-        except RestIntakeError as exc:
-            return _problem(422, exc.code, exc.message, exc.field)
-
-        def _store() -> Any:
-            with db.session() as s:
-                return accept_rest_document(s, req, pdf, oid_root=runtime.settings.oid_root, actor=actor)
-
-        try:
-            accepted = await run(_store)
-        except RestIntakeError as exc:
-            return _problem(409 if exc.kind == "conflict" else 422, exc.code, exc.message, exc.field)
-        runtime.workers.wake()
-        url = f"/api/v1/documents/{accepted.document_id}"
-        return JSONResponse(
-            {
-                "id": accepted.document_id,
-                "uniqueId": accepted.unique_id,
-                "kind": accepted.kind,
-                "version": accepted.version,
-                "status": {"code": "received", "label": STATUS_LABELS["received"]},
-                "url": url,
-                "page": f"/documents/{accepted.document_id}",
-            },
-            status_code=202,
-            headers={"location": url},
-        )
-
-    # ---- pages ------------------------------------------------------------------------------------------
-    @router.get("/documents", response_class=HTMLResponse, include_in_schema=False)
-    async def page_documents(
-        request: Request,
-        actor: Reader,
-        statut: str = "",
-        site: str = "",
-        q: str = "",
-        page: int = 1,
-        msg: str = "",
-    ) -> HTMLResponse:
-        per_page = 50
-
-        def _q() -> dict[str, Any]:
-            with db.session() as s:
-                items, total, counts = search_documents(
-                    s,
-                    status=statut or None,
-                    patient_id=None,
-                    site=int(site) if site.isdigit() else None,
-                    q=q or None,
-                    limit=per_page,
-                    offset=(max(page, 1) - 1) * per_page,
-                )
-                _audit_list(s, actor, items, "suivi des flux documentaires")
-                return {
-                    "documents": items,
-                    "total": total,
-                    "counts": counts,
-                    "sites": s.scalars(
-                        select(Structure).where(Structure.kind == "EG").order_by(Structure.name)
-                    ).all(),
-                }
-
-        ctx = await run(_q)
-        ctx.update(
-            request=request,
-            msg=msg,
-            statut=statut,
-            site=site,
-            q=q,
-            page=max(page, 1),
-            per_page=per_page,
-            STATUS_LABELS=STATUS_LABELS,
-            DOC_COLOURS=DOC_STATUS_COLOURS,
-        )
-        return TEMPLATES.TemplateResponse(request, "documents.html", ctx)
-
-    @router.get("/documents/{document_id}", response_class=HTMLResponse, include_in_schema=False)
-    async def page_document(request: Request, document_id: int, actor: Reader, msg: str = "") -> HTMLResponse:
-        def _q() -> dict[str, Any]:
-            with db.session() as s:
-                doc = _get_document(s, document_id)
-                s.add(
-                    AuditEvent(
-                        actor=actor,
-                        action="read_document_status",
-                        patient_id=doc.patient_id,
-                        reason="suivi des flux documentaires",
-                        detail={"document_id": doc.id},
-                    )
-                )
-                detail = document_detail(s, doc)
-                return {"d": detail, "holdable": doc.status in _HOLDABLE and not doc.held}
-
-        ctx = await run(_q)
-        ctx.update(
-            request=request,
-            msg=msg,
-            STATUS_LABELS=STATUS_LABELS,
-            DOC_COLOURS=DOC_STATUS_COLOURS,
-            ACTION_LABELS=ACTION_LABELS,
-            DESTINATION_LABELS=DESTINATION_LABELS,
-        )
-        return TEMPLATES.TemplateResponse(request, "document.html", ctx)
-
-    def back(document_id: int, msg: str) -> RedirectResponse:
-        return RedirectResponse(f"/documents/{document_id}?msg={quote(msg)}", status_code=303)
-
-    async def _action(
-        document_id: int, fn: Callable[[int, str], Any], actor: str, done: str
-    ) -> RedirectResponse:
-        try:
-            await run(fn, document_id, actor)
-        except HTTPException as exc:
-            if exc.status_code == 404:
-                raise
-            return back(document_id, str(exc.detail))
-        runtime.workers.wake()
-        return back(document_id, done)
-
-    @router.post("/documents/{document_id}/retenir", include_in_schema=False)
-    async def page_hold(document_id: int, actor: Writer) -> RedirectResponse:
-        return await _action(
-            document_id, _hold, actor, "Document retenu : il ne partira pas avant libération"
-        )
-
-    @router.post("/documents/{document_id}/liberer", include_in_schema=False)
-    async def page_release(document_id: int, actor: Writer) -> RedirectResponse:
-        return await _action(document_id, _release, actor, "Document libéré : le traitement reprend")
-
-    @router.post("/documents/{document_id}/relancer", include_in_schema=False)
-    async def page_retry(document_id: int, actor: Writer) -> RedirectResponse:
-        return await _action(document_id, _retry, actor, "Nouvel essai d'envoi programmé")
-
-    return router

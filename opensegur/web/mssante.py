@@ -8,20 +8,16 @@ The trend charts are inline SVG computed here: a handful of points needs no char
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import HTTPException
 from pydantic import BaseModel, Field
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select, true
 from sqlalchemy.orm import Session, selectinload
 
 from opensegur.content.cda import CdaHeader, parse_cda
@@ -29,7 +25,7 @@ from opensegur.content.crbio import ABNORMAL_INTERPRETATIONS
 from opensegur.flows.dmp_feed import STATUS_LABELS
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.identity.traits import normalise_name
-from opensegur.store.models import AuditEvent, Document, LabResult, Mail, Patient, Payload
+from opensegur.store.models import Document, LabResult, Mail, Patient, Payload
 from opensegur.transactions.mss_mail import XDM_SUBJECT_PREFIX, InboundMail, parse_inbound_mail
 from opensegur.transactions.xdm import read_xdm
 
@@ -43,7 +39,6 @@ __all__ = [
     "suggest_patients",
     "trend_chart",
     "patient_sections",
-    "create_mssante_router",
 ]
 
 _PARIS = ZoneInfo("Europe/Paris")
@@ -93,25 +88,6 @@ INTERPRETATION_LABELS = {
     "W": "Aggravation",
     "B": "Amélioration",
 }
-
-
-def _allow(permission: str) -> Callable[[Request], str]:
-    """The app's route guard, looked up at request time: web.app imports this module."""
-
-    def check(request: Request) -> str:
-        from opensegur.web.app import allow
-
-        return allow(permission)(request)
-
-    return check
-
-
-Reader = Annotated[str, Depends(_allow("mssante:read"))]
-Writer = Annotated[str, Depends(_allow("mssante:write"))]
-RecordReader = Annotated[str, Depends(_allow("documents:read"))]
-
-
-# ---- display helpers ------------------------------------------------------------------------------------------
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -342,9 +318,14 @@ def mail_hints(raw: bytes | None, subject: str | None = None) -> list[IdentityHi
     return hints
 
 
-def suggest_patients(s: Session, hints: Sequence[IdentityHint], limit: int = 5) -> list[dict[str, Any]]:
+def suggest_patients(
+    s: Session,
+    hints: Sequence[IdentityHint],
+    limit: int = 5,
+    visible: ColumnElement[bool] | None = None,
+) -> list[dict[str, Any]]:
     """Active local patients sharing an INS, a birth date or a family name with the hints, ranked by
-    :func:`rank_candidates`."""
+    :func:`rank_candidates`; ``visible`` keeps only the patients the reader may see."""
     matricules = {m for h in hints for m in (h.ins_matricule, h.ins_claimed) if m}
     dates = {h.birth_date for h in hints if h.birth_date}
     names = {" ".join(f.split()).upper() for h in hints for f in h.family_names if f.strip()}
@@ -360,7 +341,10 @@ def suggest_patients(s: Session, hints: Sequence[IdentityHint], limit: int = 5) 
     rows = {
         p.id: p
         for p in s.scalars(
-            select(Patient).where(Patient.active.is_(True), or_(*conditions)).order_by(Patient.id).limit(500)
+            select(Patient)
+            .where(Patient.active.is_(True), or_(*conditions), visible if visible is not None else true())
+            .order_by(Patient.id)
+            .limit(500)
         )
     }
     ranked = rank_candidates(hints, (Candidate.of(p) for p in rows.values()), limit)
@@ -556,7 +540,7 @@ def result_charts(rows: Sequence[LabResult]) -> list[Chart]:
     return sorted(charts, key=lambda c: c.title)
 
 
-def _document_items(s: Session, patient_id: int) -> list[dict[str, Any]]:
+def document_items(s: Session, patient_id: int) -> list[dict[str, Any]]:
     docs = list(
         s.scalars(
             select(Document)
@@ -612,11 +596,11 @@ def patient_sections(s: Session, patient_id: int) -> dict[str, Any]:
                 "when": _when_fr(r.observed_at),
             }
         )
-    documents = [{**d, "when": _when_fr(d["date"])} for d in _document_items(s, patient_id)]
+    documents = [{**d, "when": _when_fr(d["date"])} for d in document_items(s, patient_id)]
     return {"patient_documents": documents, "lab_results": results, "lab_charts": result_charts(rows)}
 
 
-def _mail_summary(m: Mail, now: datetime) -> dict[str, Any]:
+def mail_summary(m: Mail, now: datetime) -> dict[str, Any]:
     return {
         "id": m.id,
         "mailbox": m.mailbox,
@@ -631,16 +615,16 @@ def _mail_summary(m: Mail, now: datetime) -> dict[str, Any]:
     }
 
 
-def _raw(s: Session, m: Mail) -> bytes | None:
+def raw_mail(s: Session, m: Mail) -> bytes | None:
     if not m.payload_sha256:
         return None
     payload = s.get(Payload, m.payload_sha256)
     return payload.data if payload is not None else None
 
 
-def _mail_detail(s: Session, m: Mail) -> dict[str, Any]:
-    raw = _raw(s, m)
-    out = _mail_summary(m, datetime.now(UTC))
+def mail_detail(s: Session, m: Mail, visible: ColumnElement[bool] | None = None) -> dict[str, Any]:
+    raw = raw_mail(s, m)
+    out = mail_summary(m, datetime.now(UTC))
     out.update(headers=[], attachments=[], body=None, unreadable=None)
     if raw is None:
         out["unreadable"] = "Contenu brut du courriel indisponible"
@@ -666,18 +650,18 @@ def _mail_detail(s: Session, m: Mail) -> dict[str, Any]:
             out["body"] = (
                 body[:_MAX_BODY_SHOWN] + ("…" if len(body) > _MAX_BODY_SHOWN else "") if body else None
             )
-    out["suggestions"] = suggest_patients(s, mail_hints(raw, m.subject))
+    out["suggestions"] = suggest_patients(s, mail_hints(raw, m.subject), visible=visible)
     return out
 
 
-def _get_mail(s: Session, mail_id: int) -> Mail:
+def get_mail(s: Session, mail_id: int) -> Mail:
     m = s.get(Mail, mail_id)
     if m is None or m.direction != "in":
         raise HTTPException(404, "Courriel inconnu")
     return m
 
 
-def _get_patient(s: Session, patient_id: int) -> Patient:
+def get_patient(s: Session, patient_id: int) -> Patient:
     p = s.get(Patient, patient_id)
     if p is None:
         raise HTTPException(404, "Patient inconnu")
@@ -795,240 +779,3 @@ class TriageOutcome(BaseModel):
     mail_id: int
     status: StatusOut
     patient_id: int | None
-
-
-# ---- router ---------------------------------------------------------------------------------------------------
-
-
-def create_mssante_router(runtime: Any) -> APIRouter:
-    """Routes of the MSSanté triage and of the patient's documents and results (API and pages)."""
-    from opensegur.web.app import TEMPLATES
-
-    router = APIRouter()
-    db = runtime.db
-
-    def run(fn: Callable[..., Any], *args: Any) -> Any:
-        return asyncio.to_thread(fn, *args)
-
-    def _triage(
-        mailbox: str | None, limit: int, offset: int
-    ) -> tuple[list[Mail], int, list[tuple[str, int]]]:
-        with db.session() as s:
-            base = select(Mail).where(Mail.direction == "in", Mail.status == "triage")
-            counts = s.execute(
-                select(Mail.mailbox, func.count())
-                .where(Mail.direction == "in", Mail.status == "triage")
-                .group_by(Mail.mailbox)
-                .order_by(Mail.mailbox)
-            ).all()
-            if mailbox:
-                base = base.where(Mail.mailbox == mailbox)
-            total = s.scalar(select(func.count()).select_from(base.order_by(None).subquery())) or 0
-            rows = list(s.scalars(base.order_by(Mail.created_at, Mail.id).limit(limit).offset(offset)))
-            return rows, total, [(b, n) for b, n in counts]
-
-    async def _act(
-        kind: Literal["attach", "reject"],
-        mail_id: int,
-        actor: str,
-        reason: str | None,
-        patient_id: int | None = None,
-    ) -> dict[str, Any]:
-        motif = " ".join((reason or "").split())
-        if len(motif) < 3:
-            raise HTTPException(422, "Motif obligatoire (3 caractères au moins)")
-        if kind == "attach" and patient_id is None:
-            raise HTTPException(422, "Patient à rattacher obligatoire (patient_id)")
-
-        def _check() -> None:
-            with db.session() as s:
-                m = _get_mail(s, mail_id)
-                if m.status != "triage":
-                    label = MAIL_STATUS_LABELS.get(m.status, m.status)
-                    raise HTTPException(409, f"Ce courriel n'est plus à trier (statut : {label})")
-                if patient_id is not None:
-                    p = _get_patient(s, patient_id)
-                    if not p.active:
-                        raise HTTPException(
-                            409,
-                            f"Identité inactive (fusionnée dans n° {p.merged_into_id}) : rattacher à l'active",
-                        )
-
-        await run(_check)
-        try:
-            from opensegur.flows import mss_inbound
-        except ImportError as exc:
-            raise HTTPException(
-                503, "Tri indisponible : le traitement des courriels entrants n'est pas installé"
-            ) from exc
-        fn: Callable[..., Any]
-        args: tuple[Any, ...]
-        if kind == "attach":
-            fn, args = mss_inbound.attach, (db, mail_id, patient_id, actor, motif)
-        else:
-            fn, args = mss_inbound.reject, (db, mail_id, motif, actor)
-        try:
-            if inspect.iscoroutinefunction(fn):
-                await fn(*args)
-            else:
-                await run(fn, *args)
-        except (ValueError, LookupError) as exc:
-            raise HTTPException(409, getattr(exc, "message_fr", None) or str(exc)) from exc
-        runtime.workers.wake()
-
-        def _after() -> dict[str, Any]:
-            with db.session() as s:
-                m = _get_mail(s, mail_id)
-                return {
-                    "mail_id": m.id,
-                    "status": {"code": m.status, "label": MAIL_STATUS_LABELS.get(m.status, m.status)},
-                    "patient_id": m.patient_id,
-                }
-
-        return await run(_after)
-
-    # ---- API ----------------------------------------------------------------------------------------------
-    @router.get(
-        "/api/v1/patients/{patient_id}/documents", tags=["documents"], response_model=PatientDocuments
-    )
-    async def api_patient_documents(patient_id: int, actor: RecordReader) -> dict[str, Any]:
-        """Tous les documents du patient : produits (DPI, dépôt API) et reçus par MSSanté."""
-
-        def _q() -> dict[str, Any]:
-            with db.session() as s:
-                _get_patient(s, patient_id)
-                items = _document_items(s, patient_id)
-                s.add(AuditEvent(actor=actor, action="list_documents", patient_id=patient_id, reason="api"))
-                return {"patient_id": patient_id, "total": len(items), "items": items}
-
-        return await run(_q)
-
-    @router.get("/api/v1/patients/{patient_id}/results", tags=["documents"], response_model=LabResults)
-    async def api_patient_results(
-        patient_id: int,
-        actor: RecordReader,
-        loinc: str | None = Query(None, description="ne garder qu'une analyse (code LOINC)"),
-    ) -> dict[str, Any]:
-        """Résultats de biologie structurés (CR-BIO niveau 3), du plus récent au plus ancien."""
-
-        def _q() -> dict[str, Any]:
-            with db.session() as s:
-                _get_patient(s, patient_id)
-                items = [result_json(r) for r in lab_results(s, patient_id, loinc)]
-                s.add(AuditEvent(actor=actor, action="read_lab_results", patient_id=patient_id, reason="api"))
-                return {"patient_id": patient_id, "total": len(items), "items": items}
-
-        return await run(_q)
-
-    @router.get("/api/v1/mssante/triage", tags=["mssante"], response_model=TriageList)
-    async def api_triage(
-        actor: Reader,
-        mailbox: str | None = Query(None, description="boîte aux lettres de l'établissement"),
-        limit: int = Query(50, ge=1, le=200),
-        offset: int = Query(0, ge=0),
-    ) -> dict[str, Any]:
-        """Courriels reçus qu'aucune règle n'a pu rattacher à un patient, les plus anciens d'abord."""
-
-        def _q() -> dict[str, Any]:
-            rows, total, counts = _triage(mailbox, limit, offset)
-            now = datetime.now(UTC)
-            with db.session() as s:
-                items = []
-                for m in rows:
-                    item = _mail_summary(m, now)
-                    item["suggestions"] = suggest_patients(s, mail_hints(_raw(s, m), m.subject))
-                    items.append(item)
-                s.add(
-                    AuditEvent(
-                        actor=actor,
-                        action="list_triage_mail",
-                        reason="tri MSSanté",
-                        detail={"mails": [m.id for m in rows]},
-                    )
-                )
-            return {
-                "total": total,
-                "mailboxes": [{"mailbox": b, "count": n} for b, n in counts],
-                "items": items,
-            }
-
-        return await run(_q)
-
-    @router.post("/api/v1/mssante/triage/{mail_id}/attach", tags=["mssante"], response_model=TriageOutcome)
-    async def api_attach(mail_id: int, body: AttachRequest, actor: Writer) -> dict[str, Any]:
-        """Rattacher un courriel en attente de tri à un patient local (motif obligatoire, tracé)."""
-        return await _act("attach", mail_id, actor, body.reason, body.patient_id)
-
-    @router.post("/api/v1/mssante/triage/{mail_id}/reject", tags=["mssante"], response_model=TriageOutcome)
-    async def api_reject(mail_id: int, body: RejectRequest, actor: Writer) -> dict[str, Any]:
-        """Rejeter un courriel en attente de tri : l'expéditeur reçoit le motif (accusé MDN de refus)."""
-        return await _act("reject", mail_id, actor, body.reason)
-
-    # ---- pages --------------------------------------------------------------------------------------------
-    @router.get("/mssante/triage", response_class=HTMLResponse, include_in_schema=False)
-    async def page_triage(request: Request, actor: Reader, bal: str = "", msg: str = "") -> HTMLResponse:
-        rows, total, counts = await run(_triage, bal or None, 500, 0)
-        now = datetime.now(UTC)
-        ctx = {
-            "request": request,
-            "msg": msg,
-            "mails": [_mail_summary(m, now) for m in rows],
-            "total": total,
-            "mailboxes": counts,
-            "all_count": sum(n for _, n in counts),
-            "bal": bal,
-        }
-        return TEMPLATES.TemplateResponse(request, "mss_triage.html", ctx)
-
-    @router.get("/mssante/triage/{mail_id}", response_class=HTMLResponse, include_in_schema=False)
-    async def page_mail(request: Request, mail_id: int, actor: Reader, msg: str = "") -> HTMLResponse:
-        def _q() -> dict[str, Any]:
-            with db.session() as s:
-                m = _get_mail(s, mail_id)
-                s.add(
-                    AuditEvent(
-                        actor=actor,
-                        action="read_mail",
-                        patient_id=m.patient_id,
-                        reason="tri MSSanté",
-                        detail={"mail_id": m.id},
-                    )
-                )
-                return _mail_detail(s, m)
-
-        detail = await run(_q)
-        for sug in detail["suggestions"]:
-            sug["birth_fr"] = sug["birth_date"].strftime("%d/%m/%Y") if sug["birth_date"] else "—"
-        return TEMPLATES.TemplateResponse(
-            request, "mss_mail.html", {"request": request, "msg": msg, "m": detail}
-        )
-
-    def back(mail_id: int, msg: str) -> RedirectResponse:
-        return RedirectResponse(f"/mssante/triage/{mail_id}?msg={quote(msg)}", status_code=303)
-
-    async def _page_act(
-        kind: Literal["attach", "reject"], mail_id: int, actor: str, motif: str, patient_id: int | None = None
-    ) -> RedirectResponse:
-        try:
-            outcome = await _act(kind, mail_id, actor, motif, patient_id)
-        except HTTPException as exc:
-            if exc.detail == "Courriel inconnu":
-                raise
-            return back(mail_id, str(exc.detail))
-        if kind == "attach":
-            done = f"Courriel rattaché au patient n° {patient_id} ({outcome['status']['label'].lower()})"
-        else:
-            done = "Courriel rejeté : l'expéditeur est informé du motif"
-        return RedirectResponse(f"/mssante/triage?msg={quote(done)}", status_code=303)
-
-    @router.post("/mssante/triage/{mail_id}/rattacher", include_in_schema=False)
-    async def page_attach(
-        mail_id: int, actor: Writer, patient_id: int = Form(...), motif: str = Form("")
-    ) -> RedirectResponse:
-        return await _page_act("attach", mail_id, actor, motif, patient_id)
-
-    @router.post("/mssante/triage/{mail_id}/rejeter", include_in_schema=False)
-    async def page_reject(mail_id: int, actor: Writer, motif: str = Form("")) -> RedirectResponse:
-        return await _page_act("reject", mail_id, actor, motif)
-
-    return router

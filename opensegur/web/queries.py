@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select, true
 from sqlalchemy.orm import Session, selectinload
 
 from opensegur.flows.identity_feed import probable_duplicates
@@ -24,12 +24,15 @@ class PatientFilter:
     include_inactive: bool = False
     limit: int = 200
     offset: int = 0
+    visible: ColumnElement[bool] | None = None  # the reader's scope (web.deps.patient_filter)
 
 
 def search_patients(s: Session, f: PatientFilter) -> tuple[list[Patient], int]:
     stmt = select(Patient).options(selectinload(Patient.identifiers), selectinload(Patient.structure))
     if not f.include_inactive:
         stmt = stmt.where(Patient.active.is_(True))
+    if f.visible is not None:
+        stmt = stmt.where(f.visible)
     if f.ins:
         stmt = stmt.where(Patient.ins_matricule == "".join(f.ins.split()).upper())
     if f.ipp:
@@ -58,11 +61,11 @@ def search_patients(s: Session, f: PatientFilter) -> tuple[list[Patient], int]:
     return list(rows), total
 
 
-def ins_metrics(s: Session) -> dict[str, Any]:
-    """Share of active identities that are qualified, overall and per site."""
+def ins_metrics(s: Session, visible: ColumnElement[bool] | None = None) -> dict[str, Any]:
+    """Share of active identities that are qualified, overall and per site (within ``visible`` if given)."""
     rows = s.execute(
         select(Patient.structure_id, Patient.status, func.count())
-        .where(Patient.active.is_(True))
+        .where(Patient.active.is_(True), visible if visible is not None else true())
         .group_by(Patient.structure_id, Patient.status)
     ).all()
     sites = {st.id: st for st in s.scalars(select(Structure).where(Structure.kind == "EG"))}
@@ -96,8 +99,12 @@ def ins_metrics(s: Session) -> dict[str, Any]:
     }
 
 
-def open_alerts(s: Session, patient_id: int | None = None, limit: int = 50) -> list[IdentityAlert]:
+def open_alerts(
+    s: Session, patient_id: int | None = None, limit: int = 50, visible: ColumnElement[bool] | None = None
+) -> list[IdentityAlert]:
     stmt = select(IdentityAlert).where(IdentityAlert.open.is_(True))
+    if visible is not None:
+        stmt = stmt.where(IdentityAlert.patient_id.in_(select(Patient.id).where(visible)))
     if patient_id is not None:
         stmt = stmt.where(
             or_(IdentityAlert.patient_id == patient_id, IdentityAlert.other_patient_id == patient_id)

@@ -8,21 +8,22 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from opensegur.connectors.annuaire_client import AnnuaireClient
 from opensegur.sandbox.annuaire import SANDBOX_API_KEY
-from opensegur.web.annuaire import create_annuaire_web_router
+from opensegur.security.actor import Actor
+from opensegur.web.deps import AccessRefused
+from opensegur.web.routes.annuaire import router
+from tests.actors import EVERYONE, act_as
 from tests.annuaire.conftest import closed_port
 
 
-def web_app(client: AnnuaireClient | None, api_token: str | None = None) -> FastAPI:
-    from pydantic import SecretStr
-
+def web_app(client: AnnuaireClient | None, actor: Actor | None = EVERYONE) -> FastAPI:
     app = FastAPI()
-    token = SecretStr(api_token) if api_token else None
-    app.state.runtime = SimpleNamespace(settings=SimpleNamespace(api_token=token))
-    app.include_router(create_annuaire_web_router(lambda: client))
-    return app
+    app.state.runtime = SimpleNamespace(settings=SimpleNamespace(), annuaire=client)
+    app.include_router(router)
+    return act_as(app, actor)  # type: ignore[no-any-return]
 
 
 async def http_for(app: FastAPI) -> httpx.AsyncClient:
@@ -131,13 +132,14 @@ async def test_api_errors_map_to_http_statuses(web: httpx.AsyncClient, down: htt
     assert r.status_code == 503 and "injoignable" in r.json()["detail"]
 
 
-async def test_api_requires_the_bearer_token_when_one_is_set(client: AnnuaireClient) -> None:
-    async with await http_for(web_app(client, api_token="secret")) as http:
+async def test_api_refuses_nobody_and_answers_a_logged_in_reader(client: AnnuaireClient) -> None:
+    app = web_app(client, None)
+    app.add_exception_handler(
+        AccessRefused, lambda req, exc: JSONResponse({"detail": exc.message}, exc.status)
+    )
+    async with await http_for(app) as http:
         r = await http.get("/api/v1/annuaire/practitioners", params={"name": "hoda"})
-        assert r.status_code == 401
-        r = await http.get(
-            "/api/v1/annuaire/practitioners",
-            params={"name": "hoda"},
-            headers={"Authorization": "Bearer secret"},
-        )
+        assert r.status_code == 401 and r.json()["detail"] == "Connexion requise"
+    async with await http_for(web_app(client)) as http:
+        r = await http.get("/api/v1/annuaire/practitioners", params={"name": "hoda"})
         assert r.status_code == 200 and r.json()["total"] == 1

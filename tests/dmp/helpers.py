@@ -23,6 +23,7 @@ from opensegur.server import Platform, Runtime
 from opensegur.store.models import Delivery, Document, Exchange, InboundMessage, Job
 from opensegur.transactions.zam import ZamMessage, parse_zam
 from opensegur.transport.mllp import MllpServer, send_message
+from tests.actors import act_as
 from tests.conftest import EXAMPLES
 
 VOLET = EXAMPLES / "Vague 2" / "Trans_Doc-CDA-HL7V2" / "TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1"
@@ -84,6 +85,7 @@ async def running_platform(
     options.update(overrides)
     p = Platform(Settings(**options))
     rt = await p.start()
+    act_as(rt.app)
     try:
         yield rt, dpi
     finally:

@@ -14,7 +14,7 @@ import pytest
 
 from bench.mdm_factory import document_id, mdm
 from opensegur.transport.mllp import MllpFramingError, send_message
-from tests.test_server import start, stop
+from tests.test_server import start, stop, system_token
 
 TOTAL = 1000
 INS = "279035121518989"
@@ -65,6 +65,8 @@ def test_sigkill_mid_burst_then_restart_delivers_each_document_once(
 
     # Restart on the same data; the DPI sends again everything it did not see acknowledged.
     server = start(tmp_path, "--demo", env=env)
+    reader = system_token(tmp_path, "secretaire_medicale", "supervision-documents")
+    supervisor = system_token(tmp_path, "admin_technique", "supervision-travaux")
     try:
         pending = [n for n in range(TOTAL) if n not in acked_before_kill]
         lanes = [pending[k::4] for k in range(4)]
@@ -82,7 +84,10 @@ def test_sigkill_mid_burst_then_restart_delivers_each_document_once(
         def sent() -> int:
             # No ZAM endpoint in the demo: a document delivered to the DMP stays "sent" (nobody to acknowledge to).
             page = httpx.get(
-                f"{server.http}/api/v1/documents", params={"status": "sent", "limit": 1}, timeout=120
+                f"{server.http}/api/v1/documents",
+                params={"status": "sent", "limit": 1},
+                headers=reader,
+                timeout=120,
             ).json()
             return int(page["total"])
 
@@ -96,7 +101,7 @@ def test_sigkill_mid_burst_then_restart_delivers_each_document_once(
         found = [e["uniqueId"] for e in entries if e["uniqueId"] in wanted]
         assert len(set(found)) == TOTAL, f"{len(set(found))} distinct documents in the DMP"
         assert len(found) == TOTAL  # and none twice
-        dead = httpx.get(f"{server.http}/api/v1/jobs", params={"status": "dead"}).json()
+        dead = httpx.get(f"{server.http}/api/v1/jobs", params={"status": "dead"}, headers=supervisor).json()
         assert dead == []
     finally:
         assert stop(server) == 0

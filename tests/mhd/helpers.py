@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from opensegur.identity.ins import OID_NIR_TEST
 from opensegur.web.app import create_app
+from tests.actors import act_as
 from tests.conftest import EXAMPLES
 from tests.web.test_rest_intake import RPPS
 
@@ -29,7 +30,7 @@ _numbers = itertools.count(1)
 
 
 def app_for(runtime: Any) -> FastAPI:
-    return create_app(runtime)
+    return act_as(create_app(runtime))  # type: ignore[no-any-return]
 
 
 def new_master() -> str:

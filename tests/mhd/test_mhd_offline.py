@@ -10,12 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from opensegur.config import Settings
 from opensegur.flows.identity_gate import JOB_PROCESS
+from opensegur.security.tokens import create_token
 from opensegur.store.models import AuditEvent, Document, Job, Structure
+from opensegur.web.app import create_app
 from tests.dmp.helpers import adt, pid_segment
 from tests.mhd.helpers import (
     CDA_V1,
@@ -445,23 +445,26 @@ async def test_over_limit_bodies_get_413_while_streaming(offline: Offline) -> No
     assert processing_jobs(offline) == 0
 
 
-async def test_bearer_token_is_required_when_configured(offline: Offline, fhir: httpx.AsyncClient) -> None:
-    offline.settings = Settings(data_dir=offline.settings.data_dir, api_token=SecretStr("jeton-secret"))
+async def test_a_system_token_is_required(offline: Offline) -> None:
+    with offline.db.session() as s:
+        secret = create_token(s, "dpi-mhd", "secretaire_medicale")
+    fhir = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(offline)), base_url="http://t")
     b = bundle(document(make_pdf(), subject_of(offline, qualified_patient(offline.db))))
     for headers in ({}, {"authorization": "Bearer contrefait"}):
         r = await fhir.post("/fhir", content=json.dumps(b), headers={"content-type": FHIR_JSON, **headers})
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-        assert issue(r)["code"] == "login" and "Jeton d'accès" in issue(r)["diagnostics"]
+        assert issue(r)["code"] == "login" and "Connexion requise" in issue(r)["diagnostics"]
         assert (await fhir.get("/fhir/DocumentReference/1", headers=headers)).status_code == 401
     assert processing_jobs(offline) == 0
     r = await fhir.post(
         "/fhir",
         content=json.dumps(b),
-        headers={"content-type": FHIR_JSON, "authorization": "Bearer jeton-secret"},
+        headers={"content-type": FHIR_JSON, "authorization": f"Bearer {secret}"},
     )
     assert r.status_code == 200, r.text
     with offline.db.session() as s:
-        assert s.scalars(select(Document.context)).one()["mhd"]["actor"] == "api"
+        assert s.scalars(select(Document.context)).one()["mhd"]["actor"] == "dpi-mhd"
+    await fhir.aclose()
 
 
 async def test_capability_statement_and_unknown_reference(fhir: httpx.AsyncClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -11,7 +12,8 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from opensegur.store.models import AuditEvent, Document, Job, Mail, Patient
-from opensegur.web.mss_outbound_api import create_mss_outbound_router
+from opensegur.web.routes.mss_outbound import router
+from tests.actors import EVERYONE, act_as
 from tests.dmp.helpers import INS, adt, mdm, new_number, pid_segment, uid
 from tests.flows.test_mss_outbound import PATIENT_BOX, Rig, body, rig, with_flags
 
@@ -23,8 +25,9 @@ OTHER_PS = "dr.martin@hopital-b.mssante.fr"
 @pytest.fixture
 def api(rig: Rig) -> httpx.AsyncClient:
     app = FastAPI()
-    app.state.runtime = SimpleNamespace(db=rig.db, settings=SimpleNamespace(api_token=None), workers=rig.pool)
-    app.include_router(create_mss_outbound_router(app.state.runtime))
+    app.state.runtime = SimpleNamespace(db=rig.db, settings=SimpleNamespace(), workers=rig.pool)
+    app.include_router(router)
+    act_as(app, dataclasses.replace(EVERYONE, name="secretariat"))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
@@ -47,7 +50,6 @@ async def test_appointment_for_a_qualified_patient(rig: Rig, api: httpx.AsyncCli
             "place": "Consultations externes, porte 4",
             "preparation": "Apporter votre carte Vitale.",
         },
-        headers={"x-opensegur-user": "secretariat"},
     )
     assert r.status_code == 202, r.text
     queued = r.json()

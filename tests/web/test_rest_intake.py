@@ -30,6 +30,7 @@ from opensegur.server import Platform, Runtime
 from opensegur.store.db import Database
 from opensegur.store.models import AuditEvent, Job, Patient
 from opensegur.web.app import create_app
+from tests.actors import act_as
 
 # ---- shared fixtures (also imported by test_documents_api) --------------------------------------------------
 
@@ -82,7 +83,7 @@ def offline(tmp_path: Path) -> Iterator[Offline]:
 
 @pytest.fixture
 async def client(offline: Offline) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(offline))
+    transport = httpx.ASGITransport(app=act_as(create_app(offline)))
     async with httpx.AsyncClient(transport=transport, base_url="http://opensegur.test") as c:
         yield c
 
@@ -109,6 +110,7 @@ async def running(tmp_path: Path, cache: Path, **overrides: Any) -> AsyncIterato
     }
     p = Platform(Settings(**options))
     rt = await p.start()
+    act_as(rt.app)
     try:
         yield rt
     finally:
