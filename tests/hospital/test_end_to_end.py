@@ -4,8 +4,10 @@ its DPI; an ADT from an IPP domain it did not declare is refused with the file t
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import hl7
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -13,9 +15,12 @@ from opensegur.config import Settings
 from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.hospital.apply import load_and_apply
 from opensegur.hospital.loader import ConfigInvalid
+from opensegur.security import accounts
+from opensegur.security.matrix import Assignment, Scope
 from opensegur.server import Platform
 from opensegur.store.db import Database
 from opensegur.store.models import ConfigVersion, Structure
+from opensegur.web.app import create_app
 from tests.flows.helpers import hl7 as msg
 from tests.flows.helpers import msh, patient_by_ipp, pid
 
@@ -81,3 +86,33 @@ async def test_reload_applies_a_valid_directory_and_keeps_the_last_on_an_invalid
             assert s.scalar(select(Structure.ipp_authority).where(Structure.finess == SUD)) == "CHMV-S"
     finally:
         platform.db.dispose()
+
+
+async def test_its_users_log_in_and_see_the_patients_of_their_site(db: Database, tmp_path: Path) -> None:
+    """The same hospital's roles (its roles.toml, not the demo's) govern what its people see once logged in."""
+    hospital, _ = load_and_apply(db, write_config(tmp_path), "admin.test")
+    intake = Hl7Intake(db)
+    sud = pid("5101", name="GARONNE").replace("CHU-X&000897406&N", "CHMV-S&1.2.250.1.999.77.2&ISO")
+    nord = pid("5102", name="DORDOGNE").replace("CHU-X&000897406&N", "CHMV-N&1.2.250.1.999.77.1&ISO")
+    assert intake.handle(from_dpi("MV11", sud)).ack_code == "AA"
+    assert intake.handle(from_dpi("MV12", nord)).ack_code == "AA"
+    password = "mot-de-passe-montval-2026"
+    with db.session() as s:
+        accounts.create_account(
+            s,
+            "sec.sud",
+            "Secrétariat Sud",
+            [Assignment("secretaire_medicale", Scope.parse(f"site:{SUD}"))],
+            password,
+        )
+    runtime = SimpleNamespace(settings=Settings(data_dir=tmp_path), db=db, workers=None, hospital=hospital)
+    transport = httpx.ASGITransport(app=create_app(runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="http://chmv.test") as web:
+        r = await web.post("/connexion", data={"login": "sec.sud", "password": password})
+        assert r.status_code == 303 and r.headers["location"] == "/identites"
+        listed = (await web.get("/api/v1/patients")).json()["items"]
+        assert [p["traits"]["birth_name"] for p in listed] == [
+            "GARONNE"
+        ]  # the Nord patient is not in her scope
+        # This hospital's secretaries may not send documents: its roles.toml grants no documents.send.
+        assert (await web.post("/api/v1/mssante/appointments", json={})).status_code == 403
