@@ -11,20 +11,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from opensegur.security.actor import Actor
+from opensegur.security.defaults import default_matrix
 from opensegur.security.matrix import Assignment, Scope
 from opensegur.web.deps import current_actor
 
-DEMO_ROLES = (
-    "medecin",
-    "interne",
-    "sage_femme",
-    "ide",
-    "manipulateur",
-    "secretaire_medicale",
-    "dim",
-    "identitovigilant",
-    "admin_technique",
-)
+# The demo GHT's roles (ops/demo_ght/roles.toml), in the order the file declares them.
+DEMO_ROLES = tuple(default_matrix().roles)
 
 EVERYONE = Actor(
     kind="person",

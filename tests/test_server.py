@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import sqlite3
@@ -24,7 +23,7 @@ from playwright.sync_api import Page
 
 from opensegur.ops.demo_accounts import DEMO_ACCOUNTS, DemoAccount
 from opensegur.transport.mllp import send_message
-from tests.browser import browser_page, log_in, screenshot
+from tests.browser import CHROMIUM, FLAGS, browser_page, log_in, screenshot
 from tests.conftest import EXAMPLES
 from tests.flows.helpers import hl7, msh, pid
 
@@ -313,17 +312,7 @@ def test_structures_and_professionals(served: Served) -> None:
     assert pros and all(p["idnat_ps"].startswith("8") and len(p["idnat_ps"]) == 12 for p in pros)
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM_FLAGS = ["--headless", *FLAGS]
 
 
 def chromium(tmp: Path, *args: str) -> str:
