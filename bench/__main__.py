@@ -1,10 +1,12 @@
-"""`make bench`: throughput of the identity feed and of INSi searches, each beside a bare baseline run here.
+"""`make bench`: throughput of the platform's flows and routes, each beside a bare baseline run here.
 
 Ratios, not absolute figures, are what we compare across machines:
 - identity feed: PAM FR messages over MLLP, end to end (frame, parse, RNIV rules, durable commit, ACK), against a
   bare MLLP server on the same SQLite settings that only stores the raw bytes and answers a fixed ACK.
 - INSi: searches through the connector, the SOAP stack and the sandbox over loopback HTTP, against a bare
   HTTP POST of the same bytes to a server that answers a constant body.
+- access control: a page with a session and an API route with a token, against the same routes of the same app
+  with the access decision bypassed (bench/auth.py says how and why).
 """
 
 from __future__ import annotations
@@ -528,6 +530,25 @@ async def main(args: argparse.Namespace) -> None:
                 base,
             )
         )
+    if "auth" in only:
+        from bench.auth import auth_data_parent, bench_auth
+
+        with tempfile.TemporaryDirectory(dir=auth_data_parent()) as tmp:
+            page, api = await bench_auth(args.requests, Path(tmp))
+        for label, fig in (("Page patient avec session", page), ("API patient avec jeton", api)):
+            rows.append(
+                (
+                    f"{label} (requêtes/s)",
+                    1e6 / fig.us,
+                    "même route, décision d'accès contournée",
+                    1e6 / fig.base_us,
+                )
+            )
+            notes.append(
+                f"{label} : {fig.us:,.0f} µs par requête, {fig.base_us:,.0f} µs sans la décision d'accès ; "
+                f"authentification + autorisation : {fig.added_us:+,.0f} µs écoulées, "
+                f"{fig.added_cpu_us:+,.0f} µs de CPU par requête"
+            )
     if "insi" in only:
         insis = [await bench_insi(args.searches) for _ in range(args.repeat)]
         ours = statistics.median(i[0] for i in insis)
@@ -543,7 +564,7 @@ async def main(args: argparse.Namespace) -> None:
     (out / "latest.md").write_text(table + "\n", encoding="utf-8")
 
 
-FLOWS = ("identity", "dmp", "mss", "insi")
+FLOWS = ("identity", "dmp", "mss", "insi", "auth")
 
 
 if __name__ == "__main__":
@@ -552,6 +573,7 @@ if __name__ == "__main__":
     parser.add_argument("--searches", type=int, default=300)
     parser.add_argument("--documents", type=int, default=300)
     parser.add_argument("--mails", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=240, help="per route and build (auth)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", nargs="+", choices=FLOWS, help="measure only these flows")
     asyncio.run(main(parser.parse_args()))

@@ -15,6 +15,7 @@ from opensegur.config import Settings
 from opensegur.hospital import cli as hospital_cli
 from opensegur.hospital.loader import ConfigInvalid
 from opensegur.security import cli as security_cli
+from opensegur.security import hr_cli
 from opensegur.transport import mllp_send
 
 
@@ -82,10 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     common(mig)
     mllp_send.register(sub)
     security_cli.register(sub)
+    hr_cli.register(sub)
 
     args = parser.parse_args(argv)
     settings = _settings(args)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.getLevelName(settings.log_level.upper())
+    # Libraries trace what they exchange at DEBUG (signxml the VIHF with the INS, imaplib the mails): only our
+    # own loggers, which never carry patient data, go below INFO.
+    logging.basicConfig(
+        level=max(level, logging.INFO) if isinstance(level, int) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("opensegur").setLevel(level if isinstance(level, int) else logging.INFO)
     # One line per HTTP request to the DMP or INSi would drown the flow's own messages; exchanges are stored.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if hasattr(args, "handler"):

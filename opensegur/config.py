@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 SECRET_HINT = "***"
@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     http_port: int = 8000
     mllp_port: int = 2575
     mllp_max_bytes: int = 20 * 1024 * 1024
+    # MLLP over TLS: the listener's certificate and key, and the CA (or bundle) that issued the DPIs' client
+    # certificates. All three or none; without them the listener speaks plain MLLP.
+    mllp_tls_cert: str | None = None
+    mllp_tls_key: str | None = None
+    mllp_tls_client_ca: str | None = None
     demo: bool = False
     # The hospital's configuration directory (TOML: GHT, sites, DPIs, mailboxes, roles); demo: the demo GHT's.
     config_dir: Path | None = None
@@ -115,6 +120,13 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _mllp_tls_complete(self) -> Settings:
+        given = (self.mllp_tls_cert, self.mllp_tls_key, self.mllp_tls_client_ca)
+        if any(given) and not all(given):
+            raise ValueError("MLLP sur TLS : mllp_tls_cert, mllp_tls_key et mllp_tls_client_ca vont ensemble")
+        return self
 
     @property
     def sandbox_on(self) -> bool:

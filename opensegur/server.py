@@ -41,6 +41,7 @@ from opensegur.flows.dmp_feed import (
 from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.flows.identity_gate import JOB_PROCESS
 from opensegur.flows.qualification import JOB_INSI_SEARCH, InsiUnavailableError, make_insi_job_handler
+from opensegur.flows.senders import SenderAllowlist
 from opensegur.flows.worker import Handler, RetryableError, WorkerPool
 from opensegur.hospital.apply import ApplyResult, load_and_apply
 from opensegur.hospital.loader import ConfigInvalid, ConfigProblem, load_directory
@@ -50,7 +51,7 @@ from opensegur.security.sealer import ANCHOR_FILE, run_sealer
 from opensegur.store.db import Database
 from opensegur.transactions.insi import InsiContext, InsiResult, InsiTraitsQuery
 from opensegur.transactions.lps_mdm import MessageRoute
-from opensegur.transport.mllp import MllpFramingError, MllpServer
+from opensegur.transport.mllp import MllpFramingError, MllpServer, tls_server_context
 
 log = logging.getLogger(__name__)
 
@@ -396,8 +397,20 @@ class Platform:
             log.warning("MLLP framing error: %s", err.code)
             return None
 
+        tls = (
+            tls_server_context(s.mllp_tls_cert, s.mllp_tls_key, s.mllp_tls_client_ca)
+            if s.mllp_tls_cert and s.mllp_tls_key and s.mllp_tls_client_ca
+            else None
+        )
         self.mllp = MllpServer(
-            handle, s.host, s.mllp_port, max_bytes=s.mllp_max_bytes, on_framing_error=on_framing_error
+            handle,
+            s.host,
+            s.mllp_port,
+            max_bytes=s.mllp_max_bytes,
+            on_framing_error=on_framing_error,
+            # Read at each connection: SIGHUP or the admin page's reload applies to the next one.
+            allow_peer=SenderAllowlist(lambda: rt.hospital),
+            ssl_context=tls,
         )
         await self.mllp.start()
         rt.mllp_port = self.mllp.port
@@ -495,6 +508,7 @@ class Platform:
         from opensegur.sandbox.annuaire import directory_mailboxes
         from opensegur.sandbox.app import create_sandbox_app
         from opensegur.sandbox.mssante import MssOperator
+        from opensegur.sandbox.psc import PscSandbox
         from opensegur.security.pki import ensure_test_pki
 
         s = self.settings
@@ -507,7 +521,12 @@ class Platform:
         sock = bind(s.host, s.sandbox_port)
         base = f"http://{s.host}:{sock.getsockname()[1]}"
         endpoints = sandbox_endpoints(base, pki, operator, mailboxes)
-        await self._serve_http(create_sandbox_app(data, pki, operator, endpoints if publish else None), sock)
+        # Pro Santé Connect: its signing key is made once under the sandbox's data directory.
+        psc = PscSandbox(data / "psc", f"{base}/psc")
+        endpoints["psc"] = psc.endpoints()
+        await self._serve_http(
+            create_sandbox_app(data, pki, operator, endpoints if publish else None, psc=psc), sock
+        )
         return SandboxHandle(pki, endpoints)
 
     async def run_sandbox_forever(self) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from opensegur.ops.demo import demo_config
+from opensegur.ops.demo import demo_config, luhn_complete
 from opensegur.security import accounts
 from opensegur.security.matrix import Assignment, Scope
 from opensegur.store.db import Database
@@ -26,6 +26,8 @@ class DemoAccount:
     role: str
     scope: str
     totp_secret: str | None  # base32; None: password only (a weak session)
+    # The RPPS of the demo professionals the sandbox Pro Santé Connect knows: their e-CPS logs them in too.
+    rpps: str | None = None
 
     @property
     def password(self) -> str:
@@ -34,13 +36,23 @@ class DemoAccount:
 
 DEMO_ACCOUNTS = (
     DemoAccount(
-        "dr.reault", "Dr Pierre RÉAULT", "medecin", f"unit:{SITE_1}/6268", "JBSWY3DPEHPK3PXPMEDECIN2"
+        "dr.reault",
+        "Dr Pierre RÉAULT",
+        "medecin",
+        f"unit:{SITE_1}/6268",
+        "JBSWY3DPEHPK3PXPMEDECIN2",
+        luhn_complete("1000000001"),
     ),
     DemoAccount("interne.lebrun", "Claire LEBRUN (interne)", "interne", f"unit:{SITE_1}/2201", None),
     DemoAccount(
-        "sf.okafor", "Daniel OKAFOR", "sage_femme", f"unit:{SITE_2}/1202", "JBSWY3DPEHPK3PXPSAGEFEM2"
+        "sf.okafor",
+        "Daniel OKAFOR",
+        "sage_femme",
+        f"unit:{SITE_2}/1202",
+        "JBSWY3DPEHPK3PXPSAGEFEM2",
+        luhn_complete("1000000004"),
     ),
-    DemoAccount("ide.morel", "Sophie MOREL", "ide", f"unit:{SITE_2}/1303", None),
+    DemoAccount("ide.morel", "Sophie MOREL", "ide", f"unit:{SITE_2}/1303", None, luhn_complete("1000000005")),
     DemoAccount("manip.girard", "Luc GIRARD", "manipulateur", f"unit:{SITE_1}/2201", None),
     DemoAccount(
         "secretariat", "Nadia BENALI", "secretaire_medicale", f"site:{SITE_1}", "JBSWY3DPEHPK3PXPSECRETA2"
@@ -66,6 +78,7 @@ def load_demo_accounts(db: Database) -> int:
                 demo.name,
                 [Assignment(demo.role, Scope.parse(demo.scope))],
                 demo.password,
+                rpps=demo.rpps,
                 source="demo",
                 by="demo",
             )

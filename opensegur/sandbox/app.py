@@ -14,11 +14,16 @@ from opensegur.sandbox.annuaire import create_annuaire_router
 from opensegur.sandbox.dmp.app import create_dmp_app
 from opensegur.sandbox.insi import create_insi_app
 from opensegur.sandbox.mssante import MssOperator, create_mssante_router
+from opensegur.sandbox.psc import PscSandbox, create_psc_router
 from opensegur.security.pki import TestPki
 
 
 def create_sandbox_app(
-    data_dir: Path, pki: TestPki, operator: MssOperator | None = None, endpoints: dict[str, Any] | None = None
+    data_dir: Path,
+    pki: TestPki,
+    operator: MssOperator | None = None,
+    endpoints: dict[str, Any] | None = None,
+    psc: PscSandbox | None = None,
 ) -> FastAPI:
     app = FastAPI(title="OpenSégur sandbox — services nationaux simulés")
     app.include_router(create_insi_app().router)
@@ -26,6 +31,8 @@ def create_sandbox_app(
     app.include_router(create_annuaire_router(), prefix="/annuaire")
     if operator is not None:
         app.include_router(create_mssante_router(operator))
+    if psc is not None:
+        app.include_router(create_psc_router(psc), prefix="/psc")
     if endpoints is not None:
         # The sandbox run on its own (`opensegur sandbox`) publishes where it listens, as the platform does.
         @app.get("/sandbox/endpoints", tags=["sandbox"])

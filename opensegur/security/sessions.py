@@ -21,11 +21,14 @@ from opensegur.store.models import Account, WebSession, utcnow
 __all__ = [
     "ABSOLUTE_EXPIRY",
     "IDLE_EXPIRY",
+    "lookup",
     "open_session",
     "resolve",
     "revoke",
     "revoke_all",
     "secret_digest",
+    "touch",
+    "touch_due",
     "upgrade_to_strong",
 ]
 
@@ -77,29 +80,51 @@ def open_session(
     return secret, row
 
 
-def resolve(
-    session: Session, secret: str, now: datetime | None = None, *, idle: timedelta = IDLE_EXPIRY
-) -> WebSession | None:
-    """The live session this cookie secret opens, or None: unknown, revoked, expired, idle too long, or its
+def lookup(
+    session: Session, secret: str, now: datetime, *, idle: timedelta = IDLE_EXPIRY
+) -> tuple[WebSession, Account] | None:
+    """The live session this cookie secret opens and its account, in one query that writes nothing (every
+    request runs it: a read transaction suffices); None when unknown, revoked, expired, idle too long, or the
     account deactivated."""
     if not secret or len(secret) > _SECRET_MAX:
         return None
-    now = now or utcnow()
-    row = session.scalar(
-        select(WebSession)
+    found = session.execute(
+        select(WebSession, Account)
         .join(Account, Account.id == WebSession.account_id)
         .where(
             WebSession.secret_sha256 == secret_digest(secret),
             WebSession.revoked_at.is_(None),
             Account.active.is_(True),
         )
-    )
-    if row is None:
+    ).first()
+    if found is None:
         return None
+    row, account = found
     last_seen = as_utc(row.last_seen_at)
     if as_utc(row.expires_at) <= now or last_seen + idle <= now:
         return None
-    if now - last_seen >= _TOUCH_EVERY:
+    return row, account
+
+
+def touch_due(row: WebSession, now: datetime) -> bool:
+    """Whether the idle deadline should move now (at most once a minute)."""
+    return now - as_utc(row.last_seen_at) >= _TOUCH_EVERY
+
+
+def touch(session: Session, session_id: int, now: datetime) -> None:
+    session.execute(update(WebSession).where(WebSession.id == session_id).values(last_seen_at=now))
+
+
+def resolve(
+    session: Session, secret: str, now: datetime | None = None, *, idle: timedelta = IDLE_EXPIRY
+) -> WebSession | None:
+    """:func:`lookup`, moving the idle deadline in the same (write) transaction when it is due."""
+    now = now or utcnow()
+    found = lookup(session, secret, now, idle=idle)
+    if found is None:
+        return None
+    row = found[0]
+    if touch_due(row, now):
         row.last_seen_at = now
         session.flush()
     return row

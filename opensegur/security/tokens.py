@@ -10,7 +10,7 @@ import hashlib
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from opensegur.security.actor import Actor
@@ -85,17 +85,32 @@ def create_token(
     return secret
 
 
-def resolve_token(session: Session, secret: str, now: datetime | None = None) -> ApiToken | None:
-    """The live token with this secret, or None: unknown, forged, revoked or expired."""
+def lookup_token(session: Session, secret: str, now: datetime) -> ApiToken | None:
+    """The live token with this secret, or None (unknown, forged, revoked or expired); writes nothing."""
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > _SECRET_MAX:
         return None
-    now = now or utcnow()
     token = session.scalar(
         select(ApiToken).where(ApiToken.secret_sha256 == _digest(secret), ApiToken.revoked_at.is_(None))
     )
     if token is None or (token.expires_at is not None and as_utc(token.expires_at) <= now):
         return None
-    if token.last_used_at is None or now - as_utc(token.last_used_at) >= _TOUCH_EVERY:
+    return token
+
+
+def use_due(token: ApiToken, now: datetime) -> bool:
+    """Whether ``last_used_at`` should be written now (at most once a minute)."""
+    return token.last_used_at is None or now - as_utc(token.last_used_at) >= _TOUCH_EVERY
+
+
+def mark_used(session: Session, token_id: int, now: datetime) -> None:
+    session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+
+
+def resolve_token(session: Session, secret: str, now: datetime | None = None) -> ApiToken | None:
+    """:func:`lookup_token`, recording the use in the same (write) transaction when it is due."""
+    now = now or utcnow()
+    token = lookup_token(session, secret, now)
+    if token is not None and use_due(token, now):
         token.last_used_at = now
         session.flush()
     return token

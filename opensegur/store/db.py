@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+READ_ONLY = "opensegur_read_only"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -39,7 +40,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A read transaction (Database.read) takes no write lock: WAL readers never wait for the writer.
+            read = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql://"):
@@ -87,6 +90,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
         # SQLite has one writer at a time and its busy handler sleeps up to 100 ms between retries; queueing
         # our own threads on a lock instead keeps latency flat. PostgreSQL needs no such lock.
         self._lock: FairLock | contextlib.nullcontext[None] = (
@@ -101,6 +107,13 @@ class Database:
     def session(self) -> Iterator[Session]:
         """One transaction: committed on success, rolled back on any exception."""
         with self._lock, self.sessions() as s, s.begin():
+            yield s
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A transaction that only reads (the access decision of every request): on SQLite it neither takes the
+        write lock nor queues behind the writers. Write nothing in it: SQLite would have to upgrade its lock."""
+        with self._readers() as s, s.begin():
             yield s
 
     def migrate(self) -> None:

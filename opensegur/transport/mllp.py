@@ -10,17 +10,37 @@ Framing decisions:
 - The server answers frames of one connection strictly in order and never cancels a running handler: stop()
   closes idle connections at once and waits for busy ones to send their ACK (the handler commits before it
   returns, so an ACK is only ever sent for committed work, and SIGTERM does not lose an accepted message).
+
+Who may connect:
+- ``allow_peer`` is asked about the peer's address at accept, before any byte is read or any TLS work is done:
+  a refused peer is closed at once, logged (its address only) and counted in ``refused``.
+- With ``ssl_context`` (see :func:`tls_server_context`) the connection is upgraded to TLS right after that check,
+  and a peer whose handshake fails (no client certificate, one from another CA, not TLS at all) is closed,
+  logged and counted the same way. The upgrade is started before the first ``await`` of the connection: the
+  client's ClientHello must reach the TLS layer, not the plain stream reader.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["MllpFramingError", "MllpServer", "frame", "read_frame", "send_message"]
+__all__ = [
+    "MllpFramingError",
+    "MllpServer",
+    "frame",
+    "peer_address",
+    "read_frame",
+    "send_message",
+    "tls_server_context",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +50,8 @@ DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 _INTERFRAME_WHITESPACE = b"\r\n \t"
 _HEAD_BYTES = 4096  # what a framing error keeps of the frame, enough for an MSH to build a NAK
 _STREAM_LIMIT = 1024 * 1024  # StreamReader buffer; frames larger than this are read in pieces
+# A peer that opens a connection and never completes the handshake must not hold it for asyncio's default minute.
+_TLS_HANDSHAKE_TIMEOUT_S = 15.0
 
 
 class MllpFramingError(Exception):
@@ -40,6 +62,29 @@ class MllpFramingError(Exception):
         self.code = code
         self.detail = detail
         self.head = head
+
+
+def tls_server_context(cert: Path | str, key: Path | str, client_ca: Path | str) -> ssl.SSLContext:
+    """Server side of MLLP over TLS: the listener's certificate, and a client certificate required from
+    ``client_ca`` (the CA, or bundle of CAs, that issued the DPIs' certificates). TLS 1.2 at least."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(client_ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def peer_address(peername: object) -> str | None:
+    """The IP address of a socket's peer name, IPv4-mapped IPv6 (a dual-stack listener) given as IPv4."""
+    if not isinstance(peername, tuple) or not peername:
+        return None
+    try:
+        address = ipaddress.ip_address(str(peername[0]).split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
 
 
 def frame(payload: bytes) -> bytes:
@@ -105,6 +150,8 @@ class _Connection:
 
 
 class MllpServer:
+    """``allow_peer(address)`` must answer without awaiting (see the module's notes); None accepts any peer."""
+
     def __init__(
         self,
         handler: Callable[[bytes], Awaitable[bytes]],
@@ -112,15 +159,22 @@ class MllpServer:
         port: int,
         max_bytes: int = DEFAULT_MAX_BYTES,
         on_framing_error: Callable[[MllpFramingError], Awaitable[bytes | None]] | None = None,
+        *,
+        allow_peer: Callable[[str], bool] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._handler = handler
         self._host = host
         self._requested_port = port
         self._max_bytes = max_bytes
         self._on_framing_error = on_framing_error
+        self._allow_peer = allow_peer
+        self._ssl = ssl_context
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._stopping = False
+        # Connections closed before reading a message, by reason ("adresse", "tls"): for metrics and tests.
+        self.refused: Counter[str] = Counter()
 
     @property
     def port(self) -> int:
@@ -165,7 +219,8 @@ class MllpServer:
         conn = _Connection(task)
         self._connections.add(conn)
         try:
-            if not self._stopping:
+            # No await before the TLS upgrade starts (see the module's notes).
+            if not self._stopping and self._admit(writer) and await self._secure(writer):
                 await self._serve(conn, reader, writer)
         except asyncio.CancelledError:
             pass  # idle connection closed by stop(): nothing was being processed
@@ -179,6 +234,34 @@ class MllpServer:
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
+
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        if self._allow_peer is None:
+            return True
+        address = peer_address(writer.get_extra_info("peername"))
+        if address is not None and self._allow_peer(address):
+            return True
+        self.refused["adresse"] += 1
+        logger.warning(
+            "MLLP : connexion de %s refusée, adresse absente des émetteurs autorisés (senders de dpis.toml)",
+            address or "adresse inconnue",
+        )
+        return False
+
+    async def _secure(self, writer: asyncio.StreamWriter) -> bool:
+        if self._ssl is None:
+            return True
+        try:
+            await writer.start_tls(self._ssl, ssl_handshake_timeout=_TLS_HANDSHAKE_TIMEOUT_S)
+        except OSError as exc:  # ssl.SSLError, a reset, or the handshake timeout
+            self.refused["tls"] += 1
+            logger.warning(
+                "MLLP : connexion TLS de %s refusée (%s)",
+                peer_address(writer.get_extra_info("peername")) or "adresse inconnue",
+                getattr(exc, "reason", None) or type(exc).__name__,
+            )
+            return False
+        return True
 
     async def _serve(
         self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -207,11 +290,18 @@ class MllpServer:
 
 
 async def send_message(
-    host: str, port: int, payload: bytes, timeout: float = 10.0, *, max_bytes: int = DEFAULT_MAX_BYTES
+    host: str,
+    port: int,
+    payload: bytes,
+    timeout: float = 10.0,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> bytes:
-    """Send one framed message and return the framed reply's payload (asyncio.TimeoutError on timeout)."""
+    """Send one framed message and return the framed reply's payload (asyncio.TimeoutError on timeout).
+    ``ssl_context``: MLLP over TLS (with the client certificate loaded in it when the listener asks for one)."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port, limit=_STREAM_LIMIT)
+        reader, writer = await asyncio.open_connection(host, port, limit=_STREAM_LIMIT, ssl=ssl_context)
         try:
             writer.write(frame(payload))
             await writer.drain()

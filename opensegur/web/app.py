@@ -29,8 +29,11 @@ from opensegur.web.routes import (
     identities,
     mss_outbound,
     mssante,
+    oidc,
     ops,
+    scim,
     session,
+    webauthn,
 )
 from opensegur.web.templating import render
 
@@ -39,6 +42,7 @@ ROUTERS = (
     apidocs.router,
     ops.router,
     session.router,
+    oidc.router,
     identities.router,
     documents.router,
     fhir.router,
@@ -46,6 +50,8 @@ ROUTERS = (
     mss_outbound.router,
     annuaire.router,
     admin.router,
+    scim.router,
+    webauthn.router,
 )
 
 

@@ -94,29 +94,40 @@ def client_address(request: Request) -> str | None:
 
 
 def _resolve(request: Request, runtime: WebRuntime) -> Actor | None:
-    """The acting user from the bearer token or the session cookie, never from anything the caller names."""
+    """The acting user from the bearer token or the session cookie, never from anything the caller names. A read
+    transaction decides; the once-a-minute record of use is a separate short write."""
     from opensegur.security import accounts, sessions, tokens
-    from opensegur.store.models import Account
 
     now = datetime.now(UTC)
     address = client_address(request)
     authorization = request.headers.get("authorization", "")
-    settings = runtime.settings
-    with runtime.db.session() as s:
-        if authorization:
-            scheme, _, secret = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not secret.strip():
+    db = runtime.db
+    if authorization:
+        scheme, _, secret = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            return None
+        with db.read() as s:
+            token = tokens.lookup_token(s, secret.strip(), now)
+            if token is None:
                 return None
-            token = tokens.resolve_token(s, secret.strip(), now)
-            return tokens.actor_for_token(token, address) if token is not None else None
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if not cookie:
+            actor, due = tokens.actor_for_token(token, address), tokens.use_due(token, now)
+        if due:
+            with db.session() as s:
+                tokens.mark_used(s, token.id, now)
+        return actor
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    with db.read() as s:
+        found = sessions.lookup(s, cookie, now, idle=timedelta(seconds=runtime.settings.session_idle_s))
+        if found is None or found[0].method == PENDING_METHOD:
             return None
-        ws = sessions.resolve(s, cookie, now, idle=timedelta(seconds=settings.session_idle_s))
-        if ws is None or ws.method == PENDING_METHOD:
-            return None
-        account = s.get_one(Account, ws.account_id)
-        return accounts.actor_for_account(account, ws, address=address)
+        ws, account = found
+        actor, due = accounts.actor_for_account(account, ws, address=address), sessions.touch_due(ws, now)
+    if due:
+        with db.session() as s:
+            sessions.touch(s, ws.id, now)
+    return actor
 
 
 async def current_actor(request: Request, runtime: Rt) -> Actor | None:

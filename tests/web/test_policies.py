@@ -68,14 +68,25 @@ def test_every_route_declares_exactly_one_policy(offline: Offline) -> None:
     # The open routes, reviewed: a change here is a security decision.
     assert public == [
         "/",
+        "/api/moi/cles",
+        "/api/moi/cles/options",
         "/connexion",
         "/connexion",
+        "/connexion/cle/options",
+        "/connexion/cle/verifier",
+        "/connexion/psc",
+        "/connexion/psc/retour",
         "/connexion/second-facteur",
+        "/connexion/sso",
+        "/connexion/sso/retour",
         "/deconnexion",
         "/docs",
         "/docs-assets/{name}",
         "/fhir/metadata",
         "/healthz",
+        "/moi/cles",
+        "/moi/cles/{key_id}/renommer",
+        "/moi/cles/{key_id}/revoquer",
         "/sandbox/endpoints",
         "/static/{name}",
     ], public
@@ -133,7 +144,7 @@ async def test_nobody_is_sent_to_login_or_refused(app: FastAPI) -> None:
         if policies[0].action is None:
             continue
         r = await _call(app, route)
-        page = not (route.path.startswith("/api/") or route.path.startswith("/fhir"))
+        page = not route.path.startswith(("/api/", "/fhir", "/scim"))
         if page and "GET" in route.methods:
             assert r.status_code == 303 and r.headers["location"].startswith("/connexion?retour="), route.path
         else:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from opensegur.hospital.diff import diff_configs
 from opensegur.hospital.loader import ConfigInvalid, load_files
-from opensegur.security import accounts, audit
+from opensegur.security import audit, provisioning
 from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action, Assignment
 from opensegur.store.models import (
@@ -118,11 +118,16 @@ async def deactivate_account(
             account = s.get(Account, account_id)
             if account is None:
                 raise HTTPException(404, "Compte inconnu")
-            accounts.deactivate(s, account, motif or "désactivation par l'administration", by=actor)
+            # A departure: sessions end and the tokens this person created are revoked, at once.
+            provisioning.depart(s, account, motif or "désactivation par l'administration", by=actor)
             return account.login
 
     login = await asyncio.to_thread(_do)
-    return redirect_with_message("/admin/comptes", f"Compte « {login} » désactivé, sessions fermées", actor)
+    return redirect_with_message(
+        "/admin/comptes",
+        f"Compte « {login} » désactivé : sessions fermées, jetons qu'il a créés révoqués",
+        actor,
+    )
 
 
 # ---- configuration versions ----------------------------------------------------------------------------------

@@ -14,19 +14,20 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from opensegur.security import accounts, audit, sessions
+from opensegur.security import accounts, audit, sessions, webauthn
 from opensegur.security.errors import LoginRefused
 from opensegur.store.models import Account
+from opensegur.web.cookies import set_session_cookie
 from opensegur.web.deps import (
     PENDING_METHOD,
     SESSION_COOKIE,
     AccessRefused,
     MaybeActor,
     Rt,
-    WebRuntime,
     client_address,
     public,
 )
+from opensegur.web.routes.oidc import login_options
 from opensegur.web.safety import local_redirect_target
 from opensegur.web.templating import render
 
@@ -35,28 +36,16 @@ router = APIRouter(include_in_schema=False)
 LoginPage = Annotated[None, Depends(public("page de connexion"))]
 
 
-def _secure(rt: WebRuntime) -> bool:
-    base = rt.settings.public_base_url or ""
-    return base.startswith("https://")
-
-
-def _set_cookie(response: Response, rt: WebRuntime, secret: str) -> None:
-    response.set_cookie(
-        SESSION_COOKIE,
-        secret,
-        httponly=True,
-        secure=_secure(rt),
-        samesite="lax",
-        path="/",
-        max_age=rt.settings.session_absolute_s,
-    )
-
-
 def _login_page(request: Request, retour: str, error: str = "", status: int = 200) -> HTMLResponse:
     return render(
         request,
         "login.html",
-        {"request": request, "retour": local_redirect_target(retour, "/identites"), "error": error},
+        {
+            "request": request,
+            "retour": local_redirect_target(retour, "/identites"),
+            "error": error,
+            **login_options(request.app.state.runtime),
+        },
         status_code=status,
     )
 
@@ -90,7 +79,7 @@ async def login(
             raise refusal
         with rt.db.session() as s:
             account = s.get_one(Account, account.id)
-            pending = bool(account.totp_secret)
+            pending = bool(account.totp_secret) or webauthn.has_active_credential(s, account.id)
             secret, _ws = sessions.open_session(
                 s,
                 account,
@@ -117,7 +106,7 @@ async def login(
         )
     else:
         response = RedirectResponse(target, status_code=303)
-    _set_cookie(response, rt, secret)
+    set_session_cookie(response, rt, secret)
     return response
 
 
@@ -160,7 +149,7 @@ async def second_factor(
             status_code=401,
         )
     response = RedirectResponse(target, status_code=303)
-    _set_cookie(response, rt, secret)
+    set_session_cookie(response, rt, secret)
     return response
 
 
