@@ -422,3 +422,28 @@ def test_audit_trail_of_a_real_run_verifies_then_a_changed_entry_is_caught(tmp_p
     broken = subprocess.run(verify, capture_output=True, text=True)
     assert broken.returncode == 1
     assert str(target) in broken.stderr, broken.stderr
+
+
+def test_a_doctor_logs_in_with_pro_sante_connect_in_a_real_browser(served: Served) -> None:
+    """The sandbox PSC's own login form, in Chromium: the e-CPS of Dr RÉAULT opens a strong session on his
+    account (linked by RPPS), which may then do what needs one."""
+    psc = served.web.get(f"{served.http}/sandbox/endpoints").json()["psc"]
+    reault = next(u for u in psc["users"] if u["login"] == "pierre.reault")
+    with browser_page() as page:
+        page.goto(f"{served.http}/identites")
+        page.click("text=Se connecter avec Pro Santé Connect")
+        page.wait_for_selector("input[name=login]")
+        assert page.url.startswith(psc["issuer"])  # the provider's own page, not ours
+        screenshot(page, "psc-formulaire.png")
+        page.fill("input[name=login]", reault["login"])
+        page.fill("input[name=password]", reault["password"])
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{served.http}/identites")
+        assert "Dr Pierre RÉAULT" in page.content()
+        screenshot(page, "psc-connecte.png")
+    with sqlite3.connect(served.data_dir / "opensegur.db") as conn:
+        method, strong = conn.execute(
+            "select method, strong from web_session join account on account.id = web_session.account_id "
+            "where account.login = 'dr.reault' order by web_session.id desc limit 1"
+        ).fetchone()
+    assert method == "psc" and strong == 1
