@@ -34,6 +34,7 @@ from opensegur.store.models import Account, AuditEvent, WebSession
 from opensegur.web.app import create_app
 from opensegur.web.routes.oidc import login_options
 from opensegur.web.routes.oidc import router as oidc_router
+from tests.browser import browser_page, screenshot
 from tests.oidc_servers import Browser, loopback_socket, oidc_provider, serve, url_of
 from tests.web.test_rest_intake import Offline
 
@@ -363,4 +364,45 @@ def test_sso_login_with_real_openid_provider(tmp_path: Path, monkeypatch: pytest
             assert refused.status_code == 403 and "aucun compte actif" in unescape(refused.text)
             with db.session() as s:
                 assert s.scalar(select(func.count()).select_from(WebSession)) == 2
+        db.dispose()
+
+
+def test_sso_login_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chromium through the certified OpenID Provider's own login page (password and one-time code), back to
+    the platform with a strong session."""
+    platform_sock = loopback_socket()
+    platform = url_of(platform_sock)
+    users = {"ide.morel": {"password": "sso-morel-2026", "otp": "424242", "name": "Sophie MOREL"}}
+    with oidc_provider("opensegur", SSO_SECRET, f"{platform}/connexion/sso/retour", users) as issuer:
+        db = Database(f"sqlite:///{tmp_path / 'sso-browser.db'}")
+        db.migrate()
+        load_demo(db)
+        _account(db, "ide.morel", role="ide")
+        monkeypatch.setenv("OPENSEGUR_TEST_SSO_SECRET", SSO_SECRET)
+        sso = HospitalSso(
+            issuer=issuer,
+            client_id="opensegur",
+            client_secret_env="OPENSEGUR_TEST_SSO_SECRET",
+            mfa_acr=["urn:chu:mfa"],
+            mfa_amr=["otp"],
+        )
+        runtime = Offline(Settings(data_dir=tmp_path, public_base_url=platform), db, Hl7Intake(db))
+        runtime.hospital = demo_config().model_copy(  # type: ignore[attr-defined]
+            update={"identity_providers": IdentityProvidersFile(sso=sso)}
+        )
+        with serve(_platform_app(runtime), platform_sock), browser_page() as page:
+            page.goto(f"{platform}/identites")
+            page.click("text=Connexion établissement (SSO)")
+            page.wait_for_selector("input[name=otp]")
+            assert page.url.startswith(issuer)
+            screenshot(page, "sso-formulaire.png")
+            page.fill("input[name=login]", "ide.morel")
+            page.fill("input[name=password]", users["ide.morel"]["password"])
+            page.fill("input[name=otp]", users["ide.morel"]["otp"])
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{platform}/identites")
+            screenshot(page, "sso-connecte.png")
+        with db.session() as s:
+            [session] = s.scalars(select(WebSession)).all()
+            assert session.method == "sso" and session.strong
         db.dispose()
