@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from opensegur.security import passwords, ratelimit, totp
@@ -178,6 +179,22 @@ def deactivate(
         session, by, "account_deactivate", {"login": account.login, "reason": reason, "sessions": revoked}
     )
     return revoked
+
+
+def actor_for_session_row(row: Row[Any], address: str | None) -> Actor:
+    """The Actor of a request, from :func:`opensegur.security.sessions.lookup_row`'s columns."""
+    return Actor(
+        kind="person",
+        name=row.login,
+        display_name=row.display_name,
+        assignments=tuple(Assignment.from_json(a) for a in row.assignments),
+        strong=row.strong,
+        account_id=row.account_id,
+        session_id=row.session_id,
+        rpps=row.rpps,
+        csrf_token=row.csrf_token,
+        address=address,
+    )
 
 
 def actor_for_account(

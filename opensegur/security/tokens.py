@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, Row, Select, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from opensegur.security.actor import Actor
@@ -85,19 +86,23 @@ def create_token(
     return secret
 
 
-def lookup_token(session: Session, secret: str, now: datetime) -> ApiToken | None:
+# What a request needs of its token, read with one Core statement on the hot path.
+_LIVE: Select[*tuple[Any, ...]] = select(
+    ApiToken.id, ApiToken.name, ApiToken.role, ApiToken.scope, ApiToken.expires_at, ApiToken.last_used_at
+).where(ApiToken.secret_sha256 == bindparam("digest"), ApiToken.revoked_at.is_(None))
+
+
+def lookup_token(conn: Connection, secret: str, now: datetime) -> Row[*tuple[Any, ...]] | None:
     """The live token with this secret, or None (unknown, forged, revoked or expired); writes nothing."""
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > _SECRET_MAX:
         return None
-    token = session.scalar(
-        select(ApiToken).where(ApiToken.secret_sha256 == _digest(secret), ApiToken.revoked_at.is_(None))
-    )
+    token = conn.execute(_LIVE, {"digest": _digest(secret)}).first()
     if token is None or (token.expires_at is not None and as_utc(token.expires_at) <= now):
         return None
     return token
 
 
-def use_due(token: ApiToken, now: datetime) -> bool:
+def use_due(token: ApiToken | Row[Any], now: datetime) -> bool:
     """Whether ``last_used_at`` should be written now (at most once a minute)."""
     return token.last_used_at is None or now - as_utc(token.last_used_at) >= _TOUCH_EVERY
 
@@ -107,10 +112,13 @@ def mark_used(session: Session, token_id: int, now: datetime) -> None:
 
 
 def resolve_token(session: Session, secret: str, now: datetime | None = None) -> ApiToken | None:
-    """:func:`lookup_token`, recording the use in the same (write) transaction when it is due."""
+    """The live token with this secret as a row of the session, recording its use when due (write transaction)."""
     now = now or utcnow()
-    token = lookup_token(session, secret, now)
-    if token is not None and use_due(token, now):
+    found = lookup_token(session.connection(), secret, now)
+    if found is None:
+        return None
+    token = session.get_one(ApiToken, found.id)
+    if use_due(token, now):
         token.last_used_at = now
         session.flush()
     return token
@@ -134,7 +142,7 @@ def list_tokens(session: Session) -> list[ApiToken]:
     return list(session.scalars(select(ApiToken).order_by(ApiToken.name)))
 
 
-def actor_for_token(token: ApiToken, address: str | None) -> Actor:
+def actor_for_token(token: ApiToken | Row[Any], address: str | None) -> Actor:
     return Actor(
         kind="system",
         name=token.name,

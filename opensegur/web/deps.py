@@ -106,28 +106,25 @@ def _resolve(request: Request, runtime: WebRuntime) -> Actor | None:
         scheme, _, secret = authorization.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             return None
-        with db.read() as s:
-            token = tokens.lookup_token(s, secret.strip(), now)
-            if token is None:
-                return None
-            actor, due = tokens.actor_for_token(token, address), tokens.use_due(token, now)
-        if due:
+        with db.read_connection() as conn:
+            token = tokens.lookup_token(conn, secret.strip(), now)
+        if token is None:
+            return None
+        if tokens.use_due(token, now):
             with db.session() as s:
                 tokens.mark_used(s, token.id, now)
-        return actor
+        return tokens.actor_for_token(token, address)
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         return None
-    with db.read() as s:
-        found = sessions.lookup(s, cookie, now, idle=timedelta(seconds=runtime.settings.session_idle_s))
-        if found is None or found[0].method == PENDING_METHOD:
-            return None
-        ws, account = found
-        actor, due = accounts.actor_for_account(account, ws, address=address), sessions.touch_due(ws, now)
-    if due:
+    with db.read_connection() as conn:
+        row = sessions.lookup_row(conn, cookie, now, idle=timedelta(seconds=runtime.settings.session_idle_s))
+    if row is None or row.method == PENDING_METHOD:
+        return None
+    if sessions.touch_due(row, now):
         with db.session() as s:
-            sessions.touch(s, ws.id, now)
-    return actor
+            sessions.touch(s, row.session_id, now)
+    return accounts.actor_for_session_row(row, address)
 
 
 async def current_actor(request: Request, runtime: Rt) -> Actor | None:
