@@ -22,9 +22,10 @@ from opensegur.config import Settings
 from opensegur.security import accounts, sessions, tokens
 from opensegur.security.matrix import Assignment, Scope
 from opensegur.server import private_data_dir
-from opensegur.store.models import AuditEvent, Document, Patient, Payload
+from opensegur.store.models import AuditEvent, Document, Mail, Patient, Payload
 from opensegur.web.app import create_app
 from opensegur.web.deps import SESSION_COOKIE
+from tests.flows.helpers import hl7, msh, pid
 from tests.web.test_rest_intake import Offline
 
 PASSWORD = "mot-de-passe-de-test-2026"
@@ -288,3 +289,39 @@ async def test_pages_offer_only_the_actions_the_role_holds(offline: Offline, web
     web.cookies.set(SESSION_COOKIE, cookie)
     page = (await web.get(f"/identites/{patient}")).text
     assert f'action="/identites/{patient}/insi"' in page and "Corriger un trait strict" in page
+
+
+async def test_scripts_received_over_hl7_and_in_mail_headers_never_run_in_a_page(
+    offline: Offline, web: httpx.AsyncClient
+) -> None:
+    """What other systems send is data: a PID-5 used name or a mail subject carrying markup is shown as text."""
+    payload = "<img src=x onerror=alert(1)>"
+    used_name = f"|VERLAINE^JEANNE^JEANNE^^^^L~{payload}^JEANNE^^^^^D|"
+    segment = pid("990001").replace("|VERLAINE^JEANNE^JEANNE^^^^L|", used_name, 1)
+    assert payload in segment
+    ack = offline.intake.handle(hl7(msh("A28", "XSS-1"), "EVN||20240306111154", segment))
+    with offline.db.session() as s:
+        stored = s.scalars(select(Patient).where(Patient.used_name.is_not(None))).all()
+        site = s.scalars(select(Patient.structure_id)).first()
+        s.add(
+            Mail(
+                direction="in",
+                key="in:xss:1",
+                mailbox="radiologie@hopitalA.mssante.fr",
+                sender="attaquant@exemple.mssante.fr",
+                recipients=["radiologie@hopitalA.mssante.fr"],
+                subject=f"<script>alert('sujet')</script>{payload}",
+                structure_id=site,
+                status="triage",
+                reason="INS inconnu",
+            )
+        )
+    cookie, _ = person(offline, "tri", "secretaire_medicale")
+    web.cookies.set(SESSION_COOKIE, cookie)
+    pages = [(await web.get("/mssante/triage")).text]
+    pages += [(await web.get(f"/identites/{p.id}")).text for p in stored if payload in (p.used_name or "")]
+    for page in pages:
+        assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&#39;sujet&#39;)&lt;/script&gt;" in pages[0]
+    assert ack.ack_code in ("AA", "AE"), ack.ack  # refused by the RNIV rules, or kept and shown as text
+    assert len(pages) == 2, "the used name was not stored: the page side is not exercised"
