@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,23 @@ def browser_page(viewport: tuple[int, int] = (1300, 1000)) -> Iterator[Page]:
             browser.close()
 
 
+_LAST_STEP: dict[str, int] = {}
+
+
+def fresh_totp(secret: str) -> str:
+    """A code the platform has not seen yet: it accepts each 30-second step once (replay refused) and the steps
+    next to the current one, so two logins of one account in the same step use the next step's code."""
+    totp = pyotp.TOTP(secret)
+    while True:
+        now = time.time()
+        step = int(now // totp.interval)
+        wanted = max(step, _LAST_STEP.get(secret, -1) + 1)
+        if wanted <= step + 1:
+            _LAST_STEP[secret] = wanted
+            return totp.at(wanted * totp.interval)
+        time.sleep((step + 1) * totp.interval - now + 0.05)
+
+
 def log_in(page: Page, base: str, account: DemoAccount, then: str = "/identites") -> None:
     """The login pages as a person uses them: identifier and password, then the code of their TOTP app."""
     page.goto(f"{base}{then}")
@@ -52,7 +70,7 @@ def log_in(page: Page, base: str, account: DemoAccount, then: str = "/identites"
     page.click("button[type=submit]")
     if account.totp_secret:
         page.wait_for_selector("input[name=code]")
-        page.fill("input[name=code]", pyotp.TOTP(account.totp_secret).now())
+        page.fill("input[name=code]", fresh_totp(account.totp_secret))
         page.click("button[type=submit]")
     page.wait_for_url(f"{base}{then}")
 

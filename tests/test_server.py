@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pyotp
 import pytest
 from playwright.sync_api import Page
 
 from opensegur.ops.demo_accounts import DEMO_ACCOUNTS, DemoAccount
 from opensegur.transport.mllp import send_message
-from tests.browser import CHROMIUM, FLAGS, browser_page, log_in, screenshot
+from tests.browser import CHROMIUM, FLAGS, browser_page, fresh_totp, log_in, screenshot
 from tests.conftest import EXAMPLES
 from tests.flows.helpers import hl7, msh, pid
 
@@ -133,7 +132,7 @@ def login(served: Served, account: DemoAccount) -> None:
     r = web.post(f"{served.http}/connexion", data={"login": account.login, "password": account.password})
     assert r.status_code == 200 and "Second facteur" in r.text, r.text[:500]
     assert account.totp_secret is not None
-    code = pyotp.TOTP(account.totp_secret).now()
+    code = fresh_totp(account.totp_secret)
     r = web.post(f"{served.http}/connexion/second-facteur", data={"code": code, "retour": "/identites"})
     assert r.status_code == 303 and r.headers["location"] == "/identites", r.text[:500]
     page = web.get(f"{served.http}/identites").text
