@@ -22,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
@@ -31,11 +31,12 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 from joserfc import jwt
 from joserfc.errors import ClaimError, ExpiredTokenError, JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from opensegur.security import audit
-from opensegur.store.models import Account
+from opensegur.store.db import Database
+from opensegur.store.models import Account, AuthFlow
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -56,7 +57,7 @@ ProviderName = Literal["psc", "sso"]
 ALLOWED_ALGORITHMS = ("RS256", "PS256", "ES256")
 FLOW_TTL = 600  # seconds between leaving for the provider and coming back
 LEEWAY = 60  # clock skew tolerated on exp and iat
-_MAX_PENDING = 10_000  # a flood of started logins evicts the oldest rather than exhausting memory
+_FLOW_KEY = "oidc:"  # auth_flow rows of OpenID Connect logins
 _METADATA_TTL = 3600
 _JWKS_REFETCH_AFTER = 30  # an unknown kid refetches the keys (rotation), at most this often
 _TIMEOUT = httpx.Timeout(10.0)
@@ -115,22 +116,33 @@ class Pending:
 
 
 class PendingLogins:
-    """Logins under way, each taken once."""
+    """Logins under way, each taken once, in the shared database: the provider may send the browser back to any
+    serving host. Taking is one DELETE … RETURNING, so two hosts can never both finish the same login."""
 
-    def __init__(self) -> None:
-        self._pending: OrderedDict[str, Pending] = OrderedDict()
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def put(self, pending: Pending) -> None:
-        now = time.time()
-        while self._pending and (
-            len(self._pending) >= _MAX_PENDING or next(iter(self._pending.values())).expires_at <= now
-        ):
-            self._pending.popitem(last=False)
-        self._pending[pending.state] = pending
+        now = datetime.now(UTC)
+        with self.db.session() as s:
+            s.execute(delete(AuthFlow).where(AuthFlow.expires_at <= now))
+            s.add(
+                AuthFlow(
+                    key=_FLOW_KEY + pending.state,
+                    data=asdict(pending),
+                    expires_at=datetime.fromtimestamp(pending.expires_at, UTC),
+                )
+            )
 
     def take(self, state: str) -> Pending | None:
-        pending = self._pending.pop(state, None)
-        return pending if pending is not None and pending.expires_at > time.time() else None
+        with self.db.session() as s:
+            data = s.scalar(
+                delete(AuthFlow).where(AuthFlow.key == _FLOW_KEY + state).returning(AuthFlow.data)
+            )
+        if data is None:
+            return None
+        pending = Pending(**data)
+        return pending if pending.expires_at > time.time() else None
 
 
 def browser_digest(value: str) -> str:

@@ -504,3 +504,13 @@ class ConfigVersion(Base):
     applied_at: Mapped[datetime] = mapped_column(default=utcnow)
     source: Mapped[str] = mapped_column(String(500))  # the directory it was read from
     files: Mapped[dict[str, Any]] = mapped_column(default=dict)  # relative path -> text
+
+
+class AuthFlow(Base):
+    """A login under way that another request finishes (OpenID Connect state, nonce and PKCE verifier): kept in
+    the shared database so that any serving host can finish it, and deleted by the request that uses it."""
+
+    __tablename__ = "auth_flow"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

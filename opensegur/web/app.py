@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import DataError
 
 from opensegur.identity.errors import IdentityError
+from opensegur.security import audit
 from opensegur.security.matrix import Action
 from opensegur.transactions.mhd import FHIR_JSON, FhirError, operation_outcome
 from opensegur.web import apidocs, assets
@@ -136,8 +137,6 @@ def create_app(runtime: WebRuntime) -> FastAPI:
 
 
 def _record_patient_refusal(runtime: WebRuntime, request: Request, exc: PatientRefused) -> None:
-    from opensegur.security import audit
-
     actor = getattr(request.state, "actor", None)
     with runtime.db.session() as s:
         audit.record(

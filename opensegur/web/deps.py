@@ -8,6 +8,7 @@ inside the route, in its transaction, by ``ensure_patient`` and ``patient_filter
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from fastapi import Depends, Request
 from sqlalchemy import ColumnElement, and_, false, or_, select, true
 from sqlalchemy.orm import Session
 
-from opensegur.security import access, audit
+from opensegur.security import access, accounts, audit, sessions, tokens
 from opensegur.security.actor import Actor
+from opensegur.security.defaults import default_matrix
 from opensegur.security.matrix import STRONG_ACTIONS, Action, Matrix
+from opensegur.store.models import Document, Patient, Structure
 
 if TYPE_CHECKING:
     from opensegur.config import Settings
@@ -79,8 +82,6 @@ def matrix_of(runtime: WebRuntime) -> Matrix:
     hospital: HospitalConfig | None = getattr(runtime, "hospital", None)
     if hospital is not None:
         return hospital.matrix
-    from opensegur.security.defaults import default_matrix
-
     return default_matrix()
 
 
@@ -96,8 +97,6 @@ def client_address(request: Request) -> str | None:
 def _resolve(request: Request, runtime: WebRuntime) -> Actor | None:
     """The acting user from the bearer token or the session cookie, never from anything the caller names. A read
     transaction decides; the once-a-minute record of use is a separate short write."""
-    from opensegur.security import accounts, sessions, tokens
-
     now = datetime.now(UTC)
     address = client_address(request)
     authorization = request.headers.get("authorization", "")
@@ -130,8 +129,6 @@ def _resolve(request: Request, runtime: WebRuntime) -> Actor | None:
 async def current_actor(request: Request, runtime: Rt) -> Actor | None:
     """Resolved once per request (several dependencies ask)."""
     if "actor" not in request.state._state:
-        import asyncio
-
         request.state.actor = await asyncio.to_thread(_resolve, request, runtime)
     actor: Actor | None = request.state.actor
     return actor
@@ -175,8 +172,6 @@ def allow(action: Action) -> Callable[..., Awaitable[Actor]]:
             raise AccessRefused(401, "Connexion requise")
         if not matrix_of(runtime).grants(actor.assignments, action):
             why = f"Votre rôle ne permet pas : {action.label.lower()}"
-            import asyncio
-
             await asyncio.to_thread(_record_refusal, runtime, actor, request, why)
             raise AccessRefused(403, why)
         if action in STRONG_ACTIONS and not actor.strong:
@@ -218,8 +213,6 @@ def patient_filter(runtime: WebRuntime, actor: Actor, action: Action) -> ColumnE
 def structure_filter(runtime: WebRuntime, actor: Actor, action: Action, column: Any) -> ColumnElement[bool]:
     """WHERE clause on a ``structure_id`` column for rows with no patient yet (a document waiting for its
     identity, a mail to triage): only GHT- or site-wide assignments see them, never a unit's care team."""
-    from opensegur.store.models import Structure
-
     scopes = matrix_of(runtime).scopes(actor.assignments, action)
     if any(sc.kind == "ght" for sc in scopes):
         return true()
@@ -230,8 +223,6 @@ def structure_filter(runtime: WebRuntime, actor: Actor, action: Action, column: 
 
 
 def document_filter(runtime: WebRuntime, actor: Actor, action: Action) -> ColumnElement[bool]:
-    from opensegur.store.models import Document, Patient
-
     return or_(
         Document.patient_id.in_(select(Patient.id).where(patient_filter(runtime, actor, action))),
         and_(Document.patient_id.is_(None), structure_filter(runtime, actor, action, Document.structure_id)),
@@ -241,8 +232,6 @@ def document_filter(runtime: WebRuntime, actor: Actor, action: Action) -> Column
 def ensure_structure(
     s: Session, runtime: WebRuntime, actor: Actor, action: Action, structure_id: int
 ) -> None:
-    from opensegur.store.models import Structure
-
     allowed = s.scalar(
         select(Structure.id).where(
             Structure.id == structure_id, structure_filter(runtime, actor, action, Structure.id)
@@ -265,8 +254,6 @@ def ensure_patient(
 ) -> None:
     """Refuses (403, audited in the same transaction as nothing else) a patient outside the actor's scopes,
     unless the actor broke the glass for this patient recently."""
-    from opensegur.store.models import Patient
-
     if patient_id is None or s.get(Patient, patient_id) is None:
         return  # nothing to protect: the route answers its own 404
     scopes = matrix_of(runtime).scopes(actor.assignments, action)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
@@ -50,8 +51,6 @@ def _csrf_field(context: Any) -> Markup:
 
 
 def _page_globals() -> None:
-    import jinja2
-
     env = TEMPLATES.env
     env.globals.update(
         ALERT_LABELS=ALERT_LABELS,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -66,8 +67,6 @@ Reader = Annotated[Actor, Depends(allow(Action.DOCUMENTS_READ))]
 async def metadata(
     _: Annotated[None, Depends(public("CapabilityStatement FHIR, publique par la norme"))],
 ) -> JSONResponse:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         software = version("opensegur")
     except PackageNotFoundError:

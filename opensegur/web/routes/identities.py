@@ -14,7 +14,7 @@ from opensegur.flows import qualification
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.rniv import HighTrustDocument, IdentityStatus, LowTrustDocument, document_label
 from opensegur.identity.traits import StrictTraits
-from opensegur.security import audit
+from opensegur.security import access, audit
 from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action
 from opensegur.store.models import AuditEvent, IdentityEvent, Patient, Structure
@@ -296,7 +296,6 @@ async def page_break_glass(
     motif: str = Form(""),
 ) -> RedirectResponse:
     """Emergency access outside one's scope: a motif is mandatory and the access is traced and time-bound."""
-    from opensegur.security import access
 
     def _do() -> None:
         with rt.db.session() as s:

@@ -125,12 +125,11 @@ def _base_url(runtime: WebRuntime) -> str | None:
     return None
 
 
-def _oidc(request: Request) -> tuple[OidcClient, PendingLogins]:
+def _oidc(request: Request, runtime: WebRuntime) -> tuple[OidcClient, PendingLogins]:
     state = request.app.state
     if not hasattr(state, "oidc_client"):
-        state.oidc_client = OidcClient()
-        state.oidc_pending = PendingLogins()
-    return state.oidc_client, state.oidc_pending
+        state.oidc_client = OidcClient()  # its discovery and JWKS caches live as long as the app
+    return state.oidc_client, PendingLogins(runtime.db)
 
 
 def _refusal(request: Request, runtime: WebRuntime, exc: OidcRefused, retour: str = "") -> HTMLResponse:
@@ -178,7 +177,7 @@ async def _start(request: Request, runtime: WebRuntime, name: ProviderName, reto
             503,
         )
         return _refusal(request, runtime, refusal, retour)
-    client, pending_logins = _oidc(request)
+    client, pending_logins = _oidc(request, runtime)
     browser = request.cookies.get(FLOW_COOKIE, "")
     if not (20 <= len(browser) <= 100 and browser.isascii()):
         browser = secrets.token_urlsafe(32)
@@ -191,7 +190,7 @@ async def _start(request: Request, runtime: WebRuntime, name: ProviderName, reto
         )
     except OidcRefused as exc:
         return _refusal(request, runtime, exc, retour)
-    pending_logins.put(pending)
+    await asyncio.to_thread(pending_logins.put, pending)
     response = RedirectResponse(url, status_code=303)
     # Lax: the provider's redirect back is a top-level GET from another site, which Lax lets the cookie ride.
     response.set_cookie(
@@ -208,8 +207,8 @@ async def _start(request: Request, runtime: WebRuntime, name: ProviderName, reto
 
 async def _finish(request: Request, runtime: WebRuntime, name: ProviderName) -> Response:
     query = request.query_params
-    client, pending_logins = _oidc(request)
-    pending = pending_logins.take(query.get("state", "")[:200])
+    client, pending_logins = _oidc(request, runtime)
+    pending = await asyncio.to_thread(pending_logins.take, query.get("state", "")[:200])
     browser = request.cookies.get(FLOW_COOKIE, "")
     provider = configured_provider(runtime, name)
     try:

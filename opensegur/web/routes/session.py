@@ -24,6 +24,7 @@ from opensegur.web.deps import (
     AccessRefused,
     MaybeActor,
     Rt,
+    check_csrf,
     client_address,
     public,
 )
@@ -159,8 +160,6 @@ async def logout(
 ) -> Response:
     """Ends this session, or every session of the account (« se déconnecter partout »)."""
     if actor is not None and actor.session_id is not None:
-        from opensegur.web.deps import check_csrf
-
         await check_csrf(request, actor)
 
         def _do() -> None:
