@@ -13,9 +13,8 @@ The ceremonies are the ``webauthn`` package's; this module adds what it leaves t
 - **ownership**: at login only the pending session's account's live keys count (another account's key, a
   revoked one: refused), and failures count towards the same brute-force limit as TOTP codes.
 
-Challenges live in ``login_attempt`` under their own key prefix (``webauthn:<purpose>:<session>:<challenge>``):
-like the rate-limit counts, they must be shared by every process and host of the platform, and that table
-already is (short rows keyed by a string, with a time); the rate-limit keys never start with ``webauthn:``.
+Challenges live in ``auth_flow`` (one row per session and purpose, ``webauthn:<purpose>:<session>``), like the
+OpenID Connect logins under way: shared by every process and host of the platform.
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ from opensegur.security.accounts import TOO_MANY_ATTEMPTS
 from opensegur.security.actor import Actor
 from opensegur.security.clock import as_utc
 from opensegur.security.errors import LoginRefused, SecurityError
-from opensegur.store.models import Account, LoginAttempt, WebauthnCredential, WebSession, utcnow
+from opensegur.store.models import Account, AuthFlow, WebauthnCredential, WebSession, utcnow
 
 if TYPE_CHECKING:
     from opensegur.config import Settings
@@ -128,41 +127,32 @@ def relying_party(settings: Settings) -> RelyingParty:
 # ---- challenges ------------------------------------------------------------------------------------------
 
 
-def _challenge_prefix(purpose: str, ws: WebSession) -> str:
-    return f"webauthn:{purpose}:{ws.id}:"
+def _challenge_key(purpose: str, ws: WebSession) -> str:
+    return f"webauthn:{purpose}:{ws.id}"
 
 
 def _keep_challenge(s: Session, purpose: str, ws: WebSession, challenge: bytes, now: datetime) -> None:
-    """Only the latest options of a session are answerable; expired challenges of any session go."""
-    prefix = _challenge_prefix(purpose, ws)
-    s.execute(delete(LoginAttempt).where(LoginAttempt.key.startswith(prefix, autoescape=True)))
-    s.execute(
-        delete(LoginAttempt).where(
-            LoginAttempt.key.startswith("webauthn:"), LoginAttempt.at <= now - CHALLENGE_TTL
-        )
+    """Only the latest options of a session are answerable (they replace any earlier ones); expired flows of any
+    session go."""
+    key = _challenge_key(purpose, ws)
+    s.execute(delete(AuthFlow).where((AuthFlow.key == key) | (AuthFlow.expires_at <= now)))
+    s.add(
+        AuthFlow(key=key, data={"challenge": bytes_to_base64url(challenge)}, expires_at=now + CHALLENGE_TTL)
     )
-    s.add(LoginAttempt(key=prefix + bytes_to_base64url(challenge), at=now))
     s.flush()
 
 
 def _take_challenge(s: Session, purpose: str, ws: WebSession, now: datetime) -> str | None:
-    """The session's live challenge (base64url), removed: the first verification uses it up, right or wrong."""
-    prefix = _challenge_prefix(purpose, ws)
-    row = s.scalar(
-        select(LoginAttempt)
-        .where(LoginAttempt.key.startswith(prefix, autoescape=True))
-        .order_by(LoginAttempt.at.desc(), LoginAttempt.id.desc())
-        .limit(1)
-    )
-    if row is None:
+    """The session's live challenge (base64url), removed: the first verification uses it up, right or wrong. One
+    DELETE … RETURNING: a concurrent verification of the same challenge gets nothing and is refused."""
+    found = s.execute(
+        delete(AuthFlow)
+        .where(AuthFlow.key == _challenge_key(purpose, ws))
+        .returning(AuthFlow.data, AuthFlow.expires_at)
+    ).first()
+    if found is None or as_utc(found.expires_at) <= now:
         return None
-    # A concurrent verification of the same challenge deletes nothing here and is refused.
-    result = s.execute(delete(LoginAttempt).where(LoginAttempt.id == row.id))
-    s.execute(delete(LoginAttempt).where(LoginAttempt.key.startswith(prefix, autoescape=True)))
-    s.flush()
-    if cast(CursorResult[Any], result).rowcount != 1 or as_utc(row.at) <= now - CHALLENGE_TTL:
-        return None
-    return row.key[len(prefix) :]
+    return str(found.data["challenge"])
 
 
 # ---- keys ------------------------------------------------------------------------------------------------
