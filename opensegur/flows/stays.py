@@ -13,6 +13,7 @@ IHE PAM / PAM FR semantics applied to the row:
   update of a movement: the unit (ZBE-7, else PV1-3) and the class (PV1-2) the message gives, when it gives them.
 - A03 discharge: ``ended_at`` is the event time (EVN-6, else EVN-2, else now).
 - A11 cancel admission, A38 cancel pre-admission: ``cancelled``.
+- ZBE-5 = Y (a historic movement, corrected or cancelled after later ones): the current unit does not change.
 - A12 cancel transfer: back to the unit the last transfer left (``previous_unit_code``): a PAM FR cancellation
   repeats the cancelled movement (its ZBE-7 is the unit being left), so the row remembers the unit before it.
 - A13 cancel discharge: ``ended_at`` back to None.
@@ -105,6 +106,9 @@ def record_stay(session: Session, event: PamEvent, patient: Patient, site: Struc
     if event.movement_action == "CANCEL":
         trigger = CANCEL_OF.get(trigger, trigger)
     if trigger not in APPLIED:
+        return None
+    if event.movement_historic and (trigger in DESCRIBING or trigger == CANCEL_TRANSFER):
+        # ZBE-5 = Y: a correction of a past movement; where the patient is now has not changed.
         return None
     _check_sizes(event)
     at = _event_time(event)

@@ -175,6 +175,7 @@ class PamEvent:
     unit_name: str | None = None  # ZBE-7.1
     movement_id: str | None = None  # ZBE-1.1
     movement_action: str | None = None  # ZBE-4 (INSERT / UPDATE / CANCEL)
+    movement_historic: bool = False  # ZBE-5 = Y: the message corrects a past movement, not the current one
     event_datetime: str | None = None  # EVN-6, else EVN-2
     dmp_consent: dict[str, str] = field(default_factory=dict)  # ZFA, keys in ZFA_KEYS; {} without ZFA
     facility_finess: str | None = None
@@ -379,6 +380,7 @@ def parse_pam(message: hl7.Message, header: MessageHeader) -> PamEvent:
         zbe = zbes[0]
         event.movement_id = _opt(get_field(zbe, 1, 1, 1))
         event.movement_action = _opt(get_field(zbe, 4))
+        event.movement_historic = get_field(zbe, 5).strip().upper() == "Y"
         event.unit = _opt(get_field(zbe, 7, 1, 10)) or event.unit
         event.unit_name = _opt(get_field(zbe, 7, 1, 1))
     zfas = segments(message, "ZFA")

@@ -123,9 +123,10 @@ def adt(
     unit: str | None = "6268",
     patient_class: str | None = "I",
     action: str = "INSERT",
+    historic: str = "N",
 ) -> bytes:
     ts = now_ts()
-    zbe = f"ZBE|{cid}^CHU-X^000897406|{ts}||{action}|N||Unité^^^^^CHU-X&000897406&N^UF^^^{unit or ''}||HMS"
+    zbe = f"ZBE|{cid}^CHU-X^000897406|{ts}||{action}|{historic}||Unité^^^^^CHU-X&000897406&N^UF^^^{unit or ''}||HMS"
     return msg(msh(trigger, cid), f"EVN||{ts}||||{ts}", pid("555001"), pv1(visit, patient_class), zbe)
 
 
@@ -176,6 +177,29 @@ def test_movement_semantics(
         assert result.ack_code == "AA", (trigger, result.ack)
     stay = stays(db)["V1"]
     assert (stay.unit_code, stay.patient_class, stay.ended_at is None, stay.cancelled) == expected
+
+
+def test_a_historic_movement_leaves_the_current_unit(intake: Hl7Intake, db: Database) -> None:
+    """ZBE-5 = Y: a Z99 correcting, or an A12 cancelling, a transfer that later ones followed does not move the
+    patient out of the unit they are in now."""
+    assert intake.handle(adt("A01", "H1")).ack_code == "AA"
+    assert intake.handle(adt("A02", "H2", unit="4010", patient_class=None)).ack_code == "AA"
+    assert intake.handle(adt("A02", "H3", unit="2201", patient_class=None)).ack_code == "AA"
+    assert (
+        intake.handle(
+            adt("Z99", "H4", unit="3105", patient_class=None, action="UPDATE", historic="Y")
+        ).ack_code
+        == "AA"
+    )
+    assert (
+        intake.handle(
+            adt("A12", "H5", unit="4010", patient_class=None, action="CANCEL", historic="Y")
+        ).ack_code
+        == "AA"
+    )
+    assert stays(db)["V1"].unit_code == "2201"
+    assert intake.handle(adt("Z99", "H6", unit="3105", patient_class=None, action="UPDATE")).ack_code == "AA"
+    assert stays(db)["V1"].unit_code == "3105"  # the current movement, corrected
 
 
 def test_cancellation_of_an_unknown_visit_records_nothing(intake: Hl7Intake, db: Database) -> None:
