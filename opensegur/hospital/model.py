@@ -236,6 +236,11 @@ class HospitalSso(_Strict):
         default_factory=list,
         description="Valeurs amr qui attestent une authentification forte (ex. mfa, otp)",
     )
+    login_claim: Text = Field(
+        "preferred_username",
+        description="Revendication du jeton qui porte l'identifiant du compte OpenSégur (ex. preferred_username, "
+        "upn, email)",
+    )
 
 
 class ProSanteConnect(_Strict):

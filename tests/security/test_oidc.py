@@ -29,10 +29,11 @@ from opensegur.sandbox.psc import PscSandbox, create_psc_router
 from opensegur.sandbox.psc.provider import Grant
 from opensegur.security import accounts
 from opensegur.security.matrix import Assignment, Scope
+from opensegur.security.oidc import Provider
 from opensegur.store.db import Database
 from opensegur.store.models import Account, AuditEvent, WebSession
 from opensegur.web.app import create_app
-from opensegur.web.routes.oidc import login_options
+from opensegur.web.routes.oidc import configured_provider, login_options
 from opensegur.web.routes.oidc import router as oidc_router
 from tests.browser import browser_page, screenshot
 from tests.oidc_servers import Browser, loopback_socket, oidc_provider, serve, url_of
@@ -405,4 +406,30 @@ def test_sso_login_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.MonkeyP
         with db.session() as s:
             [session] = s.scalars(select(WebSession)).all()
             assert session.method == "sso" and session.strong
+        db.dispose()
+
+
+def test_the_sso_login_claim_comes_from_identity_providers_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENSEGUR_TEST_SSO_SECRET", SSO_SECRET)
+    db = Database(f"sqlite:///{tmp_path / 'claim.db'}")
+    db.migrate()
+    try:
+        runtime = Offline(
+            Settings(data_dir=tmp_path, public_base_url="https://segur.chu.test"), db, Hl7Intake(db)
+        )
+        for claim in ("preferred_username", "upn"):
+            sso = HospitalSso(
+                issuer="https://sso.chu.test",
+                client_id="opensegur",
+                client_secret_env="OPENSEGUR_TEST_SSO_SECRET",
+                **({} if claim == "preferred_username" else {"login_claim": claim}),
+            )
+            runtime.hospital = demo_config().model_copy(  # type: ignore[attr-defined]
+                update={"identity_providers": IdentityProvidersFile(sso=sso)}
+            )
+            provider = configured_provider(runtime, "sso")
+            assert isinstance(provider, Provider) and provider.login_claim == claim
+    finally:
         db.dispose()

@@ -44,7 +44,6 @@ OidcLogin = Annotated[None, Depends(public("connexion par Pro Santé Connect ou 
 FLOW_COOKIE = "opensegur_oidc"
 _FLOW_PATH = "/connexion"
 _DEFAULT_TARGET = "/identites"
-_SSO_LOGIN_CLAIM = "preferred_username"
 
 
 def configured_provider(runtime: WebRuntime, name: ProviderName) -> Provider | OidcRefused | None:
@@ -80,7 +79,7 @@ def configured_provider(runtime: WebRuntime, name: ProviderName) -> Provider | O
             scope="openid profile",
             strong_acr=frozenset(entry.mfa_acr),
             strong_amr=frozenset(entry.mfa_amr),
-            login_claim=_SSO_LOGIN_CLAIM,
+            login_claim=entry.login_claim,
         )
     sandbox = getattr(runtime, "endpoints", {}).get("psc") if runtime.settings.sandbox_on else None
     if name == "psc" and sandbox is not None:
