@@ -60,6 +60,7 @@ from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.identity.traits import normalise_name
+from opensegur.logsafe import failure
 from opensegur.store import jobs
 from opensegur.store.db import Database
 from opensegur.store.models import (
@@ -373,9 +374,9 @@ async def _poll_loop(
             # Stopping closes the reader under a poll or an IDLE in progress: nothing to warn about.
             if not stop.is_set():
                 log.warning("mailbox %s: poll failed, retried in %g s: %s", mailbox, interval_s, exc)
-        except Exception:  # the loop must outlive any one bad poll
+        except Exception as exc:  # the loop must outlive any one bad poll
             if not stop.is_set():
-                log.exception("mailbox %s: poll crashed, retried in %g s", mailbox, interval_s)
+                log.error("mailbox %s: poll crashed, retried in %g s: %s", mailbox, interval_s, failure(exc))
         await asyncio.sleep(interval_s)
 
 

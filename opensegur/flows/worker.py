@@ -10,6 +10,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from opensegur.logsafe import failure
 from opensegur.store import jobs
 from opensegur.store.db import Database
 from opensegur.store.models import Job
@@ -91,8 +92,8 @@ class WorkerPool:
             try:
                 job = await asyncio.to_thread(self._claim, worker, finished)
                 finished = None
-            except Exception:  # the loop must survive a database hiccup
-                log.exception("worker %s: claim failed", worker)
+            except Exception as exc:  # the loop must survive a database hiccup
+                log.error("worker %s: claim failed: %s", worker, failure(exc))
                 job = None
             if job is not None:
                 finished = await self._execute(job)
@@ -123,7 +124,7 @@ class WorkerPool:
         except RetryableError as exc:
             await asyncio.to_thread(self._fail, job, str(exc), True)
         except Exception as exc:  # an unexpected bug: keep the job visible and retryable
-            log.exception("job %s (%s) crashed", job.id, job.kind)
+            log.error("job %s (%s) crashed: %s", job.id, job.kind, failure(exc))
             await asyncio.to_thread(self._fail, job, f"{type(exc).__name__}: {exc}", True)
         else:
             return job.id, result

@@ -32,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from opensegur.logsafe import failure
+
 __all__ = [
     "MllpFramingError",
     "MllpServer",
@@ -226,9 +228,9 @@ class MllpServer:
             pass  # idle connection closed by stop(): nothing was being processed
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             logger.info("MLLP peer %s disconnected: %s", writer.get_extra_info("peername"), exc)
-        except Exception:
+        except Exception as exc:
             # Handler crash: no ACK at all, so the sender resends instead of believing it was accepted.
-            logger.exception("MLLP handler failed; closing connection without ACK")
+            logger.error("MLLP handler failed; closing connection without ACK: %s", failure(exc))
         finally:
             self._connections.discard(conn)
             writer.close()
