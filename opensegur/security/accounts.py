@@ -162,6 +162,32 @@ def verify_second_factor(
     return method
 
 
+def set_password(
+    session: Session,
+    account: Account,
+    password: str,
+    *,
+    with_totp: bool = False,
+    by: Actor | str | None = None,
+) -> str | None:
+    """A first password for an account the HR feed created, or a new one: the lock-out is lifted, every session
+    ends (whoever knew the old password is out) and, with ``with_totp``, a new TOTP secret is returned."""
+    if len(password) < _MIN_PASSWORD:
+        raise SecurityError(f"Mot de passe trop court : {_MIN_PASSWORD} caractères au moins")
+    if not account.active:
+        raise SecurityError(f"Compte « {account.login} » désactivé : réactivez-le d'abord (flux RH)")
+    account.password_hash = passwords.hash_password(password)
+    account.failed_logins = 0
+    account.locked_until = None
+    secret = totp.new_secret() if with_totp else None
+    if secret is not None:
+        account.totp_secret, account.totp_last_step = secret, None
+    revoke_all(session, account.id)
+    record_admin(session, by, "account_password", {"login": account.login, "totp": with_totp})
+    session.flush()
+    return secret
+
+
 def deactivate(
     session: Session,
     account: Account,

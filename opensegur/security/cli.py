@@ -77,6 +77,16 @@ def register(sub: Any) -> None:
     p.add_argument("--rpps")
     p.add_argument("--totp", action="store_true", help="enrol a TOTP second factor and print its secret")
     p = command(
+        account,
+        "password",
+        "set a password (first one after an HR arrival, or a reset); ends the account's sessions",
+        _account_password,
+    )
+    p.add_argument("login")
+    p.add_argument(
+        "--totp", action="store_true", help="also enrol a new TOTP second factor and print its secret"
+    )
+    p = command(
         account, "deactivate", "departure: deactivate the account and end its sessions", _account_deactivate
     )
     p.add_argument("login")
@@ -196,6 +206,24 @@ def _account_create(args: argparse.Namespace, settings: Settings, db: Database) 
         )
         codes = totp.set_recovery_codes(account) if secret is not None else []
     print(f"Compte « {account.login} » créé ({assignment.role}, {assignment.scope.label}).")
+    if secret is not None:
+        print(f"Secret TOTP : {secret}")
+        print(f"URI d'enrôlement : {totp.provisioning_uri(secret, account.login)}")
+        print("Codes de secours (chacun utilisable une fois, affichés une seule fois) :")
+        for code in codes:
+            print(f"  {code}")
+    return 0
+
+
+def _account_password(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    password = _read_password()
+    with db.session() as s:
+        account = s.scalar(select(Account).where(Account.login == args.login.strip().casefold()))
+        if account is None:
+            raise SecurityError(f"Aucun compte « {args.login} »")
+        secret = accounts.set_password(s, account, password, with_totp=args.totp, by=_operator())
+        codes = totp.set_recovery_codes(account) if secret is not None else []
+    print(f"Mot de passe de « {account.login} » enregistré ; ses sessions sont fermées.")
     if secret is not None:
         print(f"Secret TOTP : {secret}")
         print(f"URI d'enrôlement : {totp.provisioning_uri(secret, account.login)}")

@@ -10,9 +10,11 @@ import pyotp
 import pytest
 
 from opensegur.cli import main
-from opensegur.security import accounts, tokens
+from opensegur.security import accounts, sessions, tokens
 from opensegur.security.errors import LoginRefused
+from opensegur.security.matrix import Assignment, Scope
 from opensegur.store.db import Database
+from opensegur.store.models import WebSession
 
 from .conftest import PASSWORD
 
@@ -128,3 +130,31 @@ def test_audit_verify_and_anchor(tmp_path: Path, capsys: pytest.CaptureFixture[s
     code, out, err = run(capsys, tmp_path, "audit", "verify")
     assert code == 1 and out == ""
     assert "ALTÉRÉE — premier maillon rompu : maillon n° 2, entrée n° 2 : entrée modifiée" in err
+
+
+def test_account_password_gives_an_hr_arrival_its_first_password_and_second_factor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An account the HR feed created has no password; the operator gives one (and a TOTP), ending any session."""
+    db = database(tmp_path)
+    db.migrate()
+    with db.session() as s:
+        account, _ = accounts.create_account(
+            s, "m123456", "Léa ARRIVANTE", [Assignment("ide", Scope("ght"))], None, source="hr", by="rh"
+        )
+        _, before = sessions.open_session(s, account, "sso", False, None, None)
+        before_id = before.id
+    with pytest.raises(LoginRefused), db.session() as s:
+        accounts.authenticate_password(s, "m123456", PASSWORD, None)  # no password yet
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    code, out, _ = run(capsys, tmp_path, "account", "password", "M123456", "--totp")
+    assert code == 0 and "sessions sont fermées" in out
+    secret = next(li.split(": ", 1)[1] for li in out.splitlines() if li.startswith("Secret TOTP"))
+    with db.session() as s:
+        found = accounts.authenticate_password(s, "m123456", PASSWORD, None)
+        assert accounts.verify_second_factor(s, found, pyotp.TOTP(secret).now()) == "totp"
+        assert s.get_one(WebSession, before_id).revoked_at is not None
+    monkeypatch.setattr("sys.stdin", io.StringIO("court\n"))
+    code, _, err = run(capsys, tmp_path, "account", "password", "m123456")
+    assert code == 1 and "trop court" in err
+    db.dispose()
