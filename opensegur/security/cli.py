@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
         p: argparse.ArgumentParser = parent.add_parser(name, help=help_text)
         p.add_argument("--data-dir", type=Path)
         p.add_argument("--db", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite)")
-        p.set_defaults(handler=lambda args: _run(handler, args))
+        p.set_defaults(handler=lambda args: run_with_database(handler, args))
         return p
 
     token = sub.add_parser("token", help="bearer tokens of system accounts").add_subparsers(
@@ -93,7 +93,8 @@ def register(sub: Any) -> None:
     p.add_argument("--reason", default="départ")
 
 
-def _run(handler: Handler, args: argparse.Namespace) -> int:
+def run_with_database(handler: Handler, args: argparse.Namespace) -> int:
+    """Settings from --data-dir/--db, the database migrated, and a French refusal as exit status 1."""
     settings = Settings(**{k: v for k in ("data_dir", "db") if (v := getattr(args, k)) is not None})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_url)
@@ -107,7 +108,7 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
         db.dispose()
 
 
-def _operator() -> str:
+def operator() -> str:
     """Who runs the command, for the audit trail."""
     try:
         return f"cli:{getpass.getuser()}"
@@ -122,7 +123,7 @@ def _when(value: datetime | None) -> str:
 def _token_create(args: argparse.Namespace, settings: Settings, db: Database) -> int:
     with db.session() as s:
         secret = tokens.create_token(
-            s, args.name, args.role, args.scope, expires_days=args.expires, created_by=_operator()
+            s, args.name, args.role, args.scope, expires_days=args.expires, created_by=operator()
         )
     print(secret)
     print(f"Jeton « {args.name} » créé. Il ne sera plus affiché : conservez-le maintenant.", file=sys.stderr)
@@ -131,7 +132,7 @@ def _token_create(args: argparse.Namespace, settings: Settings, db: Database) ->
 
 def _token_revoke(args: argparse.Namespace, settings: Settings, db: Database) -> int:
     with db.session() as s:
-        tokens.revoke_token(s, args.name, by=_operator())
+        tokens.revoke_token(s, args.name, by=operator())
     print(f"Jeton « {args.name} » révoqué.")
     return 0
 
@@ -202,16 +203,11 @@ def _account_create(args: argparse.Namespace, settings: Settings, db: Database) 
             password,
             rpps=args.rpps,
             with_totp=args.totp,
-            by=_operator(),
+            by=operator(),
         )
         codes = totp.set_recovery_codes(account) if secret is not None else []
     print(f"Compte « {account.login} » créé ({assignment.role}, {assignment.scope.label}).")
-    if secret is not None:
-        print(f"Secret TOTP : {secret}")
-        print(f"URI d'enrôlement : {totp.provisioning_uri(secret, account.login)}")
-        print("Codes de secours (chacun utilisable une fois, affichés une seule fois) :")
-        for code in codes:
-            print(f"  {code}")
+    _print_second_factor(account.login, secret, codes)
     return 0
 
 
@@ -221,16 +217,22 @@ def _account_password(args: argparse.Namespace, settings: Settings, db: Database
         account = s.scalar(select(Account).where(Account.login == args.login.strip().casefold()))
         if account is None:
             raise SecurityError(f"Aucun compte « {args.login} »")
-        secret = accounts.set_password(s, account, password, with_totp=args.totp, by=_operator())
+        secret = accounts.set_password(s, account, password, with_totp=args.totp, by=operator())
         codes = totp.set_recovery_codes(account) if secret is not None else []
     print(f"Mot de passe de « {account.login} » enregistré ; ses sessions sont fermées.")
-    if secret is not None:
-        print(f"Secret TOTP : {secret}")
-        print(f"URI d'enrôlement : {totp.provisioning_uri(secret, account.login)}")
-        print("Codes de secours (chacun utilisable une fois, affichés une seule fois) :")
-        for code in codes:
-            print(f"  {code}")
+    _print_second_factor(account.login, secret, codes)
     return 0
+
+
+def _print_second_factor(login: str, secret: str | None, codes: list[str]) -> None:
+    """A new TOTP secret, its enrolment URI and the recovery codes: shown once, here, never stored in clear."""
+    if secret is None:
+        return
+    print(f"Secret TOTP : {secret}")
+    print(f"URI d'enrôlement : {totp.provisioning_uri(secret, login)}")
+    print("Codes de secours (chacun utilisable une fois, affichés une seule fois) :")
+    for code in codes:
+        print(f"  {code}")
 
 
 def _account_deactivate(args: argparse.Namespace, settings: Settings, db: Database) -> int:
@@ -238,6 +240,6 @@ def _account_deactivate(args: argparse.Namespace, settings: Settings, db: Databa
         account = s.scalar(select(Account).where(Account.login == args.login.strip().casefold()))
         if account is None:
             raise SecurityError(f"Aucun compte « {args.login} »")
-        revoked = accounts.deactivate(s, account, args.reason, by=_operator())
+        revoked = accounts.deactivate(s, account, args.reason, by=operator())
     print(f"Compte « {account.login} » désactivé ; {revoked} session(s) fermée(s).")
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from opensegur.config import Settings
 from opensegur.connectors.annuaire_client import AnnuaireClient
 from opensegur.hospital.apply import applied_config
 from opensegur.security import hr_csv
+from opensegur.security.cli import operator, run_with_database
 from opensegur.security.errors import SecurityError
 from opensegur.security.provisioning import ProvisioningReport
 from opensegur.store.db import Database
@@ -36,33 +36,12 @@ def register(sub: Any) -> None:
     p = accounts.add_parser("import", help="apply an HR CSV file: arrivals, moves, departures")
     p.add_argument("file", type=Path)
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
-    p.set_defaults(handler=lambda args: _run(_import, args))
+    p.set_defaults(handler=lambda args: run_with_database(_import, args))
     p = accounts.add_parser("list", help="list accounts with their source, state and assignments")
-    p.set_defaults(handler=lambda args: _run(_list, args))
+    p.set_defaults(handler=lambda args: run_with_database(_list, args))
     for parser in (p, accounts.choices["import"]):
         parser.add_argument("--data-dir", type=Path)
         parser.add_argument("--db", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite)")
-
-
-def _run(handler: Any, args: argparse.Namespace) -> int:
-    settings = Settings(**{k: v for k in ("data_dir", "db") if (v := getattr(args, k)) is not None})
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.db_url)
-    try:
-        db.migrate()
-        return int(handler(args, settings, db))
-    except SecurityError as exc:
-        print(exc.message, file=sys.stderr)
-        return 1
-    finally:
-        db.dispose()
-
-
-def _operator() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):  # no login name in a bare container
-        return "cli"
 
 
 def _annuaire(settings: Settings) -> AnnuaireClient | None:
@@ -99,7 +78,7 @@ def _import(args: argparse.Namespace, settings: Settings, db: Database) -> int:
                 origin=args.file.name,
                 config=config,
                 annuaire=client,
-                by=_operator(),
+                by=operator(),
                 dry_run=args.dry_run,
             )
         finally:

@@ -307,6 +307,30 @@ def test_provider_error_and_unconfigured_sso(setup: Setup, browser: Browser) -> 
 SSO_SECRET = "secret-client-sso-de-test-" + "x" * 20
 
 
+def _sso_platform(
+    tmp_path: Path, name: str, issuer: str, platform: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Database, Offline]:
+    """The demo hospital whose identity_providers.toml declares ``issuer`` as its SSO (MFA: acr urn:chu:mfa or
+    amr otp), with the account ide.morel."""
+    db = Database(f"sqlite:///{tmp_path / name}")
+    db.migrate()
+    load_demo(db)
+    _account(db, "ide.morel", role="ide")
+    monkeypatch.setenv("OPENSEGUR_TEST_SSO_SECRET", SSO_SECRET)
+    sso = HospitalSso(
+        issuer=issuer,
+        client_id="opensegur",
+        client_secret_env="OPENSEGUR_TEST_SSO_SECRET",
+        mfa_acr=["urn:chu:mfa"],
+        mfa_amr=["otp"],
+    )
+    runtime = Offline(Settings(data_dir=tmp_path, public_base_url=platform), db, Hl7Intake(db))
+    runtime.hospital = demo_config().model_copy(  # type: ignore[attr-defined]
+        update={"identity_providers": IdentityProvidersFile(sso=sso)}
+    )
+    return db, runtime
+
+
 def test_sso_login_with_real_openid_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     platform_sock = loopback_socket()
     platform = url_of(platform_sock)
@@ -315,22 +339,7 @@ def test_sso_login_with_real_openid_provider(tmp_path: Path, monkeypatch: pytest
         "inconnu.sso": {"password": "sso-inconnu-2026", "otp": "424242", "name": "Personne"},
     }
     with oidc_provider("opensegur", SSO_SECRET, f"{platform}/connexion/sso/retour", users) as issuer:
-        db = Database(f"sqlite:///{tmp_path / 'sso.db'}")
-        db.migrate()
-        load_demo(db)
-        _account(db, "ide.morel", role="ide")
-        monkeypatch.setenv("OPENSEGUR_TEST_SSO_SECRET", SSO_SECRET)
-        sso = HospitalSso(
-            issuer=issuer,
-            client_id="opensegur",
-            client_secret_env="OPENSEGUR_TEST_SSO_SECRET",
-            mfa_acr=["urn:chu:mfa"],
-            mfa_amr=["otp"],
-        )
-        runtime = Offline(Settings(data_dir=tmp_path, public_base_url=platform), db, Hl7Intake(db))
-        runtime.hospital = demo_config().model_copy(  # type: ignore[attr-defined]
-            update={"identity_providers": IdentityProvidersFile(sso=sso)}
-        )
+        db, runtime = _sso_platform(tmp_path, "sso.db", issuer, platform, monkeypatch)
         assert login_options(runtime) == {"psc_login": False, "sso_login": True}
         with serve(_platform_app(runtime), platform_sock):
 
@@ -375,22 +384,7 @@ def test_sso_login_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.MonkeyP
     platform = url_of(platform_sock)
     users = {"ide.morel": {"password": "sso-morel-2026", "otp": "424242", "name": "Sophie MOREL"}}
     with oidc_provider("opensegur", SSO_SECRET, f"{platform}/connexion/sso/retour", users) as issuer:
-        db = Database(f"sqlite:///{tmp_path / 'sso-browser.db'}")
-        db.migrate()
-        load_demo(db)
-        _account(db, "ide.morel", role="ide")
-        monkeypatch.setenv("OPENSEGUR_TEST_SSO_SECRET", SSO_SECRET)
-        sso = HospitalSso(
-            issuer=issuer,
-            client_id="opensegur",
-            client_secret_env="OPENSEGUR_TEST_SSO_SECRET",
-            mfa_acr=["urn:chu:mfa"],
-            mfa_amr=["otp"],
-        )
-        runtime = Offline(Settings(data_dir=tmp_path, public_base_url=platform), db, Hl7Intake(db))
-        runtime.hospital = demo_config().model_copy(  # type: ignore[attr-defined]
-            update={"identity_providers": IdentityProvidersFile(sso=sso)}
-        )
+        db, runtime = _sso_platform(tmp_path, "sso-browser.db", issuer, platform, monkeypatch)
         with serve(_platform_app(runtime), platform_sock), browser_page() as page:
             page.goto(f"{platform}/identites")
             page.click("text=Connexion établissement (SSO)")

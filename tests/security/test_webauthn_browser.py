@@ -5,13 +5,7 @@ pages, their script and the platform served over HTTP on http://localhost (a sec
 from __future__ import annotations
 
 import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import uvicorn
-from fastapi import FastAPI
 from sqlalchemy import select
 
 from opensegur.config import Settings
@@ -21,23 +15,8 @@ from opensegur.security.matrix import Assignment, Scope
 from opensegur.store.models import WebauthnCredential, WebSession
 from opensegur.web.app import create_app
 from tests.browser import browser_page, log_in, screenshot
+from tests.oidc_servers import serve
 from tests.web.test_rest_intake import Offline, offline  # noqa: F401  (fixture)
-
-
-@contextmanager
-def serving(app: FastAPI, sock: socket.socket) -> Iterator[None]:
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn n'a pas démarré"
-        time.sleep(0.02)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_enrol_a_key_then_log_in_with_it(offline: Offline) -> None:  # noqa: F811
@@ -59,7 +38,7 @@ def test_enrol_a_key_then_log_in_with_it(offline: Offline) -> None:  # noqa: F81
     person = DemoAccount(login, "Dr Navigateur", "medecin", "ght", secret)
     app = create_app(offline)
 
-    with serving(app, sock), browser_page() as page:
+    with serve(app, sock), browser_page() as page:
         cdp = page.context.new_cdp_session(page)
         cdp.send("WebAuthn.enable")
         authenticator = cdp.send(
