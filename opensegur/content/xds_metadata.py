@@ -98,8 +98,12 @@ def _esc(value: str | None) -> str:
     return out.replace("&", "\\T\\").replace("~", "\\R\\")
 
 
-def cx(value: str, authority_oid: str, id_type: str) -> str:
-    return f"{_esc(value)}^^^&{authority_oid}&ISO^{id_type}"
+def cx(value: str, authority: str, id_type: str) -> str:
+    """CX with its assigning authority: ``&<OID>&ISO`` (HD.2 + HD.3) for an OID — HL7 table 0301 keeps ISO for
+    OIDs —, else the name alone in HD.1 (a namespace such as the ANS examples' ``000897406``)."""
+    if _OID_RE.match(authority):
+        return f"{_esc(value)}^^^&{authority}&ISO^{id_type}"
+    return f"{_esc(value)}^^^{_esc(authority)}^{id_type}"
 
 
 def xcn(ident: Identifier, family: str | None, given: str | None) -> str:

@@ -145,3 +145,12 @@ def test_submission_set_from_document() -> None:
     assert ss.authors == doc.authors[:1]
     with pytest.raises(MetadataError):
         submission_set_metadata(doc, unique_id="1", source_id="2", patient_class="Z")
+
+
+def test_iso_is_given_only_to_oid_assigning_authorities() -> None:
+    """HL7 table 0301 keeps ISO for OIDs: a stay numbered by a named authority (the ANS examples' 000897406, a
+    namespace) carries it in HD.1, never as '&000897406&ISO'."""
+    m = _meta(CR_RADIO_V1, stay_number="SEJ42", stay_authority_oid="000897406")
+    assert m.reference_ids == ["SEJ42^^^000897406^urn:ihe:iti:xds:2015:encounterId"]
+    m = _meta(CR_RADIO_V1, stay_number="SEJ42", stay_authority_oid="1.2.250.1.999.7")
+    assert m.reference_ids == ["SEJ42^^^&1.2.250.1.999.7&ISO^urn:ihe:iti:xds:2015:encounterId"]
