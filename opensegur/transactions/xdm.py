@@ -34,6 +34,8 @@ from lxml import etree
 
 from opensegur.content.cda import CdaError, CdaHeader, parse_cda
 from opensegur.documents.metadata import DocumentMetadata, SubmissionSetMetadata
+from opensegur.transactions.ebrim import normalize
+from opensegur.transactions.ihe_ids import SS_NODE
 from opensegur.transactions.xds import (
     ASSOC_HAS_MEMBER,
     NS_LCM,
@@ -330,6 +332,7 @@ def _read_metadata(
     except SoapFormatError as exc:
         code = "XDM_METADATA_UNSAFE" if exc.unsafe else "XDM_METADATA_INVALID"
         raise XdmError(code, f"METADATA.XML refusé : {exc}", path) from exc
+    normalize(root)
     rol = root.find(f"{_R}RegistryObjectList")
     if root.tag != f"{_LCM}SubmitObjectsRequest" or rol is None:
         raise XdmError("XDM_METADATA_INVALID", "METADATA.XML n'est pas un SubmitObjectsRequest ebRIM", path)
@@ -337,7 +340,7 @@ def _read_metadata(
     ss_nodes = {
         c.get("classifiedObject")
         for c in rol.iter(f"{_R}Classification")
-        if c.get("classificationNode") == "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd"
+        if c.get("classificationNode") == SS_NODE
     }
     sets = [p for p in packages if p.get("id") in ss_nodes]
     if len(sets) != 1:

@@ -7,8 +7,8 @@ this module only knows how XDS renders them (slots, classifications, external id
 Decisions (see the report in the lead's notes):
 - ITI-41 SOAP action: the IHE value ``urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b`` is emitted; the ANS kit's
   ``urn:ihe:iti:xds-b:2007:ProvideAndRegisterDocumentSet-b`` is accepted too (:data:`ITI41_ACTIONS`).
-- RPLC association type: IHE ITI TF-3 4.2.2 names it ``urn:ihe:iti:2007:AssociationType:RPLC``; the research
-  digest quotes a ``2010`` variant. The 2007 form is emitted, both are read as RPLC.
+- Identifiers (schemes, object and association types, stored queries) come from
+  :mod:`opensegur.transactions.ihe_ids`; :mod:`opensegur.transactions.ebrim` normalises what is read first.
 """
 
 from __future__ import annotations
@@ -24,6 +24,44 @@ from typing import Literal
 from lxml import etree
 
 from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata, XdsAuthor
+from opensegur.transactions.ebrim import NS_LCM, NS_RIM, normalize
+from opensegur.transactions.ihe_ids import (
+    ASSOC_ALIASES,
+    ASSOC_HAS_MEMBER,
+    ASSOC_RPLC,
+    ASSOC_SIGNS,
+    ASSOC_UPDATE_AVAILABILITY,
+    DE_AUTHOR,
+    DE_CLASS_CODE,
+    DE_CONFIDENTIALITY,
+    DE_EVENT_CODE,
+    DE_FACILITY_TYPE,
+    DE_FORMAT_CODE,
+    DE_PATIENT_ID,
+    DE_PRACTICE_SETTING,
+    DE_TYPE_CODE,
+    DE_UNIQUE_ID,
+    OBJECT_TYPE_ASSOCIATION,
+    OBJECT_TYPE_CLASSIFICATION,
+    OBJECT_TYPE_EXTERNAL_ID,
+    OBJECT_TYPE_ON_DEMAND,
+    OBJECT_TYPE_REGISTRY_PACKAGE,
+    OBJECT_TYPE_STABLE,
+    RESPONSE_FAILURE,
+    RESPONSE_PARTIAL,
+    RESPONSE_SUCCESS,
+    SEVERITY_ERROR,
+    SEVERITY_WARNING,
+    SS_AUTHOR,
+    SS_CONTENT_TYPE,
+    SS_NODE,
+    SS_PATIENT_ID,
+    SS_SOURCE_ID,
+    SS_UNIQUE_ID,
+    STATUS_APPROVED,
+    STATUS_DEPRECATED,
+    Q,
+)
 from opensegur.transport.mtom import MtomError, xop_include, xop_or_inline
 
 __all__ = [
@@ -85,8 +123,6 @@ __all__ = [
     "signature_entry_metadata",
 ]
 
-NS_LCM = "urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0"
-NS_RIM = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0"
 NS_RS = "urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0"
 NS_QUERY = "urn:oasis:names:tc:ebxml-regrep:xsd:query:3.0"
 NS_XDSB = "urn:ihe:iti:xds-b:2007"
@@ -110,68 +146,13 @@ def response_action(action: str) -> str:
     return (ACTION_ITI41 if action in ITI41_ACTIONS else action) + "Response"
 
 
-# ebRIM object types, classification schemes and identification schemes (ITI TF-3 4.2.5).
-OBJECT_TYPE_STABLE = "urn:uuid:7edca82f-054d-47f2-a032-9b2a5b5186c1"
-OBJECT_TYPE_ON_DEMAND = "urn:uuid:34268e47-fdf5-41a6-ba33-82133c465248"
-OBJECT_TYPE_CLASSIFICATION = "urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:Classification"
-OBJECT_TYPE_EXTERNAL_ID = "urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:ExternalIdentifier"
-OBJECT_TYPE_ASSOCIATION = "urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:Association"
-DE_AUTHOR = "urn:uuid:93606bcf-9494-43ec-9b4e-a7748d1a838d"
-DE_CLASS_CODE = "urn:uuid:41a5887f-8865-4c09-adf7-e362475b143a"
-DE_CONFIDENTIALITY = "urn:uuid:f4f85eac-e6cb-4883-b524-f2705394840f"
-DE_EVENT_CODE = "urn:uuid:2c6b8cb7-8b2a-4051-b291-b1ae6a575ef4"
-DE_FORMAT_CODE = "urn:uuid:a09d5840-386c-46f2-b5ad-9c3699a4309d"
-DE_FACILITY_TYPE = "urn:uuid:f33fb8ac-18af-42cc-ae0e-ed0b0bdb91e1"
-DE_PRACTICE_SETTING = "urn:uuid:cccf5598-8b07-4b77-a05e-ae952c785ead"
-DE_TYPE_CODE = "urn:uuid:f0306f51-975f-434e-a61c-c59651d33983"
-DE_PATIENT_ID = "urn:uuid:58a6f841-87b3-4a3e-92fd-a8ffeff98427"
-DE_UNIQUE_ID = "urn:uuid:2e82c1f6-a085-4c72-9da3-8640a32e42ab"
-SS_NODE = "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd"
-SS_AUTHOR = "urn:uuid:a7058bb9-b4e4-4307-ba5b-e3f0ab85e12d"
-SS_CONTENT_TYPE = "urn:uuid:aa543740-bdda-424e-8c96-df4873be8500"
-SS_PATIENT_ID = "urn:uuid:6b5aea1a-874d-4603-a4bc-96a0a7b38446"
-SS_SOURCE_ID = "urn:uuid:554ac39e-e3fe-47fe-b233-965d2a147832"
-SS_UNIQUE_ID = "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8"
-
-ASSOC_HAS_MEMBER = "urn:oasis:names:tc:ebxml-regrep:AssociationType:HasMember"
-ASSOC_RPLC = "urn:ihe:iti:2007:AssociationType:RPLC"
-ASSOC_RPLC_ALIASES = frozenset({ASSOC_RPLC, "urn:ihe:iti:2010:AssociationType:RPLC"})
-ASSOC_SIGNS = "urn:ihe:iti:2007:AssociationType:signs"
-ASSOC_UPDATE_AVAILABILITY = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
-
-STATUS_APPROVED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
-STATUS_DEPRECATED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated"
-STATUS_SUBMITTED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Submitted"
-RESPONSE_SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
-RESPONSE_FAILURE = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Failure"
-RESPONSE_PARTIAL = "urn:ihe:iti:2007:ResponseStatusType:PartialSuccess"
 _STATUS_URNS = {"Success": RESPONSE_SUCCESS, "Failure": RESPONSE_FAILURE, "PartialSuccess": RESPONSE_PARTIAL}
-SEVERITY_ERROR = "urn:oasis:names:tc:ebxml-regrep:ErrorSeverityType:Error"
-SEVERITY_WARNING = "urn:oasis:names:tc:ebxml-regrep:ErrorSeverityType:Warning"
 
 # Submission-set signature entry (IHE DSG, as the DMP requires it).
 SIGNATURE_CLASS = Coded("urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1", "URN", "Digital Signature")
 SIGNATURE_TYPE = Coded("E1762", "ASTM", "Full Document")
 SIGNATURE_FORMAT = Coded("http://www.w3.org/2000/09/xmldsig#", "URN", "Default Signature Style")
 SIGNATURE_EVENT = Coded("1.2.840.10065.1.12.1.14", "1.2.840.10065.1.12", "Source")
-
-
-class Q:
-    """Registry Stored Query ids (ITI TF-2a 3.18.4.1.2.3.7)."""
-
-    FIND_DOCUMENTS = "urn:uuid:14d4debf-8f97-4251-9a74-a90016b0af0d"
-    FIND_SUBMISSION_SETS = "urn:uuid:f26abbcb-ac74-4422-8a30-edb644bbc1a9"
-    FIND_FOLDERS = "urn:uuid:958f3006-baad-4929-a4de-ff1114824431"
-    GET_ALL = "urn:uuid:10b545ea-725c-446d-9b95-8aeb444eddf3"
-    GET_DOCUMENTS = "urn:uuid:5c4f972b-d56b-40ac-a5fc-c8ca9b40b9d4"
-    GET_FOLDERS = "urn:uuid:5737b14c-8a1a-4539-b659-e03a34a5e1e4"
-    GET_ASSOCIATIONS = "urn:uuid:a7ae438b-4bc2-4642-93e9-be891f7bb155"
-    GET_DOCUMENTS_AND_ASSOCIATIONS = "urn:uuid:bab9529a-4a10-40b3-a01f-f68a615d247a"
-    GET_SUBMISSION_SETS = "urn:uuid:51224314-5390-4169-9b91-b1980040715a"
-    GET_SUBMISSION_SET_AND_CONTENTS = "urn:uuid:e8e3cb2c-e39c-46b9-99e4-c12f57260b83"
-    GET_FOLDER_AND_CONTENTS = "urn:uuid:b909a503-523d-4517-8acf-8e5834dfc4c7"
-    GET_FOLDERS_FOR_DOCUMENT = "urn:uuid:10cae35a-c7f9-4cf5-b61e-fc3278ffb578"
-    GET_RELATED_DOCUMENTS = "urn:uuid:d90e5407-b356-4d91-a89f-873917b4b0e6"
 
 
 QUERY_NAMES = {v: k for k, v in vars(Q).items() if k.isupper()}
@@ -595,7 +576,7 @@ def render_submission_set(ss: SubmissionSetMetadata, entry_id: str | None = None
     rp = _el(
         f"{_R}RegistryPackage",
         id=obj_id,
-        objectType="urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:RegistryPackage",
+        objectType=OBJECT_TYPE_REGISTRY_PACKAGE,
     )
     _slot(rp, "submissionTime", [ss.submission_time])
     _localized(rp, "Name", ss.title)
@@ -674,9 +655,7 @@ def read_associations(object_list: etree._Element) -> list[Association]:
         a_type, src, tgt = el.get("associationType"), el.get("sourceObject"), el.get("targetObject")
         if not a_type or not src or not tgt:
             raise XdsError("XDSRegistryMetadataError", "association without type/source/target", _where(el))
-        if a_type in ASSOC_RPLC_ALIASES:
-            a_type = ASSOC_RPLC
-        out.append(Association(a_type, src, tgt, el.get("id", ""), _slots(el)))
+        out.append(Association(ASSOC_ALIASES.get(a_type, a_type), src, tgt, el.get("id", ""), _slots(el)))
     return out
 
 
@@ -801,6 +780,7 @@ def parse_provide_and_register(body_el: etree._Element, attachments: dict[str, b
     """Strict repository/registry-side reading of an ITI-41 request (first error raised as :class:`XdsError`)."""
     if body_el.tag != f"{_X}ProvideAndRegisterDocumentSetRequest":
         raise XdsError("XDSRepositoryError", f"unexpected request {body_el.tag}")
+    normalize(body_el)
     rol = body_el.find(f"{_LCM}SubmitObjectsRequest/{_R}RegistryObjectList")
     if rol is None:
         raise XdsError("XDSRegistryMetadataError", "missing SubmitObjectsRequest/RegistryObjectList")
@@ -1173,6 +1153,8 @@ def parse_query_response(el: etree._Element) -> QueryResult:
         raise XdsError("XDSRegistryError", f"AdhocQueryResponse expected, got {el.tag}")
     result = QueryResult(_read_status(el), _read_errors(el))
     rol = el.find(f"{_R}RegistryObjectList")
+    if rol is not None:
+        normalize(rol)
     if rol is None:
         return result
     result.documents = [read_document_entry(eo) for eo in rol.findall(f"{_R}ExtrinsicObject")]
@@ -1336,6 +1318,7 @@ def build_update_document_set(
 def parse_update_document_set(body_el: etree._Element) -> UpdateDocumentSet:
     if body_el.tag != f"{_LCM}SubmitObjectsRequest":
         raise XdsError("XDSRegistryError", f"SubmitObjectsRequest expected, got {body_el.tag}")
+    normalize(body_el)
     rol = body_el.find(f"{_R}RegistryObjectList")
     if rol is None:
         raise XdsError("XDSRegistryMetadataError", "missing RegistryObjectList")

@@ -46,6 +46,7 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata, XdsAuthor
 from opensegur.transactions.xds import (
     ASSOC_HAS_MEMBER,
+    ASSOC_UPDATE_AVAILABILITY,
     Association,
     ProvideAndRegister,
     UpdateDocumentSet,
@@ -666,7 +667,7 @@ class DmpStore:
                 self._insert_association(
                     conn,
                     Association(
-                        "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus",
+                        ASSOC_UPDATE_AVAILABILITY,
                         ss.entry_uuid or "",
                         target.entry_uuid,
                         slots={"OriginalStatus": [u.original_status], "NewStatus": [u.new_status]},

@@ -1,0 +1,77 @@
+"""Every legal ebRIM placement reads the same: nested or top level, ebRIM 3.0 or 2.1, long or short types."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from lxml import etree
+
+from opensegur.transactions import xds
+from opensegur.transactions.ebrim import NS_RIM, normalize
+from opensegur.transactions.ihe_ids import ASSOC_HAS_MEMBER, ASSOC_RPLC, DE_CLASS_CODE, SS_CONTENT_TYPE
+from opensegur.transactions.xds import Association, XdsError
+from tests.ebrim_forms import hoist, short_association_types
+from tests.transactions.test_xds import CDA, _doc, _iti41, _ss
+
+R = f"{{{NS_RIM}}}"
+
+
+def test_iti41_with_every_classification_and_identifier_at_the_top_level_reads_as_nested() -> None:
+    _, _, nested, atts = _iti41()
+    top = hoist(copy.deepcopy(nested))
+    rol = top.find(f".//{R}RegistryObjectList")
+    assert rol is not None
+    # The rewrite really moved them: no object keeps a Classification or an ExternalIdentifier inside.
+    assert all(obj.find(f"{R}Classification") is None for obj in rol.findall(f"{R}ExtrinsicObject"))
+    assert len(rol.findall(f"{R}ExternalIdentifier")) == 5
+    assert xds.parse_provide_and_register(top, atts) == xds.parse_provide_and_register(nested, atts)
+
+
+def test_short_association_types_read_as_the_standard_ones() -> None:
+    new = _doc(entry_uuid="urn:uuid:33333333-3333-3333-3333-333333333333")
+    _, _, body, atts = _iti41(docs=[(new, CDA)], replaces={new.entry_uuid: "urn:uuid:4"})
+    pnr = xds.parse_provide_and_register(short_association_types(body), atts)
+    assert {a.type for a in pnr.associations} == {ASSOC_HAS_MEMBER, ASSOC_RPLC}
+    assert pnr.replaces == {new.entry_uuid: "urn:uuid:4"}
+
+
+def test_query_response_in_top_level_form_reads_as_nested() -> None:
+    d = _doc(entry_uuid="urn:uuid:55555555-5555-5555-5555-555555555555", availability_status="Approved")
+    ss = _ss(entry_uuid="urn:uuid:77777777-7777-7777-7777-777777777777")
+    a = Association(ASSOC_HAS_MEMBER, ss.entry_uuid or "", d.entry_uuid or "", "urn:uuid:8", {})
+    response = xds.build_query_response([d], [ss], [a])
+    result = xds.parse_query_response(hoist(response))
+    assert result.documents == [d] and result.submission_sets == [ss] and result.associations == [a]
+
+
+def test_a_top_level_classification_naming_no_object_is_reported_against_the_entry() -> None:
+    _, _, body, atts = _iti41()
+    hoist(body)
+    for cl in body.iter(f"{R}Classification"):
+        if cl.get("classificationScheme") == DE_CLASS_CODE:
+            cl.set("classifiedObject", "urn:uuid:00000000-0000-0000-0000-000000000000")
+    with pytest.raises(XdsError) as exc:
+        xds.parse_provide_and_register(body, atts)
+    assert exc.value.code == "XDSRegistryMetadataError"
+    assert "classCode" in exc.value.message and exc.value.location.startswith("ExtrinsicObject")
+
+
+def test_a_nested_classification_of_another_object_is_still_refused() -> None:
+    _, _, body, atts = _iti41()
+    rp = body.find(f".//{R}RegistryPackage")
+    assert rp is not None
+    for cl in rp.findall(f"{R}Classification"):
+        if cl.get("classificationScheme") == SS_CONTENT_TYPE:
+            cl.set("classifiedObject", "urn:uuid:00000000-0000-0000-0000-000000000000")
+    with pytest.raises(XdsError, match="classifies another object"):
+        xds.parse_provide_and_register(body, atts)
+
+
+def test_normalize_keeps_the_schema_order_inside_an_object() -> None:
+    _, _, body, _ = _iti41()
+    normalize(hoist(body))
+    eo = body.find(f".//{R}ExtrinsicObject")
+    assert eo is not None
+    tags = [etree.QName(c).localname for c in eo]
+    assert tags.index("ExternalIdentifier") > max(i for i, t in enumerate(tags) if t == "Classification")
