@@ -127,7 +127,6 @@ _TRIAGE_ERRORS: dict[str, str] = {
     "XDM_MULTIPLE_PATIENTS": "906",
     "MSS_INS_MISMATCH": "904",
     "XDM_PATIENT_MISMATCH": "904",
-    "XDM_UNIQUE_ID_MISMATCH": "906",
 }
 _TRAIT_LABELS = {
     "birth_name": "nom de naissance",
@@ -419,8 +418,11 @@ async def run_poller(
 # Opening a mail and matching its patient
 
 
-def _open(raw: bytes, limits: MailLimits, *, check_claim: bool = True) -> tuple[InboundMail, list[_Cda]]:
-    """Parse the mail and collect its CDAs. Raises MailError/XdmError (mapped by the caller).
+def _open(
+    raw: bytes, limits: MailLimits, *, check_claim: bool = True
+) -> tuple[InboundMail, list[_Cda], list[str]]:
+    """Parse the mail and collect its CDAs, with what the sender's XDM metadata left out or got wrong (French
+    warnings, shown with the mail). Raises MailError/XdmError (mapped by the caller).
 
     ``check_claim=False`` when a person attaches the mail: they judged the document itself, whatever the
     sender's ``X-MSS-INS`` said.
@@ -438,7 +440,7 @@ def _open(raw: bytes, limits: MailLimits, *, check_claim: bool = True) -> tuple[
         _Cda(
             d.content,
             d.cda,
-            frozenset(c.code for c in d.metadata.confidentiality_codes if c.code in VISIBILITY_CODES),
+            d.confidentiality & VISIBILITY_CODES,
         )
         for p in packages
         for d in p.documents
@@ -446,7 +448,7 @@ def _open(raw: bytes, limits: MailLimits, *, check_claim: bool = True) -> tuple[
     ]
     # open_packages parsed every bare CDA attachment, in order, or raised.
     cdas += [_Cda(a.content, h, frozenset()) for a, h in zip(mail.cda_attachments, bare, strict=True)]
-    return mail, cdas
+    return mail, cdas, [w for p in packages for w in p.warnings]
 
 
 def _verdict_for(exc: MailError | XdmError) -> _Verdict:
@@ -705,14 +707,17 @@ def integrate_mail(ctx: MssInboundContext, mail_id: int) -> str:
     verdict: _Verdict | None = None
     inbound: InboundMail | None = None
     cdas: list[_Cda] = []
+    warnings: list[str] = []
     try:
-        inbound, cdas = _open(raw, ctx.limits)
+        inbound, cdas, warnings = _open(raw, ctx.limits)
     except (MailError, XdmError) as exc:
         verdict = _verdict_for(exc)
     with ctx.db.session() as s:
         mail = s.get_one(Mail, mail_id, with_for_update=True)
         if mail.status != "received":
             return mail.status
+        if warnings:
+            mail.detail = {**mail.detail, "xdm_warnings": warnings}
         if verdict is None:
             assert inbound is not None
             matched = _match(s, ctx, mail, cdas)
@@ -1165,7 +1170,7 @@ def attach(
             raise InboundError("MAIL_NOT_IN_TRIAGE", "Ce courriel n'est pas à trier")
         raw = load_payload(s, mail.payload_sha256 or "")
     try:
-        inbound, cdas = _open(raw, limits or MailLimits(), check_claim=False)
+        inbound, cdas, _warnings = _open(raw, limits or MailLimits(), check_claim=False)
     except (MailError, XdmError) as exc:
         raise InboundError(exc.code, f"Rattachement impossible : {exc.message_fr}") from exc
     if not cdas:

@@ -33,9 +33,18 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from opensegur.content.cda import CdaError, CdaHeader, parse_cda
+from opensegur.content.xds_metadata import cx
 from opensegur.documents.metadata import DocumentMetadata, SubmissionSetMetadata
 from opensegur.transactions.ebrim import normalize
-from opensegur.transactions.ihe_ids import SS_NODE
+from opensegur.transactions.ihe_ids import (
+    DE_CONFIDENTIALITY,
+    DE_LIMITED_METADATA,
+    DE_PATIENT_ID,
+    DE_UNIQUE_ID,
+    SS_LIMITED_METADATA,
+    SS_NODE,
+    SS_PATIENT_ID,
+)
 from opensegur.transactions.xds import (
     ASSOC_HAS_MEMBER,
     NS_LCM,
@@ -99,23 +108,27 @@ class XdmError(ValueError):
 
 @dataclass
 class XdmDocument:
-    metadata: DocumentMetadata
+    # As the sender wrote it; None when its entry is incomplete (the reason is in XdmPackage.warnings): the CDA
+    # header is then what says what the document is.
+    metadata: DocumentMetadata | None
     content: bytes
     path: str  # member name in the ZIP
-    cda: CdaHeader | None = None  # set for CDA documents, already cross-checked against ``metadata``
+    cda: CdaHeader | None = None  # set for CDA documents, already cross-checked against the metadata
+    # confidentialityCode values of the entry, read even when the rest of it is incomplete (visibility flags).
+    confidentiality: frozenset[str] = frozenset()
 
 
 @dataclass
 class XdmPackage:
-    submission_set: SubmissionSetMetadata
+    patient_id: str  # XDS CX: the submission set's, else the documents', else the INS of the CDA
     documents: list[XdmDocument]
     associations: list[Association]
+    submission_set: SubmissionSetMetadata | None = None  # None when the sender's submission set is incomplete
     readme: str | None = None
     members: list[str] = field(default_factory=list)
-
-    @property
-    def patient_id(self) -> str:
-        return self.submission_set.patient_id
+    # What the sender left out or got wrong, in French, for the people who read the mail: the package was read
+    # anyway because the CDA is authoritative.
+    warnings: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -246,15 +259,16 @@ def build_xdm(
 
 
 def _check_name(info: zipfile.ZipInfo) -> str:
+    """The member's name with ``/`` separators, or XdmError when it could land outside the extraction folder."""
     raw = info.orig_filename
-    name = info.filename
     if "\x00" in raw or any(ord(c) < 0x20 for c in raw):
         raise XdmError(
             "XDM_PATH_INVALID", "Nom de fichier avec caractères de contrôle dans l'archive", repr(raw)
         )
-    if "\\" in raw:
-        raise XdmError("XDM_PATH_INVALID", "Nom de fichier avec barre oblique inverse dans l'archive", raw)
-    if raw.startswith("/") or _DRIVE_RE.match(raw):
+    # Archives made on Windows may separate with backslashes (APPNOTE 4.4.17 says "/", zipfile keeps "\" on
+    # POSIX): read them as separators, then hold the result to the same traversal rules.
+    name = info.filename.replace("\\", "/")
+    if name.startswith("/") or _DRIVE_RE.match(name):
         raise XdmError("XDM_PATH_TRAVERSAL", "Chemin absolu interdit dans l'archive", raw)
     parts = name.rstrip("/").split("/")
     if any(p in ("", ".", "..") for p in parts):
@@ -324,9 +338,33 @@ def _uri(entry: etree._Element) -> str | None:
     return None
 
 
-def _read_metadata(
-    raw: bytes, path: str
-) -> tuple[SubmissionSetMetadata, list[etree._Element], list[Association]]:
+def _values(obj: etree._Element, slot: str) -> list[str]:
+    return [
+        v.text or ""
+        for sl in obj.findall(f"{_R}Slot")
+        if sl.get("name") == slot
+        for v in sl.iterfind(f"{_R}ValueList/{_R}Value")
+    ]
+
+
+def _external_id(obj: etree._Element, scheme: str) -> str | None:
+    for ei in obj.findall(f"{_R}ExternalIdentifier"):
+        if ei.get("identificationScheme") == scheme and ei.get("value"):
+            return ei.get("value")
+    return None
+
+
+@dataclass
+class _Metadata:
+    submission_set_id: str | None  # the RegistryPackage's id, even when the submission set is incomplete
+    submission_set: SubmissionSetMetadata | None
+    patient_id: str | None
+    entries: list[etree._Element]
+    associations: list[Association]
+
+
+def _read_metadata(raw: bytes, path: str, warnings: list[str]) -> _Metadata:
+    """METADATA.XML in any legal ebRIM form; what XDS.b requires but the sender left out becomes a warning."""
     try:
         root = safe_parse(raw)
     except SoapFormatError as exc:
@@ -335,59 +373,179 @@ def _read_metadata(
     normalize(root)
     rol = root.find(f"{_R}RegistryObjectList")
     if root.tag != f"{_LCM}SubmitObjectsRequest" or rol is None:
-        raise XdmError("XDM_METADATA_INVALID", "METADATA.XML n'est pas un SubmitObjectsRequest ebRIM", path)
-    packages = rol.findall(f"{_R}RegistryPackage")
-    ss_nodes = {
+        raise XdmError(
+            "XDM_METADATA_INVALID",
+            f"METADATA.XML n'est pas un SubmitObjectsRequest ebRIM 2.1 ou 3.0 (élément racine {root.tag})",
+            path,
+        )
+    ss_ids = {
         c.get("classifiedObject")
         for c in rol.iter(f"{_R}Classification")
         if c.get("classificationNode") == SS_NODE
     }
-    sets = [p for p in packages if p.get("id") in ss_nodes]
-    if len(sets) != 1:
-        raise XdmError("XDM_METADATA_INVALID", f"Un lot de soumission attendu, {len(sets)} trouvé(s)", path)
+    sets = [p for p in rol.findall(f"{_R}RegistryPackage") if p.get("id") in ss_ids]
+    if len(sets) > 1:
+        raise XdmError("XDM_METADATA_INVALID", f"Un lot de soumission attendu, {len(sets)} trouvés", path)
     try:
-        submission_set = read_submission_set(sets[0])
         associations = read_associations(rol)
     except XdsError as exc:
-        raise XdmError("XDM_METADATA_INVALID", f"Métadonnées XDS invalides : {exc.message}", path) from exc
-    return submission_set, rol.findall(f"{_R}ExtrinsicObject"), associations
+        raise XdmError("XDM_METADATA_INVALID", f"Association XDS illisible : {exc.message}", path) from exc
+    submission_set = None
+    patient_id = None
+    if not sets:
+        warnings.append("METADATA.XML sans lot de soumission (XDSSubmissionSet)")
+    else:
+        patient_id = _external_id(sets[0], SS_PATIENT_ID)
+        try:
+            submission_set = read_submission_set(sets[0])
+        except XdsError as exc:
+            warnings.append(f"Lot de soumission incomplet : {exc.message}")
+    entries = rol.findall(f"{_R}ExtrinsicObject")
+    if any(_limited_metadata(obj) for obj in [*sets, *entries]):
+        warnings.append(
+            "Métadonnées XDM déclarées limitées par l'émetteur (Metadata-Limited Document Source)"
+        )
+    return _Metadata(sets[0].get("id") if sets else None, submission_set, patient_id, entries, associations)
 
 
-def _cross_check_cda(m: DocumentMetadata, content: bytes, path: str) -> CdaHeader:
+def _limited_metadata(obj: etree._Element) -> bool:
+    """True when the sender flagged the object as written by a Metadata-Limited Document Source (ITI TF-3 4.2.3)."""
+    nodes = {c.get("classificationNode") for c in obj.findall(f"{_R}Classification")}
+    return bool(nodes & {DE_LIMITED_METADATA, SS_LIMITED_METADATA})
+
+
+def _read_cda(content: bytes, path: str) -> CdaHeader:
     try:
-        _, header = parse_cda(content)
+        return parse_cda(content)[1]
     except CdaError as exc:
         raise XdmError("XDM_CDA_INVALID", f"Document CDA illisible : {exc.message_fr}", path) from exc
-    if cda_unique_id(header) != m.unique_id:
-        raise XdmError(
-            "XDM_UNIQUE_ID_MISMATCH",
-            f"L'identifiant du document CDA ({cda_unique_id(header)}) diffère de celui des métadonnées "
-            f"({m.unique_id})",
-            path,
+
+
+def _cross_check_cda(
+    header: CdaHeader, unique_id: str | None, patient_id: str | None, path: str
+) -> list[str]:
+    """Warnings for metadata that disagree with the CDA; XdmError when the patient differs (no trust left)."""
+    if patient_id:
+        ident, oid = cx_identifier(patient_id)
+        p = header.patient
+        cda_ids: list[tuple[str | None, str | None]] = (
+            [(p.ins_matricule, p.ins_oid)] if p.ins_matricule else []
         )
-    ident, oid = cx_identifier(m.patient_id)
+        cda_ids += [(i.extension, i.root) for i in p.other_ids]
+        if (ident, oid) not in cda_ids:
+            raise XdmError(
+                "XDM_PATIENT_MISMATCH",
+                "Le patient du document CDA ne correspond pas à l'identifiant patient des métadonnées XDM",
+                path,
+            )
+    if unique_id and cda_unique_id(header) != unique_id:
+        return [
+            f"{path} : l'identifiant du document CDA ({cda_unique_id(header)}) diffère de celui des métadonnées "
+            f"({unique_id}) ; celui du CDA est retenu"
+        ]
+    return []
+
+
+def _sniff_mime(content: bytes) -> str:
+    head = content.lstrip()[:5]
+    if head.startswith(b"%PDF"):
+        return "application/pdf"
+    return "text/xml" if head.startswith(b"<") else "application/octet-stream"
+
+
+def _entry_document(
+    entry: etree._Element,
+    files: dict[str, bytes],
+    subset_dir: str,
+    members: set[str],
+    warnings: list[str],
+) -> XdmDocument:
+    label = _external_id(entry, DE_UNIQUE_ID) or entry.get("id") or "?"
+    metadata: DocumentMetadata | None
+    try:
+        metadata = read_document_entry(entry)
+    except XdsError as exc:
+        warnings.append(f"Métadonnées incomplètes du document {label} : {exc.message}")
+        metadata = None
+    if entry.get("id") not in members:
+        warnings.append(f"Document {label} non rattaché au lot de soumission (association HasMember absente)")
+    uri = _uri(entry)
+    if uri is not None and "\\" in uri:
+        uri = uri.replace("\\", "/")
+        warnings.append(f"Chemin du document {label} écrit avec des barres obliques inverses ({uri})")
+    if uri is not None and (uri.startswith("/") or ".." in uri.split("/") or ":" in uri):
+        raise XdmError("XDM_PATH_TRAVERSAL", f"URI du document {label} hors du dossier du lot : {uri}")
+    by_upper = {n.upper(): n for n in files}
+    if uri is None:
+        # ITI-32 requires the URI slot; a package with one document in its folder still says which file it is.
+        in_subset = [n for n in files if n.rsplit("/", 1)[0] == subset_dir and not _SUBSET_RE.match(n)]
+        if len(in_subset) != 1:
+            raise XdmError("XDM_METADATA_INVALID", f"URI absente pour le document {label}")
+        path = in_subset[0]
+        warnings.append(f"URI absente pour le document {label} : seul fichier du lot, {path}, retenu")
+    else:
+        found = by_upper.get(f"{subset_dir}/{uri}".upper())
+        if found is None:
+            raise XdmError(
+                "XDM_DOCUMENT_MISSING", f"Fichier {uri} annoncé dans METADATA.XML mais absent", uri
+            )
+        path = found
+    content = files[path]
+    sizes, hashes = _values(entry, "size"), _values(entry, "hash")
+    if not sizes or not hashes:
+        warnings.append(f"{path} : taille ou empreinte SHA-1 absente des métadonnées")
+    if sizes and sizes[0] != str(len(content)):
+        warnings.append(f"{path} : taille du fichier ({len(content)}) ≠ taille déclarée ({sizes[0]})")
+    if hashes and hashes[0].lower() != hashlib.sha1(content).hexdigest():
+        warnings.append(f"{path} : empreinte SHA-1 du fichier ≠ empreinte déclarée")
+    mime = entry.get("mimeType") or _sniff_mime(content)
+    header = None
+    if mime in ("text/xml", "application/xml"):
+        header = _read_cda(content, path)
+        patient = metadata.patient_id if metadata else _external_id(entry, DE_PATIENT_ID)
+        warnings += _cross_check_cda(header, _external_id(entry, DE_UNIQUE_ID), patient, path)
+    confidentiality = frozenset(
+        c.get("nodeRepresentation") or ""
+        for c in entry.findall(f"{_R}Classification")
+        if c.get("classificationScheme") == DE_CONFIDENTIALITY
+    )
+    return XdmDocument(metadata, content, path, header, confidentiality)
+
+
+def _cda_documents(files: dict[str, bytes], subset_dir: str, warnings: list[str]) -> list[XdmDocument]:
+    """Without METADATA.XML: the XML files of the subset folder, each read as a CDA."""
+    warnings.append("METADATA.XML absent de l'archive : documents identifiés par leur en-tête CDA")
+    documents = []
+    for path in sorted(files):
+        if path.rsplit("/", 1)[0] == subset_dir and _sniff_mime(files[path]) == "text/xml":
+            documents.append(XdmDocument(None, files[path], path, _read_cda(files[path], path)))
+    return documents
+
+
+def _ins_cx(header: CdaHeader) -> str | None:
     p = header.patient
-    cda_ids: list[tuple[str | None, str | None]] = [(p.ins_matricule, p.ins_oid)] if p.ins_matricule else []
-    cda_ids += [(i.extension, i.root) for i in p.other_ids]
-    if (ident, oid) not in cda_ids:
-        raise XdmError(
-            "XDM_PATIENT_MISMATCH",
-            "Le patient du document CDA ne correspond pas à l'identifiant patient des métadonnées XDM",
-            path,
-        )
-    return header
+    return cx(p.ins_matricule, p.ins_oid, "NH") if p.ins_matricule and p.ins_oid else None
 
 
-def read_xdm(
-    data: bytes,
-    *,
-    max_total: int = DEFAULT_MAX_TOTAL,
-    max_ratio: float = DEFAULT_MAX_RATIO,
-    max_files: int = DEFAULT_MAX_FILES,
-) -> XdmPackage:
-    """Open an untrusted ``IHE_XDM.ZIP``: safety checks on every member, then metadata ↔ content cross-checks."""
-    if len(data) > max_total:
-        raise XdmError("XDM_TOO_LARGE", f"Archive trop volumineuse ({len(data)} octets > {max_total})")
+def _unwrap(files: dict[str, bytes], warnings: list[str]) -> dict[str, bytes]:
+    """Strip one wrapper folder (``CR_2026/IHE_XDM/…``): the package as extracted and zipped again by a person."""
+    if any(n.upper().startswith("IHE_XDM/") for n in files):
+        return files
+    tops = {n.split("/", 1)[0] for n in files}
+    if len(tops) != 1 or not all("/" in n for n in files):
+        return files
+    top = tops.pop()
+    unwrapped = {n.split("/", 1)[1]: c for n, c in files.items()}
+    if not any(n.upper().startswith("IHE_XDM/") for n in unwrapped):
+        return files
+    warnings.append(f"Archive IHE_XDM placée dans un dossier « {top} » : contenu lu depuis ce dossier")
+    return unwrapped
+
+
+def _safe_members(
+    data: bytes, max_total: int, max_ratio: float, max_files: int, warnings: list[str]
+) -> dict[str, bytes]:
+    """Every member of the archive, inflated under the limits; XdmError at the first unsafe one."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
@@ -407,6 +565,7 @@ def read_xdm(
         seen: set[str] = set()
         files: dict[str, bytes] = {}
         total = 0
+        backslashes = False
         for info in infos:
             name = _check_name(info)
             key = name.rstrip("/").upper()
@@ -416,8 +575,11 @@ def read_xdm(
             seen.add(key)
             if _is_symlink(info):
                 raise XdmError("XDM_SYMLINK", "Lien symbolique interdit dans l'archive", name)
-            if info.is_dir():
-                continue
+            if name.endswith("/"):
+                continue  # a folder entry, "/" or "\\" terminated
+            if "\\" in info.filename and not backslashes:
+                backslashes = True
+                warnings.append("Chemins de l'archive écrits avec des barres obliques inverses (Windows)")
             if info.flag_bits & 0x1 or info.flag_bits & 0x40:
                 raise XdmError(
                     "XDM_ENCRYPTED", "Fichier chiffré dans l'archive : illisible sans secret", name
@@ -440,66 +602,73 @@ def read_xdm(
             content = _inflate(zf, info, max_total - total, max_ratio, max_total)
             total += len(content)
             files[name] = content
-    by_upper = {n.upper(): n for n in files}
+    return files
+
+
+def read_xdm(
+    data: bytes,
+    *,
+    max_total: int = DEFAULT_MAX_TOTAL,
+    max_ratio: float = DEFAULT_MAX_RATIO,
+    max_files: int = DEFAULT_MAX_FILES,
+) -> XdmPackage:
+    """Open an untrusted ``IHE_XDM.ZIP``: safety checks on every member, then metadata ↔ content cross-checks.
+
+    Unsafe archives are refused (:class:`XdmError`). What the sender left out or got wrong in the metadata —
+    missing codes, a wrapper folder, Windows paths, a size or hash that disagrees — is read with a warning in
+    :attr:`XdmPackage.warnings`: the CDA header is authoritative. A patient in the metadata that is not the CDA's
+    is an error (``XDM_PATIENT_MISMATCH``), as is a package without any readable document.
+    """
+    if len(data) > max_total:
+        raise XdmError("XDM_TOO_LARGE", f"Archive trop volumineuse ({len(data)} octets > {max_total})")
+    warnings: list[str] = []
+    files = _unwrap(_safe_members(data, max_total, max_ratio, max_files, warnings), warnings)
+    subset_dirs = {
+        n.rsplit("/", 1)[0] for n in files if n.upper().startswith("IHE_XDM/") and n.count("/") == 2
+    }
     subsets = [n for n in files if _SUBSET_RE.match(n)]
-    if not subsets:
-        raise XdmError("XDM_METADATA_MISSING", "METADATA.XML absent de l'archive IHE_XDM")
-    if len(subsets) > 1:
+    if len(subsets) > 1 or (not subsets and len(subset_dirs) > 1):
         raise XdmError(
             "XDM_MULTIPLE_SUBSETS", "Plusieurs lots (SUBSET) dans une même archive : non pris en charge"
         )
-    metadata_path = subsets[0]
-    subset_dir = metadata_path.rsplit("/", 1)[0]
-    submission_set, entries, associations = _read_metadata(files[metadata_path], metadata_path)
-    members = {
-        a.target for a in associations if a.type == ASSOC_HAS_MEMBER and a.source == submission_set.entry_uuid
-    }
-    documents: list[XdmDocument] = []
-    for entry in entries:
-        try:
-            m = read_document_entry(entry)
-        except XdsError as exc:
-            raise XdmError(
-                "XDM_METADATA_INVALID", f"Métadonnées XDS invalides : {exc.message}", metadata_path
-            ) from exc
-        if m.entry_uuid not in members:
-            raise XdmError(
-                "XDM_METADATA_INVALID", f"Document {m.unique_id} hors du lot de soumission", metadata_path
-            )
-        uri = _uri(entry)
-        if not uri or "\\" in uri or uri.startswith("/") or ".." in uri.split("/") or ":" in uri:
-            raise XdmError("XDM_METADATA_INVALID", f"URI absente ou invalide pour le document {m.unique_id}")
-        path = by_upper.get(f"{subset_dir}/{uri}".upper())
-        if path is None:
-            raise XdmError(
-                "XDM_DOCUMENT_MISSING", f"Fichier {uri} annoncé dans METADATA.XML mais absent", uri
-            )
-        content = files[path]
-        if m.size is None or m.hash_sha1 is None:
-            raise XdmError(
-                "XDM_METADATA_INVALID", f"Taille ou empreinte absente pour le document {m.unique_id}", path
-            )
-        if m.size != len(content):
-            raise XdmError(
-                "XDM_SIZE_MISMATCH", f"Taille du fichier ({len(content)}) ≠ taille déclarée ({m.size})", path
-            )
-        if m.hash_sha1.lower() != hashlib.sha1(content).hexdigest():
-            raise XdmError("XDM_HASH_MISMATCH", "Empreinte SHA-1 du fichier ≠ empreinte déclarée", path)
-        header = None
-        if m.mime_type in ("text/xml", "application/xml"):
-            header = _cross_check_cda(m, content, path)
-        documents.append(XdmDocument(m, content, path, header))
+    associations: list[Association] = []
+    submission_set = None
+    patient_id = None
+    if subsets:
+        metadata_path = subsets[0]
+        subset_dir = metadata_path.rsplit("/", 1)[0]
+        meta = _read_metadata(files[metadata_path], metadata_path, warnings)
+        submission_set, patient_id, associations = meta.submission_set, meta.patient_id, meta.associations
+        members = {
+            a.target
+            for a in associations
+            if a.type == ASSOC_HAS_MEMBER and a.source == meta.submission_set_id
+        }
+        documents = [_entry_document(e, files, subset_dir, members, warnings) for e in meta.entries]
+    elif subset_dirs:
+        documents = _cda_documents(files, subset_dirs.pop(), warnings)
+    else:
+        raise XdmError("XDM_METADATA_MISSING", "Ni METADATA.XML ni dossier IHE_XDM/SUBSET dans l'archive")
     if not documents:
-        raise XdmError("XDM_METADATA_INVALID", "Aucun document dans METADATA.XML", metadata_path)
-    patients = {d.metadata.patient_id for d in documents}
-    if len(patients) > 1:
+        raise XdmError("XDM_METADATA_INVALID", "Aucun document dans l'archive IHE_XDM")
+    named = {d.metadata.patient_id for d in documents if d.metadata is not None}
+    for d in documents:
+        ins_cx = _ins_cx(d.cda) if d.metadata is None and d.cda is not None else None
+        if ins_cx:
+            named.add(ins_cx)
+    if len(named) > 1:
         raise XdmError("XDM_MULTIPLE_PATIENTS", "Documents de plusieurs patients dans une même archive")
-    if patients != {submission_set.patient_id}:
+    if patient_id and named and named != {patient_id}:
         raise XdmError(
             "XDM_PATIENT_MISMATCH",
             "Le patient du lot de soumission diffère de celui des documents",
-            metadata_path,
+            "METADATA.XML",
         )
-    readme_name = by_upper.get("README.TXT")
+    patient_id = patient_id or (named.pop() if named else None)
+    if not patient_id:
+        raise XdmError(
+            "XDM_METADATA_INVALID", "Aucun identifiant patient dans les métadonnées ni dans un CDA"
+        )
+    readme_name = next((n for n in files if n.upper() == "README.TXT"), None)
     readme = files[readme_name].decode("utf-8", errors="replace") if readme_name else None
-    return XdmPackage(submission_set, documents, associations, readme, sorted(files))
+    return XdmPackage(patient_id, documents, associations, submission_set, readme, sorted(files), warnings)

@@ -612,6 +612,7 @@ def mail_summary(m: Mail, now: datetime) -> dict[str, Any]:
         "status": {"code": m.status, "label": MAIL_STATUS_LABELS.get(m.status, m.status)},
         "reason": m.reason,
         "patient_id": m.patient_id,
+        "warnings": list(m.detail.get("xdm_warnings", [])) if m.detail else [],
     }
 
 

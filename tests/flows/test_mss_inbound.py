@@ -10,6 +10,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from lxml import etree
 from sqlalchemy import func, select
 
 from opensegur.connectors.mss_imap import ImapMailboxReader
@@ -46,12 +47,16 @@ from opensegur.store.models import (
     PatientIdentifier,
     Structure,
 )
+from opensegur.transactions.ebrim import NS_RIM
 from opensegur.transactions.hl7v2 import get_field, parse, segments
+from opensegur.transactions.ihe_ids import DE_CONFIDENTIALITY, SS_CONTENT_TYPE
 from opensegur.transactions.mdn import parse_mdn
 from opensegur.transactions.mss_mail import MailPatient, SmtpEnvelope, build_document_mail
+from opensegur.transactions.xdm import METADATA_PATH
 from tests.conftest import SHARED
+from tests.ebrim_forms import hoist
 from tests.mssante.conftest import OTHER_INS, package
-from tests.mssante.test_xdm import _deflate_zeros, _single_member_zip, member, rezip
+from tests.mssante.test_xdm import _deflate_zeros, _metadata, _single_member_zip, member, rezip
 
 CISIS = SHARED / "cisis" / "ExemplesCDA"
 CR_IMG = CISIS / "IMG_CR_IMG_2024.01_CDA-R2-Niveau-1.xml"
@@ -278,6 +283,44 @@ async def test_cr_bio_yields_lab_results(env: Env) -> None:
         assert s.scalar(select(LabResult.loinc).limit(1))
         assert s.scalars(select(Document)).one().type_code == "11502-2"
     assert parse(env.dpi.received[0])[1].trigger == "T02"
+
+
+def _crbio_package(change) -> bytes:  # type: ignore[no-untyped-def]
+    xdm = package(CR_BIO.read_bytes())
+    root = etree.fromstring(_metadata(xdm))
+    change(root)
+    return rezip(xdm, replace={METADATA_PATH: etree.tostring(root, xml_declaration=True, encoding="UTF-8")})
+
+
+def _limited(root: etree._Element) -> None:
+    for cl in list(root.iter(f"{{{NS_RIM}}}Classification")):
+        if cl.get("classificationScheme") in (SS_CONTENT_TYPE, DE_CONFIDENTIALITY):
+            cl.getparent().remove(cl)
+
+
+@pytest.mark.parametrize(
+    ("change", "warned"),
+    [(hoist, False), (_limited, True)],
+    ids=["classifications-at-top-level", "limited-metadata"],
+)
+async def test_cr_bio_with_metadata_written_otherwise_reaches_the_patients_results(
+    env: Env, change, warned: bool
+) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("opensegur.content.crbio")
+    add_patient(env.db)
+    mail = document_mail(CR_BIO.read_bytes(), document_label="CR de biologie", xdm_zip=_crbio_package(change))
+    env.reader.deliver(mail)
+    await env.poll()
+    await env.run()
+    assert env.count(LabResult) > 0
+    with env.db.session() as s:
+        stored = s.scalars(select(Mail).where(Mail.direction == "in")).one()
+        assert stored.status == "integrated"
+        warnings = stored.detail.get("xdm_warnings", [])
+    assert bool(warnings) is warned
+    if warned:
+        assert "Lot de soumission incomplet : exactly one contentTypeCode expected" in warnings
+        assert any("missing confidentialityCode" in w for w in warnings)
 
 
 async def test_no_mdn_when_the_sender_did_not_ask(env: Env, cr_img: bytes) -> None:

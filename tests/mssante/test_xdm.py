@@ -8,8 +8,23 @@ import zipfile
 import zlib
 
 import pytest
+from lxml import etree
 
-from opensegur.transactions.xdm import METADATA_PATH, XdmError, _inflate, build_xdm, read_xdm
+from opensegur.transactions.ebrim import NS_RIM
+from opensegur.transactions.ihe_ids import (
+    DE_CONFIDENTIALITY,
+    DE_LIMITED_METADATA,
+    SS_CONTENT_TYPE,
+)
+from opensegur.transactions.xdm import (
+    METADATA_PATH,
+    XdmError,
+    _inflate,
+    build_xdm,
+    cda_unique_id,
+    read_xdm,
+)
+from tests.ebrim_forms import as_ebrim21, hoist, short_association_types
 from tests.mssante.conftest import (
     DOC_ID,
     INS,
@@ -200,7 +215,9 @@ def test_streaming_budget_is_enforced_while_inflating() -> None:
         ("IHE_XDM/SUBSET01/../../x", "XDM_PATH_TRAVERSAL"),
         ("/etc/passwd", "XDM_PATH_TRAVERSAL"),
         ("C:/Windows/x.dll", "XDM_PATH_TRAVERSAL"),
-        ("IHE_XDM\\SUBSET01\\x", "XDM_PATH_INVALID"),
+        ("IHE_XDM\\SUBSET01\\..\\..\\x", "XDM_PATH_TRAVERSAL"),
+        ("C:\\Windows\\x.dll", "XDM_PATH_TRAVERSAL"),
+        ("IHE_XDM/SUBSET01/\x01x", "XDM_PATH_INVALID"),
         ("IHE_XDM//x", "XDM_PATH_TRAVERSAL"),
     ],
 )
@@ -285,6 +302,19 @@ def test_metadata_missing(xdm: bytes) -> None:
         for info in src.infolist():
             if info.filename != METADATA_PATH:
                 dst.writestr(info.filename, src.read(info))
+    package = read_xdm(out.getvalue())
+    assert [cda_unique_id(d.cda) for d in package.documents if d.cda] == [DOC_ID]
+    assert package.documents[0].metadata is None and package.submission_set is None
+    assert package.patient_id == f"{INS}^^^&{INS_OID_TEST}&ISO^NH"
+    assert package.warnings == [
+        "METADATA.XML absent de l'archive : documents identifiés par leur en-tête CDA"
+    ]
+
+
+def test_no_metadata_and_no_subset_folder_is_refused(xdm: bytes) -> None:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        dst.writestr("README.TXT", b"rien")
     with pytest.raises(XdmError) as exc:
         read_xdm(out.getvalue())
     assert code_of(exc) == "XDM_METADATA_MISSING"
@@ -299,17 +329,17 @@ def test_metadata_size_disagrees_with_the_file(xdm: bytes, cda: bytes) -> None:
     size = f"<rim:Value>{len(cda)}</rim:Value>".encode()
     assert size in _metadata(xdm)
     forged = _metadata(xdm).replace(size, f"<rim:Value>{len(cda) + 1}</rim:Value>".encode())
-    with pytest.raises(XdmError) as exc:
-        read_xdm(rezip(xdm, replace={METADATA_PATH: forged}))
-    assert code_of(exc) == "XDM_SIZE_MISMATCH"
+    package = read_xdm(rezip(xdm, replace={METADATA_PATH: forged}))
+    assert package.documents[0].content == cda
+    assert package.warnings == [f"{DOC} : taille du fichier ({len(cda)}) ≠ taille déclarée ({len(cda) + 1})"]
 
 
 def test_document_altered_after_hashing(xdm: bytes, cda: bytes) -> None:
     altered = cda.replace(b"Radio de hanche", b"Radio de HANCHE", 1)
     assert len(altered) == len(cda) and altered != cda
-    with pytest.raises(XdmError) as exc:
-        read_xdm(rezip(xdm, replace={DOC: altered}))
-    assert code_of(exc) == "XDM_HASH_MISMATCH"
+    package = read_xdm(rezip(xdm, replace={DOC: altered}))
+    assert package.documents[0].content == altered
+    assert package.warnings == [f"{DOC} : empreinte SHA-1 du fichier ≠ empreinte déclarée"]
 
 
 def test_metadata_patient_disagrees_with_the_cda(cda: bytes) -> None:
@@ -324,9 +354,12 @@ def test_metadata_patient_disagrees_with_the_cda(cda: bytes) -> None:
 def test_metadata_unique_id_disagrees_with_the_cda(cda: bytes) -> None:
     m, ss = metadata_for(cda)
     m.unique_id = DOC_ID + ".1"
-    with pytest.raises(XdmError) as exc:
-        read_xdm(build_xdm(ss, [(m, cda)], readme_text="r", index_html_title="t"))
-    assert code_of(exc) == "XDM_UNIQUE_ID_MISMATCH"
+    package = read_xdm(build_xdm(ss, [(m, cda)], readme_text="r", index_html_title="t"))
+    assert package.documents[0].cda is not None
+    assert package.warnings == [
+        f"{DOC} : l'identifiant du document CDA ({DOC_ID}) diffère de celui des métadonnées ({DOC_ID}.1) ; "
+        "celui du CDA est retenu"
+    ]
 
 
 def test_document_listed_but_absent(xdm: bytes) -> None:
@@ -344,4 +377,115 @@ def test_uri_escaping_the_subset_is_refused(xdm: bytes) -> None:
     )
     with pytest.raises(XdmError) as exc:
         read_xdm(rezip(xdm, replace={METADATA_PATH: forged}))
-    assert code_of(exc) == "XDM_METADATA_INVALID"
+    assert code_of(exc) == "XDM_PATH_TRAVERSAL"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What peers really send: every legal ebRIM form, and what they leave out (read with a warning, CDA authoritative)
+
+R = f"{{{NS_RIM}}}"
+
+
+def _rewrite_metadata(xdm: bytes, change) -> bytes:  # type: ignore[no-untyped-def]
+    root = etree.fromstring(_metadata(xdm))
+    change(root)
+    return rezip(xdm, replace={METADATA_PATH: etree.tostring(root, xml_declaration=True, encoding="UTF-8")})
+
+
+def test_ebrim_21_metadata_at_the_top_level_with_short_association_types_reads_as_built(xdm: bytes) -> None:
+    built = read_xdm(xdm)
+    root = short_association_types(hoist(etree.fromstring(_metadata(xdm))))
+    older = as_ebrim21(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+    assert b"rim:xsd:2.1" in older and b"LeafRegistryObjectList" in older and b'"HasMember"' in older
+    package = read_xdm(rezip(xdm, replace={METADATA_PATH: older}))
+    assert package.warnings == []
+    assert package.submission_set == built.submission_set
+    assert [d.metadata for d in package.documents] == [d.metadata for d in built.documents]
+
+
+def _drop(scheme: str):  # type: ignore[no-untyped-def]
+    def change(root: etree._Element) -> None:
+        for cl in list(root.iter(f"{R}Classification")):
+            if cl.get("classificationScheme") == scheme:
+                cl.getparent().remove(cl)
+
+    return change
+
+
+def test_missing_content_type_code_is_a_warning(xdm: bytes) -> None:
+    package = read_xdm(_rewrite_metadata(xdm, _drop(SS_CONTENT_TYPE)))
+    assert package.submission_set is None and package.documents[0].metadata is not None
+    assert package.patient_id == f"{INS}^^^&{INS_OID_TEST}&ISO^NH"
+    assert package.warnings == ["Lot de soumission incomplet : exactly one contentTypeCode expected"]
+
+
+def test_missing_confidentiality_code_is_a_warning_naming_the_document(xdm: bytes) -> None:
+    package = read_xdm(_rewrite_metadata(xdm, _drop(DE_CONFIDENTIALITY)))
+    doc = package.documents[0]
+    assert doc.metadata is None and doc.cda is not None and doc.confidentiality == frozenset()
+    assert package.warnings == [f"Métadonnées incomplètes du document {DOC_ID} : missing confidentialityCode"]
+
+
+def test_visibility_flags_survive_an_incomplete_entry(cda: bytes) -> None:
+    m, ss = metadata_for(cda)
+    m.confidentiality_codes.append(
+        type(m.confidentiality_codes[0])("INVISIBLE_PATIENT", "1.2.250.1.213.1.1.4.13")
+    )
+    data = build_xdm(ss, [(m, cda)], readme_text="r", index_html_title="t")
+
+    def drop_creation_time(root: etree._Element) -> None:
+        for slot in list(root.iter(f"{R}Slot")):
+            if slot.get("name") == "creationTime":
+                slot.getparent().remove(slot)
+
+    doc = read_xdm(_rewrite_metadata(data, drop_creation_time)).documents[0]
+    assert doc.metadata is None and "INVISIBLE_PATIENT" in doc.confidentiality
+
+
+def test_metadata_limited_package_is_read_and_said_so(xdm: bytes) -> None:
+    def limited(root: etree._Element) -> None:
+        _drop(DE_CONFIDENTIALITY)(root)
+        eo = root.find(f".//{R}ExtrinsicObject")
+        assert eo is not None
+        etree.SubElement(
+            eo,
+            f"{R}Classification",
+            id="urn:uuid:limited",
+            classifiedObject=eo.get("id", ""),
+            classificationNode=DE_LIMITED_METADATA,
+        )
+
+    package = read_xdm(_rewrite_metadata(xdm, limited))
+    assert package.documents[0].cda is not None
+    assert (
+        "Métadonnées XDM déclarées limitées par l'émetteur (Metadata-Limited Document Source)"
+        in package.warnings
+    )
+
+
+def _renamed(xdm: bytes, rename) -> bytes:  # type: ignore[no-untyped-def]
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(xdm)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(member(rename(info.filename)), src.read(info))
+    return out.getvalue()
+
+
+def test_a_wrapper_folder_is_read_with_a_warning(xdm: bytes) -> None:
+    package = read_xdm(_renamed(xdm, lambda n: f"CR_Radio/{n}"))
+    assert package.documents[0].path == DOC
+    assert package.warnings == [
+        "Archive IHE_XDM placée dans un dossier « CR_Radio » : contenu lu depuis ce dossier"
+    ]
+
+
+def test_backslash_paths_are_read_with_a_warning(xdm: bytes) -> None:
+    package = read_xdm(_renamed(xdm, lambda n: n.replace("/", "\\")))
+    assert package.documents[0].path == DOC and package.documents[0].cda is not None
+    assert package.warnings == ["Chemins de l'archive écrits avec des barres obliques inverses (Windows)"]
+
+
+def test_unreadable_cda_is_still_refused(xdm: bytes) -> None:
+    with pytest.raises(XdmError) as exc:
+        read_xdm(rezip(xdm, replace={DOC: b"<ClinicalDocument>"}))
+    assert code_of(exc) == "XDM_CDA_INVALID"

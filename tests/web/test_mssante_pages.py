@@ -159,7 +159,12 @@ def world(db: Database, tmp_path: Path) -> World:
         s.add_all([m_cda, m_subject, m_broken, produced, received])
         s.flush()
         m_done = _mail(
-            key="in:a:4", subject="CR", status="integrated", patient_id=patient.id, document_id=received.id
+            key="in:a:4",
+            subject="CR",
+            status="integrated",
+            patient_id=patient.id,
+            document_id=received.id,
+            detail={"xdm_warnings": ["Lot de soumission incomplet : <b>exactly one contentTypeCode</b>"]},
         )
         s.add(m_done)
         for days, value, flag in ((60, "1.950", "N"), (30, "4.9", "H"), (1, "3.100", None)):
@@ -438,6 +443,8 @@ async def test_mail_page_shows_headers_attachments_and_suggestions(
     assert "Courriel illisible" in broken and "Aucun patient local ne correspond" in broken
     done = (await client.get(f"/mssante/triage/{world.mail_done}")).text
     assert "Rattacher à ce patient" not in done and f'href="/identites/{world.patient}"' in done
+    assert "Métadonnées de l'expéditeur incomplètes ou erronées" in done
+    assert "Lot de soumission incomplet : &lt;b&gt;exactly one contentTypeCode&lt;/b&gt;" in done
     assert (await client.get("/mssante/triage/999999")).status_code == 404
 
 
