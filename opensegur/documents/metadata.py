@@ -77,3 +77,5 @@ class SubmissionSetMetadata:
     authors: list[XdsAuthor] = field(default_factory=list)
     title: str = ""
     entry_uuid: str | None = None
+    # XON|XCN|XTN values (ITI TF-3 4.2.3.3.6): who the sender meant it for, when known (XDM/XDR by mail).
+    intended_recipients: list[str] = field(default_factory=list)

@@ -43,6 +43,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from opensegur import __version__
 from opensegur.content.xds_metadata import MetadataError, submission_set_metadata
 from opensegur.documents.metadata import DocumentMetadata
 from opensegur.flows.dmp_feed import JOB_MSS_SEND, _metadata_from_json, document_with_content, set_status
@@ -79,7 +80,7 @@ from opensegur.transactions.mss_mail import (
     smtp_envelope,
 )
 from opensegur.transactions.siu import Appointment
-from opensegur.transactions.xdm import XdmError, build_xdm
+from opensegur.transactions.xdm import XdmError, XdmOrigin, build_xdm, intended_recipient, readme_text
 from opensegur.transactions.zam import (
     APPLICATION_ERROR_CODES,
     SMTP_ERROR_CODES,
@@ -138,6 +139,7 @@ class MssOutboundConfig:
     nil: str  # X-MSS-NIL, the product reference given by the Convergence platform
     source_oid: str  # sourceId of the XDM submission sets (the platform's OID arc)
     product: str = "OpenSégur"
+    vendor: str = "Projet OpenSégur (logiciel libre)"
 
 
 class MssOutboundError(Exception):
@@ -560,12 +562,17 @@ def _build_document_mail(
         patient_class=doc.context.get("patient_class") or "I",
         title="Envoi MSSanté",
     )
-    readme = (
-        f"Document(s) transmis par {site.name} (FINESS {site.finess}) par messagerie sécurisée de santé.\n"
-        f"Contact : {sender}\nLogiciel : {cfg.product}\n"
+    to_patient = d.destination == DEST_PATIENT
+    recipients = (
+        [patient_mailbox(doc.ins_matricule or "", ins_qualified=True)] if to_patient else mail.recipients
     )
+    submission.intended_recipients = [intended_recipient(a) for a in recipients]
+    origin = XdmOrigin(site.name, site.finess, sender, cfg.product, __version__, cfg.vendor)
     xdm = build_xdm(
-        submission, [(m, content)], readme_text=readme, index_html_title=f"Documents — {site.name}"
+        submission,
+        [(m, content)],
+        readme_text=readme_text(origin),
+        index_html_title=f"Documents — {site.name}",
     )
     label = m.type_code.display or doc.title or m.title or "Document"
     mail_patient = MailPatient(
@@ -574,7 +581,6 @@ def _build_document_mail(
         given=(patient.first_names.split() or [""])[0],
         birth_date=patient.birth_date,
     )
-    to_patient = d.destination == DEST_PATIENT
     detail = mail.detail
     body = detail.get("body") or _default_body(label, site.name, to_patient, patient)
     msg = build_document_mail(

@@ -70,6 +70,9 @@ __all__ = [
     "build_xdm",
     "read_xdm",
     "cx_identifier",
+    "XdmOrigin",
+    "intended_recipient",
+    "readme_text",
     "cda_unique_id",
     "DEFAULT_MAX_TOTAL",
     "DEFAULT_MAX_RATIO",
@@ -146,6 +149,37 @@ def cx_identifier(cx: str) -> tuple[str, str]:
     authority = parts[3].split("&") if len(parts) > 3 else []
     oid = authority[1] if len(authority) > 1 else ""
     return parts[0], oid
+
+
+def intended_recipient(address: str) -> str:
+    """``XDSSubmissionSet.intendedRecipient`` for a mail address: XON|XCN|XTN with only the telecom (ITI TF-3
+    4.2.3.3.6), the form XDM-by-mail peers read."""
+    return f"||^^Internet^{address}"
+
+
+@dataclass(frozen=True)
+class XdmOrigin:
+    """Who made the package, for README.TXT (ITI-32: the contact for the content and the application that wrote
+    it, with its version and vendor)."""
+
+    institution: str
+    finess: str | None
+    contact: str  # the sender's MSSanté mailbox
+    application: str
+    version: str
+    vendor: str
+
+
+def readme_text(origin: XdmOrigin) -> str:
+    finess = f" (FINESS {origin.finess})" if origin.finess else ""
+    return (
+        f"Documents de santé transmis par {origin.institution}{finess} par messagerie sécurisée de santé.\n"
+        f"Contact : {origin.contact}\n"
+        f"Application : {origin.application} {origin.version}\n"
+        f"Éditeur : {origin.vendor}\n"
+        "Organisation : IHE_XDM/SUBSET01/METADATA.XML décrit les documents (IHE XDM, ITI-32) ; "
+        "INDEX.HTM les liste.\n"
+    )
 
 
 def _file_name(index: int, mime_type: str) -> str:

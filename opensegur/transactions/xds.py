@@ -578,6 +578,7 @@ def render_submission_set(ss: SubmissionSetMetadata, entry_id: str | None = None
         id=obj_id,
         objectType=OBJECT_TYPE_REGISTRY_PACKAGE,
     )
+    _slot(rp, "intendedRecipient", ss.intended_recipients)
     _slot(rp, "submissionTime", [ss.submission_time])
     _localized(rp, "Name", ss.title)
     for author in ss.authors:
@@ -632,6 +633,7 @@ def read_submission_set(el: etree._Element) -> SubmissionSetMetadata:
         authors=[_read_author(c) for c in cls.get(SS_AUTHOR, [])],
         title=_name(el),
         entry_uuid=el.get("id"),
+        intended_recipients=s.get("intendedRecipient", []),
     )
 
 

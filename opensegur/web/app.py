@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import DataError
 
+from opensegur import __version__
 from opensegur.identity.errors import IdentityError
 from opensegur.security import audit
 from opensegur.security.matrix import Action
@@ -64,7 +65,7 @@ def _wants_page(request: Request) -> bool:
 def create_app(runtime: WebRuntime) -> FastAPI:
     app = FastAPI(
         title="OpenSégur",
-        version="0.1.0",
+        version=__version__,
         description="Plateforme Ségur Vague 2 : identités INS, flux DMP et MSSanté. API REST et pages.",
         # Served from local assets by web/apidocs (hospitals run offline; no CDN script in our origin).
         docs_url=None,

@@ -17,6 +17,7 @@ import pytest
 from lxml import etree
 from sqlalchemy import select
 
+import opensegur
 from opensegur.content.validation import Finding
 from opensegur.flows import dmp_feed, mss_outbound
 from opensegur.flows.dmp_feed import ProcessContext, make_process_handler
@@ -280,8 +281,14 @@ async def test_ans_mdm_example_to_professional_and_patient(rig: Rig) -> None:
         package = read_xdm(attachment(msg, "IHE_XDM.ZIP"))
         assert package.patient_id.startswith(f"{INS}^^^&1.2.250.1.213.1.4.10&ISO")
         [entry] = package.documents
-        assert entry.metadata.unique_id == uid(n) and entry.cda is not None
+        assert entry.metadata is not None and entry.metadata.unique_id == uid(n) and entry.cda is not None
         assert entry.cda.patient.ins_matricule == INS
+        # XDM as peers write it: who made it (application, version, vendor, contact) and for whom.
+        assert package.readme is not None and package.warnings == []
+        assert f"Application : OpenSégur {opensegur.__version__}" in package.readme
+        assert f"Contact : {SENDER}" in package.readme and "Éditeur : " in package.readme
+        assert package.submission_set is not None
+        assert package.submission_set.intended_recipients == [f"||^^Internet^{a}" for a in envelope.rcpt_to]
     assert len(envelope.rcpt_to) == 1
     assert body(to_ps).strip() == CORPSMAIL_PS
     assert to_ps["X-MSS-MES"] is None

@@ -131,6 +131,14 @@ def test_submission_set_round_trip() -> None:
     assert xds.read_submission_set(rp) == ss
 
 
+def test_intended_recipients_round_trip_in_their_slot() -> None:
+    ss = _ss(entry_uuid="urn:uuid:22222222-2222-2222-2222-222222222222")
+    ss.intended_recipients = ["||^^Internet^dr.reault@ch-test.mssante.fr"]
+    rp, _ = xds.render_submission_set(ss, ss.entry_uuid)
+    assert rp.find(f"{R}Slot[@name='intendedRecipient']") is not None
+    assert xds.read_submission_set(rp) == ss
+
+
 def _iti41(
     pki: TestPki | None = None, docs: list[tuple[DocumentMetadata, bytes]] | None = None, **kw: object
 ):
