@@ -1064,22 +1064,28 @@ _TOKEN_RE = re.compile(r"\s*(?:'((?:[^']|'')*)'|([^,()'\s]+))\s*")
 
 
 def _parse_param_value(raw: str, name: str) -> list[str]:
+    # ITI TF-3 Table 4.2.4.1-2: a value not coded as a list, or a list that does not parse, is
+    # XDSStoredQueryParamNumber — not the registry's own failure (XDSRegistryError).
     text = raw.strip()
     if text.startswith("("):
         if not text.endswith(")"):
-            raise XdsError("XDSRegistryError", f"unbalanced list in {name}", name)
+            raise XdsError("XDSStoredQueryParamNumber", f"unbalanced list in {name}: {raw!r}", name)
         text = text[1:-1]
     values: list[str] = []
     pos = 0
     while pos < len(text):
         m = _TOKEN_RE.match(text, pos)
         if m is None:
-            raise XdsError("XDSRegistryError", f"malformed value {raw!r} in {name}", name)
+            raise XdsError(
+                "XDSStoredQueryParamNumber", f"{name} is not a value or a list of values: {raw!r}", name
+            )
         values.append(m.group(1).replace("''", "'") if m.group(1) is not None else m.group(2))
         pos = m.end()
         if pos < len(text):
             if text[pos] != ",":
-                raise XdsError("XDSRegistryError", f"malformed value {raw!r} in {name}", name)
+                raise XdsError(
+                    "XDSStoredQueryParamNumber", f"{name} is not a value or a list of values: {raw!r}", name
+                )
             pos += 1
     return values
 
@@ -1105,10 +1111,17 @@ def parse_stored_query(body_el: etree._Element) -> StoredQuery:
         params[name] = [v for raw in raws for v in _parse_param_value(raw, name)]
     for group in _REQUIRED_PARAMS.get(query_id, []):
         present = [p for p in group if params.get(p)]
-        if len(present) != 1:
+        if not present:
+            raise XdsError(
+                "XDSStoredQueryMissingParam",
+                f"{QUERY_NAMES[query_id]} needs {' or '.join(group)}",
+                group[0],
+            )
+        if len(present) > 1:
             raise XdsError(
                 "XDSStoredQueryParamNumber",
-                f"{QUERY_NAMES[query_id]} needs exactly one of {', '.join(group)}",
+                f"{QUERY_NAMES[query_id]} takes only one of {', '.join(group)}",
+                present[1],
             )
     for single in ("$XDSDocumentEntryPatientId", "$XDSSubmissionSetPatientId"):
         if single in params and len(params[single]) != 1:

@@ -401,7 +401,7 @@ def test_stored_query_errors() -> None:
     assert exc.value.code == "XDSUnknownStoredQuery"
     with pytest.raises(XdsError) as exc:
         xds.parse_stored_query(xds.build_stored_query(Q.FIND_DOCUMENTS, {"$XDSDocumentEntryPatientId": PID}))
-    assert exc.value.code == "XDSStoredQueryParamNumber"
+    assert exc.value.code == "XDSStoredQueryMissingParam" and exc.value.location == "$XDSDocumentEntryStatus"
     both = xds.build_stored_query(
         Q.GET_DOCUMENTS, {"$XDSDocumentEntryEntryUUID": ["a"], "$XDSDocumentEntryUniqueId": ["b"]}
     )
@@ -410,6 +410,19 @@ def test_stored_query_errors() -> None:
     assert exc.value.code == "XDSStoredQueryParamNumber"
     with pytest.raises(ValueError):
         xds.build_get_documents()
+
+
+@pytest.mark.parametrize("raw", ["('urn:a'", "('urn:a' 'urn:b')", "'unclosed", "('a',,'b')"])
+def test_a_malformed_query_parameter_is_param_number_not_a_registry_error(raw: str) -> None:
+    query = xds.build_stored_query(
+        Q.FIND_DOCUMENTS,
+        {"$XDSDocumentEntryPatientId": PID, "$XDSDocumentEntryStatus": [STATUS_APPROVED]},
+    )
+    slot = next(sl for sl in query.iter(f"{R}Slot") if sl.get("name") == "$XDSDocumentEntryStatus")
+    slot[0][0].text = raw
+    with pytest.raises(XdsError) as exc:
+        xds.parse_stored_query(query)
+    assert exc.value.code == "XDSStoredQueryParamNumber" and exc.value.location == "$XDSDocumentEntryStatus"
 
 
 def test_query_response_round_trip() -> None:
