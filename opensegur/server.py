@@ -505,8 +505,10 @@ class Platform:
         """Start the simulated national services: HTTP (INSi, DMP, Annuaire Santé, MSSanté admin) and the MSSanté
         operator's SMTP and IMAP, with the mailboxes of ``hospital`` (else the demo GHT's). ``publish`` serves
         /sandbox/endpoints on the sandbox itself (run on its own)."""
+        from opensegur.ops.demo import demo_dmp_patients
         from opensegur.sandbox.annuaire import directory_mailboxes
         from opensegur.sandbox.app import create_sandbox_app
+        from opensegur.sandbox.dmp.patients import PatientRegistry, default_patients
         from opensegur.sandbox.mssante import MssOperator
         from opensegur.sandbox.psc import PscSandbox
         from opensegur.security.pki import ensure_test_pki
@@ -524,8 +526,13 @@ class Platform:
         # Pro Santé Connect: its signing key is made once under the sandbox's data directory.
         psc = PscSandbox(data / "psc", f"{base}/psc")
         endpoints["psc"] = psc.endpoints()
+        # The demo's patients have a DMP, as a hospital's test patients have one on the DMP test platform.
+        patients = PatientRegistry([*default_patients(), *demo_dmp_patients()]) if s.demo else None
         await self._serve_http(
-            create_sandbox_app(data, pki, operator, endpoints if publish else None, psc=psc), sock
+            create_sandbox_app(
+                data, pki, operator, endpoints if publish else None, psc=psc, dmp_patients=patients
+            ),
+            sock,
         )
         return SandboxHandle(pki, endpoints)
 

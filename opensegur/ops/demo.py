@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import random
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from opensegur.hospital.loader import load_directory
 from opensegur.hospital.model import HospitalConfig
 from opensegur.identity.ins import OID_NIR_TEST, nir_key
 from opensegur.identity.professionals import idnat_ps_from_rpps, luhn_valid
+from opensegur.sandbox.dmp.patients import DmpPatient
 from opensegur.store.db import Database
 from opensegur.store.models import (
     IdentityAlert,
@@ -95,6 +97,47 @@ def test_matricule(sex: str, birth: date, cog: str, serial: int) -> str:
     return f"{number}{nir_key(number):02d}"
 
 
+@dataclass(frozen=True)
+class DemoPatient:
+    ipp: str
+    family: str
+    firsts: str
+    sex: str
+    birth: date
+    cog: str
+    status: str
+    matricule: str | None  # test-OID INS matricule for RECUP and QUAL identities
+
+
+@functools.cache
+def demo_patients() -> tuple[DemoPatient, ...]:
+    """The demo's generated patients, site by site alternately; deterministic (seeded)."""
+    rng = random.Random(2026)
+    statuses = ["QUAL"] * 22 + ["VALI"] * 8 + ["RECUP"] * 6 + ["PROV"] * 8
+    rng.shuffle(statuses)
+    out = []
+    for n, status in enumerate(statuses):
+        sex = rng.choice("MF")
+        firsts = " ".join(rng.sample(FIRST_M if sex == "M" else FIRST_F, rng.choice([1, 1, 2, 3])))
+        birth = date(rng.randint(1930, 2023), rng.randint(1, 12), rng.randint(1, 28))
+        cog = rng.choice(COGS)
+        matricule = test_matricule(sex, birth, cog, n + 1) if status in ("QUAL", "RECUP") else None
+        out.append(
+            DemoPatient(f"{900000 + n}", rng.choice(NAMES), firsts, sex, birth, cog, status, matricule)
+        )
+    return tuple(out)
+
+
+def demo_dmp_patients() -> list[DmpPatient]:
+    """An open DMP for each demo patient with an INS, as the DMP test platform holds one for a hospital's test
+    patients; the sandbox registers them when the platform runs the demo."""
+    return [
+        DmpPatient(p.matricule, OID_NIR_TEST, f"{p.family} {p.firsts}")
+        for p in demo_patients()
+        if p.matricule is not None
+    ]
+
+
 def load_demo(db: Database) -> bool:
     """Apply the demo GHT's configuration, then insert its people once; returns False when they are already
     there."""
@@ -106,7 +149,6 @@ def load_demo(db: Database) -> bool:
         sites = [
             s.scalars(select(Structure).where(Structure.finess == site.finess)).one() for site in config.sites
         ]
-        rng = random.Random(2026)
         for i, (family, given, prof) in enumerate(
             [
                 ("RÉAULT", "Pierre", "Médecin — chirurgie viscérale"),
@@ -172,15 +214,8 @@ def load_demo(db: Database) -> bool:
             )
             return p
 
-        statuses = ["QUAL"] * 22 + ["VALI"] * 8 + ["RECUP"] * 6 + ["PROV"] * 8
-        rng.shuffle(statuses)
-        for n, status in enumerate(statuses):
-            sex = rng.choice("MF")
-            firsts = " ".join(rng.sample(FIRST_M if sex == "M" else FIRST_F, rng.choice([1, 1, 2, 3])))
-            birth = date(rng.randint(1930, 2023), rng.randint(1, 12), rng.randint(1, 28))
-            cog = rng.choice(COGS)
-            matricule = test_matricule(sex, birth, cog, n + 1) if status in ("QUAL", "RECUP") else None
-            add(sites[n % 2], f"{900000 + n}", rng.choice(NAMES), firsts, sex, birth, cog, status, matricule)
+        for n, p in enumerate(demo_patients()):
+            add(sites[n % 2], p.ipp, p.family, p.firsts, p.sex, p.birth, p.cog, p.status, p.matricule)
         for n, (family, firsts, sex, birth, cog, status) in enumerate(INSI_KNOWN):
             add(sites[0], f"{800000 + n}", family, firsts, sex, birth, cog, status, None)
         # A probable duplicate for the alerts panel: same person created twice under two IPPs.

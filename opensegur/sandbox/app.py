@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from opensegur.sandbox.annuaire import create_annuaire_router
 from opensegur.sandbox.dmp.app import create_dmp_app
+from opensegur.sandbox.dmp.patients import PatientRegistry
 from opensegur.sandbox.insi import create_insi_app
 from opensegur.sandbox.mssante import MssOperator, create_mssante_router
 from opensegur.sandbox.psc import PscSandbox, create_psc_router
@@ -24,10 +25,11 @@ def create_sandbox_app(
     operator: MssOperator | None = None,
     endpoints: dict[str, Any] | None = None,
     psc: PscSandbox | None = None,
+    dmp_patients: PatientRegistry | None = None,
 ) -> FastAPI:
     app = FastAPI(title="OpenSégur sandbox — services nationaux simulés")
     app.include_router(create_insi_app().router)
-    app.include_router(create_dmp_app(data_dir, pki, prefix="/dmp").router)
+    app.include_router(create_dmp_app(data_dir, pki, prefix="/dmp", patients=dmp_patients).router)
     app.include_router(create_annuaire_router(), prefix="/annuaire")
     if operator is not None:
         app.include_router(create_mssante_router(operator))

@@ -331,6 +331,13 @@ async def entry_status(rt: Runtime, unique_prefix: str) -> str | None:
     return None
 
 
+async def open_dmp(rt: Runtime, matricule: str, oid: str = "1.2.250.1.213.1.4.10") -> None:
+    """Declare a DMP for a test patient the fixture list does not name (the sandbox refuses any other)."""
+    async with httpx.AsyncClient() as c:
+        r = await c.put(f"{rt.endpoints['dmp']['admin']}/patients", json={"matricule": matricule, "oid": oid})
+        r.raise_for_status()
+
+
 async def set_fault(rt: Runtime, **config: Any) -> None:
     async with httpx.AsyncClient() as c:
         r = await c.post(f"{rt.endpoints['dmp']['admin']}/faults", json=config)

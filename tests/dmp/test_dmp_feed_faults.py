@@ -30,6 +30,7 @@ from tests.dmp.helpers import (
     inspect,
     mdm,
     new_number,
+    open_dmp,
     pid_segment,
     running_platform,
     send_raw,
@@ -296,6 +297,7 @@ async def test_hold_before_delivery_then_release(tmp_path: Path, schematron_cach
 async def test_document_waits_for_a_qualified_identity(platform: tuple[Runtime, DpiListener]) -> None:
     rt, dpi = platform
     ipp, ins = f"G{new_number()[:8]}", _ins("2610459350123")
+    await open_dmp(rt, ins)
     created = await send_raw(rt, adt("A28", f"A28-{ipp}", pid_segment(ipp, status="PROV")))
     assert created.code == "AA"
 

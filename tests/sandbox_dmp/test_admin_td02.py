@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from opensegur.identity.ins import Ins
+from opensegur.ops.demo import demo_dmp_patients, demo_patients
 from opensegur.sandbox.dmp.patients import (
     CLOSED_NUMBER,
     NO_DMP_NUMBER,
@@ -209,3 +210,18 @@ def test_patient_fixtures_have_valid_keys_and_expected_states() -> None:
     )
     # Key formula, independently: 97 - (N mod 97), Corsica 2B → 18.
     assert Ins.parse("180032B02040123", "1.2.250.1.213.1.4.8").key == f"{97 - 1800318020401 % 97:02d}"
+
+
+def test_every_demo_patient_with_an_ins_has_an_open_dmp_and_nobody_else_does() -> None:
+    registry = PatientRegistry([*default_patients(), *demo_dmp_patients()])
+    with_ins = [p for p in demo_patients() if p.matricule]
+    assert len(with_ins) == 28  # 22 QUAL + 6 RECUP
+    for p in with_ins:
+        assert (
+            registry.lookup(Ins.parse(p.matricule or "", "1.2.250.1.213.1.4.10")).status == DmpStatus.OUVERT
+        )
+    stranger = Ins.parse(cx("1551275123456")[:15], "1.2.250.1.213.1.4.10")
+    assert registry.lookup(stranger).status == DmpStatus.INEXISTANT
+    assert PatientRegistry().lookup(
+        Ins.parse(with_ins[0].matricule or "", "1.2.250.1.213.1.4.10")
+    ).status == (DmpStatus.INEXISTANT)

@@ -52,16 +52,38 @@ async def test_patient_dmp_state(client: httpx.AsyncClient, pki: TestPki, number
     assert err.code == code
 
 
-async def test_production_ins_not_listed_is_unknown_but_test_ins_is_open(
+async def test_an_ins_not_in_the_fixture_list_has_no_dmp_whatever_its_oid(
     client: httpx.AsyncClient, pki: TestPki
 ) -> None:
-    unknown = cx("1551275123456", "1.2.250.1.213.1.4.8")
-    assert (await _failure(client, iti41(pki, patient=unknown).request)).code == "XDSUnknownPatientId"
-    # Same number under the test OID: open by default (demo and benchmark patients).
+    for oid in ("1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.10"):
+        unknown = cx("1551275123456", oid)
+        assert (await _failure(client, iti41(pki, patient=unknown).request)).code == "XDSUnknownPatientId"
+    # A test declares the patient's DMP, as another editor's CI would: then it is fed.
+    declared = await client.put(
+        "/dmp/_admin/patients",
+        json={"matricule": cx("1551275123456")[:15], "oid": "1.2.250.1.213.1.4.10", "name": "DÉCLARÉ PAUL"},
+    )
+    assert declared.status_code == 200 and declared.json()["dmp"] == "OUVERT"
     result = registry_result(
         await post(client, "/dmp/iti41", iti41(pki, patient=cx("1551275123456")).request)
     )
     assert result.ok, result.errors
+    listed = (await client.get("/dmp/_admin/patients")).json()
+    assert {"patient": cx("1551275123456")[:15], "oid": "1.2.250.1.213.1.4.10"}.items() <= next(
+        p for p in listed if p["name"] == "DÉCLARÉ PAUL"
+    ).items()
+    closed = await client.put(
+        "/dmp/_admin/patients",
+        json={"matricule": cx("1551275123456")[:15], "oid": "1.2.250.1.213.1.4.10", "status": "FERME"},
+    )
+    assert closed.status_code == 200
+    assert (
+        await _failure(client, iti41(pki, patient=cx("1551275123456")).request)
+    ).code != "XDSUnknownPatientId"
+    bad_key = await client.put(
+        "/dmp/_admin/patients", json={"matricule": "155127512345600", "oid": "1.2.250.1.213.1.4.10"}
+    )
+    assert bad_key.status_code == 422 and "INS refusé" in bad_key.json()["detail"]
     # An INSi qualification identity is known under its production OID too.
     insi = cx("2751263220749", "1.2.250.1.213.1.4.8")
     assert registry_result(await post(client, "/dmp/iti41", iti41(pki, patient=insi).request)).ok

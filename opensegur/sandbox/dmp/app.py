@@ -29,7 +29,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ from pydantic import BaseModel, Field
 
 from opensegur.content import jdv
 from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata
+from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins
 from opensegur.sandbox.dmp.patients import (
     INS_CX_RE,
@@ -248,6 +249,20 @@ def validate_submission_set(ss: SubmissionSetMetadata) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- fault injection
+
+
+class PatientFixture(BaseModel):
+    """A test patient's DMP as a test or another editor's CI declares it (``PUT /dmp/_admin/patients``)."""
+
+    matricule: str = Field(min_length=15, max_length=15)
+    oid: str = Field(max_length=64)
+    name: str = Field(default="", max_length=200)
+    status: DmpStatus = DmpStatus.OUVERT
+    closing_date: date | None = None
+    closing_reason: str | None = Field(default=None, max_length=200)
+    opposition_feeding: bool = False
+    opposition_break_glass: bool = False
+    opposition_centre_15: bool = False
 
 
 class FaultConfig(BaseModel):
@@ -835,6 +850,23 @@ def create_dmp_app(
     async def access_history(patient: str = Query(min_length=15, max_length=15)) -> dict[str, Any]:
         history = await asyncio.to_thread(sandbox.store.access_history, patient.upper())
         return {"patient": patient.upper(), "accesses": history}
+
+    @app.put(f"{prefix}/_admin/patients")
+    async def declare_patient(fixture: PatientFixture) -> dict[str, Any]:
+        try:
+            ins = Ins.parse(fixture.matricule, fixture.oid)
+        except IdentityError as exc:
+            raise HTTPException(422, f"INS refusé : {exc.message}") from exc
+        fields = fixture.model_dump(exclude={"matricule", "oid"})
+        sandbox.patients.add(DmpPatient(ins.matricule, ins.oid, **fields))
+        return {"patient": ins.matricule, "oid": ins.oid, "dmp": fixture.status.value}
+
+    @app.get(f"{prefix}/_admin/patients")
+    async def listed_patients() -> list[dict[str, Any]]:
+        return [
+            {"patient": p.matricule, "oid": p.oid, "name": p.name, "dmp": p.status.value}
+            for p in sandbox.patients.listed()
+        ]
 
     @app.post(f"{prefix}/_admin/faults")
     async def set_faults(cfg: FaultConfig) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Patients known to the DMP sandbox and the state of their DMP (open, closed, absent, opposition).
 
-Rule "open by default for test INS": any well-formed INS with a valid key under the test OIDs (.10 NIR de test,
-.11 NIA de test) that is not one of the fixtures below has an OPEN DMP. The demo data and the benchmarks generate
-their patients under the test OID, and the DMP test platform opens a DMP for any test patient, so listing them
-here would only couple the sandbox to the demo generator. Production OIDs (.8/.9) are known only when listed.
+A fixture list decides: an INS has a DMP only when it is listed — the fixtures below (the ANS examples' patient,
+the sandbox INSi's people, one closed DMP, one opposition), the demo GHT's patients when the platform runs the
+demo, and whatever a test or another editor's CI declares with ``PUT /dmp/_admin/patients``. Any other INS, under
+a test OID or not, gets ``XDSUnknownPatientId``, as the real DMP answers for a patient who has no DMP.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class DmpPatient:
     opposition_centre_15: bool = False
     # Structures (idNat_Struct) or professionals (idNat_PS) the patient blocked: TD0.2 answers INTERDIT.
     blocked: frozenset[str] = field(default_factory=frozenset)
-    listed: bool = True  # False for a patient accepted by the "open by default for test INS" rule
+    listed: bool = True  # False for an INS the fixture list does not name (no DMP)
 
     @property
     def cx(self) -> str:
@@ -148,8 +148,6 @@ class PatientRegistry:
             other = self._by_key.get((ins.matricule, oid))
             if other is not None:
                 return replace(other, oid=ins.oid)
-        if ins.oid in TEST_OIDS:
-            return DmpPatient(ins.matricule, ins.oid, "", listed=False)
         return DmpPatient(ins.matricule, ins.oid, "", status=DmpStatus.INEXISTANT, listed=False)
 
     def by_matricule(self, matricule: str) -> DmpPatient | None:
