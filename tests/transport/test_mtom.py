@@ -124,8 +124,13 @@ ROOT = b'Content-Type: application/xop+xml; type="application/soap+xml"\r\nConte
         (CT, _raw("B", [ROOT, b"Content-ID: <a>\r\n\r\n1", b"Content-ID: <a>\r\n\r\n2"]), "duplicate"),
         (
             CT,
-            _raw("B", [ROOT, b"Content-ID: <a>\r\nContent-Transfer-Encoding: base64\r\n\r\nAA=="]),
+            _raw("B", [ROOT, b"Content-ID: <a>\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nAA=="]),
             "Transfer",
+        ),
+        (
+            CT,
+            _raw("B", [ROOT, b"Content-ID: <a>\r\nContent-Transfer-Encoding: base64\r\n\r\nA*A="]),
+            "not valid base64",
         ),
         (CT, _raw("B", [ROOT, b"Content-ID <a>\r\n\r\nx"]), "malformed MIME header"),
         (CT, _raw("B", [ROOT.replace(b"<root>", b"<other>")]), "start part"),
@@ -137,6 +142,23 @@ ROOT = b'Content-Type: application/xop+xml; type="application/soap+xml"\r\nConte
 def test_malformed_multipart_is_rejected(content_type: str, raw: bytes, message: str) -> None:
     with pytest.raises(MtomError, match=message):
         parse_mtom(content_type, raw, 1_000_000, max_parts=5)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encoded"),
+    [
+        ("base64", b"RElDTQABAgP/\r\nAA=="),
+        ("BASE64", b"RElDTQABAgP/AA=="),
+        ("quoted-printable", b"DICM=00=01=02=03=FF=00"),
+        ("binary", b"DICM\x00\x01\x02\x03\xff\x00"),
+    ],
+)
+def test_any_legal_transfer_encoding_gives_the_same_bytes(encoding: str, encoded: bytes) -> None:
+    part = b"Content-ID: <kos>\r\nContent-Type: application/dicom\r\nContent-Transfer-Encoding: "
+    _, attachments = parse_mtom(
+        CT, _raw("B", [ROOT, part + encoding.encode() + b"\r\n\r\n" + encoded]), 10_000
+    )
+    assert attachments == {"kos": b"DICM\x00\x01\x02\x03\xff\x00"}
 
 
 def test_size_limits() -> None:
