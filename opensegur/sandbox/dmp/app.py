@@ -143,6 +143,11 @@ _EXTRA_FORMAT_CODES = (
 )
 
 
+# The one non-CDA document the DMP takes: the XDS-I.b imaging manifest a DRIMbox publishes (DICOM KOS).
+KOS_FORMAT = _EXTRA_FORMAT_CODES[1]
+_MIME_KOS = "application/dicom"
+
+
 def _format_codes() -> dict[tuple[str, str], Coded]:
     known = [*jdv._MEDIA_TO_FORMAT.values(), *jdv._TEMPLATE_TO_FORMAT.values(), *_EXTRA_FORMAT_CODES]
     return {(c.code, c.scheme): c for c in known}
@@ -170,9 +175,12 @@ def validate_document(m: DocumentMetadata) -> None:
     where = m.entry_uuid or m.unique_id
     if not _UID_RE.match(m.unique_id) or len(m.unique_id) > 128:
         raise _meta_error(f"uniqueId {m.unique_id!r} n'est pas un OID (ou OID^extension)", where)
-    if m.mime_type != "text/xml":
+    is_kos = (m.format_code.code, m.format_code.scheme) == (KOS_FORMAT.code, KOS_FORMAT.scheme)
+    if m.mime_type != (_MIME_KOS if is_kos else "text/xml"):
         raise _meta_error(
-            f"mimeType {m.mime_type!r} : le DMP n'accepte que des documents CDA (text/xml)", where
+            f"mimeType {m.mime_type!r} : le DMP n'accepte que des documents CDA (text/xml) et des manifestes "
+            f"d'imagerie DICOM KOS ({_MIME_KOS}, formatCode {KOS_FORMAT.code})",
+            where,
         )
     if not _LANG_RE.match(m.language_code):
         raise _meta_error(f"languageCode {m.language_code!r} invalide (ex. fr-FR)", where)
@@ -509,6 +517,13 @@ class DmpSandbox:
         validate_submission_set(ss)
         for d in sub.documents:
             validate_document(d.metadata)
+            if d.metadata.mime_type == _MIME_KOS and d.content[128:132] != b"DICM":
+                # PS3.10 §7.1: a DICOM file is a 128-byte preamble then "DICM"; anything else is not a manifest.
+                raise XdsError(
+                    "XDSRepositoryMetadataError",
+                    "document application/dicom sans en-tête DICOM (préambule + « DICM ») : pas un manifeste KOS",
+                    d.metadata.unique_id,
+                )
         if sub.signature is None:
             raise _meta_error(
                 "lot de soumission non signé : l'entrée de signature XAdES (classCode "

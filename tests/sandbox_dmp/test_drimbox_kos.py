@@ -1,0 +1,139 @@
+"""The sandbox DMP takes what the DMP test platform took from the ANS DRIMbox: a KOS imaging manifest.
+
+The metadata are those of the ANS sample publication (`ansforge/DRIM-M_DATA`, "Echantillons validateurs/Validateur
+XDS/XDS.xml", as summarised in reference/digests/imaging.md §1.8), adapted only in patient, VIHF and the
+signature entry: mimeType application/dicom, classCode 31, typeCode IMG-KOS, formatCode
+1.2.840.10008.5.1.4.1.1.88.59, region and modality event codes, accession and study UID references, the DRIMbox
+as device author — and the KOS sent as a base64 MIME part, as the sample's sender did.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from opensegur.content import jdv
+from opensegur.documents.metadata import Coded, XdsAuthor
+from opensegur.security.pki import TestPki
+from opensegur.transport.mtom import parse_mtom
+from tests.sandbox_dmp.helpers import PAT_TROIS, Soap, iti41, metadata, new_oid, post, registry_result
+
+KOS_FORMAT = Coded("1.2.840.10008.5.1.4.1.1.88.59", "1.2.840.10008.2.6.1", "Key Object Selection Document")
+STUDY_UID = "1.2.250.1.999.77.7.1"
+
+
+def kos_bytes(sop_instance_uid: str) -> bytes:
+    """A DICOM Part 10 file header (128-byte preamble, "DICM", group 0002) naming a KOS instance."""
+
+    def element(tag: bytes, vr: bytes, value: bytes) -> bytes:
+        if len(value) % 2:
+            value += b"\0"
+        return tag + vr + len(value).to_bytes(2, "little") + value
+
+    meta = element(b"\x02\x00\x02\x00", b"UI", KOS_FORMAT.code.encode())
+    meta += element(b"\x02\x00\x03\x00", b"UI", sop_instance_uid.encode())
+    meta += element(b"\x02\x00\x10\x00", b"UI", b"1.2.840.10008.1.2.1")
+    group_length = b"\x02\x00\x00\x00UL\x04\x00" + len(meta).to_bytes(4, "little")
+    return b"\0" * 128 + b"DICM" + group_length + meta
+
+
+def kos_metadata(unique_id: str, **changes: object):  # type: ignore[no-untyped-def]
+    ts = jdv.load_value_set(jdv.JDV_TYPE_CODE).codes["IMG-KOS"]
+    m = metadata(
+        unique_id,
+        mime_type="application/dicom",
+        class_code=jdv.CLASS_CODES["31"],
+        type_code=ts,
+        format_code=KOS_FORMAT,
+        title="Reference d'Objets d'un Examen d'Imagerie",
+        comments="KOS",
+        language_code="fr-FR",
+        event_codes=[
+            Coded("63337009", "1.2.250.1.213.2.5", "Abdomen + pelvis"),
+            Coded("MR", "1.2.250.1.213.1.1.5.618", "Résonance magnétique"),
+        ],
+        reference_ids=[
+            "ACC2026001^^^&1.2.250.1.999.77.8&ISO^urn:ihe:iti:xds:2013:accession",
+            f"{STUDY_UID}^^^&1.2.3.4.5.6&ISO^urn:ihe:iti:xds:2016:studyInstanceUID",
+        ],
+        authors=[
+            XdsAuthor(
+                person="899711256811^DRIMBox^ANS^^^^^^&1.2.250.1.71.4.2.1&ISO^U^^^EI",
+                institutions=("CH SANDBOX^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^10B0152622",),
+            )
+        ],
+    )
+    return replace(m, **changes)
+
+
+def base64_parts(req: Soap) -> Soap:
+    """The same request with every attachment sent ``Content-Transfer-Encoding: base64``, typed
+    application/dicom for the KOS."""
+    envelope, attachments = parse_mtom(req.content_type, req.body, 10_000_000)
+    boundary = "ANS_" + secrets.token_hex(8)
+    out = [
+        f'--{boundary}\r\nContent-Type: application/xop+xml; charset=UTF-8; type="application/soap+xml"\r\n'
+        "Content-Transfer-Encoding: binary\r\nContent-ID: <root@ans>\r\n\r\n".encode(),
+        envelope,
+    ]
+    for cid, data in attachments.items():
+        kind = "application/dicom" if data[128:132] == b"DICM" else "text/xml"
+        encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
+        out += [
+            f"\r\n--{boundary}\r\nContent-Type: {kind}\r\nContent-Transfer-Encoding: base64\r\n"
+            f"Content-ID: <{cid}>\r\n\r\n".encode(),
+            encoded,
+        ]
+    out.append(f"\r\n--{boundary}--\r\n".encode())
+    action = re.search(r'action="([^"]+)"', req.content_type)
+    ct = (
+        f'multipart/related; type="application/xop+xml"; boundary="{boundary}"; start="<root@ans>"; '
+        f'start-info="application/soap+xml"' + (f'; action="{action[1]}"' if action else "")
+    )
+    return Soap(ct, b"".join(out), envelope)
+
+
+async def test_the_drimbox_kos_publication_is_accepted(client: httpx.AsyncClient, pki: TestPki) -> None:
+    uid = new_oid()
+    sub = iti41(pki, docs=[(kos_metadata(uid), kos_bytes(uid))])
+    request = base64_parts(sub.request)
+    assert b"Content-Transfer-Encoding: base64" in request.body
+    result = registry_result(await post(client, "/dmp/iti41", request))
+    assert result.ok, result.errors
+    inspected = (await client.get("/dmp/inspect", params={"patient": PAT_TROIS[:15]})).json()["entries"]
+    [entry] = [e for e in inspected if e["uniqueId"] == uid]
+    assert entry["mimeType"] == "application/dicom" and entry["typeCode"]["code"] == "IMG-KOS"
+
+
+@pytest.mark.parametrize(
+    ("change", "content", "code", "message"),
+    [
+        ({"mime_type": "text/xml"}, None, "XDSRegistryMetadataError", "mimeType"),
+        ({"format_code": None}, None, "XDSRegistryMetadataError", "mimeType"),
+        ({}, b"<ClinicalDocument/>", "XDSRepositoryMetadataError", "DICM"),
+    ],
+    ids=["kos-as-text-xml", "dicom-with-a-cda-format", "dicom-that-is-not-dicom"],
+)
+async def test_what_the_dmp_refuses_of_a_manifest(
+    client: httpx.AsyncClient,
+    pki: TestPki,
+    change: dict[str, object],
+    content: bytes | None,
+    code: str,
+    message: str,
+) -> None:
+    uid = new_oid()
+    if change.get("format_code", 1) is None:
+        change = {"format_code": jdv.format_code_for_templates(["1.2.250.1.213.1.1.1.29"])}
+    # Signed only when the content is what its mimeType says (a KOS cannot be canonicalised as XML): the DMP
+    # checks the metadata before the signature.
+    signable = change.get("mime_type", "application/dicom") == "application/dicom"
+    sub = iti41(pki, docs=[(kos_metadata(uid, **change), content or kos_bytes(uid))], sign=signable)
+    result = registry_result(await post(client, "/dmp/iti41", sub.request))
+    assert not result.ok
+    assert result.errors[0].code == code and message in result.errors[0].context
