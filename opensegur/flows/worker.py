@@ -117,6 +117,9 @@ class WorkerPool:
     async def _execute(self, job: Job) -> tuple[int, dict[str, Any] | None] | None:
         """Run the handler; a failure is recorded at once, a success is returned for the caller to record."""
         handler = self.handlers[job.kind]
+        # A job longer than its lease (a slow DMP, a heavy document) must not be claimed by another worker while
+        # it runs: the lease is renewed until the handler returns. Only a dead worker's lease expires.
+        keeper = asyncio.create_task(self._keep_lease(job))
         try:
             result = await handler(job)
         except PermanentError as exc:
@@ -128,7 +131,21 @@ class WorkerPool:
             await asyncio.to_thread(self._fail, job, f"{type(exc).__name__}: {exc}", True)
         else:
             return job.id, result
+        finally:
+            keeper.cancel()
         return None
+
+    async def _keep_lease(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await asyncio.to_thread(self._renew, job.id, job.worker or "")
+            except Exception as exc:  # a database hiccup: the next renewal may succeed before the lease ends
+                log.warning("job %s: lease renewal failed: %s", job.id, failure(exc))
+
+    def _renew(self, job_id: int, worker: str) -> None:
+        with self.db.session() as s:
+            jobs.renew(s, job_id, worker, self.lease_s)
 
     def _complete(self, job_id: int, result: dict[str, Any] | None) -> None:
         with self.db.session() as s:

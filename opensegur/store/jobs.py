@@ -92,6 +92,16 @@ def claim(session: Session, worker: str, kinds: list[str], lease_s: float) -> Jo
     return job
 
 
+def renew(session: Session, job_id: int, worker: str, lease_s: float) -> bool:
+    """Extend the lease of a job this worker is still running; False when it is no longer its own."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.worker == worker)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_s))
+    )
+    return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
 def complete(session: Session, job_id: int, result: dict[str, Any] | None = None) -> None:
     session.execute(
         update(Job)

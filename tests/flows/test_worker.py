@@ -92,3 +92,36 @@ async def test_stop_completes_the_job_that_just_finished(db: Database) -> None:
     release.set()
     await stopping
     assert _jobs(db)["only"].status == "done"
+
+
+async def test_a_job_longer_than_its_lease_runs_once_while_other_workers_poll(db: Database) -> None:
+    """The review's case: a job outliving the lease was claimed again by a second worker and run twice."""
+    runs: list[str] = []
+
+    async def slow(job: Job) -> dict[str, Any]:
+        runs.append(job.args["key"])
+        await asyncio.sleep(1.2)  # four leases
+        return {}
+
+    _enqueue(db, "long")
+    pools = [WorkerPool(db, {"work": slow}, concurrency=2, idle_sleep_s=0.02, lease_s=0.3) for _ in range(2)]
+    for pool in pools:
+        await pool.start()
+    try:
+        await _until(lambda: _jobs(db)["long"].status == "done")
+    finally:
+        for pool in pools:
+            await pool.stop()
+    assert runs == ["long"] and _jobs(db)["long"].attempts == 1
+
+
+async def test_a_dead_workers_lease_still_expires(db: Database) -> None:
+    _enqueue(db, "orphan")
+    with db.session() as s:
+        claimed = jobs.claim(s, "gone-worker", ["work"], 0.2)
+        assert claimed is not None
+    await asyncio.sleep(0.3)
+    with db.session() as s:
+        again = jobs.claim(s, "alive", ["work"], 60)
+        assert again is not None and again.key == "orphan" and again.attempts == 2
+        assert not jobs.renew(s, again.id, "gone-worker", 60)  # the dead worker's lease is no longer its own
