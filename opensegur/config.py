@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     http_port: int = 8000
     mllp_port: int = 2575
     mllp_max_bytes: int = 20 * 1024 * 1024
+    # Bounds against a careless or hostile sender: open connections, the wait for a frame on an idle connection,
+    # the time a started frame may take, and the bytes all frames being read may hold together.
+    mllp_max_connections: int = Field(default=500, ge=1)
+    mllp_max_per_peer: int = Field(default=50, ge=1)
+    mllp_idle_timeout_s: float = Field(default=1800.0, gt=0)
+    mllp_frame_timeout_s: float = Field(default=300.0, gt=0)
+    mllp_receive_budget: int = Field(default=128 * 1024 * 1024, ge=1024 * 1024)
     # MLLP over TLS: the listener's certificate and key, and the CA (or bundle) that issued the DPIs' client
     # certificates. All three or none; without them the listener speaks plain MLLP.
     mllp_tls_cert: str | None = None

@@ -49,11 +49,17 @@ from opensegur.hospital.model import HospitalConfig
 from opensegur.security.pki import TestPki
 from opensegur.security.sealer import ANCHOR_FILE, run_sealer
 from opensegur.store.db import Database
+from opensegur.transactions import hl7v2
 from opensegur.transactions.insi import InsiContext, InsiResult, InsiTraitsQuery
 from opensegur.transactions.lps_mdm import MessageRoute
 from opensegur.transport.mllp import MllpFramingError, MllpServer, tls_server_context
 
 log = logging.getLogger(__name__)
+# Framing errors answered with an AR, and what the ERR says (French, for the DPI's interface log).
+_NAK_FRAMING = {
+    "MLLP_OVERSIZE": "Message trop volumineux pour ce récepteur (mllp_max_bytes) : non traité",
+    "MLLP_BUSY": "Récepteur saturé : message non traité, renvoyez-le plus tard",
+}
 
 
 class _Uvicorn(uvicorn.Server):
@@ -394,8 +400,14 @@ class Platform:
             return result.ack
 
         async def on_framing_error(err: MllpFramingError) -> bytes | None:
-            log.warning("MLLP framing error: %s", err.code)
-            return None
+            # A frame too large, or one the listener has no memory for now, was read to its end: the sender
+            # gets an AR naming the cause (ERR 207), echoing its MSH, before the connection closes. After a
+            # missing start block or a truncated frame the stream is out of step: nothing is answered.
+            if err.code not in _NAK_FRAMING:
+                return None
+            return hl7v2.build_nak_for_unparseable(
+                err.head, hl7v2.Hl7Error("207", _NAK_FRAMING[err.code], reject=True)
+            )
 
         tls = (
             tls_server_context(s.mllp_tls_cert, s.mllp_tls_key, s.mllp_tls_client_ca)
@@ -411,6 +423,11 @@ class Platform:
             # Read at each connection: SIGHUP or the admin page's reload applies to the next one.
             allow_peer=SenderAllowlist(lambda: rt.hospital),
             ssl_context=tls,
+            max_connections=s.mllp_max_connections,
+            max_per_peer=s.mllp_max_per_peer,
+            idle_timeout=s.mllp_idle_timeout_s,
+            frame_timeout=s.mllp_frame_timeout_s,
+            receive_budget=s.mllp_receive_budget,
         )
         await self.mllp.start()
         rt.mllp_port = self.mllp.port

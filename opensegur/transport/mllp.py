@@ -32,11 +32,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from opensegur.logsafe import failure
+from opensegur.logsafe import Throttled, failure
 
 __all__ = [
     "MllpFramingError",
     "MllpServer",
+    "ReceiveBudget",
     "frame",
     "peer_address",
     "read_frame",
@@ -54,10 +55,19 @@ _HEAD_BYTES = 4096  # what a framing error keeps of the frame, enough for an MSH
 _STREAM_LIMIT = 1024 * 1024  # StreamReader buffer; frames larger than this are read in pieces
 # A peer that opens a connection and never completes the handshake must not hold it for asyncio's default minute.
 _TLS_HANDSHAKE_TIMEOUT_S = 15.0
+# A DPI keeps its connection open between messages; one silent for this long reconnects when it has news.
+DEFAULT_IDLE_TIMEOUT_S = 1800.0
+# A started frame must arrive whole within this (10 MB at 1 Mbit/s takes 80 s).
+DEFAULT_FRAME_TIMEOUT_S = 300.0
+DEFAULT_MAX_CONNECTIONS = 500
+# One host's share, so a sender stuck in a reconnect loop cannot take the places of the others.
+DEFAULT_MAX_PER_PEER = 50
+DEFAULT_RECEIVE_BUDGET = 128 * 1024 * 1024
 
 
 class MllpFramingError(Exception):
-    """``code`` is MLLP_NO_START, MLLP_TRUNCATED or MLLP_OVERSIZE; ``head`` the first bytes of the frame."""
+    """``code`` is MLLP_NO_START, MLLP_TRUNCATED, MLLP_OVERSIZE or MLLP_BUSY (the listener's receive budget is
+    spent: send again later); ``head`` the first bytes of the frame."""
 
     def __init__(self, code: str, detail: str, head: bytes = b"") -> None:
         super().__init__(f"{code}: {detail}")
@@ -104,51 +114,103 @@ async def _skip_to_end_block(reader: asyncio.StreamReader) -> None:
             return
 
 
-async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> bytes | None:
-    """Next message without framing; None on clean EOF between frames; MllpFramingError otherwise."""
+class ReceiveBudget:
+    """Bytes all connections of a listener may hold in frames being read, together: without it, N peers each
+    sending a frame just under ``max_bytes`` hold N × ``max_bytes`` of memory."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+
+    def take(self, n: int) -> bool:
+        if n > self.free:
+            return False
+        self.free -= n
+        return True
+
+    def give(self, n: int) -> None:
+        self.free += n
+
+
+async def _frame_start(reader: asyncio.StreamReader) -> bool:
+    """Wait for a start block; False on clean EOF between frames."""
     while True:
         first = await reader.read(1)
         if not first:
-            return None
+            return False
         if first == START_BLOCK:
-            break
+            return True
         if first not in _INTERFRAME_WHITESPACE:
             raise MllpFramingError("MLLP_NO_START", f"expected start block 0x0B, got {first!r}", first)
 
+
+async def _frame_body(reader: asyncio.StreamReader, max_bytes: int, budget: ReceiveBudget | None) -> bytes:
     buffer = bytearray()
-    while True:
-        try:
-            chunk = await reader.readuntil(END_BLOCK)
-        except asyncio.IncompleteReadError as exc:
-            head = bytes(buffer[:_HEAD_BYTES]) + exc.partial[: max(0, _HEAD_BYTES - len(buffer))]
-            raise MllpFramingError(
-                "MLLP_TRUNCATED", f"connection closed after {len(buffer) + len(exc.partial)} bytes", head
-            ) from None
-        except asyncio.LimitOverrunError as exc:
-            # The stream buffer is full without a separator: take what is safe to take (it never
-            # includes a partial separator) and keep looking.
-            chunk = await reader.readexactly(max(exc.consumed, 1))
+    held = 0
+    try:
+        while True:
+            try:
+                chunk = await reader.readuntil(END_BLOCK)
+                last = True
+            except asyncio.IncompleteReadError as exc:
+                head = bytes(buffer[:_HEAD_BYTES]) + exc.partial[: max(0, _HEAD_BYTES - len(buffer))]
+                raise MllpFramingError(
+                    "MLLP_TRUNCATED", f"connection closed after {len(buffer) + len(exc.partial)} bytes", head
+                ) from None
+            except asyncio.LimitOverrunError as exc:
+                # The stream buffer is full without a separator: take what is safe to take (it never
+                # includes a partial separator) and keep looking.
+                chunk = await reader.readexactly(max(exc.consumed, 1))
+                last = False
+            if budget is not None:
+                if not budget.take(len(chunk)):
+                    head = bytes((buffer + chunk)[:_HEAD_BYTES])
+                    del buffer[:]
+                    if not last:
+                        await _skip_to_end_block(reader)
+                    raise MllpFramingError(
+                        "MLLP_BUSY", f"receive memory of the listener full ({budget.total} bytes)", head
+                    )
+                held += len(chunk)
             buffer += chunk
-            if len(buffer) > max_bytes:
+            if len(buffer) - (len(END_BLOCK) if last else 0) > max_bytes:
                 head = bytes(buffer[:_HEAD_BYTES])
                 del buffer[:]
-                await _skip_to_end_block(reader)
-                raise MllpFramingError(
-                    "MLLP_OVERSIZE", f"frame larger than {max_bytes} bytes", head
-                ) from None
-            continue
-        buffer += chunk
-        if len(buffer) - len(END_BLOCK) > max_bytes:
-            raise MllpFramingError(
-                "MLLP_OVERSIZE", f"frame larger than {max_bytes} bytes", bytes(buffer[:_HEAD_BYTES])
-            )
-        return bytes(buffer[: -len(END_BLOCK)])
+                if not last:
+                    await _skip_to_end_block(reader)
+                raise MllpFramingError("MLLP_OVERSIZE", f"frame larger than {max_bytes} bytes", head)
+            if last:
+                return bytes(buffer[: -len(END_BLOCK)])
+    finally:
+        if budget is not None:
+            budget.give(held)
+
+
+async def read_frame(
+    reader: asyncio.StreamReader,
+    max_bytes: int,
+    *,
+    idle_timeout: float | None = None,
+    frame_timeout: float | None = None,
+    budget: ReceiveBudget | None = None,
+) -> bytes | None:
+    """Next message without framing; None on clean EOF between frames; MllpFramingError otherwise.
+
+    ``idle_timeout`` bounds the wait for a frame to start, ``frame_timeout`` the time a started frame takes to
+    arrive whole (a peer trickling one byte a minute holds a buffer and a task): both raise TimeoutError.
+    """
+    async with asyncio.timeout(idle_timeout):
+        if not await _frame_start(reader):
+            return None
+    async with asyncio.timeout(frame_timeout):
+        return await _frame_body(reader, max_bytes, budget)
 
 
 @dataclass(eq=False)
 class _Connection:
     task: asyncio.Task[None]
     busy: bool = False
+    peer: str | None = None  # counted in MllpServer._per_peer while set
 
 
 class MllpServer:
@@ -164,6 +226,11 @@ class MllpServer:
         *,
         allow_peer: Callable[[str], bool] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_peer: int = DEFAULT_MAX_PER_PEER,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT_S,
+        receive_budget: int = DEFAULT_RECEIVE_BUDGET,
     ) -> None:
         self._handler = handler
         self._host = host
@@ -172,10 +239,18 @@ class MllpServer:
         self._on_framing_error = on_framing_error
         self._allow_peer = allow_peer
         self._ssl = ssl_context
+        self._max_connections = max_connections
+        self._max_per_peer = max_per_peer
+        self._per_peer: Counter[str] = Counter()
+        self._idle_timeout = idle_timeout
+        self._frame_timeout = frame_timeout
+        self._budget = ReceiveBudget(max(receive_budget, max_bytes))
+        self._log = Throttled(logger)
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._stopping = False
-        # Connections closed before reading a message, by reason ("adresse", "tls"): for metrics and tests.
+        # Connections closed before reading a message, by reason ("adresse", "tls", "capacité"), and idle ones
+        # closed after idle_timeout ("inactive"): for metrics and tests.
         self.refused: Counter[str] = Counter()
 
     @property
@@ -222,29 +297,56 @@ class MllpServer:
         self._connections.add(conn)
         try:
             # No await before the TLS upgrade starts (see the module's notes).
-            if not self._stopping and self._admit(writer) and await self._secure(writer):
+            if not self._stopping and self._admit(conn, writer) and await self._secure(writer):
                 await self._serve(conn, reader, writer)
         except asyncio.CancelledError:
             pass  # idle connection closed by stop(): nothing was being processed
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            logger.info("MLLP peer %s disconnected: %s", writer.get_extra_info("peername"), exc)
+            self._log.log(logging.INFO, "disconnect", "MLLP : émetteur déconnecté (%s)", type(exc).__name__)
         except Exception as exc:
             # Handler crash: no ACK at all, so the sender resends instead of believing it was accepted.
             logger.error("MLLP handler failed; closing connection without ACK: %s", failure(exc))
         finally:
             self._connections.discard(conn)
+            if conn.peer is not None:
+                self._per_peer[conn.peer] -= 1
+                if not self._per_peer[conn.peer]:
+                    del self._per_peer[conn.peer]
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    def _admit(self, writer: asyncio.StreamWriter) -> bool:
-        if self._allow_peer is None:
-            return True
+    def _admit(self, conn: _Connection, writer: asyncio.StreamWriter) -> bool:
         address = peer_address(writer.get_extra_info("peername"))
-        if address is not None and self._allow_peer(address):
+        if len(self._connections) > self._max_connections:
+            # Closed at once, so a flood of idle connections cannot use up the process's file descriptors.
+            self.refused["capacité"] += 1
+            self._log.log(
+                logging.WARNING,
+                "capacity",
+                "MLLP : connexion refusée, %d connexions déjà ouvertes (mllp_max_connections)",
+                self._max_connections,
+            )
+            return False
+        if address is not None and self._per_peer[address] >= self._max_per_peer:
+            self.refused["capacité"] += 1
+            self._log.log(
+                logging.WARNING,
+                "peer-capacity",
+                "MLLP : connexion de %s refusée, %d connexions déjà ouvertes depuis cette adresse",
+                address,
+                self._max_per_peer,
+            )
+            return False
+        if self._allow_peer is None or (address is not None and self._allow_peer(address)):
+            if address is not None:
+                conn.peer = address
+                self._per_peer[address] += 1
             return True
         self.refused["adresse"] += 1
-        logger.warning(
+        self._log.log(
+            logging.WARNING,
+            "address",
             "MLLP : connexion de %s refusée, adresse absente des émetteurs autorisés (senders de dpis.toml)",
             address or "adresse inconnue",
         )
@@ -257,7 +359,9 @@ class MllpServer:
             await writer.start_tls(self._ssl, ssl_handshake_timeout=_TLS_HANDSHAKE_TIMEOUT_S)
         except OSError as exc:  # ssl.SSLError, a reset, or the handshake timeout
             self.refused["tls"] += 1
-            logger.warning(
+            self._log.log(
+                logging.WARNING,
+                "tls",
                 "MLLP : connexion TLS de %s refusée (%s)",
                 peer_address(writer.get_extra_info("peername")) or "adresse inconnue",
                 getattr(exc, "reason", None) or type(exc).__name__,
@@ -268,12 +372,25 @@ class MllpServer:
     async def _serve(
         self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        peer = writer.get_extra_info("peername")
         while not self._stopping:
             try:
-                payload = await read_frame(reader, self._max_bytes)
+                payload = await read_frame(
+                    reader,
+                    self._max_bytes,
+                    idle_timeout=self._idle_timeout,
+                    frame_timeout=self._frame_timeout,
+                    budget=self._budget,
+                )
+            except TimeoutError:
+                # Idle past idle_timeout, or a frame that did not arrive whole within frame_timeout: the sender
+                # reconnects when it has something to send, and a half-sent frame was not acknowledged.
+                self.refused["inactive"] += 1
+                self._log.log(logging.INFO, "idle", "MLLP : connexion inactive ou trop lente fermée")
+                return
             except MllpFramingError as err:
-                logger.warning("MLLP framing error from %s: %s", peer, err)
+                self._log.log(
+                    logging.WARNING, err.code, "MLLP : erreur de trame %s (%s)", err.code, err.detail
+                )
                 if self._on_framing_error is not None:
                     conn.busy = True
                     reply = await self._on_framing_error(err)
