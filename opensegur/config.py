@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     validation_strict: bool = False  # every schematron failure blocks, not only the blocking findings
     # Processes running the CI-SIS schematrons (Saxon keeps the GIL); 0 runs them in the workers' threads.
     validation_processes: int = 1
+    validation_time_limit_s: float = Field(default=60.0, gt=0)
     # Where business acknowledgements (ZAM) go when a structure does not say: "host:port" of the DPI.
     zam_endpoint: str | None = None
     rest_max_upload_bytes: int = 20 * 1024 * 1024

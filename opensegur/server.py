@@ -334,7 +334,9 @@ class Platform:
         insi = InsiAdapter(self._insi_client)
         handlers: dict[str, Handler] = {JOB_INSI_SEARCH: make_insi_job_handler(self.db, insi)}
         validator = self._validator = CdaValidator(
-            (s.cache_dir or s.data_dir / "cache") / "schematron", processes=s.validation_processes
+            (s.cache_dir or s.data_dir / "cache") / "schematron",
+            processes=s.validation_processes,
+            time_limit_s=s.validation_time_limit_s,
         )
         process_ctx = ProcessContext(self.db, validator, strict=s.validation_strict)
         handlers[JOB_PROCESS] = make_process_handler(process_ctx)

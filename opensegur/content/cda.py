@@ -38,6 +38,8 @@ NS = {"cda": CDA_NS, "xsi": "http://www.w3.org/2001/XMLSchema-instance"}
 _C = f"{{{CDA_NS}}}"
 # A CDA with a PDF of a few tens of pages is a few MB once base64-encoded; 20 MB leaves room for images.
 DEFAULT_MAX_BYTES = 20_000_000
+# Ten times the largest ANS example (IPS-FR, 5,113 elements); embedded PDFs and images are text, not elements.
+DEFAULT_MAX_ELEMENTS = 50_000
 _DOCTYPE_RE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
@@ -391,8 +393,14 @@ def _parser() -> etree.XMLParser:
     )
 
 
-def parse_untrusted(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element:
-    """Parse untrusted XML bytes the way opensegur.transport.soap.safe_parse does, with CdaError codes."""
+def parse_untrusted(
+    raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_elements: int = DEFAULT_MAX_ELEMENTS
+) -> etree._Element:
+    """Parse untrusted XML bytes the way opensegur.transport.soap.safe_parse does, with CdaError codes.
+
+    ``max_elements`` bounds what validation and every reader after it will walk: a 1 MB document of 100,000 empty
+    elements costs the schematrons minutes.
+    """
     if not isinstance(raw, bytes | bytearray):
         raise CdaError("XML_NOT_WELL_FORMED", "Le document doit être fourni en octets")
     if len(raw) > max_bytes:
@@ -409,8 +417,15 @@ def parse_untrusted(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._El
     # UTF-16 input escapes the byte scan above; the parsed tree still tells whether a DTD was there.
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise CdaError("XML_UNSAFE", "Document refusé : déclarations DOCTYPE/ENTITY interdites")
-    if any(isinstance(node, etree._Entity) for node in root.iter()):
-        raise CdaError("XML_UNSAFE", "Document refusé : références d'entités interdites")
+    for count, node in enumerate(root.iter(), start=1):
+        if isinstance(node, etree._Entity):
+            raise CdaError("XML_UNSAFE", "Document refusé : références d'entités interdites")
+        if count > max_elements:
+            raise CdaError(
+                "CDA_TOO_MANY_ELEMENTS",
+                f"Document refusé : plus de {max_elements} éléments XML (les documents CI-SIS en comptent "
+                "quelques milliers)",
+            )
     return root
 
 

@@ -54,6 +54,8 @@ Severity = Literal["blocking", "warning"]
 Source = Literal["xml", "xsd", "schematron", "identity", "metadata"]
 
 SCHEMATRON_DIR = CISIS_DIR / "schematrons"
+# The schematrons of the largest ANS example take about a second; sixty means something is wrong with the document.
+DEFAULT_TIME_LIMIT_S = 60.0
 XSD_PATH = CISIS_DIR / "infrastructure" / "cda" / "CDA_extended.xsd"
 STRUCTURATION_MINIMALE = SCHEMATRON_DIR / "profils" / "structurationMinimale" / "ASIP-STRUCT-MIN-StrucMin.sch"
 
@@ -417,11 +419,18 @@ class CdaValidator:
     """Reusable validator; cheap to create (compiled artefacts are shared per process), safe across threads."""
 
     def __init__(
-        self, cache_dir: Path | None = None, *, max_bytes: int | None = None, processes: int = 0
+        self,
+        cache_dir: Path | None = None,
+        *,
+        max_bytes: int | None = None,
+        processes: int = 0,
+        time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     ) -> None:
+        """``time_limit_s`` bounds the schematrons of one document in the validation processes (a Saxon transform
+        in a thread cannot be interrupted: with ``processes=0`` there is no limit)."""
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.max_bytes = max_bytes
-        self._pool = _SchematronPool(processes, self.cache_dir) if processes > 0 else None
+        self._pool = _SchematronPool(processes, self.cache_dir, time_limit_s) if processes > 0 else None
 
     def schematrons_for(self, template_roots: list[str]) -> list[Path]:
         return [STRUCTURATION_MINIMALE, *schematron_index().select(template_roots)]
@@ -461,6 +470,10 @@ class CdaValidator:
             ]
         findings = self._xsd(root)
         findings += self._identity(root)
+        if any(f.severity == "blocking" for f in findings):
+            # The document is refused whatever the rules say: running them only gives a hostile document a
+            # second, slower, place to spend the validation process's time.
+            return findings
         findings += self._schematrons(root, strict=strict)
         return findings
 
@@ -556,9 +569,10 @@ def _pool_ready() -> bool:
 
 
 class _SchematronPool:
-    def __init__(self, processes: int, cache_dir: Path | None) -> None:
+    def __init__(self, processes: int, cache_dir: Path | None, time_limit_s: float) -> None:
         self.processes = processes
         self.cache_dir = cache_dir
+        self.time_limit_s = time_limit_s
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
 
@@ -585,7 +599,24 @@ class _SchematronPool:
         for attempt in (1, 2):
             executor = self._get()
             try:
-                return executor.submit(_pool_run, text, paths, strict).result()
+                return executor.submit(_pool_run, text, paths, strict).result(timeout=self.time_limit_s)
+            except TimeoutError:
+                # The process is still busy with this document and cannot be interrupted: it is stopped, and
+                # the next document gets a fresh pool (its compiled schematrons come back from the disk cache).
+                log.warning(
+                    "schematron validation over %.0f s: validation processes restarted", self.time_limit_s
+                )
+                self._kill(executor)
+                return [
+                    Finding(
+                        "blocking",
+                        "schematron",
+                        "VALIDATION_TIMEOUT",
+                        f"Validation interrompue après {self.time_limit_s:.0f} s : document trop coûteux à "
+                        "valider (structure anormale)",
+                        None,
+                    )
+                ]
             except concurrent.futures.process.BrokenProcessPool:
                 # A validation process died (killed, out of memory): start a fresh pool and try once more.
                 log.warning("validation process pool broken (attempt %s): restarting it", attempt)
@@ -596,6 +627,15 @@ class _SchematronPool:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _kill(self, executor: concurrent.futures.ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is executor:
+                self._executor = None
+        # No public way to stop a busy worker before Python 3.14's terminate_workers().
+        for process in list(getattr(executor, "_processes", {}).values()):
+            process.terminate()
+        executor.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         with self._lock:

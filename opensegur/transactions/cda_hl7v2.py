@@ -274,6 +274,11 @@ def decode_base64(data: str, location: str) -> tuple[bytes, Hl7Error | None]:
         raise _error("102", "Données base64 invalides", location) from None
 
 
+_PARENT_DOCUMENT = [f"{CDA_NS}relatedDocument", f"{CDA_NS}parentDocument"]
+# The deepest ANS example nests 18 levels; libxml2 stops at 2048 for the full parse, expat has no limit.
+_MAX_HEADER_DEPTH = 256
+
+
 def read_cda_header(content: bytes) -> CdaHeader | None:
     """Ids from the CDA header, stopping at the first ``component`` (the body); None if not a CDA.
 
@@ -287,9 +292,14 @@ def read_cda_header(content: bytes) -> CdaHeader | None:
         for event, elem in iterparse(io.BytesIO(content), events=("start", "end")):
             if event == "end":
                 path.pop()
+                elem.clear()  # the header is read as it streams by: nothing of it is kept
                 continue
             tag = elem.tag
             path.append(tag)
+            if len(path) > _MAX_HEADER_DEPTH:
+                return (
+                    None  # no CDA nests its header this deep; the full parse says why the document is refused
+                )
             if len(path) == 1:
                 if tag != f"{CDA_NS}ClinicalDocument":
                     return None
@@ -306,7 +316,8 @@ def read_cda_header(content: bytes) -> CdaHeader | None:
                     version = elem.attrib.get("value")
                 elif tag == f"{CDA_NS}relatedDocument":
                     relation = elem.attrib.get("typeCode")
-            elif path[1:] == [f"{CDA_NS}relatedDocument", f"{CDA_NS}parentDocument", f"{CDA_NS}id"]:
+            # Constant work per element: comparing the whole path each time grew with the square of the depth.
+            elif len(path) == 4 and tag == f"{CDA_NS}id" and path[1:3] == _PARENT_DOCUMENT:
                 parent_id = parent_id or _cda_id(elem.attrib)
     except (ParseError, DefusedXmlException):
         return None

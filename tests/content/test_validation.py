@@ -132,3 +132,16 @@ def test_validating_one_document_is_fast_once_compiled(validator: CdaValidator) 
     started = time.perf_counter()
     validator.validate(raw)
     assert time.perf_counter() - started < 2.0
+
+
+def test_no_schematron_runs_after_a_blocking_xsd_failure(validator: CdaValidator) -> None:
+    """The review's case: a document of 100,000 empty elements failed the XSD, then held the schematrons for
+    minutes. It is now refused before any element is walked twice, and a lighter XSD failure stops there too."""
+    raw = CR_RADIO_V1.read_bytes()
+    flat = raw.replace(b"<component>", b"<component>" + b"<x/>" * 100_000, 1)
+    [finding] = validator.validate(flat)
+    assert (finding.severity, finding.code) == ("blocking", "CDA_TOO_MANY_ELEMENTS")
+    broken = raw.replace(b"<component>", b"<component><x/>", 1)
+    findings = validator.validate(broken)
+    assert any(f.source == "xsd" for f in findings)
+    assert not any(f.source == "schematron" for f in findings)

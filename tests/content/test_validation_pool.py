@@ -58,3 +58,27 @@ def test_close_stops_the_processes(tmp_path: Path) -> None:
     procs = list(v._pool._executor._processes.values())
     v.close()
     assert all(not p.is_alive() for p in procs)
+
+
+def test_a_document_over_the_time_limit_is_blocked_and_the_process_replaced(tmp_path: Path) -> None:
+    v = CdaValidator(tmp_path, processes=1, time_limit_s=0.001)
+    v.warm_up()
+    try:
+        pool = v._pool
+        assert pool is not None and pool._executor is not None
+        busy = list(pool._executor._processes.values())
+        findings = v.validate(CR_RADIO_V1.read_bytes())
+        assert [(f.severity, f.code) for f in findings if f.source == "schematron"] == [
+            ("blocking", "VALIDATION_TIMEOUT")
+        ]
+        assert "Validation interrompue" in findings[-1].message
+        for p in busy:
+            p.join(timeout=10)
+        assert all(not p.is_alive() for p in busy)
+        # The next document gets its full validation from a fresh process.
+        pool.time_limit_s = 120
+        again = v.validate(CR_RADIO_V1.read_bytes())
+        assert not any(f.code == "VALIDATION_TIMEOUT" for f in again)
+        assert any(f.source == "schematron" for f in again)
+    finally:
+        v.close()

@@ -403,3 +403,32 @@ def test_50_mb_document_memory_bound() -> None:
     assert doc.documents[0].header is not None and doc.documents[0].header.id == DocumentId("1.2.3.4")
     # One decoded copy and nothing else of that order: no copy of the base64 text, no body parsing.
     assert peak < len(content) * 1.05, peak
+
+
+@pytest.mark.parametrize("depth", [300, 200_000])
+def test_header_nested_beyond_any_cda_is_not_read_and_nothing_is_kept(depth: int) -> None:
+    """The review's case: 200,000 levels before the document id made the header read quadratic (31 s)."""
+    nested = b"<x>" * depth + b"</x>" * depth
+    raw = (
+        b'<ClinicalDocument xmlns="urn:hl7-org:v3">'
+        + nested
+        + b'<id root="1.2.3"/><component/></ClinicalDocument>'
+    )
+    tracemalloc.start()
+    try:
+        assert read_cda_header(raw) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * len(raw) + 5_000_000
+
+
+def test_header_of_a_replacement_still_names_its_parent() -> None:
+    raw = (
+        b'<ClinicalDocument xmlns="urn:hl7-org:v3"><id root="1.2.3" extension="2"/>'
+        b'<relatedDocument typeCode="RPLC"><parentDocument><id root="1.2.3" extension="1"/></parentDocument>'
+        b"</relatedDocument><component/></ClinicalDocument>"
+    )
+    header = read_cda_header(raw)
+    assert header is not None and header.relation == "RPLC"
+    assert header.parent_id is not None and header.parent_id.extension == "1"
