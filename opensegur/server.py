@@ -358,7 +358,7 @@ class Platform:
         else:
             log.warning("no DMP endpoint configured: documents are validated but not delivered")
         self._wire_annuaire(endpoints)
-        self._wire_mssante(mss, handlers, zam_endpoint)
+        self._wire_mssante(mss, handlers, zam_endpoint, hospital)
         from opensegur.store.jobs import RetryPolicy
 
         workers = WorkerPool(
@@ -576,7 +576,11 @@ class Platform:
             )
 
     def _wire_mssante(
-        self, mss: _MssWiring, handlers: dict[str, Handler], zam_endpoint: tuple[str, int] | None
+        self,
+        mss: _MssWiring,
+        handlers: dict[str, Handler],
+        zam_endpoint: tuple[str, int] | None,
+        hospital: HospitalConfig | None,
     ) -> None:
         from opensegur.connectors.mss_imap import ImapMailboxReader
         from opensegur.connectors.mss_smtp import SmtpMailSender
@@ -639,7 +643,7 @@ class Platform:
             limits=mss_inbound.MailLimits(
                 max_bytes=s.mss_max_message_bytes, max_attachment=s.mss_max_attachment_bytes
             ),
-            mailbox_structures=self._mailbox_sites(),
+            mailbox_structures=self._mailbox_sites(hospital),
             forward_results_oru=s.dpi_forward_results_oru,
         )
         handlers[mss_inbound.JOB_INTEGRATE] = mss_inbound.make_integrate_handler(ctx)
@@ -648,8 +652,12 @@ class Platform:
         # Always registered: jobs queued while forwarding was on outlive a change of the setting.
         handlers[mss_inbound.JOB_RESULTS_TO_DPI] = mss_inbound.make_results_to_dpi_handler(ctx)
 
-    def _mailbox_sites(self) -> dict[str, int]:
-        if not self.settings.mss_mailbox_sites:
+    def _mailbox_sites(self, hospital: HospitalConfig | None) -> dict[str, int]:
+        """Mailbox → site: the ``site`` of each mailbox in ``mssante.toml``, overridden by ``mss_mailbox_sites``.
+        Mail of a site's mailbox is matched among that site's patients and triaged by that site's staff."""
+        wanted = {m.address: m.site for m in (hospital.mailboxes if hospital is not None else ())}
+        wanted.update(self.settings.mss_mailbox_sites)
+        if not wanted:
             return {}
         from sqlalchemy import select
 
@@ -657,11 +665,11 @@ class Platform:
 
         out: dict[str, int] = {}
         with self.db.session() as ses:
-            for box, finess in self.settings.mss_mailbox_sites.items():
+            for box, finess in wanted.items():
                 site = ses.scalar(select(Structure.id).where(Structure.finess == finess))
                 if site is None:
                     raise ValueError(f"mss_mailbox_sites: FINESS inconnu {finess} pour {box}")
-                out[box] = site
+                out[box.lower()] = site  # addresses compare without case (RFC 5321 in practice)
         return out
 
     async def warmed(self) -> None:

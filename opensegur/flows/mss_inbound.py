@@ -160,7 +160,8 @@ class MssInboundContext:
     # MSH-3 to MSH-6 and MSH-11/18 of the messages sent to the DPI.
     endpoint: MessageRoute = MessageRoute()
     limits: MailLimits = field(default_factory=MailLimits)
-    # Hospital mailbox → site id: patients are then matched in that site only (one GHT, several DPIs).
+    # Hospital mailbox (lower case) → site id: patients are then matched in that site only (one GHT, several
+    # DPIs), and a mail in triage is seen by that site's staff.
     mailbox_structures: dict[str, int] = field(default_factory=dict)
     # An AR means "rejected for a circumstantial reason, send again later" (volet): that many attempts first.
     ar_attempts: int = 3
@@ -509,7 +510,7 @@ def _match(s: Session, ctx: MssInboundContext, mail: Mail, cdas: list[_Cda]) -> 
         Patient.active.is_(True),
         Patient.merged_into_id.is_(None),
     )
-    site = ctx.mailbox_structures.get(mail.mailbox)
+    site = ctx.mailbox_structures.get(mail.mailbox.lower())
     if site is not None:
         query = query.where(Patient.structure_id == site)
     found = list(s.scalars(query))
@@ -718,6 +719,8 @@ def integrate_mail(ctx: MssInboundContext, mail_id: int) -> str:
             return mail.status
         if warnings:
             mail.detail = {**mail.detail, "xdm_warnings": warnings}
+        # The mailbox's site: a mail waiting in triage is then seen by that site's staff, not only GHT-wide.
+        mail.structure_id = mail.structure_id or ctx.mailbox_structures.get(mail.mailbox.lower())
         if verdict is None:
             assert inbound is not None
             matched = _match(s, ctx, mail, cdas)

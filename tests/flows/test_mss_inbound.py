@@ -351,6 +351,16 @@ async def test_unknown_ins_goes_to_triage(env: Env, cr_img: bytes) -> None:
     assert mail.mdn_code == "902" and "Patient inconnu" in (mail.reason or "")
 
 
+async def test_a_mail_in_triage_belongs_to_its_mailboxs_site(env: Env, cr_img: bytes) -> None:
+    """So the site's secretaries see it in their triage list, not only GHT-wide staff."""
+    add_patient(env.db, ins=None)  # creates the site; the mail's INS is nobody's there
+    with env.db.session() as s:
+        site = s.scalars(select(Structure.id).where(Structure.finess == "750000028")).one()
+    env.ctx.mailbox_structures = {BOX.lower(): site}
+    mail = await _triaged(env, document_mail(cr_img))
+    assert mail.structure_id == site and mail.mdn_code == "902"
+
+
 async def test_unqualified_local_identity_goes_to_triage(env: Env, cr_img: bytes) -> None:
     add_patient(env.db, status="RECUP")
     mail = await _triaged(env, document_mail(cr_img))
