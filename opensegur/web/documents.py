@@ -102,12 +102,22 @@ def _first_send(doc: Document) -> dict[str, Any]:
     }
 
 
+# How a document reached the platform, as the pages say it.
+SOURCE_LABELS = {
+    "hl7": "HL7 (DPI)",
+    "rest": "API REST",
+    "mhd": "FHIR MHD",
+    "mssante": "MSSanté",
+}
+
+
 def document_summary(doc: Document, patient: Patient | None, site: Structure | None) -> dict[str, Any]:
     return {
         "id": doc.id,
         "uniqueId": doc.unique_id,
         "kind": doc.kind,
         "source": doc.source,
+        "source_label": SOURCE_LABELS.get(doc.source, doc.source),
         "type": {"code": doc.type_code, "title": doc.title},
         "patient": {"id": doc.patient_id, "name": _patient_name(patient)},
         "site": {"id": doc.structure_id, "name": site.name if site else None},

@@ -185,7 +185,7 @@ async def test_pages_render_in_french_and_are_audited(offline: Offline, client: 
         assert expected in text, expected
     assert 'href="/documents"' in text  # header link
     assert text.count("<rect") == 1  # one bar per status present: only "Reçu"
-    assert "PAT-TROIS" in text
+    assert "PAT-TROIS" in text and "· HL7 (DPI)" in text
     filtered = await client.get("/documents", params={"statut": "sent"})
     assert "Aucun document ne correspond." in filtered.text
 

@@ -445,6 +445,8 @@ async def test_mail_page_shows_headers_attachments_and_suggestions(
     assert "Rattacher à ce patient" not in done and f'href="/identites/{world.patient}"' in done
     assert "Métadonnées de l'expéditeur incomplètes ou erronées" in done
     assert "Lot de soumission incomplet : &lt;b&gt;exactly one contentTypeCode&lt;/b&gt;" in done
+    listed = (await client.get("/documents")).text
+    assert "· MSSanté" in listed and "· HL7 (DPI)" in listed  # each document says how it came
     assert (await client.get("/mssante/triage/999999")).status_code == 404
 
 
