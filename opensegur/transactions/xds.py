@@ -374,7 +374,8 @@ def _read_coded(cl: etree._Element) -> Coded:
     if not code or len(scheme) != 1 or not scheme[0]:
         raise XdsError(
             "XDSRegistryMetadataError",
-            f"coded classification {cl.get('classificationScheme')} needs nodeRepresentation and one codingScheme",
+            f"classification codée {cl.get('classificationScheme')} : nodeRepresentation et un seul codingScheme "
+            "obligatoires",
             _where(cl),
         )
     return Coded(code, scheme[0], _name(cl))
@@ -399,7 +400,7 @@ def _classifications(
     out: dict[str, list[etree._Element]] = {}
     for cl in [*el.findall(f"{_R}Classification"), *extra]:
         if cl.get("classifiedObject", obj_id) != obj_id:
-            raise XdsError("XDSRegistryMetadataError", "classification classifies another object", _where(cl))
+            raise XdsError("XDSRegistryMetadataError", "classification d'un autre objet", _where(cl))
         out.setdefault(cl.get("classificationScheme") or cl.get("classificationNode") or "", []).append(cl)
     return out
 
@@ -409,7 +410,7 @@ def _external_ids(el: etree._Element) -> dict[str, str]:
     for ei in el.findall(f"{_R}ExternalIdentifier"):
         scheme = ei.get("identificationScheme", "")
         if scheme in out:
-            raise XdsError("XDSRegistryMetadataError", f"duplicate external identifier {scheme}", _where(el))
+            raise XdsError("XDSRegistryMetadataError", f"identifiant externe {scheme} en double", _where(el))
         out[scheme] = ei.get("value", "")
     return out
 
@@ -417,10 +418,10 @@ def _external_ids(el: etree._Element) -> dict[str, str]:
 def _single(values: list[str] | None, name: str, el: etree._Element, *, required: bool = True) -> str | None:
     if not values:
         if required:
-            raise XdsError("XDSRegistryMetadataError", f"missing {name}", _where(el))
+            raise XdsError("XDSRegistryMetadataError", f"{name} absent", _where(el))
         return None
     if len(values) != 1:
-        raise XdsError("XDSRegistryMetadataError", f"{name} must have a single value", _where(el))
+        raise XdsError("XDSRegistryMetadataError", f"{name} : une seule valeur attendue", _where(el))
     return values[0]
 
 
@@ -431,7 +432,7 @@ def _dtm(value: str | None, name: str, el: etree._Element) -> str | None:
     if value is not None and not _DTM_RE.match(value):
         raise XdsError(
             "XDSRegistryMetadataError",
-            f"{name} {value!r} is not an XDS DTM (UTC YYYY[MM[DD[hh…]]])",
+            f"{name} {value!r} n'est pas une date XDS DTM (UTC AAAA[MM[JJ[hh…]]])",
             _where(el),
         )
     return value
@@ -500,10 +501,12 @@ def read_document_entry(el: etree._Element) -> DocumentMetadata:
     if el.tag != f"{_R}ExtrinsicObject":
         raise XdsError("XDSRegistryMetadataError", f"ExtrinsicObject expected, got {el.tag}")
     if el.get("objectType") not in (OBJECT_TYPE_STABLE, OBJECT_TYPE_ON_DEMAND):
-        raise XdsError("XDSRegistryMetadataError", "objectType is not an XDSDocumentEntry type", _where(el))
+        raise XdsError(
+            "XDSRegistryMetadataError", "objectType n'est pas celui d'une XDSDocumentEntry", _where(el)
+        )
     mime = el.get("mimeType")
     if not mime:
-        raise XdsError("XDSRegistryMetadataError", "missing mimeType", _where(el))
+        raise XdsError("XDSRegistryMetadataError", "mimeType absent", _where(el))
     s = _slots(el)
     cls = _classifications(el)
     ext = _external_ids(el)
@@ -512,25 +515,25 @@ def read_document_entry(el: etree._Element) -> DocumentMetadata:
         found = cls.get(scheme, [])
         if len(found) != 1:
             raise XdsError(
-                "XDSRegistryMetadataError", f"exactly one {name} expected, found {len(found)}", _where(el)
+                "XDSRegistryMetadataError", f"un seul {name} attendu, {len(found)} trouvé(s)", _where(el)
             )
         return _read_coded(found[0])
 
     confidentiality = [_read_coded(c) for c in cls.get(DE_CONFIDENTIALITY, [])]
     if not confidentiality:
-        raise XdsError("XDSRegistryMetadataError", "missing confidentialityCode", _where(el))
+        raise XdsError("XDSRegistryMetadataError", "confidentialityCode absent", _where(el))
     unique_id = ext.get(DE_UNIQUE_ID)
     patient_id = ext.get(DE_PATIENT_ID)
     if not unique_id:
-        raise XdsError("XDSRegistryMetadataError", "missing XDSDocumentEntry.uniqueId", _where(el))
+        raise XdsError("XDSRegistryMetadataError", "XDSDocumentEntry.uniqueId absent", _where(el))
     if not patient_id:
-        raise XdsError("XDSRegistryMetadataError", "missing XDSDocumentEntry.patientId", _where(el))
+        raise XdsError("XDSRegistryMetadataError", "XDSDocumentEntry.patientId absent", _where(el))
     size_text = _single(s.get("size"), "size", el, required=False)
     try:
         size = int(size_text) if size_text is not None else None
     except ValueError as exc:
         raise XdsError(
-            "XDSRegistryMetadataError", f"size {size_text!r} is not an integer", _where(el)
+            "XDSRegistryMetadataError", f"size {size_text!r} n'est pas un entier", _where(el)
         ) from exc
     version_info = el.find(f"{_R}VersionInfo")
     creation = _single(s.get("creationTime"), "creationTime", el)
@@ -615,14 +618,14 @@ def read_submission_set(el: etree._Element) -> SubmissionSetMetadata:
     ext = _external_ids(el)
     content = cls.get(SS_CONTENT_TYPE, [])
     if len(content) != 1:
-        raise XdsError("XDSRegistryMetadataError", "exactly one contentTypeCode expected", _where(el))
+        raise XdsError("XDSRegistryMetadataError", "un seul contentTypeCode attendu", _where(el))
     for scheme, name in (
         (SS_UNIQUE_ID, "uniqueId"),
         (SS_SOURCE_ID, "sourceId"),
         (SS_PATIENT_ID, "patientId"),
     ):
         if not ext.get(scheme):
-            raise XdsError("XDSRegistryMetadataError", f"missing XDSSubmissionSet.{name}", _where(el))
+            raise XdsError("XDSRegistryMetadataError", f"XDSSubmissionSet.{name} absent", _where(el))
     return SubmissionSetMetadata(
         unique_id=ext[SS_UNIQUE_ID],
         source_id=ext[SS_SOURCE_ID],
@@ -656,7 +659,7 @@ def read_associations(object_list: etree._Element) -> list[Association]:
     for el in object_list.findall(f"{_R}Association"):
         a_type, src, tgt = el.get("associationType"), el.get("sourceObject"), el.get("targetObject")
         if not a_type or not src or not tgt:
-            raise XdsError("XDSRegistryMetadataError", "association without type/source/target", _where(el))
+            raise XdsError("XDSRegistryMetadataError", "association sans type, source ou cible", _where(el))
         out.append(Association(ASSOC_ALIASES.get(a_type, a_type), src, tgt, el.get("id", ""), _slots(el)))
     return out
 

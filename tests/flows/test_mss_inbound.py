@@ -319,8 +319,8 @@ async def test_cr_bio_with_metadata_written_otherwise_reaches_the_patients_resul
         warnings = stored.detail.get("xdm_warnings", [])
     assert bool(warnings) is warned
     if warned:
-        assert "Lot de soumission incomplet : exactly one contentTypeCode expected" in warnings
-        assert any("missing confidentialityCode" in w for w in warnings)
+        assert "Lot de soumission incomplet : un seul contentTypeCode attendu" in warnings
+        assert any("confidentialityCode absent" in w for w in warnings)
 
 
 async def test_no_mdn_when_the_sender_did_not_ask(env: Env, cr_img: bytes) -> None:

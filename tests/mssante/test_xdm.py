@@ -416,14 +416,14 @@ def test_missing_content_type_code_is_a_warning(xdm: bytes) -> None:
     package = read_xdm(_rewrite_metadata(xdm, _drop(SS_CONTENT_TYPE)))
     assert package.submission_set is None and package.documents[0].metadata is not None
     assert package.patient_id == f"{INS}^^^&{INS_OID_TEST}&ISO^NH"
-    assert package.warnings == ["Lot de soumission incomplet : exactly one contentTypeCode expected"]
+    assert package.warnings == ["Lot de soumission incomplet : un seul contentTypeCode attendu"]
 
 
 def test_missing_confidentiality_code_is_a_warning_naming_the_document(xdm: bytes) -> None:
     package = read_xdm(_rewrite_metadata(xdm, _drop(DE_CONFIDENTIALITY)))
     doc = package.documents[0]
     assert doc.metadata is None and doc.cda is not None and doc.confidentiality == frozenset()
-    assert package.warnings == [f"Métadonnées incomplètes du document {DOC_ID} : missing confidentialityCode"]
+    assert package.warnings == [f"Métadonnées incomplètes du document {DOC_ID} : confidentialityCode absent"]
 
 
 def test_visibility_flags_survive_an_incomplete_entry(cda: bytes) -> None:

@@ -64,7 +64,7 @@ def test_a_nested_classification_of_another_object_is_still_refused() -> None:
     for cl in rp.findall(f"{R}Classification"):
         if cl.get("classificationScheme") == SS_CONTENT_TYPE:
             cl.set("classifiedObject", "urn:uuid:00000000-0000-0000-0000-000000000000")
-    with pytest.raises(XdsError, match="classifies another object"):
+    with pytest.raises(XdsError, match="classification d'un autre objet"):
         xds.parse_provide_and_register(body, atts)
 
 

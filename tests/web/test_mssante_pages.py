@@ -164,7 +164,7 @@ def world(db: Database, tmp_path: Path) -> World:
             status="integrated",
             patient_id=patient.id,
             document_id=received.id,
-            detail={"xdm_warnings": ["Lot de soumission incomplet : <b>exactly one contentTypeCode</b>"]},
+            detail={"xdm_warnings": ["Lot de soumission incomplet : <b>un seul contentTypeCode</b>"]},
         )
         s.add(m_done)
         for days, value, flag in ((60, "1.950", "N"), (30, "4.9", "H"), (1, "3.100", None)):
@@ -444,7 +444,7 @@ async def test_mail_page_shows_headers_attachments_and_suggestions(
     done = (await client.get(f"/mssante/triage/{world.mail_done}")).text
     assert "Rattacher à ce patient" not in done and f'href="/identites/{world.patient}"' in done
     assert "Métadonnées de l'expéditeur incomplètes ou erronées" in done
-    assert "Lot de soumission incomplet : &lt;b&gt;exactly one contentTypeCode&lt;/b&gt;" in done
+    assert "Lot de soumission incomplet : &lt;b&gt;un seul contentTypeCode&lt;/b&gt;" in done
     listed = (await client.get("/documents")).text
     assert "· MSSanté" in listed and "· HL7 (DPI)" in listed  # each document says how it came
     assert (await client.get("/mssante/triage/999999")).status_code == 404
