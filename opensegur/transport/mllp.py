@@ -164,7 +164,7 @@ async def _frame_body(reader: asyncio.StreamReader, max_bytes: int, budget: Rece
                 last = False
             if budget is not None:
                 if not budget.take(len(chunk)):
-                    head = bytes((buffer + chunk)[:_HEAD_BYTES])
+                    head = bytes(buffer[:_HEAD_BYTES]) + chunk[: max(0, _HEAD_BYTES - len(buffer))]
                     del buffer[:]
                     if not last:
                         await _skip_to_end_block(reader)
