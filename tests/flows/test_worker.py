@@ -100,11 +100,11 @@ async def test_a_job_longer_than_its_lease_runs_once_while_other_workers_poll(db
 
     async def slow(job: Job) -> dict[str, Any]:
         runs.append(job.args["key"])
-        await asyncio.sleep(1.2)  # four leases
+        await asyncio.sleep(4.5)  # three leases
         return {}
 
     _enqueue(db, "long")
-    pools = [WorkerPool(db, {"work": slow}, concurrency=2, idle_sleep_s=0.02, lease_s=0.3) for _ in range(2)]
+    pools = [WorkerPool(db, {"work": slow}, concurrency=2, idle_sleep_s=0.02, lease_s=1.5) for _ in range(2)]
     for pool in pools:
         await pool.start()
     try:
