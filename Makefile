@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench conformance clean
 
 $(BIN)/opensegur: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: lint $(OIDC_OP)
 
 bench: install
 	$(BIN)/python -m bench
+
+conformance: install
+	$(BIN)/opensegur conformance report --out conformance-report
 
 clean:
 	rm -rf $(VENV) var *.egg-info

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from opensegur.config import Settings
+from opensegur.conformance import cli as conformance_cli
 from opensegur.hospital import cli as hospital_cli
 from opensegur.hospital.loader import ConfigInvalid
 from opensegur.security import cli as security_cli
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     mllp_send.register(sub)
     security_cli.register(sub)
     hr_cli.register(sub)
+    conformance_cli.register(sub)
 
     args = parser.parse_args(argv)
     settings = _settings(args)

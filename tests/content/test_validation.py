@@ -134,6 +134,7 @@ def test_validating_one_document_is_fast_once_compiled(validator: CdaValidator) 
     assert time.perf_counter() - started < 2.0
 
 
+@pytest.mark.requirement("CDA-VALIDATION-BOUNDS")
 def test_no_schematron_runs_after_a_blocking_xsd_failure(validator: CdaValidator) -> None:
     """The review's case: a document of 100,000 empty elements failed the XSD, then held the schematrons for
     minutes. It is now refused before any element is walked twice, and a lighter XSD failure stops there too."""

@@ -60,6 +60,7 @@ def test_close_stops_the_processes(tmp_path: Path) -> None:
     assert all(not p.is_alive() for p in procs)
 
 
+@pytest.mark.requirement("CDA-VALIDATION-BOUNDS")
 def test_a_document_over_the_time_limit_is_blocked_and_the_process_replaced(tmp_path: Path) -> None:
     v = CdaValidator(tmp_path, processes=1, time_limit_s=0.001)
     v.warm_up()

@@ -147,6 +147,7 @@ def test_submission_set_from_document() -> None:
         submission_set_metadata(doc, unique_id="1", source_id="2", patient_class="Z")
 
 
+@pytest.mark.requirement("HL7-CX-ISO")
 def test_iso_is_given_only_to_oid_assigning_authorities() -> None:
     """HL7 table 0301 keeps ISO for OIDs: a stay numbered by a named authority (the ANS examples' 000897406, a
     namespace) carries it in HD.1, never as '&000897406&ISO'."""

@@ -19,10 +19,13 @@ from opensegur.transactions.ihe_ids import (
 from opensegur.transactions.xdm import (
     METADATA_PATH,
     XdmError,
+    XdmOrigin,
     _inflate,
     build_xdm,
     cda_unique_id,
+    intended_recipient,
     read_xdm,
+    readme_text,
 )
 from tests.ebrim_forms import as_ebrim21, hoist, short_association_types
 from tests.mssante.conftest import (
@@ -296,6 +299,7 @@ def test_metadata_with_external_entity(xdm: bytes) -> None:
     assert code_of(exc) == "XDM_METADATA_UNSAFE"
 
 
+@pytest.mark.requirement("XDM-TOLERANT")
 def test_metadata_missing(xdm: bytes) -> None:
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(xdm)) as src, zipfile.ZipFile(out, "w") as dst:
@@ -325,6 +329,7 @@ def _metadata(xdm: bytes) -> bytes:
         return zf.read(METADATA_PATH)
 
 
+@pytest.mark.requirement("XDM-TOLERANT")
 def test_metadata_size_disagrees_with_the_file(xdm: bytes, cda: bytes) -> None:
     size = f"<rim:Value>{len(cda)}</rim:Value>".encode()
     assert size in _metadata(xdm)
@@ -334,6 +339,7 @@ def test_metadata_size_disagrees_with_the_file(xdm: bytes, cda: bytes) -> None:
     assert package.warnings == [f"{DOC} : taille du fichier ({len(cda)}) ≠ taille déclarée ({len(cda) + 1})"]
 
 
+@pytest.mark.requirement("XDM-TOLERANT")
 def test_document_altered_after_hashing(xdm: bytes, cda: bytes) -> None:
     altered = cda.replace(b"Radio de hanche", b"Radio de HANCHE", 1)
     assert len(altered) == len(cda) and altered != cda
@@ -342,6 +348,7 @@ def test_document_altered_after_hashing(xdm: bytes, cda: bytes) -> None:
     assert package.warnings == [f"{DOC} : empreinte SHA-1 du fichier ≠ empreinte déclarée"]
 
 
+@pytest.mark.requirement("XDM-TOLERANT")
 def test_metadata_patient_disagrees_with_the_cda(cda: bytes) -> None:
     m, ss = metadata_for(cda)
     m.patient_id = ss.patient_id = f"{OTHER_INS}^^^&{INS_OID_TEST}&ISO^NH"
@@ -351,6 +358,7 @@ def test_metadata_patient_disagrees_with_the_cda(cda: bytes) -> None:
     assert code_of(exc) == "XDM_PATIENT_MISMATCH"
 
 
+@pytest.mark.requirement("XDM-TOLERANT")
 def test_metadata_unique_id_disagrees_with_the_cda(cda: bytes) -> None:
     m, ss = metadata_for(cda)
     m.unique_id = DOC_ID + ".1"
@@ -392,6 +400,7 @@ def _rewrite_metadata(xdm: bytes, change) -> bytes:  # type: ignore[no-untyped-d
     return rezip(xdm, replace={METADATA_PATH: etree.tostring(root, xml_declaration=True, encoding="UTF-8")})
 
 
+@pytest.mark.requirement("XDM-EBRIM21", "EBRIM-PLACEMENT")
 def test_ebrim_21_metadata_at_the_top_level_with_short_association_types_reads_as_built(xdm: bytes) -> None:
     built = read_xdm(xdm)
     root = short_association_types(hoist(etree.fromstring(_metadata(xdm))))
@@ -412,6 +421,7 @@ def _drop(scheme: str):  # type: ignore[no-untyped-def]
     return change
 
 
+@pytest.mark.requirement("XDM-TOLERANT")
 def test_missing_content_type_code_is_a_warning(xdm: bytes) -> None:
     package = read_xdm(_rewrite_metadata(xdm, _drop(SS_CONTENT_TYPE)))
     assert package.submission_set is None and package.documents[0].metadata is not None
@@ -419,6 +429,7 @@ def test_missing_content_type_code_is_a_warning(xdm: bytes) -> None:
     assert package.warnings == ["Lot de soumission incomplet : un seul contentTypeCode attendu"]
 
 
+@pytest.mark.requirement("XDM-TOLERANT")
 def test_missing_confidentiality_code_is_a_warning_naming_the_document(xdm: bytes) -> None:
     package = read_xdm(_rewrite_metadata(xdm, _drop(DE_CONFIDENTIALITY)))
     doc = package.documents[0]
@@ -426,6 +437,7 @@ def test_missing_confidentiality_code_is_a_warning_naming_the_document(xdm: byte
     assert package.warnings == [f"Métadonnées incomplètes du document {DOC_ID} : confidentialityCode absent"]
 
 
+@pytest.mark.requirement("XDM-TOLERANT")
 def test_visibility_flags_survive_an_incomplete_entry(cda: bytes) -> None:
     m, ss = metadata_for(cda)
     m.confidentiality_codes.append(
@@ -442,6 +454,7 @@ def test_visibility_flags_survive_an_incomplete_entry(cda: bytes) -> None:
     assert doc.metadata is None and "INVISIBLE_PATIENT" in doc.confidentiality
 
 
+@pytest.mark.requirement("XDM-TOLERANT")
 def test_metadata_limited_package_is_read_and_said_so(xdm: bytes) -> None:
     def limited(root: etree._Element) -> None:
         _drop(DE_CONFIDENTIALITY)(root)
@@ -471,6 +484,7 @@ def _renamed(xdm: bytes, rename) -> bytes:  # type: ignore[no-untyped-def]
     return out.getvalue()
 
 
+@pytest.mark.requirement("XDM-TOLERANT")
 def test_a_wrapper_folder_is_read_with_a_warning(xdm: bytes) -> None:
     package = read_xdm(_renamed(xdm, lambda n: f"CR_Radio/{n}"))
     assert package.documents[0].path == DOC
@@ -479,13 +493,32 @@ def test_a_wrapper_folder_is_read_with_a_warning(xdm: bytes) -> None:
     ]
 
 
+@pytest.mark.requirement("XDM-TOLERANT")
 def test_backslash_paths_are_read_with_a_warning(xdm: bytes) -> None:
     package = read_xdm(_renamed(xdm, lambda n: n.replace("/", "\\")))
     assert package.documents[0].path == DOC and package.documents[0].cda is not None
     assert package.warnings == ["Chemins de l'archive écrits avec des barres obliques inverses (Windows)"]
 
 
+@pytest.mark.requirement("XDM-TOLERANT")
 def test_unreadable_cda_is_still_refused(xdm: bytes) -> None:
     with pytest.raises(XdmError) as exc:
         read_xdm(rezip(xdm, replace={DOC: b"<ClinicalDocument>"}))
     assert code_of(exc) == "XDM_CDA_INVALID"
+
+
+@pytest.mark.requirement("XDM-ORIGIN")
+def test_readme_names_the_application_its_version_vendor_and_contact() -> None:
+    origin = XdmOrigin(
+        "CHU-X", "750000028", "dpi@hopitalA.mssante.fr", "OpenSégur", "1.2.3", "Projet OpenSégur"
+    )
+    text = readme_text(origin)
+    for expected in (
+        "CHU-X (FINESS 750000028)",
+        "Contact : dpi@hopitalA.mssante.fr",
+        "Application : OpenSégur 1.2.3",
+        "Éditeur : Projet OpenSégur",
+        "IHE_XDM/SUBSET01/METADATA.XML",
+    ):
+        assert expected in text
+    assert intended_recipient("dr.x@ch.mssante.fr") == "||^^Internet^dr.x@ch.mssante.fr"

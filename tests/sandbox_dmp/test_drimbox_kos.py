@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import replace
 
 import httpx
@@ -22,6 +23,9 @@ from opensegur.documents.metadata import Coded, XdsAuthor
 from opensegur.security.pki import TestPki
 from opensegur.transport.mtom import parse_mtom
 from tests.sandbox_dmp.helpers import PAT_TROIS, Soap, iti41, metadata, new_oid, post, registry_result
+
+pytestmark = pytest.mark.requirement("DMP-KOS")
+
 
 KOS_FORMAT = Coded("1.2.840.10008.5.1.4.1.1.88.59", "1.2.840.10008.2.6.1", "Key Object Selection Document")
 STUDY_UID = "1.2.250.1.999.77.7.1"
@@ -98,12 +102,18 @@ def base64_parts(req: Soap) -> Soap:
     return Soap(ct, b"".join(out), envelope)
 
 
-async def test_the_drimbox_kos_publication_is_accepted(client: httpx.AsyncClient, pki: TestPki) -> None:
+async def test_the_drimbox_kos_publication_is_accepted(
+    client: httpx.AsyncClient, pki: TestPki, record_property: Callable[[str, object], None]
+) -> None:
     uid = new_oid()
     sub = iti41(pki, docs=[(kos_metadata(uid), kos_bytes(uid))])
     request = base64_parts(sub.request)
     assert b"Content-Transfer-Encoding: base64" in request.body
-    result = registry_result(await post(client, "/dmp/iti41", request))
+    response = await post(client, "/dmp/iti41", request)
+    # The exchange, for the conformance report: the envelope (VIHF of the test PKI, the test INS) and the answer.
+    record_property("échange ITI-41 — requête (enveloppe SOAP)", request.envelope.decode("utf-8"))
+    record_property("échange ITI-41 — réponse", response.text)
+    result = registry_result(response)
     assert result.ok, result.errors
     inspected = (await client.get("/dmp/inspect", params={"patient": PAT_TROIS[:15]})).json()["entries"]
     [entry] = [e for e in inspected if e["uniqueId"] == uid]

@@ -52,6 +52,7 @@ async def test_patient_dmp_state(client: httpx.AsyncClient, pki: TestPki, number
     assert err.code == code
 
 
+@pytest.mark.requirement("DMP-PATIENT-FIXTURES")
 async def test_an_ins_not_in_the_fixture_list_has_no_dmp_whatever_its_oid(
     client: httpx.AsyncClient, pki: TestPki
 ) -> None:

@@ -14,6 +14,9 @@ from opensegur.transactions.xds import Association, XdsError
 from tests.ebrim_forms import hoist, short_association_types
 from tests.transactions.test_xds import CDA, _doc, _iti41, _ss
 
+pytestmark = pytest.mark.requirement("EBRIM-PLACEMENT")
+
+
 R = f"{{{NS_RIM}}}"
 
 

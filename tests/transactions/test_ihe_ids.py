@@ -10,9 +10,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import opensegur
 from opensegur.transactions import ihe_ids
 from opensegur.transactions.ihe_ids import Q
+
+pytestmark = pytest.mark.requirement("IHE-IDS")
+
 
 ITI_TF_3_SCHEMES = {
     # XDSDocumentEntry (ITI TF-3 Table 4.2.5.1-1 and §4.2.3.2)

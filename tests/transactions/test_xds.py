@@ -131,6 +131,7 @@ def test_submission_set_round_trip() -> None:
     assert xds.read_submission_set(rp) == ss
 
 
+@pytest.mark.requirement("XDM-ORIGIN")
 def test_intended_recipients_round_trip_in_their_slot() -> None:
     ss = _ss(entry_uuid="urn:uuid:22222222-2222-2222-2222-222222222222")
     ss.intended_recipients = ["||^^Internet^dr.reault@ch-test.mssante.fr"]
@@ -157,6 +158,7 @@ def _iti41(
     return ss, docs, body, atts
 
 
+@pytest.mark.requirement("ITI41-SUBMISSION")
 def test_iti41_structure_and_round_trip_over_mtom(pki: TestPki) -> None:
     ss, docs, body, atts = _iti41(pki)
     rol = body.find(
@@ -395,6 +397,7 @@ def test_stored_queries_round_trip() -> None:
         )
 
 
+@pytest.mark.requirement("ITI18-PARAM-ERRORS")
 def test_stored_query_errors() -> None:
     with pytest.raises(XdsError) as exc:
         xds.parse_stored_query(xds.build_stored_query("urn:uuid:unknown", {}))
@@ -413,6 +416,7 @@ def test_stored_query_errors() -> None:
 
 
 @pytest.mark.parametrize("raw", ["('urn:a'", "('urn:a' 'urn:b')", "'unclosed", "('a',,'b')"])
+@pytest.mark.requirement("ITI18-PARAM-ERRORS")
 def test_a_malformed_query_parameter_is_param_number_not_a_registry_error(raw: str) -> None:
     query = xds.build_stored_query(
         Q.FIND_DOCUMENTS,

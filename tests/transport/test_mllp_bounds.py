@@ -21,6 +21,9 @@ from opensegur.transport.mllp import (
     send_message,
 )
 
+pytestmark = pytest.mark.requirement("MLLP-BOUNDS")
+
+
 MSG = b"MSH|^~\\&|DPI|CH|OPENSEGUR|CH|20260101120000||ADT^A01^ADT_A01|C1|P|2.5"
 
 

@@ -153,6 +153,7 @@ def test_malformed_multipart_is_rejected(content_type: str, raw: bytes, message:
         ("binary", b"DICM\x00\x01\x02\x03\xff\x00"),
     ],
 )
+@pytest.mark.requirement("MTOM-TRANSFER-ENCODING")
 def test_any_legal_transfer_encoding_gives_the_same_bytes(encoding: str, encoded: bytes) -> None:
     part = b"Content-ID: <kos>\r\nContent-Type: application/dicom\r\nContent-Transfer-Encoding: "
     _, attachments = parse_mtom(
