@@ -14,8 +14,11 @@ Decisions:
   (``XDM_MULTIPLE_SUBSETS``) rather than silently ignored.
 - Only STORED and DEFLATE members are read (the methods ITI-32 ZIPs use); bzip2/LZMA decoders are attack surface
   for no interoperability gain.
-- ``size`` and ``hash`` are mandatory in XDM metadata (ITI-32 requires them on media) and checked against the
-  inflated bytes.
+- Two kinds of defect, two answers. An unsafe archive (traversal, symlink, bomb, nested archive, encryption) is
+  refused. What the sender left out of or got wrong in the metadata (ITI-32 requires ``size`` and ``hash``;
+  XDS.b requires codes that a metadata-limited source may omit) is read with a French warning in
+  :attr:`XdmPackage.warnings`: the CDA header is authoritative, and the mail's reader decides on it. Only a
+  patient in the metadata that is not the CDA's, or no readable document, is an error.
 """
 
 from __future__ import annotations
