@@ -137,14 +137,12 @@ _SOURCE_PID_RE = re.compile(r"^[^\^&\s]+\^\^\^&[0-2](\.[0-9]+)+&ISO\^(PI|NH)$")
 # JDV_J10 is not vendored: the formatCodes known to the content layer (ASS_A11/A12 tables of opensegur.content.jdv)
 # plus those the digest sources (§2.5: CVA; §2.4: DICOM KOS). A code outside this list is refused, so add the
 # J10/J60 export here (or in jdv) before feeding a new document type.
+# The one non-CDA document the DMP takes: the XDS-I.b imaging manifest a DRIMbox publishes (DICOM KOS).
+KOS_FORMAT = Coded("1.2.840.10008.5.1.4.1.1.88.59", "1.2.840.10008.2.6.1", "Key Object Selection Document")
 _EXTRA_FORMAT_CODES = (
     Coded("urn:asip:ci-sis:cva:2017", "1.2.250.1.213.1.1.4.2.282", "Carnet de vaccination électronique"),
-    Coded("1.2.840.10008.5.1.4.1.1.88.59", "1.2.840.10008.2.6.1", "Key Object Selection Document"),
+    KOS_FORMAT,
 )
-
-
-# The one non-CDA document the DMP takes: the XDS-I.b imaging manifest a DRIMbox publishes (DICOM KOS).
-KOS_FORMAT = _EXTRA_FORMAT_CODES[1]
 _MIME_KOS = "application/dicom"
 
 
