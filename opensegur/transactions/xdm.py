@@ -45,7 +45,6 @@ from opensegur.transactions.ihe_ids import (
     DE_PATIENT_ID,
     DE_UNIQUE_ID,
     SS_LIMITED_METADATA,
-    SS_NODE,
     SS_PATIENT_ID,
 )
 from opensegur.transactions.xds import (
@@ -54,6 +53,7 @@ from opensegur.transactions.xds import (
     NS_RIM,
     Association,
     XdsError,
+    is_submission_set,
     read_associations,
     read_document_entry,
     read_submission_set,
@@ -415,12 +415,7 @@ def _read_metadata(raw: bytes, path: str, warnings: list[str]) -> _Metadata:
             f"METADATA.XML n'est pas un SubmitObjectsRequest ebRIM 2.1 ou 3.0 (élément racine {root.tag})",
             path,
         )
-    ss_ids = {
-        c.get("classifiedObject")
-        for c in rol.iter(f"{_R}Classification")
-        if c.get("classificationNode") == SS_NODE
-    }
-    sets = [p for p in rol.findall(f"{_R}RegistryPackage") if p.get("id") in ss_ids]
+    sets = [p for p in rol.findall(f"{_R}RegistryPackage") if is_submission_set(p)]
     if len(sets) > 1:
         raise XdmError("XDM_METADATA_INVALID", f"Un lot de soumission attendu, {len(sets)} trouvés", path)
     try:
@@ -493,6 +488,7 @@ def _sniff_mime(content: bytes) -> str:
 def _entry_document(
     entry: etree._Element,
     files: dict[str, bytes],
+    by_upper: dict[str, str],
     subset_dir: str,
     members: set[str],
     warnings: list[str],
@@ -512,7 +508,6 @@ def _entry_document(
         warnings.append(f"Chemin du document {label} écrit avec des barres obliques inverses ({uri})")
     if uri is not None and (uri.startswith("/") or ".." in uri.split("/") or ":" in uri):
         raise XdmError("XDM_PATH_TRAVERSAL", f"URI du document {label} hors du dossier du lot : {uri}")
-    by_upper = {n.upper(): n for n in files}
     if uri is None:
         # ITI-32 requires the URI slot; a package with one document in its folder still says which file it is.
         in_subset = [n for n in files if n.rsplit("/", 1)[0] == subset_dir and not _SUBSET_RE.match(n)]
@@ -681,7 +676,9 @@ def read_xdm(
             for a in associations
             if a.type == ASSOC_HAS_MEMBER and a.source == meta.submission_set_id
         }
-        documents = [_entry_document(e, files, subset_dir, members, warnings) for e in meta.entries]
+        # ISO 9660 names: the URI finds its file whatever the case either side used.
+        by_upper = {n.upper(): n for n in files}
+        documents = [_entry_document(e, files, by_upper, subset_dir, members, warnings) for e in meta.entries]
     elif subset_dirs:
         documents = _cda_documents(files, subset_dirs.pop(), warnings)
     else:

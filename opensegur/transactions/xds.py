@@ -114,6 +114,7 @@ __all__ = [
     "parse_retrieve_response",
     "parse_stored_query",
     "parse_update_document_set",
+    "is_submission_set",
     "read_associations",
     "read_document_entry",
     "read_submission_set",
@@ -393,12 +394,10 @@ def _read_author(cl: etree._Element) -> XdsAuthor:
     )
 
 
-def _classifications(
-    el: etree._Element, extra: Sequence[etree._Element] = ()
-) -> dict[str, list[etree._Element]]:
+def _classifications(el: etree._Element) -> dict[str, list[etree._Element]]:
     obj_id = el.get("id")
     out: dict[str, list[etree._Element]] = {}
-    for cl in [*el.findall(f"{_R}Classification"), *extra]:
+    for cl in el.findall(f"{_R}Classification"):
         if cl.get("classifiedObject", obj_id) != obj_id:
             raise XdsError("XDSRegistryMetadataError", "classification d'un autre objet", _where(cl))
         out.setdefault(cl.get("classificationScheme") or cl.get("classificationNode") or "", []).append(cl)
@@ -600,14 +599,10 @@ def render_submission_set(ss: SubmissionSetMetadata, entry_id: str | None = None
     return [rp, node]
 
 
-def _is_submission_set(rp: etree._Element, object_list: etree._Element) -> bool:
-    rp_id = rp.get("id")
-    nested = any(c.get("classificationNode") == SS_NODE for c in rp.findall(f"{_R}Classification"))
-    top = any(
-        c.get("classificationNode") == SS_NODE and c.get("classifiedObject") == rp_id
-        for c in object_list.findall(f"{_R}Classification")
-    )
-    return nested or top
+def is_submission_set(rp: etree._Element) -> bool:
+    """Whether a RegistryPackage of a :func:`~opensegur.transactions.ebrim.normalize`-d list is classified as the
+    submission set (the normaliser has moved a top-level classification into the package it names)."""
+    return any(c.get("classificationNode") == SS_NODE for c in rp.findall(f"{_R}Classification"))
 
 
 def read_submission_set(el: etree._Element) -> SubmissionSetMetadata:
@@ -789,7 +784,7 @@ def parse_provide_and_register(body_el: etree._Element, attachments: dict[str, b
     rol = body_el.find(f"{_LCM}SubmitObjectsRequest/{_R}RegistryObjectList")
     if rol is None:
         raise XdsError("XDSRegistryMetadataError", "missing SubmitObjectsRequest/RegistryObjectList")
-    packages = [rp for rp in rol.findall(f"{_R}RegistryPackage") if _is_submission_set(rp, rol)]
+    packages = [rp for rp in rol.findall(f"{_R}RegistryPackage") if is_submission_set(rp)]
     if len(packages) != 1:
         raise XdsError(
             "XDSRegistryMetadataError", f"exactly one submission set expected, found {len(packages)}"
@@ -1177,7 +1172,7 @@ def parse_query_response(el: etree._Element) -> QueryResult:
         return result
     result.documents = [read_document_entry(eo) for eo in rol.findall(f"{_R}ExtrinsicObject")]
     result.submission_sets = [
-        read_submission_set(rp) for rp in rol.findall(f"{_R}RegistryPackage") if _is_submission_set(rp, rol)
+        read_submission_set(rp) for rp in rol.findall(f"{_R}RegistryPackage") if is_submission_set(rp)
     ]
     result.associations = read_associations(rol)
     result.object_refs = [o.get("id", "") for o in rol.findall(f"{_R}ObjectRef")]
@@ -1340,7 +1335,7 @@ def parse_update_document_set(body_el: etree._Element) -> UpdateDocumentSet:
     rol = body_el.find(f"{_R}RegistryObjectList")
     if rol is None:
         raise XdsError("XDSRegistryMetadataError", "missing RegistryObjectList")
-    packages = [rp for rp in rol.findall(f"{_R}RegistryPackage") if _is_submission_set(rp, rol)]
+    packages = [rp for rp in rol.findall(f"{_R}RegistryPackage") if is_submission_set(rp)]
     if len(packages) != 1:
         raise XdsError("XDSRegistryMetadataError", "exactly one submission set expected")
     ss = read_submission_set(packages[0])
