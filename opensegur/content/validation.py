@@ -632,9 +632,10 @@ class _SchematronPool:
         with self._lock:
             if self._executor is executor:
                 self._executor = None
-        # No public way to stop a busy worker before Python 3.14's terminate_workers().
+        # No public way to stop a busy worker before Python 3.14's kill_workers(). SIGKILL, not SIGTERM: a
+        # process busy in the Saxon (GraalVM) native runtime was seen on a loaded CI host still alive 10 s after SIGTERM.
         for process in list(getattr(executor, "_processes", {}).values()):
-            process.terminate()
+            process.kill()
         executor.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
