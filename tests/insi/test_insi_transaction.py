@@ -142,6 +142,7 @@ VITALE = InsiCarteVitaleQuery(
 
 
 @needs_shared
+@pytest.mark.requirement("INSI-SCHEMAS")
 def test_traits_request_matches_wsdl_schemas() -> None:
     raw = build_traits_request(TRAITS, CTX, message_id="11111111-2222-3333-4444-555555555555", now=NOW)
     headers, body = parse_envelope(raw)
@@ -167,6 +168,7 @@ def test_traits_request_matches_wsdl_schemas() -> None:
 
 
 @needs_shared
+@pytest.mark.requirement("INSI-SCHEMAS")
 def test_vitale_request_matches_wsdl_schema() -> None:
     headers, body = parse_envelope(build_vitale_request(VITALE, CTX, now=NOW))
     _validate(_schema("ServiceIdentiteCertifiee", "INSi_RECVITALE_INS.xsd"), body)
@@ -218,6 +220,7 @@ IDENTITY = InsiIdentity(
 
 
 @needs_shared
+@pytest.mark.requirement("INSI-SCHEMAS")
 def test_response_round_trip_and_xsd() -> None:
     result = InsiResult("00", "OK", IDENTITY)
     raw = build_response(result, action=ACTION_TRAITS + "Response", relates_to="uuid:abc")

@@ -38,6 +38,7 @@ from tests.mssante.conftest import (
     other_patient_cda,
     package,
 )
+from tests.schemas import schema_errors
 
 DOC = "IHE_XDM/SUBSET01/DOC0001.XML"
 
@@ -106,6 +107,14 @@ def test_metadata_reads_back_as_built(cda: bytes) -> None:
         m.hash_sha1,
     )
     assert got.entry_uuid == m.entry_uuid
+
+
+@pytest.mark.requirement("XDS-SCHEMAS")
+def test_metadata_xml_is_schema_valid(cda: bytes) -> None:
+    m, ss = metadata_for(cda)
+    with zipfile.ZipFile(io.BytesIO(build_xdm(ss, [(m, cda)], readme_text="r", index_html_title="t"))) as zf:
+        metadata = etree.fromstring(zf.read(METADATA_PATH))
+    assert schema_errors(metadata) == []
 
 
 def test_build_refuses_two_patients(cda: bytes) -> None:

@@ -12,6 +12,7 @@ from opensegur.transactions.ebrim import NS_RIM, normalize
 from opensegur.transactions.ihe_ids import ASSOC_HAS_MEMBER, ASSOC_RPLC, DE_CLASS_CODE, SS_CONTENT_TYPE
 from opensegur.transactions.xds import Association, XdsError
 from tests.ebrim_forms import hoist, short_association_types
+from tests.schemas import schema_errors
 from tests.transactions.test_xds import CDA, _doc, _iti41, _ss
 
 pytestmark = pytest.mark.requirement("EBRIM-PLACEMENT")
@@ -28,6 +29,9 @@ def test_iti41_with_every_classification_and_identifier_at_the_top_level_reads_a
     # The rewrite really moved them: no object keeps a Classification or an ExternalIdentifier inside.
     assert all(obj.find(f"{R}Classification") is None for obj in rol.findall(f"{R}ExtrinsicObject"))
     assert len(rol.findall(f"{R}ExternalIdentifier")) == 5
+    # Both placements are legal ebRIM 3.0, and so is what normalize() makes of the top-level one.
+    assert schema_errors(nested, atts) == [] and schema_errors(top, atts) == []
+    assert schema_errors(normalize(copy.deepcopy(top)), atts) == []
     assert xds.parse_provide_and_register(top, atts) == xds.parse_provide_and_register(nested, atts)
 
 
