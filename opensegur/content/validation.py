@@ -633,7 +633,7 @@ class _SchematronPool:
             if self._executor is executor:
                 self._executor = None
         # No public way to stop a busy worker before Python 3.14's kill_workers(). SIGKILL, not SIGTERM: a
-        # process busy in the Saxon (GraalVM) native runtime was seen on a loaded CI host still alive 10 s after SIGTERM.
+        # process busy in the Saxon (GraalVM) native runtime was seen on a loaded CI host alive 10 s after SIGTERM.
         for process in list(getattr(executor, "_processes", {}).values()):
             process.kill()
         executor.shutdown(wait=False, cancel_futures=True)
