@@ -400,21 +400,27 @@ class _Metadata:
     associations: list[Association]
 
 
-def _read_metadata(raw: bytes, path: str, warnings: list[str]) -> _Metadata:
-    """METADATA.XML in any legal ebRIM form; what XDS.b requires but the sender left out becomes a warning."""
+def _read_metadata(raw: bytes, path: str, warnings: list[str]) -> _Metadata | None:
+    """METADATA.XML in any legal ebRIM form; what XDS.b requires but the sender left out becomes a warning.
+
+    None, with a warning naming the defect, when the file cannot be read as ebRIM at all (malformed XML, another
+    root): the caller then reads the CDA headers, as for a package without METADATA.XML. Hostile XML is refused.
+    """
     try:
         root = safe_parse(raw)
     except SoapFormatError as exc:
-        code = "XDM_METADATA_UNSAFE" if exc.unsafe else "XDM_METADATA_INVALID"
-        raise XdmError(code, f"METADATA.XML refusé : {exc}", path) from exc
+        if exc.unsafe:
+            raise XdmError("XDM_METADATA_UNSAFE", f"METADATA.XML refusé : {exc}", path) from exc
+        warnings.append(f"METADATA.XML illisible ({exc}) : documents identifiés par leur en-tête CDA")
+        return None
     normalize(root)
     rol = root.find(f"{_R}RegistryObjectList")
     if root.tag != f"{_LCM}SubmitObjectsRequest" or rol is None:
-        raise XdmError(
-            "XDM_METADATA_INVALID",
-            f"METADATA.XML n'est pas un SubmitObjectsRequest ebRIM 2.1 ou 3.0 (élément racine {root.tag})",
-            path,
+        warnings.append(
+            f"METADATA.XML n'est pas un SubmitObjectsRequest ebRIM 2.1 ou 3.0 (élément racine {root.tag}) : "
+            "documents identifiés par leur en-tête CDA"
         )
+        return None
     sets = [p for p in rol.findall(f"{_R}RegistryPackage") if is_submission_set(p)]
     if len(sets) > 1:
         raise XdmError("XDM_METADATA_INVALID", f"Un lot de soumission attendu, {len(sets)} trouvés", path)
@@ -544,12 +550,12 @@ def _entry_document(
     return XdmDocument(metadata, content, path, header, confidentiality)
 
 
-def _cda_documents(files: dict[str, bytes], subset_dir: str, warnings: list[str]) -> list[XdmDocument]:
-    """Without METADATA.XML: the XML files of the subset folder, each read as a CDA."""
-    warnings.append("METADATA.XML absent de l'archive : documents identifiés par leur en-tête CDA")
+def _cda_documents(files: dict[str, bytes], subset_dir: str) -> list[XdmDocument]:
+    """Without usable METADATA.XML: the other XML files of the subset folder, each read as a CDA."""
     documents = []
     for path in sorted(files):
-        if path.rsplit("/", 1)[0] == subset_dir and _sniff_mime(files[path]) == "text/xml":
+        folder, _, name = path.rpartition("/")
+        if folder == subset_dir and name.upper() != "METADATA.XML" and _sniff_mime(files[path]) == "text/xml":
             documents.append(XdmDocument(None, files[path], path, _read_cda(files[path], path)))
     return documents
 
@@ -666,10 +672,9 @@ def read_xdm(
     associations: list[Association] = []
     submission_set = None
     patient_id = None
-    if subsets:
-        metadata_path = subsets[0]
-        subset_dir = metadata_path.rsplit("/", 1)[0]
-        meta = _read_metadata(files[metadata_path], metadata_path, warnings)
+    meta = _read_metadata(files[subsets[0]], subsets[0], warnings) if subsets else None
+    if meta is not None:
+        subset_dir = subsets[0].rsplit("/", 1)[0]
         submission_set, patient_id, associations = meta.submission_set, meta.patient_id, meta.associations
         members = {
             a.target
@@ -679,8 +684,11 @@ def read_xdm(
         # ISO 9660 names: the URI finds its file whatever the case either side used.
         by_upper = {n.upper(): n for n in files}
         documents = [_entry_document(e, files, by_upper, subset_dir, members, warnings) for e in meta.entries]
+    elif subsets:
+        documents = _cda_documents(files, subsets[0].rsplit("/", 1)[0])
     elif subset_dirs:
-        documents = _cda_documents(files, subset_dirs.pop(), warnings)
+        warnings.append("METADATA.XML absent de l'archive : documents identifiés par leur en-tête CDA")
+        documents = _cda_documents(files, subset_dirs.pop())
     else:
         raise XdmError("XDM_METADATA_MISSING", "Ni METADATA.XML ni dossier IHE_XDM/SUBSET dans l'archive")
     if not documents:

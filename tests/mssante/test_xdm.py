@@ -6,6 +6,7 @@ import struct
 import tracemalloc
 import zipfile
 import zlib
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -322,6 +323,28 @@ def test_metadata_missing(xdm: bytes) -> None:
     assert package.warnings == [
         "METADATA.XML absent de l'archive : documents identifiés par leur en-tête CDA"
     ]
+
+
+ANS_METADATA = Path(__file__).parents[1] / "samples" / "ans-drim-m" / "METADATA.XML"
+
+
+@pytest.mark.requirement("XDM-TOLERANT")
+def test_the_ans_informative_metadata_is_not_xml_and_the_cda_is_still_read(xdm: bytes) -> None:
+    """`ansforge/DRIM-M_DATA` "informatif/XDM/KA202401/IHE_XDM/SS000001/METADATA.XML" starts with
+    ``<ns3:SubmitObjectsRequest>`` and declares no namespace: not well-formed XML. The warning names that defect,
+    and the CDA of the package is read from its header."""
+    package = read_xdm(rezip(xdm, replace={METADATA_PATH: ANS_METADATA.read_bytes()}))
+    assert [cda_unique_id(d.cda) for d in package.documents if d.cda] == [DOC_ID]
+    assert package.patient_id == f"{INS}^^^&{INS_OID_TEST}&ISO^NH"
+    [warning] = package.warnings
+    assert warning.startswith("METADATA.XML illisible") and "prefix ns3" in warning
+
+
+@pytest.mark.requirement("XDM-TOLERANT")
+def test_metadata_of_another_kind_is_a_warning(xdm: bytes) -> None:
+    package = read_xdm(rezip(xdm, replace={METADATA_PATH: b"<RegistryObjectList/>"}))
+    assert [cda_unique_id(d.cda) for d in package.documents if d.cda] == [DOC_ID]
+    assert "élément racine RegistryObjectList" in package.warnings[0]
 
 
 def test_no_metadata_and_no_subset_folder_is_refused(xdm: bytes) -> None:

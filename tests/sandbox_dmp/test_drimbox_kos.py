@@ -10,19 +10,28 @@ as device author — and the KOS sent as a base64 MIME part, as the sample's sen
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
+from lxml import etree
 
 from opensegur.content import jdv
 from opensegur.documents.metadata import Coded, XdsAuthor
-from opensegur.security.pki import TestPki
+from opensegur.security.pki import TestPki, certificate_chain_pem
+from opensegur.transactions import xds
+from opensegur.transactions.ebrim import NS_RIM
+from opensegur.transactions.ihe_ids import DE_UNIQUE_ID, SS_UNIQUE_ID
+from opensegur.transactions.xades import SignedDocument, sign_submission_set
 from opensegur.transport.mtom import parse_mtom
-from tests.sandbox_dmp.helpers import PAT_TROIS, Soap, iti41, metadata, new_oid, post, registry_result
+from opensegur.transport.soap import SOAP12_NS
+from tests.sandbox_dmp.helpers import PAT_TROIS, Soap, iti41, metadata, new_oid, post, registry_result, soap
+from tests.schemas import schema_errors
 
 pytestmark = pytest.mark.requirement("DMP-KOS")
 
@@ -147,3 +156,60 @@ async def test_what_the_dmp_refuses_of_a_manifest(
     result = registry_result(await post(client, "/dmp/iti41", sub.request))
     assert not result.ok
     assert result.errors[0].code == code and message in result.errors[0].context
+
+
+ANS_SAMPLE = Path(__file__).parents[1] / "samples" / "ans-drim-m" / "XDS.xml"
+ANS_PATIENT = "162018885045327^^^&1.2.250.1.213.1.4.10&ISO"
+R = f"{{{NS_RIM}}}"
+
+
+def ans_publication(pki: TestPki, kos: bytes) -> Soap:
+    """The ANS sample publication, adapted only where it must be: our test patient instead of the ANS one, our
+    VIHF instead of its placeholder one (``XXXXXXX`` certificate and structure), a KOS and a signature entry whose
+    hash and size are those of the content we send (the sample's two entries carry the hash of an absent file)."""
+    envelope = etree.parse(
+        str(ANS_SAMPLE), etree.XMLParser(resolve_entities=False, no_network=True)
+    ).getroot()
+    body = envelope.find(f"{{{SOAP12_NS}}}Body/{{{xds.NS_XDSB}}}ProvideAndRegisterDocumentSetRequest")
+    assert body is not None
+    ours = PAT_TROIS.rsplit("^", 1)[0]
+    for el in body.iter(f"{R}Value", f"{R}ExternalIdentifier"):
+        if el.text and ANS_PATIENT in el.text:
+            el.text = el.text.replace(ANS_PATIENT, ours)
+        if ANS_PATIENT in el.get("value", ""):
+            el.set("value", el.get("value", "").replace(ANS_PATIENT, ours))
+    ids = {e.get("identificationScheme"): e.get("value") for e in body.iter(f"{R}ExternalIdentifier")}
+    entries = {e.get("id"): e for e in body.iter(f"{R}ExtrinsicObject")}
+    kos_uid = entries["DocumentKOS"].find(f"{R}ExternalIdentifier[@identificationScheme='{DE_UNIQUE_ID}']")
+    assert kos_uid is not None
+    signature = sign_submission_set(
+        ids[SS_UNIQUE_ID] or "",
+        [SignedDocument(kos_uid.get("value", ""), kos, "application/dicom")],
+        pki.signing_key.read_bytes(),
+        certificate_chain_pem(pki),
+        signature_id=new_oid(),
+    )
+    for entry_id, content in (("DocumentKOS", kos), ("Signature01", signature)):
+        for slot in entries[entry_id].findall(f"{R}Slot"):
+            value = slot.find(f"{R}ValueList/{R}Value")
+            assert value is not None
+            if slot.get("name") == "hash":
+                value.text = hashlib.sha1(content).hexdigest()
+            elif slot.get("name") == "size":
+                value.text = str(len(content))
+    return soap(xds.ACTION_ITI41, body, pki, attachments={"0.2": kos, "0.3": signature})
+
+
+async def test_the_ans_sample_publication_itself_is_accepted(client: httpx.AsyncClient, pki: TestPki) -> None:
+    """`ansforge/DRIM-M_DATA` "Echantillons validateurs/Validateur XDS/XDS.xml", which the ANS reports as accepted
+    by the DMP test platform. It is not valid against rim.xsd (its referenceIdList and URI slots follow the
+    classifications), so the sandbox reads slots wherever they sit, as the DMP did."""
+    kos = kos_bytes("1.3.2.751468943.3.1234.16461.231103161723.1.1.1")
+    request = base64_parts(ans_publication(pki, kos))
+    body = etree.fromstring(request.envelope).find(f"{{{SOAP12_NS}}}Body")
+    assert body is not None and any("Slot" in e for e in schema_errors(body[0], {"0.2": kos, "0.3": b""}))
+    result = registry_result(await post(client, "/dmp/iti41", request))
+    assert result.ok, result.errors
+    inspected = (await client.get("/dmp/inspect", params={"patient": PAT_TROIS[:15]})).json()["entries"]
+    [entry] = [e for e in inspected if e["uniqueId"] == "1.3.2.751468943.3.1234.16461.231103161723.1.1.1"]
+    assert entry["mimeType"] == "application/dicom" and entry["typeCode"]["code"] == "IMG-KOS"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -82,3 +83,29 @@ def test_normalize_keeps_the_schema_order_inside_an_object() -> None:
     assert eo is not None
     tags = [etree.QName(c).localname for c in eo]
     assert tags.index("ExternalIdentifier") > max(i for i, t in enumerate(tags) if t == "Classification")
+
+
+NIST_SINGLE_DOC = Path(__file__).parents[1] / "samples" / "nist-toolkit" / "single_doc.xml"
+
+
+def test_the_nist_toolkit_ebrim21_submission_reads_in_full() -> None:
+    """NIST XDS toolkit test 11966 "single_doc.xml": ebRIM 2.1, LeafRegistryObjectList, the submission-set
+    classification at the top level, a short "HasMember", symbolic ids and ObjectRefs."""
+    root = normalize(etree.parse(str(NIST_SINGLE_DOC)).getroot())
+    rol = root.find(f"{R}RegistryObjectList")
+    assert rol is not None
+    [package] = rol.findall(f"{R}RegistryPackage")
+    assert xds.is_submission_set(package)
+    ss = xds.read_submission_set(package)
+    assert (ss.unique_id, ss.source_id, ss.content_type_code.code) == (
+        "SubmissionSet01",
+        "129.6.58.92.1.1",
+        "34133-9",
+    )
+    entry = xds.read_document_entry(rol.find(f"{R}ExtrinsicObject"))
+    assert entry.patient_id == ss.patient_id == "SELF-5^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"
+    assert [a.person for a in entry.authors] == ["^Smitty^Gerald^^^", "^Dopplemeyer^Sherry^^^"]
+    assert (entry.class_code.code, entry.format_code.code) == ("DEMO-Ext Summary", "urn:ihe:rad:TEXT")
+    assert [c.code for c in entry.confidentiality_codes] == ["V"]
+    [member] = xds.read_associations(rol)
+    assert (member.type, member.source, member.target) == (ASSOC_HAS_MEMBER, "SubmissionSet01", "Document01")
