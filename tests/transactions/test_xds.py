@@ -30,6 +30,7 @@ from opensegur.transactions.xds import (
 )
 from opensegur.transport.mtom import build_mtom, parse_mtom
 from opensegur.transport.soap import envelope, parse_envelope
+from tests.schemas import schema_errors
 
 R = f"{{{NS_RIM}}}"
 X = f"{{{NS_XDSB}}}"
@@ -456,6 +457,34 @@ def test_query_response_round_trip() -> None:
         xds.build_query_response(status="Failure", errors=[XdsErrorInfo("XDSRegistryError", "boom")])
     )
     assert failed.status == "Failure" and failed.errors[0].code == "XDSRegistryError"
+
+
+SWISS_ITI18_RESPONSE = Path(__file__).parents[1] / "samples" / "ehealthsuisse" / "ITI-18_response_raw.xml"
+
+
+@pytest.mark.requirement("EBRIM-PLACEMENT", "XDS-SCHEMAS")
+def test_the_swiss_epr_query_response_is_schema_valid_and_reads() -> None:
+    """eHealth Suisse "EPR by example" ITI-18 response: a registry we did not write, with lid, home, VersionInfo
+    and a default rim namespace redeclared on every element."""
+    _headers, body = parse_envelope(SWISS_ITI18_RESPONSE.read_bytes())
+    assert schema_errors(body) == []
+    result = xds.parse_query_response(body)
+    assert result.status == "Success" and result.errors == []
+    [doc] = result.documents
+    assert (doc.unique_id, doc.mime_type, doc.availability_status) == (
+        "2.25.306443472873218838784535217290635593269",
+        "application/fhir+json",
+        "Approved",
+    )
+    assert doc.patient_id == "CHPAM3946^^^&1.3.6.1.4.1.12559.11.20.1&ISO"
+    assert (doc.repository_unique_id, doc.size, doc.hash_sha1) == (
+        "1.1.4567332.1.75",
+        5375,
+        "a72f1824ea1d57af00faf5dd5ccb9aea0b0ce390",
+    )
+    assert doc.entry_uuid == doc.logical_id == "urn:uuid:1415538d-41bc-41b2-9ae6-8b785f7f3aa6"
+    assert (doc.class_code.code, doc.type_code.code) == ("184216000", "41000179103")
+    assert [a.person for a in doc.authors] == ["^Max^Mustermann^^^Dr.Med"]
 
 
 def test_retrieve_round_trip_over_mtom() -> None:
