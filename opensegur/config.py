@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     db: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite file in data_dir")
     host: str = "127.0.0.1"
     http_port: int = 8000
+    # HTTP bounds: open connections (beyond: 503), and the time a new connection has to send a first request's
+    # headers (idle or dribbling peers are closed after it).
+    http_max_connections: int = Field(default=4096, ge=1)
+    http_header_timeout_s: float = Field(default=30.0, gt=0)
     mllp_port: int = 2575
     mllp_max_bytes: int = 20 * 1024 * 1024
     # Bounds against a careless or hostile sender: open connections, the wait for a frame on an idle connection,

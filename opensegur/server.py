@@ -52,6 +52,7 @@ from opensegur.store.db import Database
 from opensegur.transactions import hl7v2
 from opensegur.transactions.insi import InsiContext, InsiResult, InsiTraitsQuery
 from opensegur.transactions.lps_mdm import MessageRoute
+from opensegur.transport.http_server import uvicorn_config
 from opensegur.transport.mllp import MllpFramingError, MllpServer, tls_server_context
 
 log = logging.getLogger(__name__)
@@ -678,7 +679,11 @@ class Platform:
             await self._warm
 
     async def _serve_http(self, app: Any, sock: socket.socket) -> None:
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+        config = uvicorn_config(
+            app,
+            max_connections=self.settings.http_max_connections,
+            header_timeout_s=self.settings.http_header_timeout_s,
+        )
         server = _Uvicorn(config)
         self._servers.append(server)
         self._serve_tasks.append(asyncio.create_task(server.serve(sockets=[sock])))

@@ -63,6 +63,7 @@ DOCUMENT_STATUS_LABELS = {**STATUS_LABELS, "integrated": "Intégré"}
 ORIGIN_LABELS = {
     "hl7": "Produit — DPI (HL7)",
     "rest": "Produit — dépôt API",
+    "mhd": "Produit — dépôt FHIR MHD",
     "mssante": "Reçu — MSSanté",
 }
 INTERPRETATION_LABELS = {

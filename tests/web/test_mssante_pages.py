@@ -27,7 +27,9 @@ from opensegur.store.models import AuditEvent, Document, LabResult, Mail, Patien
 from opensegur.store.payloads import store_payload
 from opensegur.transactions.mss_mail import build_document_mail
 from opensegur.web.app import create_app
+from opensegur.web.documents import SOURCE_LABELS
 from opensegur.web.mssante import (
+    ORIGIN_LABELS,
     Candidate,
     IdentityHint,
     mail_hints,
@@ -588,3 +590,7 @@ async def test_attach_through_the_real_flow_files_the_document_on_the_patient(
         wrong.status_code == 409
         and wrong.json()["detail"] == "Aucun document CDA à intégrer dans ce courriel"
     )
+
+
+def test_every_document_source_has_a_label_in_the_pages_and_in_the_api() -> None:
+    assert set(ORIGIN_LABELS) == set(SOURCE_LABELS) == {"hl7", "rest", "mhd", "mssante"}
