@@ -411,7 +411,10 @@ def _read_metadata(raw: bytes, path: str, warnings: list[str]) -> _Metadata | No
     except SoapFormatError as exc:
         if exc.unsafe:
             raise XdmError("XDM_METADATA_UNSAFE", f"METADATA.XML refusé : {exc}", path) from exc
-        warnings.append(f"METADATA.XML illisible ({exc}) : documents identifiés par leur en-tête CDA")
+        cause = exc.__cause__
+        # libxml2's own words name the defect; its "(<string>, line n)" suffix only repeats the line.
+        detail = f"XML mal formé : {cause.msg}" if isinstance(cause, etree.XMLSyntaxError) else str(exc)
+        warnings.append(f"METADATA.XML illisible ({detail}) : documents identifiés par leur en-tête CDA")
         return None
     normalize(root)
     rol = root.find(f"{_R}RegistryObjectList")
