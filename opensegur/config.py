@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     dmp_iti41_url: str | None = None
     dmp_iti18_url: str | None = None
     dmp_iti43_url: str | None = None
+    dmp_td02_url: str | None = None
     dmp_iti57_url: str | None = None
     dmp_signing_cert: str | None = None  # structure's signature certificate (VIHF, XAdES), PEM with chain
     dmp_signing_key: str | None = None

@@ -30,6 +30,7 @@ from opensegur.connectors.dpi_zam import MllpZamSender
 from opensegur.connectors.insi_client import InsiClient, InsiUnavailable
 from opensegur.content.validation import CdaValidator
 from opensegur.flows import mss_inbound, mss_outbound
+from opensegur.flows.dmp_consult import DmpConsultPort
 from opensegur.flows.dmp_feed import (
     JOB_DELIVER,
     JOB_ZAM,
@@ -170,6 +171,7 @@ class Runtime:
     # Re-reads and applies the configuration directory (the admin page's « Recharger »); None without a directory.
     reload_config: Callable[[str], Awaitable[ApplyResult | None]] | None = None
     hospital: HospitalConfig | None = None  # the configuration directory in force (replaced on reload)
+    dmp_consult: DmpConsultPort | None = None  # None: no DMP configured, the DMP tab says so
 
 
 SANDBOX_MSS_PASSWORD = "bac-a-sable-mssante"  # every sandbox mailbox's password (login: its address)
@@ -288,6 +290,7 @@ class Platform:
             iti18=s.dmp_iti18_url or "",
             iti57=s.dmp_iti57_url or "",
             iti43=s.dmp_iti43_url,
+            td02=s.dmp_td02_url,
         )
         credentials = None
         if s.dmp_signing_cert and s.dmp_signing_key:
@@ -305,7 +308,7 @@ class Platform:
             insi_url = insi_url or endpoints["insi"]["url"]
             if not dmp_urls.iti41:
                 dmp = endpoints["dmp"]
-                dmp_urls = DmpEndpoints(dmp["iti41"], dmp["iti18"], dmp["iti57"], dmp["iti43"])
+                dmp_urls = DmpEndpoints(dmp["iti41"], dmp["iti18"], dmp["iti57"], dmp["iti43"], dmp["td02"])
             if credentials is None:
                 credentials = DmpCredentials(sandbox.pki.signing_cert, sandbox.pki.signing_key)
             mss = mss.with_sandbox(endpoints)
@@ -371,7 +374,15 @@ class Platform:
         )
         intake = Hl7Intake(self.db, on_commit=workers.wake, business_acks=zam_endpoint is not None)
         self.runtime = rt = Runtime(
-            s, self.db, intake, workers, insi, endpoints, annuaire=self._annuaire_client, hospital=hospital
+            s,
+            self.db,
+            intake,
+            workers,
+            insi,
+            endpoints,
+            annuaire=self._annuaire_client,
+            hospital=hospital,
+            dmp_consult=self._dmp_client,
         )
         await workers.start()
         if not listen:

@@ -1,5 +1,7 @@
-"""DMP connector: the XDS.b transactions (ITI-41, ITI-18, ITI-57) over SOAP 1.2 with a signed VIHF, as the
-``DmpPort`` of the DMP feed flow. mTLS and endpoints come from configuration; the sandbox DMP in the demo."""
+"""DMP connector: the XDS.b transactions (ITI-41, ITI-18, ITI-43, ITI-57) and TD0.2 over SOAP 1.2 with a signed
+VIHF — the ``DmpPort`` of the DMP feed (mode INDIRECTE, the platform as automaton) and the ``DmpConsultPort`` of
+consultation (mode INDIRECTE_RENFORCEE, the logged-in professional as subject). mTLS and endpoints come from
+configuration; the sandbox DMP in the demo."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from lxml import etree
 
 from opensegur.content.jdv import content_type_code_for_patient_class
 from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata
+from opensegur.flows.dmp_consult import Consulter
 from opensegur.flows.dmp_feed import (
     DmpOutcome,
     DmpRejectedError,
@@ -24,6 +27,13 @@ from opensegur.flows.dmp_feed import (
     ExchangeRecord,
 )
 from opensegur.transactions import xds
+from opensegur.transactions.td02 import (
+    ACTION_TD02,
+    Td02Error,
+    Td02Response,
+    build_td02_request,
+    parse_td02_response,
+)
 from opensegur.transactions.vihf import VihfContext, build_vihf, wsse_security_header
 from opensegur.transactions.xades import SignedDocument, sign_submission_set
 from opensegur.transport.mtom import build_mtom, parse_mtom, post_mtom
@@ -47,6 +57,7 @@ class DmpEndpoints:
     iti18: str
     iti57: str
     iti43: str | None = None
+    td02: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,17 +129,33 @@ class DmpClient:
         )
         return build_vihf(ctx, self._key, self._cert)
 
+    def _consult_vihf(self, consulter: Consulter, patient_cx: str) -> etree._Element:
+        """AIR: the structure's certificate signs, the logged-in professional is the subject."""
+        ctx = VihfContext(
+            subject_id="8" + consulter.rpps,  # idNat_PS of an RPPS professional
+            subject_name=consulter.name,
+            roles=list(consulter.roles),
+            structure_id=consulter.structure_id,
+            secteur_activite=consulter.secteur_activite,
+            patient_ins=patient_cx,
+            lps_name=self.identity.lps_name,
+            lps_version=self.identity.lps_version,
+            lps_homologation_id=self.identity.lps_homologation_id,
+            purpose_of_use=consulter.purpose_of_use,
+            authentication_mode="INDIRECTE_RENFORCEE",
+        )
+        return build_vihf(ctx, self._key, self._cert)
+
     async def _call(
         self,
         transaction: str,
         url: str,
         action: str,
         body: etree._Element,
-        structure: dict[str, Any],
-        patient_cx: str,
+        vihf: etree._Element,
         attachments: dict[str, bytes] | None = None,
     ) -> tuple[etree._Element, dict[str, bytes], ExchangeRecord]:
-        headers = [*wsa_headers(action, to=url), wsse_security_header(self._vihf(structure, patient_cx))]
+        headers = [*wsa_headers(action, to=url), wsse_security_header(vihf)]
         env = envelope(body, headers)
         content_type, chunks = build_mtom(env, attachments or {}, action=action)
         request_bytes = (
@@ -175,7 +202,7 @@ class DmpClient:
     ) -> DocumentMetadata | None:
         body = xds.build_get_documents(unique_ids=[unique_id])
         response, _parts, exchange = await self._call(
-            "ITI-18", self.endpoints.iti18, xds.ACTION_ITI18, body, structure, patient_cx
+            "ITI-18", self.endpoints.iti18, xds.ACTION_ITI18, body, self._vihf(structure, patient_cx)
         )
         result = xds.parse_query_response(response)
         if result.status != "Success":
@@ -221,8 +248,7 @@ class DmpClient:
             self.endpoints.iti41,
             xds.ACTION_ITI41,
             body,
-            request.structure,
-            metadata.patient_id,
+            self._vihf(request.structure, metadata.patient_id),
             attachments,
         )
         self._check(xds.parse_registry_response(response), [exchange])
@@ -243,7 +269,54 @@ class DmpClient:
             ss, status_updates=[xds.StatusUpdate(entry.entry_uuid, xds.STATUS_APPROVED, STATUS_DELETED)]
         )
         response, _parts, exchange = await self._call(
-            "ITI-57", self.endpoints.iti57, xds.ACTION_ITI57, body, structure, entry.patient_id
+            "ITI-57", self.endpoints.iti57, xds.ACTION_ITI57, body, self._vihf(structure, entry.patient_id)
         )
         self._check(xds.parse_registry_response(response), [exchange])
         return DmpOutcome(entry.entry_uuid, [exchange])
+
+    # ---- DmpConsultPort ---------------------------------------------------------------------------------------
+
+    async def status(self, consulter: Consulter, patient_cx: str) -> Td02Response:
+        if not self.endpoints.td02:
+            raise DmpUnavailableError("TD0.2 : aucune adresse configurée (dmp_td02_url)", [])
+        body = build_td02_request(patient_cx)
+        response, _parts, exchange = await self._call(
+            "TD0.2", self.endpoints.td02, ACTION_TD02, body, self._consult_vihf(consulter, patient_cx)
+        )
+        try:
+            return parse_td02_response(response)
+        except Td02Error as exc:
+            raise DmpUnavailableError(f"Réponse TD0.2 illisible : {exc}", [exchange]) from exc
+
+    async def find_documents(
+        self, consulter: Consulter, patient_cx: str, *, since: datetime | None
+    ) -> list[DocumentMetadata]:
+        body = xds.build_find_documents(
+            patient_cx, creation_time_from=since.strftime("%Y%m%d%H%M%S") if since else None
+        )
+        response, _parts, exchange = await self._call(
+            "ITI-18", self.endpoints.iti18, xds.ACTION_ITI18, body, self._consult_vihf(consulter, patient_cx)
+        )
+        result = xds.parse_query_response(response)
+        if result.status not in ("Success", "PartialSuccess"):
+            first = result.errors[0] if result.errors else xds.XdsErrorInfo("XDSRegistryError", "Échec")
+            raise DmpRejectedError(first.code, first.context, [exchange])
+        return result.documents
+
+    async def retrieve(
+        self, consulter: Consulter, patient_cx: str, repository_unique_id: str, unique_id: str
+    ) -> xds.RetrievedDocument:
+        if not self.endpoints.iti43:
+            raise DmpUnavailableError("ITI-43 : aucune adresse configurée (dmp_iti43_url)", [])
+        body = xds.build_retrieve_request([xds.RetrieveRequest(repository_unique_id, unique_id)])
+        response, parts, exchange = await self._call(
+            "ITI-43", self.endpoints.iti43, xds.ACTION_ITI43, body, self._consult_vihf(consulter, patient_cx)
+        )
+        result, docs = xds.parse_retrieve_response(response, parts)
+        found = [d for d in docs if d.document_unique_id == unique_id]
+        if not found:
+            first = (
+                result.errors[0] if result.errors else xds.XdsErrorInfo("XDSDocumentUniqueIdError", unique_id)
+            )
+            raise DmpRejectedError(first.code, first.context, [exchange])
+        return found[0]

@@ -181,6 +181,7 @@ def load_demo(db: Database) -> bool:
             cog: str,
             status: str,
             matricule: str | None,
+            consent: dict[str, str] | None = None,
         ) -> Patient:
             p = Patient(
                 structure_id=site.id,
@@ -194,7 +195,7 @@ def load_demo(db: Database) -> bool:
                 document_checked="CNI" if status in ("VALI", "QUAL") else None,
                 ins_matricule=matricule,
                 ins_oid=OID_NIR_TEST if matricule else None,
-                dmp_consent={},
+                dmp_consent=consent or {},
                 insi_state={},
             )
             p.identifiers.append(
@@ -215,7 +216,10 @@ def load_demo(db: Database) -> bool:
             return p
 
         for n, p in enumerate(demo_patients()):
-            add(sites[n % 2], p.ipp, p.family, p.firsts, p.sex, p.birth, p.cog, p.status, p.matricule)
+            # The consent to DMP consultation, as PAM FR ZFA-11 would bring it: given by the patients with an INS,
+            # except one in six, not yet asked, so the DMP tab shows both cases.
+            consent = {"consultation_consent": "NA" if n % 6 == 5 else "IC"} if p.matricule else None
+            add(sites[n % 2], p.ipp, p.family, p.firsts, p.sex, p.birth, p.cog, p.status, p.matricule, consent)
         for n, (family, firsts, sex, birth, cog, status) in enumerate(INSI_KNOWN):
             add(sites[0], f"{800000 + n}", family, firsts, sex, birth, cog, status, None)
         # A probable duplicate for the alerts panel: same person created twice under two IPPs.

@@ -26,6 +26,7 @@ from opensegur.web.headers import SecurityHeadersMiddleware
 from opensegur.web.routes import (
     admin,
     annuaire,
+    dmp,
     documents,
     fhir,
     identities,
@@ -46,6 +47,7 @@ ROUTERS = (
     session.router,
     oidc.router,
     identities.router,
+    dmp.router,
     documents.router,
     fhir.router,
     mssante.router,

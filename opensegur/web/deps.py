@@ -19,6 +19,8 @@ from fastapi import Depends, Request
 from sqlalchemy import ColumnElement, and_, false, or_, select, true
 from sqlalchemy.orm import Session
 
+from opensegur.connectors.annuaire_client import AnnuaireClient
+from opensegur.flows.dmp_consult import DmpConsultPort
 from opensegur.security import access, accounts, audit, sessions, tokens
 from opensegur.security.actor import Actor
 from opensegur.security.defaults import default_matrix
@@ -76,6 +78,22 @@ def get_runtime(request: Request) -> WebRuntime:
 
 
 Rt = Annotated[WebRuntime, Depends(get_runtime)]
+
+
+def get_dmp(request: Request) -> DmpConsultPort | None:
+    """The DMP as the consultation pages reach it; None when the platform has no DMP configured."""
+    return getattr(request.app.state.runtime, "dmp_consult", None)
+
+
+Dmp = Annotated[DmpConsultPort | None, Depends(get_dmp)]
+
+
+def get_directory(request: Request) -> AnnuaireClient | None:
+    """The Annuaire Santé client; None when the platform has none configured."""
+    return getattr(request.app.state.runtime, "annuaire", None)
+
+
+Directory = Annotated[AnnuaireClient | None, Depends(get_directory)]
 
 
 def matrix_of(runtime: WebRuntime) -> Matrix:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
+from opensegur.documents.metadata import XdsAuthor
 from opensegur.flows.dmp_feed import STATUS_LABELS
 from opensegur.security import audit
 from opensegur.security.actor import Actor
@@ -82,6 +83,28 @@ def heure_fr(value: str | datetime | None, seconds: bool = False) -> str:
         moment = moment.replace(tzinfo=UTC)
     moment = moment.astimezone(_PARIS)
     return moment.strftime("%d/%m/%Y %H:%M:%S" if seconds else "%d/%m/%Y %H:%M")
+
+
+def dtm_fr(value: str | None) -> str:
+    """An XDS DTM (``YYYY[MM[DD[hh[mm[ss]]]]]``, UTC per ITI TF-3) as a clinician reads it: the date, and the Paris
+    wall-clock time when the DTM has one."""
+    if not value or not value[:8].isdigit():
+        return value or "—"
+    if len(value) < 12:
+        return f"{value[6:8]}/{value[4:6]}/{value[:4]}"
+    return heure_fr(datetime.strptime(value[:12], "%Y%m%d%H%M").replace(tzinfo=UTC))
+
+
+def author_fr(author: XdsAuthor) -> str:
+    """« Prénom NOM (établissement) » from an XDS author's XCN and first XON, for a list a clinician scans."""
+    person = (author.person or "").split("^")
+    name = " ".join(
+        x for x in (person[2] if len(person) > 2 else "", person[1] if len(person) > 1 else "") if x
+    )
+    institution = author.institutions[0].split("^", 1)[0] if author.institutions else ""
+    if name and institution:
+        return f"{name} ({institution})"
+    return name or institution or "—"
 
 
 def _patient_name(p: Patient | None) -> str | None:

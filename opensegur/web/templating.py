@@ -14,7 +14,7 @@ from markupsafe import Markup, escape
 from opensegur.identity.rniv import IdentityStatus, document_label
 from opensegur.security.matrix import STRONG_ACTIONS
 from opensegur.web.deps import matrix_of
-from opensegur.web.documents import heure_fr
+from opensegur.web.documents import author_fr, dtm_fr, heure_fr
 from opensegur.web.flash import FLASH_COOKIE, take_message
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -61,6 +61,8 @@ def _page_globals() -> None:
         csrf_field=jinja2.pass_context(_csrf_field),
     )
     env.filters["heure_fr"] = heure_fr
+    env.filters["dtm_fr"] = dtm_fr
+    env.filters["author_fr"] = author_fr
 
 
 def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:

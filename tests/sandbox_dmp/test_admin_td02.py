@@ -20,7 +20,10 @@ from opensegur.sandbox.dmp.patients import (
     PatientRegistry,
     default_patients,
 )
-from opensegur.sandbox.dmp.td02 import (
+from opensegur.sandbox.insi import DEFAULT_IDENTITIES
+from opensegur.security.pki import TestPki
+from opensegur.transactions import xds
+from opensegur.transactions.td02 import (
     ACTION_TD02,
     Td02Error,
     Td02Response,
@@ -29,9 +32,6 @@ from opensegur.sandbox.dmp.td02 import (
     parse_td02_request,
     parse_td02_response,
 )
-from opensegur.sandbox.insi import DEFAULT_IDENTITIES
-from opensegur.security.pki import TestPki
-from opensegur.transactions import xds
 from tests.sandbox_dmp.helpers import (
     PAT_TROIS,
     Soap,

@@ -30,7 +30,9 @@ async def _server(max_connections: int, header_timeout_s: float) -> AsyncIterato
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     app = Starlette(routes=[Route("/", _hello)])
-    server = uvicorn.Server(uvicorn_config(app, max_connections=max_connections, header_timeout_s=header_timeout_s))
+    server = uvicorn.Server(
+        uvicorn_config(app, max_connections=max_connections, header_timeout_s=header_timeout_s)
+    )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.02)

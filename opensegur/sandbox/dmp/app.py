@@ -50,15 +50,15 @@ from opensegur.sandbox.dmp.patients import (
     parse_patient_cx,
 )
 from opensegur.sandbox.dmp.store import ERR_FORBIDDEN, Caller, DmpStore, StoredEntry, status_short
-from opensegur.sandbox.dmp.td02 import (
+from opensegur.sandbox.faults import FaultInjector
+from opensegur.security.pki import TestPki, structure_id_of
+from opensegur.transactions.td02 import (
     ACTION_TD02,
     Td02Error,
     Td02Response,
     build_td02_response,
     parse_td02_request,
 )
-from opensegur.sandbox.faults import FaultInjector
-from opensegur.security.pki import TestPki, structure_id_of
 from opensegur.transactions.vihf import VihfClaims, VihfError, find_vihf, verify_vihf
 from opensegur.transactions.xades import SignedDocument, XadesError, verify_submission_set_signature
 from opensegur.transactions.xds import (

@@ -207,6 +207,7 @@ async def page_patient(request: Request, patient_id: int, actor: Reader, rt: Rt)
         low_trust=list(LowTrustDocument),
         may_qualify=grants(rt, actor, Action.IDENTITY_QUALIFY),
         may_merge=grants(rt, actor, Action.IDENTITY_MERGE),
+        may_consult_dmp=grants(rt, actor, Action.DMP_CONSULT),
     )
     return render(request, "patient.html", ctx)
 

@@ -1,4 +1,5 @@
-"""TD0.2 "test d'existence du DMP et conditions d'accès": request and response, both sides.
+"""TD0.2 "test d'existence du DMP et conditions d'accès": request and response, both sides (the DMP client and
+the sandbox DMP).
 
 The real TD0.2 schema is in the DMP integration guide, which is not public; this is the sandbox's own SOAP body,
 shaped after what the digest says TD0.2 returns (DMP status, closing date and reason, PS authorisation status,

@@ -1,0 +1,153 @@
+"""Flow: a professional consults a patient's DMP from the patient's record (AIR simplifié).
+
+Who may ask is the web layer's business (``dmp.consult`` in the matrix, a strong session, the care relationship).
+This flow adds what the DMP itself requires before any call — a qualified INS, the patient's consent to
+consultation, an RPPS for the VIHF — and the consultation rules of the DMP (PDSM4DMP): the first search on a
+patient is limited to two years of approved documents, and the page says so and lets the user widen it. The DMP is
+reached through ``DmpConsultPort``; this module builds no XML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from opensegur.documents.metadata import Coded, DocumentMetadata
+from opensegur.identity.rniv import IdentityStatus
+from opensegur.transactions.td02 import Td02Response
+from opensegur.transactions.xds import RetrievedDocument
+
+__all__ = [
+    "CONSENT_LABELS",
+    "DMP_STATUS_LABELS",
+    "FIRST_SEARCH_YEARS",
+    "NEEDS_SPECIALTY",
+    "OID_SPECIALTY",
+    "PROFESSIONS",
+    "ConsultationRefused",
+    "Consulter",
+    "DmpConsultPort",
+    "DmpView",
+    "consent_refusal",
+    "open_dmp",
+    "patient_cx",
+]
+
+FIRST_SEARCH_YEARS = 2
+OID_SPECIALTY = "1.2.250.1.71.4.2.5"  # TRE_R38 savoir-faire, the VIHF's second role
+NEEDS_SPECIALTY = frozenset({"10", "21"})  # physicians and pharmacists: the VIHF requires their specialty
+# G15 professions (TRE_G15-ProfessionSante) the VIHF role carries; the matrix role decides who may consult.
+PROFESSIONS = {
+    "medecin": Coded("10", "1.2.250.1.71.1.2.7", "Médecin"),
+    "interne": Coded("10", "1.2.250.1.71.1.2.7", "Médecin"),
+    "dim": Coded("10", "1.2.250.1.71.1.2.7", "Médecin"),
+    "sage_femme": Coded("50", "1.2.250.1.71.1.2.7", "Sage-Femme"),
+}
+CONSENT_LABELS = {
+    "IC": "Consentement à la consultation recueilli",
+    "INC": "Le patient a refusé la consultation de son DMP",
+    "NA": "Consentement à la consultation non recueilli",
+}
+DMP_STATUS_LABELS = {
+    "OUVERT": "DMP ouvert",
+    "FERME": "DMP fermé",
+    "INEXISTANT": "Pas de DMP pour ce patient",
+}
+AUTHORISATION_LABELS = {
+    "AUTORISE": "Vous êtes autorisé(e) à consulter ce DMP",
+    "NON_AUTORISE": "Aucune autorisation d'accès de votre structure n'est enregistrée dans ce DMP",
+    "INTERDIT": "Le patient vous a bloqué l'accès à son DMP",
+}
+
+
+class ConsultationRefused(Exception):
+    """No DMP call may be made: the French reason, shown as is."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Consulter:
+    """The professional in whose name the DMP is consulted: the VIHF's subject (mode INDIRECTE_RENFORCEE)."""
+
+    rpps: str
+    name: str
+    roles: tuple[Coded, ...]  # JDV_J65: the profession (TRE_G15), then the specialty (TRE_R38) where required
+    structure_id: str  # idNat_Struct: "1" + the site's FINESS
+    secteur_activite: str = "SA01"
+    purpose_of_use: str = "normal"
+
+
+class DmpConsultPort(Protocol):
+    async def status(self, consulter: Consulter, patient_cx: str) -> Td02Response: ...
+
+    async def find_documents(
+        self, consulter: Consulter, patient_cx: str, *, since: datetime | None
+    ) -> list[DocumentMetadata]: ...
+
+    async def retrieve(
+        self, consulter: Consulter, patient_cx: str, repository_unique_id: str, unique_id: str
+    ) -> RetrievedDocument: ...
+
+
+@dataclass
+class DmpView:
+    """What the DMP tab shows: the TD0.2 answer and, when it may be consulted, the documents."""
+
+    status: Td02Response
+    documents: list[DocumentMetadata] = field(default_factory=list)
+    since: datetime | None = None  # the search's lower bound; None: the whole DMP
+    searched: bool = False
+
+    @property
+    def status_label(self) -> str:
+        return DMP_STATUS_LABELS[self.status.status]
+
+    @property
+    def authorisation_label(self) -> str:
+        return AUTHORISATION_LABELS[self.status.authorisation]
+
+
+def patient_cx(matricule: str, oid: str) -> str:
+    return f"{matricule}^^^&{oid}&ISO^NH"
+
+
+def consent_refusal(patient: Any) -> str | None:
+    """Why the patient's DMP may not be consulted whatever the professional, or None.
+
+    ``patient`` is a stored Patient: RNIV status, INS and the consent recorded from PAM FR (ZFA-11) or the page.
+    """
+    if patient.status != IdentityStatus.QUAL.value or not patient.ins_matricule or not patient.ins_oid:
+        return "Identité non qualifiée : le DMP n'est consultable qu'avec une INS qualifiée"
+    consent = (patient.dmp_consent or {}).get("consultation_consent") or "NA"
+    if consent != "IC":
+        return CONSENT_LABELS.get(consent, CONSENT_LABELS["NA"])
+    return None
+
+
+def _first_search_bound(now: datetime) -> datetime:
+    return now - timedelta(days=365 * FIRST_SEARCH_YEARS)
+
+
+async def open_dmp(
+    port: DmpConsultPort,
+    consulter: Consulter,
+    cx: str,
+    *,
+    whole: bool = False,
+    now: datetime | None = None,
+) -> DmpView:
+    """TD0.2, then, for an open DMP the professional may read, FindDocuments (approved, two years unless
+    ``whole``). The port's errors reach the caller: a page shows the DMP's answer, never half a list."""
+    status = await port.status(consulter, cx)
+    view = DmpView(status)
+    if status.status != "OUVERT" or status.authorisation != "AUTORISE":
+        return view
+    view.since = None if whole else _first_search_bound(now or datetime.now(UTC))
+    docs = await port.find_documents(consulter, cx, since=view.since)
+    view.documents = sorted(docs, key=lambda d: d.creation_time or "", reverse=True)
+    view.searched = True
+    return view

@@ -1,0 +1,219 @@
+"""The patient's DMP, consulted from the patient's record (AIR simplifié): status, documents, document viewer.
+
+The matrix decides who (``dmp.consult``, a strong session, the care relationship or a broken glass); the flow
+decides whether the DMP may be called at all (qualified INS, consent, an RPPS). Each consultation and each
+document opened is written in the audit trail; the DMP keeps its own access history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from opensegur.connectors.annuaire_client import AnnuaireClient, AnnuaireError
+from opensegur.content.cda import CdaError, parse_cda
+from opensegur.content.narrative import embedded_file, sections
+from opensegur.documents.metadata import Coded
+from opensegur.flows.dmp_consult import (
+    NEEDS_SPECIALTY,
+    OID_SPECIALTY,
+    PROFESSIONS,
+    ConsultationRefused,
+    Consulter,
+    DmpView,
+    consent_refusal,
+    open_dmp,
+    patient_cx,
+)
+from opensegur.flows.dmp_feed import DmpRejectedError, DmpUnavailableError
+from opensegur.security import audit
+from opensegur.security.actor import Actor
+from opensegur.security.matrix import Action
+from opensegur.store.models import Patient
+from opensegur.web.deps import Directory, Dmp, Rt, WebRuntime, allow, ensure_patient
+from opensegur.web.templating import render
+
+router = APIRouter()
+
+Consultant = Annotated[Actor, Depends(allow(Action.DMP_CONSULT))]
+# A refusal for the patient's or the account's state (no consent, no qualified INS, no RPPS) is 409: 403 is the
+# matrix's answer, for who the user is.
+# A document from the DMP is the sender's content: shown in a sandboxed frame, never with our scripts or cookies.
+_INERT = {
+    "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass
+class _Target:
+    patient: Patient
+    cx: str
+    consulter: Consulter
+
+
+async def _specialty(directory: AnnuaireClient | None, rpps: str) -> Coded:
+    """The specialty the Annuaire Santé records for ``rpps``: the VIHF's second role for a physician."""
+    if directory is None:
+        raise ConsultationRefused(
+            "Annuaire Santé non configuré : la spécialité du médecin, exigée par le VIHF du DMP, est inconnue"
+        )
+    try:
+        entries = await directory.search_practitioners(rpps=rpps, limit=1)
+    except AnnuaireError as exc:
+        raise ConsultationRefused(f"Annuaire Santé injoignable, spécialité inconnue : {exc}") from exc
+    found = entries[0].practitioner if entries else None
+    if found is None or not found.specialty_code:
+        raise ConsultationRefused(
+            f"Aucune spécialité n'est enregistrée dans l'Annuaire Santé pour le RPPS {rpps} : "
+            "le VIHF du DMP l'exige pour un médecin"
+        )
+    return Coded(found.specialty_code, OID_SPECIALTY, found.specialty or found.specialty_code)
+
+
+async def _target(
+    rt: WebRuntime, directory: AnnuaireClient | None, actor: Actor, patient_id: int, path: str, what: str
+) -> _Target:
+    """The patient and the professional for one DMP call, or ConsultationRefused with the French reason (also
+    written in the audit trail)."""
+    target = await asyncio.to_thread(_local_target, rt, actor, patient_id, path, what)
+    profession = target.consulter.roles[0]
+    if profession.code in NEEDS_SPECIALTY:
+        try:
+            specialty = await _specialty(directory, target.consulter.rpps)
+        except ConsultationRefused as exc:
+            await asyncio.to_thread(_audit_refusal, rt, actor, patient_id, what, exc.reason)
+            raise
+        target.consulter = replace(target.consulter, roles=(profession, specialty))
+    return target
+
+
+def _audit_refusal(rt: WebRuntime, actor: Actor, patient_id: int, what: str, reason: str) -> None:
+    with rt.db.session() as s:
+        audit.record(s, actor, what, patient_id, "dmp", {"refus": reason})
+
+
+def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what: str) -> _Target:
+    """What the platform's own data decide: access, INS, consent, RPPS, profession. The access check and the
+    audit entry share one transaction."""
+    with rt.db.session() as s:
+        p = s.get(Patient, patient_id)
+        if p is None:
+            raise HTTPException(404, "Patient inconnu")
+        ensure_patient(s, rt, actor, Action.DMP_CONSULT, p.id, path)
+        refusal = consent_refusal(p)
+        profession = next((PROFESSIONS[r] for r in actor.roles if r in PROFESSIONS), None)
+        if refusal is None and not actor.rpps:
+            refusal = "Votre compte n'a pas de numéro RPPS : le DMP ne peut pas être consulté en votre nom"
+        if refusal is None and profession is None:
+            refusal = "Votre profession ne permet pas la consultation du DMP"
+        audit.record(s, actor, what, p.id, "dmp", {"refus": refusal} if refusal else None)
+        if refusal is None:
+            assert actor.rpps is not None and profession is not None and p.ins_matricule and p.ins_oid
+            site = p.structure
+            consulter = Consulter(
+                actor.rpps,
+                actor.display_name,
+                (profession,),
+                "1" + site.finess,
+                (site.settings or {}).get("secteur_activite", "SA01"),
+            )
+            s.expunge(p)
+            return _Target(p, patient_cx(p.ins_matricule, p.ins_oid), consulter)
+    # Raised once the transaction committed, so the refusal stays in the audit trail.
+    raise ConsultationRefused(refusal)
+
+
+def _dmp_error(exc: Exception) -> str:
+    if isinstance(exc, DmpRejectedError):
+        return f"Le DMP a refusé la demande ({exc.code}) : {exc.message}"
+    return f"Le DMP ne répond pas, réessayez dans un instant ({exc})"
+
+
+@router.get("/identites/{patient_id}/dmp", response_class=HTMLResponse, include_in_schema=False)
+async def page_dmp(
+    request: Request,
+    patient_id: int,
+    actor: Consultant,
+    rt: Rt,
+    dmp: Dmp,
+    directory: Directory,
+    tout: bool = Query(False, description="toute la durée du DMP, au lieu des deux dernières années"),
+) -> HTMLResponse:
+    ctx: dict[str, Any] = {
+        "request": request,
+        "patient_id": patient_id,
+        "whole": tout,
+    }
+    try:
+        target = await _target(rt, directory, actor, patient_id, request.url.path, "consult_dmp")
+    except ConsultationRefused as exc:
+        return render(request, "patient_dmp.html", {**ctx, "refusal": exc.reason}, status_code=409)
+    ctx["p"] = target.patient
+    if dmp is None:
+        ctx["error"] = "Aucun DMP n'est configuré sur cette plateforme (dmp_iti18_url, dmp_td02_url)"
+        return render(request, "patient_dmp.html", ctx, status_code=503)
+    try:
+        view: DmpView = await open_dmp(dmp, target.consulter, target.cx, whole=tout)
+    except (DmpRejectedError, DmpUnavailableError) as exc:
+        ctx["error"] = _dmp_error(exc)
+        return render(request, "patient_dmp.html", ctx, status_code=502)
+    ctx["view"] = view
+    return render(request, "patient_dmp.html", ctx)
+
+
+@router.get("/identites/{patient_id}/dmp/document", include_in_schema=False)
+async def page_dmp_document(
+    request: Request,
+    patient_id: int,
+    actor: Consultant,
+    rt: Rt,
+    dmp: Dmp,
+    directory: Directory,
+    depot: str = Query(min_length=1, max_length=64, description="repositoryUniqueId"),
+    uid: str = Query(min_length=1, max_length=128, description="uniqueId du document"),
+) -> Response:
+    try:
+        target = await _target(rt, directory, actor, patient_id, request.url.path, "open_dmp_document")
+    except ConsultationRefused as exc:
+        return render(
+            request, "patient_dmp.html", {"request": request, "refusal": exc.reason}, status_code=409
+        )
+    if dmp is None:
+        raise HTTPException(503, "Aucun DMP n'est configuré sur cette plateforme")
+    try:
+        doc = await dmp.retrieve(target.consulter, target.cx, depot, uid)
+    except (DmpRejectedError, DmpUnavailableError) as exc:
+        return render(
+            request,
+            "dmp_document.html",
+            {"request": request, "p": target.patient, "error": _dmp_error(exc)},
+            502,
+        )
+    if doc.mime_type == "application/pdf":
+        return Response(doc.content, media_type="application/pdf", headers=_INERT)
+    try:
+        root, header = await asyncio.to_thread(parse_cda, doc.content)
+        file = embedded_file(root)
+    except CdaError as exc:
+        return render(
+            request,
+            "dmp_document.html",
+            {"request": request, "p": target.patient, "error": f"Document illisible : {exc.message_fr}"},
+            422,
+        )
+    if file is not None and file.media_type == "application/pdf":
+        return Response(file.content, media_type="application/pdf", headers=_INERT)
+    ctx = {
+        "request": request,
+        "p": target.patient,
+        "header": header,
+        "sections": sections(root),
+        "file": file,
+    }
+    return render(request, "dmp_document.html", ctx)

@@ -1,0 +1,90 @@
+"""The consultation rules of the DMP, apart from any transport: when the DMP is searched, and over which period."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+
+from opensegur.documents.metadata import Coded, DocumentMetadata
+from opensegur.flows.dmp_consult import Consulter, consent_refusal, open_dmp
+from opensegur.transactions.td02 import Td02Response
+from opensegur.transactions.xds import RetrievedDocument
+
+pytestmark = pytest.mark.requirement("DMP-CONSULT-AIR")
+
+CONSULTER = Consulter("10000000017", "Dr Test", (Coded("10", "1.2.250.1.71.1.2.7", "Médecin"),), "1750000028")
+NOW = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+
+
+@dataclass
+class _Port:
+    answer: Td02Response
+    docs: list[DocumentMetadata] = field(default_factory=list)
+    searches: list[datetime | None] = field(default_factory=list)
+
+    async def status(self, consulter: Consulter, patient_cx: str) -> Td02Response:
+        return self.answer
+
+    async def find_documents(
+        self, consulter: Consulter, patient_cx: str, *, since: datetime | None
+    ) -> list[DocumentMetadata]:
+        self.searches.append(since)
+        return self.docs
+
+    async def retrieve(
+        self, consulter: Consulter, patient_cx: str, repository_unique_id: str, unique_id: str
+    ) -> RetrievedDocument:
+        raise AssertionError("not used")
+
+
+def _doc(created: str) -> DocumentMetadata:
+    c = Coded("x", "y")
+    return DocumentMetadata(created, "p", "text/xml", c, c, c, c, c, [c], created)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Td02Response("FERME"),
+        Td02Response("INEXISTANT"),
+        Td02Response("OUVERT", authorisation="NON_AUTORISE"),
+        Td02Response("OUVERT", authorisation="INTERDIT"),
+    ],
+)
+async def test_no_search_unless_the_dmp_is_open_and_the_professional_authorised(answer: Td02Response) -> None:
+    port = _Port(answer)
+    view = await open_dmp(port, CONSULTER, "cx", now=NOW)
+    assert port.searches == [] and not view.searched and view.documents == []
+
+
+async def test_the_first_search_covers_two_years_and_the_wider_one_the_whole_dmp() -> None:
+    port = _Port(Td02Response("OUVERT", authorisation="AUTORISE"), [_doc("20250101"), _doc("20260301")])
+    view = await open_dmp(port, CONSULTER, "cx", now=NOW)
+    assert port.searches == [datetime(2024, 12, 5, 9, 0, tzinfo=UTC)] and view.since == port.searches[0]
+    assert [d.creation_time for d in view.documents] == ["20260301", "20250101"]  # newest first
+    whole = await open_dmp(port, CONSULTER, "cx", whole=True, now=NOW)
+    assert port.searches[-1] is None and whole.since is None
+
+
+@pytest.mark.parametrize(
+    ("status", "ins", "consent", "refused"),
+    [
+        ("QUAL", "279035121518989", {"consultation_consent": "IC"}, None),
+        ("QUAL", "279035121518989", {"consultation_consent": "INC"}, "refusé"),
+        ("QUAL", "279035121518989", {"consultation_consent": "NA"}, "non recueilli"),
+        ("QUAL", "279035121518989", {}, "non recueilli"),
+        ("VALI", "279035121518989", {"consultation_consent": "IC"}, "non qualifiée"),
+        ("QUAL", None, {"consultation_consent": "IC"}, "non qualifiée"),
+    ],
+)
+def test_consent_and_qualified_ins_come_first(
+    status: str, ins: str | None, consent: dict[str, str], refused: str | None
+) -> None:
+    patient = SimpleNamespace(
+        status=status, ins_matricule=ins, ins_oid="1.2.250.1.213.1.4.10", dmp_consent=consent
+    )
+    reason = consent_refusal(patient)
+    assert (reason is None) if refused is None else (reason is not None and refused in reason)

@@ -1,0 +1,241 @@
+"""The DMP tab of a patient: status, documents, viewer — through the platform's DMP client in mode AIR against the
+sandbox DMP, as a doctor, a secretary, a doctor without RPPS, for patients without consent or qualified INS."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from opensegur.connectors.annuaire_client import AnnuaireClient
+from opensegur.connectors.dmp_client import DmpClient, DmpCredentials, DmpEndpoints, DmpIdentity
+from opensegur.ops.demo import demo_dmp_patients, luhn_complete
+from opensegur.sandbox.annuaire import SANDBOX_API_KEY
+from opensegur.sandbox.dmp import REPOSITORY_UNIQUE_ID, create_dmp_app
+from opensegur.sandbox.dmp.patients import PatientRegistry, default_patients
+from opensegur.security.actor import Actor
+from opensegur.security.matrix import Assignment, Scope
+from opensegur.security.pki import TestPki, ensure_test_pki
+from opensegur.store.models import AuditEvent, Patient
+from opensegur.web.app import create_app
+from opensegur.web.deps import get_directory, get_dmp
+from tests.actors import act_as
+from tests.annuaire.conftest import BASE as ANNUAIRE
+from tests.annuaire.conftest import sandbox_app
+from tests.sandbox_dmp.helpers import iti41, metadata, new_oid, post, registry_result
+from tests.web.test_rest_intake import Offline
+
+pytestmark = pytest.mark.requirement("DMP-CONSULT-AIR")
+
+EXAMPLES = Path("/work/shared/cisis/ExemplesCDA")
+CR_BIO_N3 = EXAMPLES / "BIO-CR-BIO_2024.01_TSH_1.xml"
+CR_BIO_N1 = EXAMPLES / "BIO-CR-BIO_2021.01_CDA-R2-Niveau-1.xml"
+needs_examples = pytest.mark.skipif(not EXAMPLES.exists(), reason="ANS CDA examples not available")
+BASE = "http://dmp.test/dmp"
+
+
+# Dr RÉAULT of the demo: the sandbox Annuaire Santé knows his RPPS and specialty (SM14).
+REAULT_RPPS = luhn_complete("1000000001")
+
+
+def person(role: str, *, rpps: str | None = REAULT_RPPS, strong: bool = True) -> Actor:
+    return Actor(
+        kind="person",
+        name=f"test.{role}",
+        display_name=f"Dr Test {role}",
+        assignments=(Assignment(role, Scope("ght")),),
+        strong=strong,
+        rpps=rpps,
+        csrf_token="jeton-de-test",
+    )
+
+
+DOCTOR = person("medecin")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    return ensure_test_pki(Path(tmp_path_factory.mktemp("dmp-consult-pki")))
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, pki: TestPki) -> FastAPI:
+    return create_dmp_app(
+        tmp_path / "sandbox", pki, patients=PatientRegistry([*default_patients(), *demo_dmp_patients()])
+    )
+
+
+@pytest.fixture
+async def dmp(sandbox: FastAPI, pki: TestPki) -> AsyncIterator[DmpClient]:
+    client = DmpClient(
+        DmpEndpoints(f"{BASE}/iti41", f"{BASE}/iti18", f"{BASE}/iti57", f"{BASE}/iti43", f"{BASE}/td02"),
+        DmpCredentials(pki.signing_cert, pki.signing_key),
+        DmpIdentity(oid_root="1.2.250.1.999.88"),
+        transport=httpx.ASGITransport(app=sandbox),
+    )
+    yield client
+    await client.aclose()
+
+
+def _patient(offline: Offline, consent: str | None = "IC", status: str = "QUAL") -> Patient:
+    """A demo patient with an INS and a DMP, in ``status``, with the consultation consent given."""
+    with offline.db.session() as s:
+        p = s.scalars(select(Patient).where(Patient.status == "QUAL").order_by(Patient.id)).first()
+        assert p is not None and p.ins_matricule
+        p.status = status
+        p.dmp_consent = {"consultation_consent": consent} if consent else {}
+        s.flush()
+        s.expunge(p)
+        return p
+
+
+def _cx(p: Patient) -> str:
+    return f"{p.ins_matricule}^^^&{p.ins_oid}&ISO^NH"
+
+
+async def _feed(sandbox: FastAPI, pki: TestPki, p: Patient, content: bytes, created: str, title: str) -> str:
+    uid = new_oid()
+    sub = iti41(
+        pki, patient=_cx(p), docs=[(metadata(uid, _cx(p), creation_time=created, title=title), content)]
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
+        assert registry_result(await post(c, "/dmp/iti41", sub.request)).ok
+    return uid
+
+
+@pytest.fixture
+async def directory() -> AsyncIterator[AnnuaireClient]:
+    client = AnnuaireClient(ANNUAIRE, SANDBOX_API_KEY, transport=httpx.ASGITransport(app=sandbox_app()))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def web(offline: Offline, dmp: DmpClient, directory: AnnuaireClient) -> Iterator[FastAPI]:
+    app = create_app(offline)
+    app.dependency_overrides[get_dmp] = lambda: dmp
+    app.dependency_overrides[get_directory] = lambda: directory
+    yield app
+
+
+async def _get(app: FastAPI, actor: Actor, path: str) -> httpx.Response:
+    act_as(app, actor)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://opensegur.test"
+    ) as c:
+        return await c.get(path)
+
+
+def _text(response: httpx.Response) -> str:
+    """The page as read: entities decoded (the templates escape apostrophes)."""
+    return html.unescape(response.text)
+
+
+def _recent(days: int) -> str:
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).strftime("%Y%m%d%H%M%S")
+
+
+@needs_examples
+async def test_a_doctor_sees_the_status_and_two_years_of_documents_and_can_widen(
+    offline: Offline, web: FastAPI, sandbox: FastAPI, pki: TestPki
+) -> None:
+    p = _patient(offline)
+    await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(30), "CR de biologie TSH")
+    await _feed(sandbox, pki, p, CR_BIO_N1.read_bytes(), _recent(4 * 365), "CR de biologie ancien")
+    page = await _get(web, DOCTOR, f"/identites/{p.id}/dmp")
+    assert page.status_code == 200, page.text
+    assert "DMP ouvert" in page.text and "Vous êtes autorisé(e) à consulter ce DMP" in page.text
+    assert "vous n'êtes pas médecin traitant DMP" in _text(page)
+    assert 'id="filtre-deux-ans"' in page.text
+    assert "CR de biologie TSH" in page.text and "CR de biologie ancien" not in page.text
+    whole = await _get(web, DOCTOR, f"/identites/{p.id}/dmp?tout=1")
+    assert "CR de biologie TSH" in whole.text and "CR de biologie ancien" in whole.text
+    with offline.db.session() as s:
+        actions = s.scalars(select(AuditEvent.action).where(AuditEvent.patient_id == p.id)).all()
+    assert actions.count("consult_dmp") == 2
+
+
+@needs_examples
+async def test_a_level_3_document_is_shown_as_text_and_a_level_1_as_an_inert_pdf(
+    offline: Offline, web: FastAPI, sandbox: FastAPI, pki: TestPki
+) -> None:
+    p = _patient(offline)
+    hostile = CR_BIO_N3.read_bytes().replace(
+        b"<title>", b"<title>&lt;script&gt;alert(1)&lt;/script&gt;", 1
+    )  # markup in a sender's text is text
+    n3 = await _feed(sandbox, pki, p, hostile, _recent(10), "CR TSH")
+    n1 = await _feed(sandbox, pki, p, CR_BIO_N1.read_bytes(), _recent(20), "CR PDF")
+    repo = REPOSITORY_UNIQUE_ID
+    shown = await _get(web, DOCTOR, f"/identites/{p.id}/dmp/document?depot={repo}&uid={n3}")
+    assert shown.status_code == 200, shown.text
+    assert "BIOCHIMIE" in shown.text and "Thyréostimuline (TSH)" in shown.text and "1.950 mUI/l" in shown.text
+    assert "<script>alert(1)" not in shown.text and "&lt;script&gt;alert(1)" in shown.text
+    pdf = await _get(web, DOCTOR, f"/identites/{p.id}/dmp/document?depot={repo}&uid={n1}")
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF-") and "sandbox" in pdf.headers["content-security-policy"]
+    unknown = await _get(web, DOCTOR, f"/identites/{p.id}/dmp/document?depot={repo}&uid=1.2.3.4")
+    assert unknown.status_code == 502 and "XDSDocumentUniqueIdError" in unknown.text
+
+
+@pytest.mark.parametrize(
+    ("consent", "status", "reason"),
+    [
+        (None, "QUAL", "Consentement à la consultation non recueilli"),
+        ("NA", "QUAL", "Consentement à la consultation non recueilli"),
+        ("INC", "QUAL", "Le patient a refusé la consultation de son DMP"),
+        ("IC", "VALI", "Identité non qualifiée"),
+    ],
+)
+async def test_no_dmp_call_without_consent_or_qualified_ins(
+    offline: Offline, web: FastAPI, consent: str | None, status: str, reason: str
+) -> None:
+    p = _patient(offline, consent, status)
+    page = await _get(web, DOCTOR, f"/identites/{p.id}/dmp")
+    assert page.status_code == 409 and reason in _text(page) and 'id="refus"' in page.text
+    with offline.db.session() as s:
+        [event] = s.scalars(select(AuditEvent).where(AuditEvent.action == "consult_dmp")).all()
+    assert event.detail is not None and reason in event.detail["refus"]
+
+
+async def test_who_may_not_consult(offline: Offline, web: FastAPI) -> None:
+    p = _patient(offline)
+    secretary = await _get(web, person("secretaire_medicale"), f"/identites/{p.id}/dmp")
+    assert secretary.status_code == 403 and "Consulter le DMP".lower() in secretary.text.lower()
+    weak = await _get(web, person("medecin", strong=False), f"/identites/{p.id}/dmp")
+    assert weak.status_code == 403 and "Authentification forte requise" in weak.text
+    no_rpps = await _get(web, person("medecin", rpps=None), f"/identites/{p.id}/dmp")
+    assert no_rpps.status_code == 409 and "pas de numéro RPPS" in _text(no_rpps)
+    unknown = await _get(web, person("medecin", rpps=luhn_complete("1999999999")), f"/identites/{p.id}/dmp")
+    assert (
+        unknown.status_code == 409
+        and "Aucune spécialité n'est enregistrée dans l'Annuaire Santé" in _text(unknown)
+    )
+
+
+async def test_a_dmp_that_does_not_answer_is_said_so(offline: Offline, directory: AnnuaireClient) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connexion refusée", request=request)
+
+    pki_dir = offline.settings.data_dir / "pki"
+    pki = ensure_test_pki(pki_dir)
+    down = DmpClient(
+        DmpEndpoints(f"{BASE}/iti41", f"{BASE}/iti18", f"{BASE}/iti57", f"{BASE}/iti43", f"{BASE}/td02"),
+        DmpCredentials(pki.signing_cert, pki.signing_key),
+        DmpIdentity(oid_root="1.2.250.1.999.88"),
+        transport=httpx.MockTransport(refuse),
+    )
+    app = create_app(offline)
+    app.dependency_overrides[get_dmp] = lambda: down
+    app.dependency_overrides[get_directory] = lambda: directory
+    p = _patient(offline)
+    page = await _get(app, DOCTOR, f"/identites/{p.id}/dmp")
+    await down.aclose()
+    assert (
+        page.status_code == 502 and "DMP indisponible" in page.text and 'id="documents-dmp"' not in page.text
+    )
