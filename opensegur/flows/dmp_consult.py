@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from opensegur.documents.metadata import Coded, DocumentMetadata
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.transactions.td02 import Td02Response
-from opensegur.transactions.xds import RetrievedDocument
+from opensegur.transactions.xds import SIGNATURE_CLASS, RetrievedDocument
 
 __all__ = [
     "CONSENT_LABELS",
@@ -148,6 +148,8 @@ async def open_dmp(
         return view
     view.since = None if whole else _first_search_bound(now or datetime.now(UTC))
     docs = await port.find_documents(consulter, cx, since=view.since)
-    view.documents = sorted(docs, key=lambda d: d.creation_time or "", reverse=True)
+    # A submission set's XAdES signature is an entry of its own in the DMP: technical, not for a clinician.
+    readable = [d for d in docs if d.class_code.code != SIGNATURE_CLASS.code]
+    view.documents = sorted(readable, key=lambda d: d.creation_time or "", reverse=True)
     view.searched = True
     return view

@@ -219,7 +219,9 @@ def load_demo(db: Database) -> bool:
             # The consent to DMP consultation, as PAM FR ZFA-11 would bring it: given by the patients with an INS,
             # except one in six, not yet asked, so the DMP tab shows both cases.
             consent = {"consultation_consent": "NA" if n % 6 == 5 else "IC"} if p.matricule else None
-            add(sites[n % 2], p.ipp, p.family, p.firsts, p.sex, p.birth, p.cog, p.status, p.matricule, consent)
+            add(
+                sites[n % 2], p.ipp, p.family, p.firsts, p.sex, p.birth, p.cog, p.status, p.matricule, consent
+            )
         for n, (family, firsts, sex, birth, cog, status) in enumerate(INSI_KNOWN):
             add(sites[0], f"{800000 + n}", family, firsts, sex, birth, cog, status, None)
         # A probable duplicate for the alerts panel: same person created twice under two IPPs.

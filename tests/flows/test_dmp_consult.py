@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -11,7 +11,7 @@ import pytest
 from opensegur.documents.metadata import Coded, DocumentMetadata
 from opensegur.flows.dmp_consult import Consulter, consent_refusal, open_dmp
 from opensegur.transactions.td02 import Td02Response
-from opensegur.transactions.xds import RetrievedDocument
+from opensegur.transactions.xds import SIGNATURE_CLASS, RetrievedDocument
 
 pytestmark = pytest.mark.requirement("DMP-CONSULT-AIR")
 
@@ -61,10 +61,14 @@ async def test_no_search_unless_the_dmp_is_open_and_the_professional_authorised(
 
 
 async def test_the_first_search_covers_two_years_and_the_wider_one_the_whole_dmp() -> None:
-    port = _Port(Td02Response("OUVERT", authorisation="AUTORISE"), [_doc("20250101"), _doc("20260301")])
+    signature = replace(_doc("20260301"), class_code=SIGNATURE_CLASS)
+    port = _Port(
+        Td02Response("OUVERT", authorisation="AUTORISE"), [_doc("20250101"), _doc("20260301"), signature]
+    )
     view = await open_dmp(port, CONSULTER, "cx", now=NOW)
     assert port.searches == [datetime(2024, 12, 5, 9, 0, tzinfo=UTC)] and view.since == port.searches[0]
-    assert [d.creation_time for d in view.documents] == ["20260301", "20250101"]  # newest first
+    # Newest first, without the submission sets' signature entries.
+    assert [d.creation_time for d in view.documents] == ["20260301", "20250101"]
     whole = await open_dmp(port, CONSULTER, "cx", whole=True, now=NOW)
     assert port.searches[-1] is None and whole.since is None
 

@@ -239,3 +239,12 @@ async def test_a_dmp_that_does_not_answer_is_said_so(offline: Offline, directory
     assert (
         page.status_code == 502 and "DMP indisponible" in page.text and 'id="documents-dmp"' not in page.text
     )
+
+
+async def test_the_patient_page_offers_the_shortcuts_to_who_may_consult(offline: Offline, web: FastAPI) -> None:
+    p = _patient(offline)
+    page = await _get(web, DOCTOR, f"/identites/{p.id}")
+    assert 'id="raccourcis-documentaires"' in page.text and f'href="/identites/{p.id}/dmp"' in page.text
+    assert "Consentement à la consultation recueilli" in _text(page)
+    secretary = await _get(web, person("secretaire_medicale"), f"/identites/{p.id}")
+    assert secretary.status_code == 200 and "raccourcis-documentaires" not in secretary.text

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opensegur.flows import qualification
+from opensegur.flows.dmp_consult import CONSENT_LABELS
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.rniv import HighTrustDocument, IdentityStatus, LowTrustDocument, document_label
 from opensegur.identity.traits import StrictTraits
@@ -208,6 +209,7 @@ async def page_patient(request: Request, patient_id: int, actor: Reader, rt: Rt)
         may_qualify=grants(rt, actor, Action.IDENTITY_QUALIFY),
         may_merge=grants(rt, actor, Action.IDENTITY_MERGE),
         may_consult_dmp=grants(rt, actor, Action.DMP_CONSULT),
+        CONSENT_LABELS=CONSENT_LABELS,
     )
     return render(request, "patient.html", ctx)
 
