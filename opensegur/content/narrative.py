@@ -34,7 +34,7 @@ class Block:
 
 @dataclass
 class Section:
-    title: str
+    title: str  # "" for an untitled section (a CR-BIO's result groups often are)
     blocks: list[Block]
     depth: int
 
@@ -92,7 +92,7 @@ def sections(root: etree._Element) -> list[Section]:
         text = section.find(f"{_CDA}text")
         out.append(
             Section(
-                _plain(section.find(f"{_CDA}title")) or "Section sans titre",
+                _plain(section.find(f"{_CDA}title")),
                 _blocks(text) if text is not None else [],
                 min(depth, MAX_DEPTH),
             )

@@ -101,6 +101,14 @@ class DmpView:
     documents: list[DocumentMetadata] = field(default_factory=list)
     since: datetime | None = None  # the search's lower bound; None: the whole DMP
     searched: bool = False
+    last_visit: datetime | None = None  # this professional's previous consultation of this DMP
+
+    def is_new(self, doc: DocumentMetadata) -> bool:
+        """Created after the professional's previous consultation (creationTime is UTC, ITI TF-3 §4.2.3.1.7)."""
+        if self.last_visit is None or not doc.creation_time or not doc.creation_time[:8].isdigit():
+            return False
+        digits = (doc.creation_time + "000000")[:14]
+        return datetime.strptime(digits, "%Y%m%d%H%M%S").replace(tzinfo=UTC) > self.last_visit
 
     @property
     def status_label(self) -> str:
@@ -138,12 +146,13 @@ async def open_dmp(
     cx: str,
     *,
     whole: bool = False,
+    last_visit: datetime | None = None,
     now: datetime | None = None,
 ) -> DmpView:
     """TD0.2, then, for an open DMP the professional may read, FindDocuments (approved, two years unless
     ``whole``). The port's errors reach the caller: a page shows the DMP's answer, never half a list."""
     status = await port.status(consulter, cx)
-    view = DmpView(status)
+    view = DmpView(status, last_visit=last_visit)
     if status.status != "OUVERT" or status.authorisation != "AUTORISE":
         return view
     view.since = None if whole else _first_search_bound(now or datetime.now(UTC))

@@ -92,3 +92,11 @@ def test_consent_and_qualified_ins_come_first(
     )
     reason = consent_refusal(patient)
     assert (reason is None) if refused is None else (reason is not None and refused in reason)
+
+
+async def test_documents_created_after_the_last_visit_are_new() -> None:
+    port = _Port(Td02Response("OUVERT", authorisation="AUTORISE"), [_doc("20261201093000"), _doc("20261204")])
+    view = await open_dmp(port, CONSULTER, "cx", last_visit=datetime(2026, 12, 2, tzinfo=UTC), now=NOW)
+    assert [view.is_new(d) for d in view.documents] == [True, False]
+    first = await open_dmp(port, CONSULTER, "cx", now=NOW)
+    assert not any(first.is_new(d) for d in first.documents)

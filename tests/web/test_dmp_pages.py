@@ -156,9 +156,15 @@ async def test_a_doctor_sees_the_status_and_two_years_of_documents_and_can_widen
     assert "CR de biologie TSH" in page.text and "CR de biologie ancien" not in page.text
     whole = await _get(web, DOCTOR, f"/identites/{p.id}/dmp?tout=1")
     assert "CR de biologie TSH" in whole.text and "CR de biologie ancien" in whole.text
+    assert 'id="derniere-consultation"' in whole.text and ">Nouveau<" not in whole.text
+    # A document added after the last visit is marked for this doctor.
+    await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(-1), "CR arrivé depuis")
+    again = await _get(web, DOCTOR, f"/identites/{p.id}/dmp")
+    row = again.text.split("CR arrivé depuis")[1].split("</tr>")[0]
+    assert ">Nouveau<" in row and again.text.count(">Nouveau<") == 1
     with offline.db.session() as s:
         actions = s.scalars(select(AuditEvent.action).where(AuditEvent.patient_id == p.id)).all()
-    assert actions.count("consult_dmp") == 2
+    assert actions.count("consult_dmp") == 3
 
 
 @needs_examples

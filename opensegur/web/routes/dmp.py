@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from opensegur.connectors.annuaire_client import AnnuaireClient, AnnuaireError
 from opensegur.content.cda import CdaError, parse_cda
@@ -33,7 +36,7 @@ from opensegur.flows.dmp_feed import DmpRejectedError, DmpUnavailableError
 from opensegur.security import audit
 from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action
-from opensegur.store.models import Patient
+from opensegur.store.models import AuditEvent, Patient
 from opensegur.web.deps import Directory, Dmp, Rt, WebRuntime, allow, ensure_patient
 from opensegur.web.templating import render
 
@@ -55,6 +58,7 @@ class _Target:
     patient: Patient
     cx: str
     consulter: Consulter
+    last_visit: datetime | None = None  # this professional's previous consultation of this patient's DMP
 
 
 async def _specialty(directory: AnnuaireClient | None, rpps: str) -> Coded:
@@ -112,6 +116,7 @@ def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what
             refusal = "Votre compte n'a pas de numéro RPPS : le DMP ne peut pas être consulté en votre nom"
         if refusal is None and profession is None:
             refusal = "Votre profession ne permet pas la consultation du DMP"
+        last_visit = _last_visit(s, actor, p.id) if what == "consult_dmp" else None
         audit.record(s, actor, what, p.id, "dmp", {"refus": refusal} if refusal else None)
         if refusal is None:
             assert actor.rpps is not None and profession is not None and p.ins_matricule and p.ins_oid
@@ -124,9 +129,25 @@ def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what
                 (site.settings or {}).get("secteur_activite", "SA01"),
             )
             s.expunge(p)
-            return _Target(p, patient_cx(p.ins_matricule, p.ins_oid), consulter)
+            return _Target(p, patient_cx(p.ins_matricule, p.ins_oid), consulter, last_visit)
     # Raised once the transaction committed, so the refusal stays in the audit trail.
     raise ConsultationRefused(refusal)
+
+
+def _last_visit(s: Session, actor: Actor, patient_id: int) -> datetime | None:
+    """When this professional last consulted this DMP, from the audit trail (refusals do not count)."""
+    recent = s.scalars(
+        select(AuditEvent)
+        .where(
+            AuditEvent.action == "consult_dmp",
+            AuditEvent.patient_id == patient_id,
+            AuditEvent.actor == actor.name,
+        )
+        .order_by(AuditEvent.id.desc())
+        .limit(20)
+    )
+    at = next((e.at for e in recent if not (e.detail or {}).get("refus")), None)
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
 
 
 def _dmp_error(exc: Exception) -> str:
@@ -159,7 +180,9 @@ async def page_dmp(
         ctx["error"] = "Aucun DMP n'est configuré sur cette plateforme (dmp_iti18_url, dmp_td02_url)"
         return render(request, "patient_dmp.html", ctx, status_code=503)
     try:
-        view: DmpView = await open_dmp(dmp, target.consulter, target.cx, whole=tout)
+        view: DmpView = await open_dmp(
+            dmp, target.consulter, target.cx, whole=tout, last_visit=target.last_visit
+        )
     except (DmpRejectedError, DmpUnavailableError) as exc:
         ctx["error"] = _dmp_error(exc)
         return render(request, "patient_dmp.html", ctx, status_code=502)
