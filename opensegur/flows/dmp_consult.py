@@ -102,6 +102,7 @@ class DmpView:
     since: datetime | None = None  # the search's lower bound; None: the whole DMP
     searched: bool = False
     last_visit: datetime | None = None  # this professional's previous consultation of this DMP
+    refusal: str | None = None  # why the DMP, open, was not searched in this mode
 
     def is_new(self, doc: DocumentMetadata) -> bool:
         """Created after the professional's previous consultation (creationTime is UTC, ITI TF-3 §4.2.3.1.7)."""
@@ -123,13 +124,17 @@ def patient_cx(matricule: str, oid: str) -> str:
     return f"{matricule}^^^&{oid}&ISO^NH"
 
 
-def consent_refusal(patient: Any) -> str | None:
+def consent_refusal(patient: Any, *, emergency: bool = False) -> str | None:
     """Why the patient's DMP may not be consulted whatever the professional, or None.
 
     ``patient`` is a stored Patient: RNIV status, INS and the consent recorded from PAM FR (ZFA-11) or the page.
+    In an emergency (bris de glace) the patient cannot be asked: only the qualified INS is required, and the DMP
+    answers for the patient's opposition to that mode.
     """
     if patient.status != IdentityStatus.QUAL.value or not patient.ins_matricule or not patient.ins_oid:
         return "Identité non qualifiée : le DMP n'est consultable qu'avec une INS qualifiée"
+    if emergency:
+        return None
     consent = (patient.dmp_consent or {}).get("consultation_consent") or "NA"
     if consent != "IC":
         return CONSENT_LABELS.get(consent, CONSENT_LABELS["NA"])
@@ -153,7 +158,14 @@ async def open_dmp(
     ``whole``). The port's errors reach the caller: a page shows the DMP's answer, never half a list."""
     status = await port.status(consulter, cx)
     view = DmpView(status, last_visit=last_visit)
-    if status.status != "OUVERT" or status.authorisation != "AUTORISE":
+    if status.status != "OUVERT" or status.authorisation == "INTERDIT":
+        return view
+    if consulter.purpose_of_use == "bris_de_glace":
+        # Emergency access does not need the professional's authorisation, unless the patient opposed it.
+        if status.opposition_break_glass:
+            view.refusal = "Le patient s'est opposé à l'accès à son DMP en bris de glace"
+            return view
+    elif status.authorisation != "AUTORISE":
         return view
     view.since = None if whole else _first_search_bound(now or datetime.now(UTC))
     docs = await port.find_documents(consulter, cx, since=view.since)

@@ -100,3 +100,24 @@ async def test_documents_created_after_the_last_visit_are_new() -> None:
     assert [view.is_new(d) for d in view.documents] == [True, False]
     first = await open_dmp(port, CONSULTER, "cx", now=NOW)
     assert not any(first.is_new(d) for d in first.documents)
+
+
+async def test_bris_de_glace_needs_no_authorisation_but_respects_the_patients_opposition() -> None:
+    emergency = replace(CONSULTER, purpose_of_use="bris_de_glace")
+    allowed = _Port(Td02Response("OUVERT", authorisation="NON_AUTORISE"), [_doc("20261201")])
+    view = await open_dmp(allowed, emergency, "cx", now=NOW)
+    assert view.searched and len(view.documents) == 1 and view.refusal is None
+    opposed = _Port(Td02Response("OUVERT", authorisation="NON_AUTORISE", opposition_break_glass=True))
+    view = await open_dmp(opposed, emergency, "cx", now=NOW)
+    assert (
+        not view.searched and opposed.searches == [] and view.refusal is not None and "opposé" in view.refusal
+    )
+    blocked = _Port(Td02Response("OUVERT", authorisation="INTERDIT"))
+    assert not (await open_dmp(blocked, emergency, "cx", now=NOW)).searched
+
+
+def test_in_an_emergency_only_the_qualified_ins_is_required() -> None:
+    patient = SimpleNamespace(status="QUAL", ins_matricule="2790351215189", ins_oid="o", dmp_consent={})
+    assert consent_refusal(patient) is not None and consent_refusal(patient, emergency=True) is None
+    patient.status = "PROV"
+    assert consent_refusal(patient, emergency=True) is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from opensegur.connectors.annuaire_client import AnnuaireClient
 from opensegur.connectors.dmp_client import DmpClient, DmpCredentials, DmpEndpoints, DmpIdentity
 from opensegur.ops.demo import demo_dmp_patients, luhn_complete
+from opensegur.ops.demo_accounts import SITE_1
 from opensegur.sandbox.annuaire import SANDBOX_API_KEY
 from opensegur.sandbox.dmp import REPOSITORY_UNIQUE_ID, create_dmp_app
 from opensegur.sandbox.dmp.patients import PatientRegistry, default_patients
@@ -247,10 +249,46 @@ async def test_a_dmp_that_does_not_answer_is_said_so(offline: Offline, directory
     )
 
 
-async def test_the_patient_page_offers_the_shortcuts_to_who_may_consult(offline: Offline, web: FastAPI) -> None:
+async def test_the_patient_page_offers_the_shortcuts_to_who_may_consult(
+    offline: Offline, web: FastAPI
+) -> None:
     p = _patient(offline)
     page = await _get(web, DOCTOR, f"/identites/{p.id}")
     assert 'id="raccourcis-documentaires"' in page.text and f'href="/identites/{p.id}/dmp"' in page.text
     assert "Consentement à la consultation recueilli" in _text(page)
     secretary = await _get(web, person("secretaire_medicale"), f"/identites/{p.id}")
     assert secretary.status_code == 200 and "raccourcis-documentaires" not in secretary.text
+
+
+@needs_examples
+async def test_bris_de_glace_reaches_the_dmp_in_that_mode_without_consent(
+    offline: Offline, web: FastAPI, sandbox: FastAPI, pki: TestPki
+) -> None:
+    p = _patient(offline, consent="NA")
+    await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(5), "CR des urgences")
+    # A doctor of another unit: no care relationship with this patient.
+    outsider = replace(DOCTOR, assignments=(Assignment("medecin", Scope("unit", SITE_1, "9999")),))
+    refused = await _get(web, outsider, f"/identites/{p.id}/dmp")
+    assert refused.status_code == 403 and "bris de glace" in _text(refused)
+    act_as(web, outsider)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=web), base_url="http://opensegur.test"
+    ) as c:
+        broke = await c.post(
+            f"/identites/{p.id}/bris-de-glace",
+            data={"motif": "Patient inconscient aux urgences, antécédents inconnus"},
+            headers={"x-csrf-token": "jeton-de-test"},
+        )
+    assert broke.status_code == 303
+    page = await _get(web, outsider, f"/identites/{p.id}/dmp")
+    assert page.status_code == 200 and 'id="bris-de-glace"' in page.text and "CR des urgences" in page.text
+    with offline.db.session() as s:
+        [event] = s.scalars(
+            select(AuditEvent).where(AuditEvent.action == "consult_dmp", AuditEvent.patient_id == p.id)
+        ).all()
+    assert event.detail == {"mode": "bris_de_glace"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
+        history = (await c.get("/dmp/access-history", params={"patient": p.ins_matricule})).json()["accesses"]
+    consultations = [h for h in history if h["transaction"] in ("td02", "iti18")]
+    assert consultations and {h["purpose_of_use"] for h in consultations} == {"bris_de_glace"}
+    assert {h["authentication_mode"] for h in consultations} == {"INDIRECTE_RENFORCEE"}

@@ -33,11 +33,11 @@ from opensegur.flows.dmp_consult import (
     patient_cx,
 )
 from opensegur.flows.dmp_feed import DmpRejectedError, DmpUnavailableError
-from opensegur.security import audit
+from opensegur.security import access, audit
 from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action
 from opensegur.store.models import AuditEvent, Patient
-from opensegur.web.deps import Directory, Dmp, Rt, WebRuntime, allow, ensure_patient
+from opensegur.web.deps import Directory, Dmp, Rt, WebRuntime, allow, ensure_patient, matrix_of
 from opensegur.web.templating import render
 
 router = APIRouter()
@@ -110,14 +110,21 @@ def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what
         if p is None:
             raise HTTPException(404, "Patient inconnu")
         ensure_patient(s, rt, actor, Action.DMP_CONSULT, p.id, path)
-        refusal = consent_refusal(p)
+        # Outside the care relationship, ensure_patient let the actor in only because they broke the glass.
+        emergency = not access.patient_allowed(
+            s, matrix_of(rt).scopes(actor.assignments, Action.DMP_CONSULT), p.id
+        )
+        refusal = consent_refusal(p, emergency=emergency)
         profession = next((PROFESSIONS[r] for r in actor.roles if r in PROFESSIONS), None)
         if refusal is None and not actor.rpps:
             refusal = "Votre compte n'a pas de numéro RPPS : le DMP ne peut pas être consulté en votre nom"
         if refusal is None and profession is None:
             refusal = "Votre profession ne permet pas la consultation du DMP"
         last_visit = _last_visit(s, actor, p.id) if what == "consult_dmp" else None
-        audit.record(s, actor, what, p.id, "dmp", {"refus": refusal} if refusal else None)
+        detail = {"refus": refusal} if refusal else {}
+        if emergency:
+            detail["mode"] = "bris_de_glace"
+        audit.record(s, actor, what, p.id, "dmp", detail or None)
         if refusal is None:
             assert actor.rpps is not None and profession is not None and p.ins_matricule and p.ins_oid
             site = p.structure
@@ -127,6 +134,7 @@ def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what
                 (profession,),
                 "1" + site.finess,
                 (site.settings or {}).get("secteur_activite", "SA01"),
+                "bris_de_glace" if emergency else "normal",
             )
             s.expunge(p)
             return _Target(p, patient_cx(p.ins_matricule, p.ins_oid), consulter, last_visit)
@@ -176,6 +184,7 @@ async def page_dmp(
     except ConsultationRefused as exc:
         return render(request, "patient_dmp.html", {**ctx, "refusal": exc.reason}, status_code=409)
     ctx["p"] = target.patient
+    ctx["emergency"] = target.consulter.purpose_of_use == "bris_de_glace"
     if dmp is None:
         ctx["error"] = "Aucun DMP n'est configuré sur cette plateforme (dmp_iti18_url, dmp_td02_url)"
         return render(request, "patient_dmp.html", ctx, status_code=503)
