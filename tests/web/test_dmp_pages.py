@@ -292,3 +292,31 @@ async def test_bris_de_glace_reaches_the_dmp_in_that_mode_without_consent(
     consultations = [h for h in history if h["transaction"] in ("td02", "iti18")]
     assert consultations and {h["purpose_of_use"] for h in consultations} == {"bris_de_glace"}
     assert {h["authentication_mode"] for h in consultations} == {"INDIRECTE_RENFORCEE"}
+
+
+async def test_the_consent_is_recorded_from_the_page_and_audited(offline: Offline, web: FastAPI) -> None:
+    p = _patient(offline, consent=None)
+    page = await _get(web, DOCTOR, f"/identites/{p.id}/dmp")
+    assert page.status_code == 409 and 'id="recueil-consentement"' in page.text
+    act_as(web, DOCTOR)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=web), base_url="http://opensegur.test"
+    ) as c:
+        bad = await c.post(
+            f"/identites/{p.id}/consentement-dmp",
+            data={"consentement": "OUI"},
+            headers={"x-csrf-token": "jeton-de-test"},
+        )
+        assert bad.status_code == 422
+        done = await c.post(
+            f"/identites/{p.id}/consentement-dmp",
+            data={"consentement": "IC"},
+            headers={"x-csrf-token": "jeton-de-test"},
+        )
+    assert done.status_code == 303 and done.headers["location"] == f"/identites/{p.id}/dmp"
+    with offline.db.session() as s:
+        stored = s.get_one(Patient, p.id).dmp_consent
+        [event] = s.scalars(select(AuditEvent).where(AuditEvent.action == "dmp_consent")).all()
+    assert stored["consultation_consent"] == "IC" and len(stored["consultation_consent_date"]) == 14
+    assert event.detail == {"avant": "NA", "apres": "IC"} and event.patient_id == p.id
+    assert (await _get(web, DOCTOR, f"/identites/{p.id}/dmp")).status_code == 200

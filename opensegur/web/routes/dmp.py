@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,7 @@ from opensegur.content.cda import CdaError, parse_cda
 from opensegur.content.narrative import embedded_file, sections
 from opensegur.documents.metadata import Coded
 from opensegur.flows.dmp_consult import (
+    CONSENT_LABELS,
     NEEDS_SPECIALTY,
     OID_SPECIALTY,
     PROFESSIONS,
@@ -38,6 +39,7 @@ from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action
 from opensegur.store.models import AuditEvent, Patient
 from opensegur.web.deps import Directory, Dmp, Rt, WebRuntime, allow, ensure_patient, matrix_of
+from opensegur.web.flash import redirect_with_message
 from opensegur.web.templating import render
 
 router = APIRouter()
@@ -249,3 +251,32 @@ async def page_dmp_document(
         "file": file,
     }
     return render(request, "dmp_document.html", ctx)
+
+
+@router.post("/identites/{patient_id}/consentement-dmp", include_in_schema=False)
+async def page_dmp_consent(
+    request: Request,
+    patient_id: int,
+    actor: Consultant,
+    rt: Rt,
+    consentement: str = Form(pattern="^(IC|INC)$"),
+) -> RedirectResponse:
+    """The patient, informed, consents to the consultation of their DMP (IC) or refuses it (INC): recorded as
+    PAM FR ZFA-11 would bring it, with the date, and in the audit trail with the value it replaces."""
+
+    def _do() -> None:
+        with rt.db.session() as s:
+            p = s.get(Patient, patient_id)
+            if p is None:
+                raise HTTPException(404, "Patient inconnu")
+            ensure_patient(s, rt, actor, Action.DMP_CONSULT, p.id, request.url.path)
+            before = (p.dmp_consent or {}).get("consultation_consent") or "NA"
+            p.dmp_consent = {
+                **(p.dmp_consent or {}),
+                "consultation_consent": consentement,
+                "consultation_consent_date": datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
+            }
+            audit.record(s, actor, "dmp_consent", p.id, "dmp", {"avant": before, "apres": consentement})
+
+    await asyncio.to_thread(_do)
+    return redirect_with_message(f"/identites/{patient_id}/dmp", CONSENT_LABELS[consentement], actor)
