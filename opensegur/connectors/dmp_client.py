@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -289,10 +290,17 @@ class DmpClient:
             raise DmpUnavailableError(f"Réponse TD0.2 illisible : {exc}", [exchange]) from exc
 
     async def find_documents(
-        self, consulter: Consulter, patient_cx: str, *, since: datetime | None
+        self,
+        consulter: Consulter,
+        patient_cx: str,
+        *,
+        since: datetime | None,
+        type_codes: Sequence[Coded] | None = None,
     ) -> list[DocumentMetadata]:
         body = xds.build_find_documents(
-            patient_cx, creation_time_from=since.strftime("%Y%m%d%H%M%S") if since else None
+            patient_cx,
+            type_codes=type_codes,
+            creation_time_from=since.strftime("%Y%m%d%H%M%S") if since else None,
         )
         response, _parts, exchange = await self._call(
             "ITI-18", self.endpoints.iti18, xds.ACTION_ITI18, body, self._consult_vihf(consulter, patient_cx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -29,7 +30,12 @@ class _Port:
         return self.answer
 
     async def find_documents(
-        self, consulter: Consulter, patient_cx: str, *, since: datetime | None
+        self,
+        consulter: Consulter,
+        patient_cx: str,
+        *,
+        since: datetime | None,
+        type_codes: Sequence[Coded] | None = None,
     ) -> list[DocumentMetadata]:
         self.searches.append(since)
         return self.docs

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from opensegur.connectors.annuaire_client import AnnuaireClient
 from opensegur.connectors.dmp_client import DmpClient, DmpCredentials, DmpEndpoints, DmpIdentity
+from opensegur.content import jdv
 from opensegur.ops.demo import demo_dmp_patients, luhn_complete
 from opensegur.ops.demo_accounts import SITE_1
 from opensegur.sandbox.annuaire import SANDBOX_API_KEY
@@ -320,3 +321,42 @@ async def test_the_consent_is_recorded_from_the_page_and_audited(offline: Offlin
     assert stored["consultation_consent"] == "IC" and len(stored["consultation_consent_date"]) == 14
     assert event.detail == {"avant": "NA", "apres": "IC"} and event.patient_id == p.id
     assert (await _get(web, DOCTOR, f"/identites/{p.id}/dmp")).status_code == 200
+
+
+VAC = EXAMPLES / "VAC_2023.01.xml"
+VAC_NOTE = EXAMPLES / "VAC-NOTE_2023.01.xml"
+
+
+@needs_examples
+async def test_the_carnet_de_vaccination_gathers_the_vaccination_documents_once_each(
+    offline: Offline, web: FastAPI, sandbox: FastAPI, pki: TestPki
+) -> None:
+    p = _patient(offline)
+    types = jdv.load_value_set(jdv.JDV_TYPE_CODE).codes
+    for path, code in ((VAC, "11369-6"), (VAC_NOTE, "87273-9")):
+        uid = new_oid()
+        m = metadata(
+            uid, _cx(p), type_code=types[code], creation_time=_recent(9 * 365), title=types[code].display
+        )
+        sub = iti41(pki, patient=_cx(p), docs=[(m, path.read_bytes())])
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test"
+        ) as c:
+            assert registry_result(await post(c, "/dmp/iti41", sub.request)).ok
+    await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(3), "CR sans vaccination")
+    page = await _get(web, DOCTOR, f"/identites/{p.id}/dmp/vaccinations")
+    assert page.status_code == 200, page.text
+    table = _text(page).split('id="carnet"')[1]
+    rows = table.count("<tr>") - 1
+    # VAC's four injections; the note's tetanus injection (same day, same lot) is one of them.
+    assert (
+        rows == 4 and "Vaccin antituberculeux" in table and "Charles MULLER" in table and "4456672" in table
+    )
+    assert table.index("09/04/2021") < table.index("28/09/2009") < table.index("1975")  # newest first
+    csv_page = await _get(web, DOCTOR, f"/identites/{p.id}/dmp/vaccinations?format=csv")
+    assert (
+        csv_page.headers["content-type"].startswith("text/csv")
+        and "attachment" in csv_page.headers["content-disposition"]
+    )
+    lines = csv_page.content.decode("utf-8-sig").splitlines()
+    assert lines[0].startswith("Date;Vaccin;Protège contre") and len(lines) == 5

@@ -8,6 +8,8 @@ document opened is written in the audit trail; the DMP keeps its own access hist
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -29,9 +31,11 @@ from opensegur.flows.dmp_consult import (
     ConsultationRefused,
     Consulter,
     DmpView,
+    VaccinationRecord,
     consent_refusal,
     open_dmp,
     patient_cx,
+    vaccination_record,
 )
 from opensegur.flows.dmp_feed import DmpRejectedError, DmpUnavailableError
 from opensegur.security import access, audit
@@ -39,6 +43,7 @@ from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action
 from opensegur.store.models import AuditEvent, Patient
 from opensegur.web.deps import Directory, Dmp, Rt, WebRuntime, allow, ensure_patient, matrix_of
+from opensegur.web.documents import dtm_fr
 from opensegur.web.flash import redirect_with_message
 from opensegur.web.templating import render
 
@@ -280,3 +285,62 @@ async def page_dmp_consent(
 
     await asyncio.to_thread(_do)
     return redirect_with_message(f"/identites/{patient_id}/dmp", CONSENT_LABELS[consentement], actor)
+
+
+@router.get("/identites/{patient_id}/dmp/vaccinations", include_in_schema=False)
+async def page_dmp_vaccinations(
+    request: Request,
+    patient_id: int,
+    actor: Consultant,
+    rt: Rt,
+    dmp: Dmp,
+    directory: Directory,
+    format: str = Query("html", pattern="^(html|csv)$", description="csv : le carnet à télécharger"),
+) -> Response:
+    """The carnet de vaccination, from the patient's vaccination documents in the DMP; CSV to download."""
+    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id}
+    try:
+        target = await _target(rt, directory, actor, patient_id, request.url.path, "consult_dmp_vaccinations")
+    except ConsultationRefused as exc:
+        return render(request, "patient_vaccinations.html", {**ctx, "refusal": exc.reason}, status_code=409)
+    ctx["p"] = target.patient
+    if dmp is None:
+        ctx["error"] = "Aucun DMP n'est configuré sur cette plateforme (dmp_iti18_url, dmp_td02_url)"
+        return render(request, "patient_vaccinations.html", ctx, status_code=503)
+    try:
+        record = await vaccination_record(dmp, target.consulter, target.cx)
+    except (DmpRejectedError, DmpUnavailableError) as exc:
+        ctx["error"] = _dmp_error(exc)
+        return render(request, "patient_vaccinations.html", ctx, status_code=502)
+    if format == "csv":
+        return Response(
+            _vaccinations_csv(record),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="carnet-vaccination-{patient_id}.csv"',
+                "Cache-Control": "no-store",
+            },
+        )
+    ctx["record"] = record
+    return render(request, "patient_vaccinations.html", ctx)
+
+
+def _vaccinations_csv(record: VaccinationRecord) -> bytes:
+    out = io.StringIO()
+    # Semicolons and a BOM: what a French spreadsheet opens without an import dialog.
+    writer = csv.writer(out, delimiter=";")
+    writer.writerow(["Date", "Vaccin", "Protège contre", "Rang", "Lot", "Vaccinateur", "Statut", "Réactions"])
+    for v in record.vaccinations:
+        writer.writerow(
+            [
+                dtm_fr(v.date[:8]),
+                v.vaccine,
+                v.protects_against,
+                v.rank,
+                v.lot,
+                v.vaccinator,
+                "Administré" if v.given else "Non administré",
+                " ; ".join(v.reactions),
+            ]
+        )
+    return ("\ufeff" + out.getvalue()).encode("utf-8")
