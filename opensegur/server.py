@@ -558,10 +558,17 @@ class Platform:
         psc = PscSandbox(data / "psc", f"{base}/psc")
         endpoints["psc"] = psc.endpoints()
         # The demo's patients have a DMP, as a hospital's test patients have one on the DMP test platform.
-        patients = PatientRegistry([*default_patients(), *demo_dmp_patients()]) if s.demo else None
+        demo = demo_dmp_patients() if s.demo else []
+        patients = PatientRegistry([*default_patients(), *demo]) if s.demo else None
         await self._serve_http(
             create_sandbox_app(
-                data, pki, operator, endpoints if publish else None, psc=psc, dmp_patients=patients
+                data,
+                pki,
+                operator,
+                endpoints if publish else None,
+                psc=psc,
+                dmp_patients=patients,
+                dmp_demo_content=demo,
             ),
             sock,
         )

@@ -5,6 +5,7 @@ The MSSanté operator also listens on SMTP and IMAP ports of its own; its HTTP s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from fastapi import FastAPI
 
 from opensegur.sandbox.annuaire import create_annuaire_router
 from opensegur.sandbox.dmp.app import create_dmp_app
-from opensegur.sandbox.dmp.patients import PatientRegistry
+from opensegur.sandbox.dmp.patients import DmpPatient, PatientRegistry
 from opensegur.sandbox.insi import create_insi_app
 from opensegur.sandbox.mssante import MssOperator, create_mssante_router
 from opensegur.sandbox.psc import PscSandbox, create_psc_router
@@ -26,10 +27,15 @@ def create_sandbox_app(
     endpoints: dict[str, Any] | None = None,
     psc: PscSandbox | None = None,
     dmp_patients: PatientRegistry | None = None,
+    dmp_demo_content: Sequence[DmpPatient] = (),
 ) -> FastAPI:
     app = FastAPI(title="OpenSégur sandbox — services nationaux simulés")
     app.include_router(create_insi_app().router)
-    app.include_router(create_dmp_app(data_dir, pki, prefix="/dmp", patients=dmp_patients).router)
+    app.include_router(
+        create_dmp_app(
+            data_dir, pki, prefix="/dmp", patients=dmp_patients, demo_content=dmp_demo_content
+        ).router
+    )
     app.include_router(create_annuaire_router(), prefix="/annuaire")
     if operator is not None:
         app.include_router(create_mssante_router(operator))

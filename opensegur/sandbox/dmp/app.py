@@ -27,7 +27,7 @@ import asyncio
 import re
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -49,6 +49,7 @@ from opensegur.sandbox.dmp.patients import (
     PatientRegistry,
     parse_patient_cx,
 )
+from opensegur.sandbox.dmp.seed import seed_demo_dmp
 from opensegur.sandbox.dmp.store import ERR_FORBIDDEN, Caller, DmpStore, StoredEntry, status_short
 from opensegur.sandbox.faults import FaultInjector
 from opensegur.security.pki import TestPki, structure_id_of
@@ -779,9 +780,13 @@ def create_dmp_app(
     prefix: str = "/dmp",
     patients: PatientRegistry | None = None,
     timeout_sleep_s: float = MAX_SLEEP_S,
+    demo_content: Sequence[DmpPatient] = (),
 ) -> FastAPI:
-    """The DMP sandbox; mount it with ``app.include_router(create_dmp_app(...).router)``."""
+    """The DMP sandbox; mount it with ``app.include_router(create_dmp_app(...).router)``. ``demo_content``: the
+    patients whose open DMP gets the demo documents (once; see ``seed``)."""
     sandbox = DmpSandbox(data_dir, pki, patients)
+    if demo_content:
+        seed_demo_dmp(sandbox.store, list(demo_content))
     faults = _Faults(timeout_sleep_s)
     app = FastAPI(title="OpenSégur DMP sandbox", docs_url=None, redoc_url=None)
     app.state.dmp = sandbox
