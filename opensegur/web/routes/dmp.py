@@ -30,7 +30,7 @@ from opensegur.flows.dmp_consult import (
     PROFESSIONS,
     ConsultationRefused,
     Consulter,
-    DmpView,
+    DmpConsultPort,
     VaccinationRecord,
     consent_refusal,
     open_dmp,
@@ -45,6 +45,7 @@ from opensegur.store.models import AuditEvent, Patient
 from opensegur.web.deps import Directory, Dmp, Rt, WebRuntime, allow, ensure_patient, matrix_of
 from opensegur.web.documents import dtm_fr
 from opensegur.web.flash import redirect_with_message
+from opensegur.web.safety import DOCUMENT_CSP, attachment_headers
 from opensegur.web.templating import render
 
 router = APIRouter()
@@ -54,7 +55,7 @@ Consultant = Annotated[Actor, Depends(allow(Action.DMP_CONSULT))]
 # matrix's answer, for who the user is.
 # A document from the DMP is the sender's content: shown in a sandboxed frame, never with our scripts or cookies.
 _INERT = {
-    "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'",
+    "Content-Security-Policy": DOCUMENT_CSP,
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
@@ -165,6 +166,33 @@ def _last_visit(s: Session, actor: Actor, patient_id: int) -> datetime | None:
     return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
 
 
+_NO_DMP = "Aucun DMP n'est configuré sur cette plateforme (dmp_iti18_url, dmp_td02_url)"
+DMP_ERRORS = (DmpRejectedError, DmpUnavailableError)
+
+
+async def _consultation(
+    request: Request,
+    page: str,
+    ctx: dict[str, Any],
+    rt: WebRuntime,
+    directory: AnnuaireClient | None,
+    actor: Actor,
+    dmp: DmpConsultPort | None,
+    what: str,
+) -> tuple[_Target, DmpConsultPort] | Response:
+    """The professional and the DMP for one consultation page, or the page that says why there is none (409: the
+    patient's or the account's state; 503: no DMP configured). Fills ``ctx`` with the patient."""
+    try:
+        target = await _target(rt, directory, actor, ctx["patient_id"], request.url.path, what)
+    except ConsultationRefused as exc:
+        return render(request, page, {**ctx, "refusal": exc.reason}, status_code=409)
+    ctx["p"] = target.patient
+    ctx["emergency"] = target.consulter.purpose_of_use == "bris_de_glace"
+    if dmp is None:
+        return render(request, page, {**ctx, "error": _NO_DMP}, status_code=503)
+    return target, dmp
+
+
 def _dmp_error(exc: Exception) -> str:
     if isinstance(exc, DmpRejectedError):
         return f"Le DMP a refusé la demande ({exc.code}) : {exc.message}"
@@ -180,29 +208,18 @@ async def page_dmp(
     dmp: Dmp,
     directory: Directory,
     tout: bool = Query(False, description="toute la durée du DMP, au lieu des deux dernières années"),
-) -> HTMLResponse:
-    ctx: dict[str, Any] = {
-        "request": request,
-        "patient_id": patient_id,
-        "whole": tout,
-    }
+) -> Response:
+    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id, "whole": tout}
+    ready = await _consultation(request, "patient_dmp.html", ctx, rt, directory, actor, dmp, "consult_dmp")
+    if isinstance(ready, Response):
+        return ready
+    target, port = ready
     try:
-        target = await _target(rt, directory, actor, patient_id, request.url.path, "consult_dmp")
-    except ConsultationRefused as exc:
-        return render(request, "patient_dmp.html", {**ctx, "refusal": exc.reason}, status_code=409)
-    ctx["p"] = target.patient
-    ctx["emergency"] = target.consulter.purpose_of_use == "bris_de_glace"
-    if dmp is None:
-        ctx["error"] = "Aucun DMP n'est configuré sur cette plateforme (dmp_iti18_url, dmp_td02_url)"
-        return render(request, "patient_dmp.html", ctx, status_code=503)
-    try:
-        view: DmpView = await open_dmp(
-            dmp, target.consulter, target.cx, whole=tout, last_visit=target.last_visit
+        ctx["view"] = await open_dmp(
+            port, target.consulter, target.cx, whole=tout, last_visit=target.last_visit
         )
-    except (DmpRejectedError, DmpUnavailableError) as exc:
-        ctx["error"] = _dmp_error(exc)
-        return render(request, "patient_dmp.html", ctx, status_code=502)
-    ctx["view"] = view
+    except DMP_ERRORS as exc:
+        return render(request, "patient_dmp.html", {**ctx, "error": _dmp_error(exc)}, status_code=502)
     return render(request, "patient_dmp.html", ctx)
 
 
@@ -217,23 +234,17 @@ async def page_dmp_document(
     depot: str = Query(min_length=1, max_length=64, description="repositoryUniqueId"),
     uid: str = Query(min_length=1, max_length=128, description="uniqueId du document"),
 ) -> Response:
+    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id}
+    ready = await _consultation(
+        request, "dmp_document.html", ctx, rt, directory, actor, dmp, "open_dmp_document"
+    )
+    if isinstance(ready, Response):
+        return ready
+    target, port = ready
     try:
-        target = await _target(rt, directory, actor, patient_id, request.url.path, "open_dmp_document")
-    except ConsultationRefused as exc:
-        return render(
-            request, "patient_dmp.html", {"request": request, "refusal": exc.reason}, status_code=409
-        )
-    if dmp is None:
-        raise HTTPException(503, "Aucun DMP n'est configuré sur cette plateforme")
-    try:
-        doc = await dmp.retrieve(target.consulter, target.cx, depot, uid)
-    except (DmpRejectedError, DmpUnavailableError) as exc:
-        return render(
-            request,
-            "dmp_document.html",
-            {"request": request, "p": target.patient, "error": _dmp_error(exc)},
-            502,
-        )
+        doc = await port.retrieve(target.consulter, target.cx, depot, uid)
+    except DMP_ERRORS as exc:
+        return render(request, "dmp_document.html", {**ctx, "error": _dmp_error(exc)}, status_code=502)
     if doc.mime_type == "application/pdf":
         return Response(doc.content, media_type="application/pdf", headers=_INERT)
     try:
@@ -241,21 +252,13 @@ async def page_dmp_document(
         file = embedded_file(root)
     except CdaError as exc:
         return render(
-            request,
-            "dmp_document.html",
-            {"request": request, "p": target.patient, "error": f"Document illisible : {exc.message_fr}"},
-            422,
+            request, "dmp_document.html", {**ctx, "error": f"Document illisible : {exc.message_fr}"}, 422
         )
     if file is not None and file.media_type == "application/pdf":
         return Response(file.content, media_type="application/pdf", headers=_INERT)
-    ctx = {
-        "request": request,
-        "p": target.patient,
-        "header": header,
-        "sections": sections(root),
-        "file": file,
-    }
-    return render(request, "dmp_document.html", ctx)
+    return render(
+        request, "dmp_document.html", {**ctx, "header": header, "sections": sections(root), "file": file}
+    )
 
 
 @router.post("/identites/{patient_id}/consentement-dmp", include_in_schema=False)
@@ -299,30 +302,19 @@ async def page_dmp_vaccinations(
 ) -> Response:
     """The carnet de vaccination, from the patient's vaccination documents in the DMP; CSV to download."""
     ctx: dict[str, Any] = {"request": request, "patient_id": patient_id}
+    page = "patient_vaccinations.html"
+    ready = await _consultation(request, page, ctx, rt, directory, actor, dmp, "consult_dmp_vaccinations")
+    if isinstance(ready, Response):
+        return ready
+    target, port = ready
     try:
-        target = await _target(rt, directory, actor, patient_id, request.url.path, "consult_dmp_vaccinations")
-    except ConsultationRefused as exc:
-        return render(request, "patient_vaccinations.html", {**ctx, "refusal": exc.reason}, status_code=409)
-    ctx["p"] = target.patient
-    if dmp is None:
-        ctx["error"] = "Aucun DMP n'est configuré sur cette plateforme (dmp_iti18_url, dmp_td02_url)"
-        return render(request, "patient_vaccinations.html", ctx, status_code=503)
-    try:
-        record = await vaccination_record(dmp, target.consulter, target.cx)
-    except (DmpRejectedError, DmpUnavailableError) as exc:
-        ctx["error"] = _dmp_error(exc)
-        return render(request, "patient_vaccinations.html", ctx, status_code=502)
+        record = await vaccination_record(port, target.consulter, target.cx)
+    except DMP_ERRORS as exc:
+        return render(request, page, {**ctx, "error": _dmp_error(exc)}, status_code=502)
     if format == "csv":
-        return Response(
-            _vaccinations_csv(record),
-            media_type="text/csv; charset=utf-8",
-            headers={
-                "Content-Disposition": f'attachment; filename="carnet-vaccination-{patient_id}.csv"',
-                "Cache-Control": "no-store",
-            },
-        )
-    ctx["record"] = record
-    return render(request, "patient_vaccinations.html", ctx)
+        headers = attachment_headers(f"carnet-vaccination-{patient_id}.csv", "text/csv; charset=utf-8")
+        return Response(_vaccinations_csv(record), headers={**headers, "Cache-Control": "no-store"})
+    return render(request, page, {**ctx, "record": record})
 
 
 def _vaccinations_csv(record: VaccinationRecord) -> bytes:
