@@ -225,6 +225,10 @@ async def test_who_may_not_consult(offline: Offline, web: FastAPI) -> None:
         unknown.status_code == 409
         and "Aucune spécialité n'est enregistrée dans l'Annuaire Santé" in _text(unknown)
     )
+    # Each refusal is one audit entry saying why; none counts as a consultation.
+    with offline.db.session() as s:
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == "consult_dmp")).all()
+    assert len(events) == 2 and all(e.detail and "refus" in e.detail for e in events)
 
 
 async def test_a_dmp_that_does_not_answer_is_said_so(offline: Offline, directory: AnnuaireClient) -> None:

@@ -95,24 +95,26 @@ async def _target(
     written in the audit trail)."""
     target = await asyncio.to_thread(_local_target, rt, actor, patient_id, path, what)
     profession = target.consulter.roles[0]
+    detail = {"mode": "bris_de_glace"} if target.consulter.purpose_of_use == "bris_de_glace" else {}
     if profession.code in NEEDS_SPECIALTY:
         try:
             specialty = await _specialty(directory, target.consulter.rpps)
         except ConsultationRefused as exc:
-            await asyncio.to_thread(_audit_refusal, rt, actor, patient_id, what, exc.reason)
+            await asyncio.to_thread(_audit, rt, actor, patient_id, what, {**detail, "refus": exc.reason})
             raise
         target.consulter = replace(target.consulter, roles=(profession, specialty))
+    await asyncio.to_thread(_audit, rt, actor, patient_id, what, detail)
     return target
 
 
-def _audit_refusal(rt: WebRuntime, actor: Actor, patient_id: int, what: str, reason: str) -> None:
+def _audit(rt: WebRuntime, actor: Actor, patient_id: int, what: str, detail: dict[str, str]) -> None:
     with rt.db.session() as s:
-        audit.record(s, actor, what, patient_id, "dmp", {"refus": reason})
+        audit.record(s, actor, what, patient_id, "dmp", detail or None)
 
 
 def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what: str) -> _Target:
-    """What the platform's own data decide: access, INS, consent, RPPS, profession. The access check and the
-    audit entry share one transaction."""
+    """What the platform's own data decide: access, INS, consent, RPPS, profession. A refusal is audited in the
+    transaction of the access check; a consultation, once the professional's specialty is known too."""
     with rt.db.session() as s:
         p = s.get(Patient, patient_id)
         if p is None:
@@ -129,11 +131,10 @@ def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what
         if refusal is None and profession is None:
             refusal = "Votre profession ne permet pas la consultation du DMP"
         last_visit = _last_visit(s, actor, p.id) if what == "consult_dmp" else None
-        detail = {"refus": refusal} if refusal else {}
-        if emergency:
-            detail["mode"] = "bris_de_glace"
-        audit.record(s, actor, what, p.id, "dmp", detail or None)
-        if refusal is None:
+        if refusal is not None:
+            detail = {"refus": refusal, **({"mode": "bris_de_glace"} if emergency else {})}
+            audit.record(s, actor, what, p.id, "dmp", detail)
+        else:
             assert actor.rpps is not None and profession is not None and p.ins_matricule and p.ins_oid
             site = p.structure
             consulter = Consulter(
