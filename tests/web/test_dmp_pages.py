@@ -364,3 +364,39 @@ async def test_the_carnet_de_vaccination_gathers_the_vaccination_documents_once_
     )
     lines = csv_page.content.decode("utf-8-sig").splitlines()
     assert lines[0].startswith("Date;Vaccin;Protège contre") and len(lines) == 5
+
+
+CONSENT_EXAMPLES = Path("/work/shared/hl7v2-examples/Vague 2/Consentement_DMP_PAMFR")
+
+
+@pytest.mark.skipif(not CONSENT_EXAMPLES.exists(), reason="ANS PAM FR examples not available")
+@pytest.mark.parametrize(
+    ("example", "allowed", "reason"),
+    [
+        ("ConsentementConsultation_NonOppositionAlimentation.er7", True, None),
+        ("NonConsentementConsultation_NonOppositionAlimentation.er7", False, "refusé la consultation"),
+        ("NonConsentementConsultation_OppositionAlimentation.er7", False, "refusé la consultation"),
+        ("NonRecueillieConsentementConsultation_NonOppositionAlimentation.er7", False, "non recueilli"),
+        (
+            "NonRecueillieConsentementConsultation_NonRecueillieOppositionAlimentation.er7",
+            False,
+            "non recueilli",
+        ),
+    ],
+)
+async def test_each_pam_fr_consent_example_decides_the_dmp_tab(
+    offline: Offline, web: FastAPI, example: str, allowed: bool, reason: str | None
+) -> None:
+    raw = (CONSENT_EXAMPLES / example).read_bytes()
+    control = raw.split(b"|")[9]
+    ack = offline.intake.handle(raw.replace(b"|" + control + b"|", b"|CONSENT-" + control + b"|", 1))
+    assert ack.ack_code == "AA", ack
+    with offline.db.session() as s:
+        p = s.scalars(select(Patient).where(Patient.ins_matricule == "279035121518989")).one()
+        p.status = "QUAL"  # the examples send VALI: qualified here as the INSi would, to isolate the consent
+        patient_id = p.id
+    page = await _get(web, DOCTOR, f"/identites/{patient_id}/dmp")
+    if allowed:
+        assert page.status_code == 200 and "DMP ouvert" in page.text
+    else:
+        assert page.status_code == 409 and reason is not None and reason in _text(page)
