@@ -311,6 +311,19 @@ class DmpClient:
             raise DmpRejectedError(first.code, first.context, [exchange])
         return result.documents
 
+    async def get_document(
+        self, consulter: Consulter, patient_cx: str, unique_id: str
+    ) -> DocumentMetadata | None:
+        body = xds.build_get_documents(unique_ids=[unique_id])
+        response, _parts, exchange = await self._call(
+            "ITI-18", self.endpoints.iti18, xds.ACTION_ITI18, body, self._consult_vihf(consulter, patient_cx)
+        )
+        result = xds.parse_query_response(response)
+        if result.status not in ("Success", "PartialSuccess"):
+            first = result.errors[0] if result.errors else xds.XdsErrorInfo("XDSRegistryError", "Échec")
+            raise DmpRejectedError(first.code, first.context, [exchange])
+        return next((d for d in result.documents if d.unique_id == unique_id), None)
+
     async def retrieve(
         self, consulter: Consulter, patient_cx: str, repository_unique_id: str, unique_id: str
     ) -> xds.RetrievedDocument:

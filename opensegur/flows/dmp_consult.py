@@ -10,6 +10,7 @@ reached through ``DmpConsultPort``; this module builds no XML.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from opensegur.transactions.td02 import Td02Response
 from opensegur.transactions.xds import SIGNATURE_CLASS, RetrievedDocument
 
 __all__ = [
+    "AlteredDocument",
     "CONSENT_LABELS",
     "DMP_STATUS_LABELS",
     "FIRST_SEARCH_YEARS",
@@ -38,6 +40,7 @@ __all__ = [
     "consent_refusal",
     "VaccinationRecord",
     "open_dmp",
+    "open_document",
     "vaccination_record",
     "patient_cx",
 ]
@@ -100,6 +103,10 @@ class DmpConsultPort(Protocol):
         since: datetime | None,
         type_codes: Sequence[Coded] | None = None,
     ) -> list[DocumentMetadata]: ...
+
+    async def get_document(
+        self, consulter: Consulter, patient_cx: str, unique_id: str
+    ) -> DocumentMetadata | None: ...
 
     async def retrieve(
         self, consulter: Consulter, patient_cx: str, repository_unique_id: str, unique_id: str
@@ -189,6 +196,30 @@ async def open_dmp(
     return view
 
 
+class AlteredDocument(Exception):
+    """What ITI-43 returned is not what the registry lists: shown to nobody, named to the professional."""
+
+
+async def open_document(
+    port: DmpConsultPort, consulter: Consulter, cx: str, unique_id: str
+) -> RetrievedDocument:
+    """The registry's entry (ITI-18 GetDocuments), then the content (ITI-43), checked against the entry's size and
+    SHA-1 before anyone reads it. DmpRejectedError-like errors of the port reach the caller."""
+    entry = await port.get_document(consulter, cx, unique_id)
+    if entry is None or not entry.repository_unique_id:
+        raise AlteredDocument(f"Le document {unique_id} n'est pas, ou plus, dans le DMP de ce patient")
+    doc = await port.retrieve(consulter, cx, entry.repository_unique_id, unique_id)
+    if entry.size is not None and entry.size != len(doc.content):
+        raise AlteredDocument(
+            f"Document non affiché : {len(doc.content)} octets reçus, {entry.size} enregistrés dans le DMP"
+        )
+    if entry.hash_sha1 and entry.hash_sha1.lower() != hashlib.sha1(doc.content).hexdigest():
+        raise AlteredDocument(
+            "Document non affiché : son empreinte SHA-1 diffère de celle enregistrée dans le DMP"
+        )
+    return doc
+
+
 @dataclass
 class VaccinationRecord:
     """The carnet de vaccination: every vaccination of the patient's vaccination documents, newest first."""
@@ -211,6 +242,8 @@ async def vaccination_record(port: DmpConsultPort, consulter: Consulter, cx: str
             continue
         retrieved = await port.retrieve(consulter, cx, doc.repository_unique_id, doc.unique_id)
         try:
+            if doc.hash_sha1 and doc.hash_sha1.lower() != hashlib.sha1(retrieved.content).hexdigest():
+                raise CdaError("DMP_HASH", "empreinte différente de celle enregistrée dans le DMP")
             root, _header = await asyncio.to_thread(parse_cda, retrieved.content)
         except CdaError:
             record.unreadable.append(doc.title or doc.unique_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from opensegur.documents.metadata import Coded, DocumentMetadata
-from opensegur.flows.dmp_consult import Consulter, consent_refusal, open_dmp
+from opensegur.flows.dmp_consult import AlteredDocument, Consulter, consent_refusal, open_dmp, open_document
 from opensegur.transactions.td02 import Td02Response
 from opensegur.transactions.xds import SIGNATURE_CLASS, RetrievedDocument
 
@@ -25,6 +26,7 @@ class _Port:
     answer: Td02Response
     docs: list[DocumentMetadata] = field(default_factory=list)
     searches: list[datetime | None] = field(default_factory=list)
+    contents: dict[str, bytes] = field(default_factory=dict)
 
     async def status(self, consulter: Consulter, patient_cx: str) -> Td02Response:
         return self.answer
@@ -40,10 +42,15 @@ class _Port:
         self.searches.append(since)
         return self.docs
 
+    async def get_document(
+        self, consulter: Consulter, patient_cx: str, unique_id: str
+    ) -> DocumentMetadata | None:
+        return next((d for d in self.docs if d.unique_id == unique_id), None)
+
     async def retrieve(
         self, consulter: Consulter, patient_cx: str, repository_unique_id: str, unique_id: str
     ) -> RetrievedDocument:
-        raise AssertionError("not used")
+        return RetrievedDocument(repository_unique_id, unique_id, "text/xml", self.contents[unique_id])
 
 
 def _doc(created: str) -> DocumentMetadata:
@@ -127,3 +134,26 @@ def test_in_an_emergency_only_the_qualified_ins_is_required() -> None:
     assert consent_refusal(patient) is not None and consent_refusal(patient, emergency=True) is None
     patient.status = "PROV"
     assert consent_refusal(patient, emergency=True) is not None
+
+
+@pytest.mark.parametrize(
+    ("sent", "why"),
+    [(b"<ClinicalDocument/>!", "octets reçus"), (b"<ClinicalDocument/ ", "empreinte SHA-1")],
+)
+async def test_a_document_that_is_not_what_the_registry_lists_is_not_shown(sent: bytes, why: str) -> None:
+    listed = b"<ClinicalDocument/>"
+    entry = replace(
+        _doc("20261201"),
+        repository_unique_id="1.2.3",
+        size=len(listed),
+        hash_sha1=hashlib.sha1(listed).hexdigest(),
+    )
+    port = _Port(
+        Td02Response("OUVERT", authorisation="AUTORISE"), [entry], contents={entry.unique_id: listed}
+    )
+    assert (await open_document(port, CONSULTER, "cx", entry.unique_id)).content == listed
+    port.contents[entry.unique_id] = sent
+    with pytest.raises(AlteredDocument, match=why):
+        await open_document(port, CONSULTER, "cx", entry.unique_id)
+    with pytest.raises(AlteredDocument, match="pas, ou plus"):
+        await open_document(port, CONSULTER, "cx", "1.2.3.4.5")

@@ -189,7 +189,7 @@ async def test_a_level_3_document_is_shown_as_text_and_a_level_1_as_an_inert_pdf
     assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF-") and "sandbox" in pdf.headers["content-security-policy"]
     unknown = await _get(web, DOCTOR, f"/identites/{p.id}/dmp/document?depot={repo}&uid=1.2.3.4")
-    assert unknown.status_code == 502 and "XDSDocumentUniqueIdError" in unknown.text
+    assert unknown.status_code == 502 and "n'est pas, ou plus, dans le DMP" in _text(unknown)
 
 
 @pytest.mark.parametrize(

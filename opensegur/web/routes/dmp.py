@@ -28,12 +28,14 @@ from opensegur.flows.dmp_consult import (
     NEEDS_SPECIALTY,
     OID_SPECIALTY,
     PROFESSIONS,
+    AlteredDocument,
     ConsultationRefused,
     Consulter,
     DmpConsultPort,
     VaccinationRecord,
     consent_refusal,
     open_dmp,
+    open_document,
     patient_cx,
     vaccination_record,
 )
@@ -232,7 +234,6 @@ async def page_dmp_document(
     rt: Rt,
     dmp: Dmp,
     directory: Directory,
-    depot: str = Query(min_length=1, max_length=64, description="repositoryUniqueId"),
     uid: str = Query(min_length=1, max_length=128, description="uniqueId du document"),
 ) -> Response:
     ctx: dict[str, Any] = {"request": request, "patient_id": patient_id}
@@ -243,9 +244,11 @@ async def page_dmp_document(
         return ready
     target, port = ready
     try:
-        doc = await port.retrieve(target.consulter, target.cx, depot, uid)
+        doc = await open_document(port, target.consulter, target.cx, uid)
     except DMP_ERRORS as exc:
         return render(request, "dmp_document.html", {**ctx, "error": _dmp_error(exc)}, status_code=502)
+    except AlteredDocument as exc:
+        return render(request, "dmp_document.html", {**ctx, "error": str(exc)}, status_code=502)
     if doc.mime_type == "application/pdf":
         return Response(doc.content, media_type="application/pdf", headers=_INERT)
     try:
