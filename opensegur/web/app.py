@@ -34,6 +34,7 @@ from opensegur.web.routes import (
     mssante,
     oidc,
     ops,
+    readiness,
     scim,
     session,
     webauthn,
@@ -54,6 +55,7 @@ ROUTERS = (
     mss_outbound.router,
     annuaire.router,
     admin.router,
+    readiness.router,
     scim.router,
     webauthn.router,
 )
