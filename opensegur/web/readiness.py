@@ -64,14 +64,13 @@ def _homologation(settings: Settings) -> Indicator:
         ("Certificat de signature de la structure (VIHF, XAdES)", settings.dmp_signing_cert),
         ("Certificat d'authentification de la structure (TLS mutuel DMP)", settings.dmp_tls_cert),
     ]
-    bars = [
-        Bar(
-            label,
-            1.0 if value and value != SANDBOX_IDENTIFIER else 0.0,
-            "renseigné" if value else "à renseigner",
-        )
-        for label, value in checks
-    ]
+
+    def state(value: str | None) -> str:
+        if not value:
+            return "à renseigner"
+        return "valeur du bac à sable, à remplacer" if value == SANDBOX_IDENTIFIER else "renseigné"
+
+    bars = [Bar(label, 1.0 if state(value) == "renseigné" else 0.0, state(value)) for label, value in checks]
     done = sum(b.value == 1.0 for b in bars)
     return Indicator(
         "D",

@@ -46,6 +46,7 @@ async def test_the_page_shows_the_five_conditions_measured_on_the_demo(offline: 
     assert f"{qualified} identité(s) active(s) sur {active}" in text
     assert found["I"].value == pytest.approx(qualified / active)
     assert found["D"].value == 0.0 and found["D"].level_label == "Insuffisant"  # sandbox identifiers only
+    assert [b.detail for b in found["D"].bars][:2] == ["valeur du bac à sable, à remplacer"] * 2
     assert f"sur {accounts} peuvent ouvrir une session forte" in text
     assert 0 < found["A"].value < 1  # some demo accounts have no second factor
     assert 0 < found["C"].value <= 1 and found["C"].bars  # demo stays, demo consents
