@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from opensegur.conformance.catalogue import load_catalogue
 from opensegur.conformance.report import PROVEN, render_html, verdicts
+from opensegur.ops.pdf import print_to_pdf
 
 __all__ = ["register"]
 
@@ -77,22 +77,5 @@ def _report(args: argparse.Namespace) -> int:
 
 def _pdf(html: Path) -> Path | None:
     """The same page printed to PDF by headless Chromium, when it is installed (it is in CI)."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        return None
     pdf = html.with_suffix(".pdf")
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-pdf-header-footer",
-            f"--print-to-pdf={pdf}",
-            html.resolve().as_uri(),
-        ],
-        check=False,
-        capture_output=True,
-        timeout=120,
-    )
-    return pdf if pdf.exists() else None
+    return pdf if print_to_pdf(html, pdf) else None
