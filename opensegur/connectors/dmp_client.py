@@ -302,19 +302,20 @@ class DmpClient:
             type_codes=type_codes,
             creation_time_from=since.strftime("%Y%m%d%H%M%S") if since else None,
         )
-        response, _parts, exchange = await self._call(
-            "ITI-18", self.endpoints.iti18, xds.ACTION_ITI18, body, self._consult_vihf(consulter, patient_cx)
-        )
-        result = xds.parse_query_response(response)
-        if result.status not in ("Success", "PartialSuccess"):
-            first = result.errors[0] if result.errors else xds.XdsErrorInfo("XDSRegistryError", "Échec")
-            raise DmpRejectedError(first.code, first.context, [exchange])
-        return result.documents
+        return (await self._consult_query(consulter, patient_cx, body)).documents
 
     async def get_document(
         self, consulter: Consulter, patient_cx: str, unique_id: str
     ) -> DocumentMetadata | None:
-        body = xds.build_get_documents(unique_ids=[unique_id])
+        result = await self._consult_query(
+            consulter, patient_cx, xds.build_get_documents(unique_ids=[unique_id])
+        )
+        return next((d for d in result.documents if d.unique_id == unique_id), None)
+
+    async def _consult_query(
+        self, consulter: Consulter, patient_cx: str, body: etree._Element
+    ) -> xds.QueryResult:
+        """ITI-18 in the professional's name; the registry's errors as DmpRejectedError."""
         response, _parts, exchange = await self._call(
             "ITI-18", self.endpoints.iti18, xds.ACTION_ITI18, body, self._consult_vihf(consulter, patient_cx)
         )
@@ -322,7 +323,7 @@ class DmpClient:
         if result.status not in ("Success", "PartialSuccess"):
             first = result.errors[0] if result.errors else xds.XdsErrorInfo("XDSRegistryError", "Échec")
             raise DmpRejectedError(first.code, first.context, [exchange])
-        return next((d for d in result.documents if d.unique_id == unique_id), None)
+        return result
 
     async def retrieve(
         self, consulter: Consulter, patient_cx: str, repository_unique_id: str, unique_id: str

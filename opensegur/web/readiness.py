@@ -57,6 +57,18 @@ def _ratio(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
+def _per_site(
+    per: dict[int, list[int]], sites: dict[int, Structure], detail: str
+) -> tuple[list[Bar], int, int]:
+    """One bar per site from ``per`` (site id → [yes, no]), and the totals: yes, all."""
+    bars = [
+        Bar(sites[i].name, _ratio(yes, yes + no), f"{yes} " + detail.format(whole=yes + no))
+        for i, (yes, no) in sorted(per.items())
+        if i in sites
+    ]
+    return bars, sum(yes for yes, _ in per.values()), sum(yes + no for yes, no in per.values())
+
+
 def _homologation(settings: Settings) -> Indicator:
     checks = [
         ("Numéro d'homologation DMP du logiciel (LPS_ID_HOMOLOGATION_DMP)", settings.dmp_lps_homologation_id),
@@ -93,12 +105,7 @@ def _identity(s: Session, sites: dict[int, Structure]) -> Indicator:
     per: dict[int, list[int]] = {}
     for site, is_qualified, count in rows:
         per.setdefault(site, [0, 0])[0 if is_qualified else 1] += count
-    bars = [
-        Bar(sites[i].name, _ratio(q, q + o), f"{q} qualifiée(s) sur {q + o}")
-        for i, (q, o) in sorted(per.items())
-        if i in sites
-    ]
-    qualified, total = sum(q for q, _ in per.values()), sum(q + o for q, o in per.values())
+    bars, qualified, total = _per_site(per, sites, "qualifiée(s) sur {whole}")
     return Indicator(
         "I",
         "Identité qualifiée (INS)",
@@ -125,12 +132,7 @@ def _consent(s: Session, sites: dict[int, Structure]) -> Indicator:
     for site, consent in rows:
         answered = (consent or {}).get("consultation_consent") in ("IC", "INC")
         per.setdefault(site, [0, 0])[0 if answered else 1] += 1
-    bars = [
-        Bar(sites[i].name, _ratio(r, r + m), f"{r} recueilli(s) sur {r + m} patient(s) présent(s)")
-        for i, (r, m) in sorted(per.items())
-        if i in sites
-    ]
-    recorded, total = sum(r for r, _ in per.values()), sum(r + m for r, m in per.values())
+    bars, recorded, total = _per_site(per, sites, "recueilli(s) sur {whole} patient(s) présent(s)")
     return Indicator(
         "C",
         "Consentement à la consultation recueilli",
