@@ -300,7 +300,8 @@ class DmpClient:
         body = xds.build_find_documents(
             patient_cx,
             type_codes=type_codes,
-            creation_time_from=since.strftime("%Y%m%d%H%M%S") if since else None,
+            # PDSM4DMP: the first search is bounded on the acts' date (serviceStartTime), not on the documents'.
+            service_start_time_from=since.strftime("%Y%m%d%H%M%S") if since else None,
         )
         return (await self._consult_query(consulter, patient_cx, body)).documents
 

@@ -978,6 +978,7 @@ def build_find_documents(
     class_codes: Sequence[Coded] | None = None,
     creation_time_from: str | None = None,
     creation_time_to: str | None = None,
+    service_start_time_from: str | None = None,
     return_type: Literal["LeafClass", "ObjectRef"] = "LeafClass",
 ) -> etree._Element:
     return build_stored_query(
@@ -989,6 +990,9 @@ def build_find_documents(
             "$XDSDocumentEntryClassCode": _codes(class_codes),
             "$XDSDocumentEntryCreationTimeFrom": int(creation_time_from) if creation_time_from else None,
             "$XDSDocumentEntryCreationTimeTo": int(creation_time_to) if creation_time_to else None,
+            "$XDSDocumentEntryServiceStartTimeFrom": int(service_start_time_from)
+            if service_start_time_from
+            else None,
         },
         return_type,
     )

@@ -103,10 +103,10 @@ def _cx(p: Patient) -> str:
 
 
 async def _feed(sandbox: FastAPI, pki: TestPki, p: Patient, content: bytes, created: str, title: str) -> str:
+    """A document about an act of ``created`` (its serviceStartTime too: the first search is bounded on it)."""
     uid = new_oid()
-    sub = iti41(
-        pki, patient=_cx(p), docs=[(metadata(uid, _cx(p), creation_time=created, title=title), content)]
-    )
+    m = metadata(uid, _cx(p), creation_time=created, service_start_time=created, title=title)
+    sub = iti41(pki, patient=_cx(p), docs=[(m, content)])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
         assert registry_result(await post(c, "/dmp/iti41", sub.request)).ok
     return uid
@@ -151,14 +151,27 @@ async def test_a_doctor_sees_the_status_and_two_years_of_documents_and_can_widen
     p = _patient(offline)
     await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(30), "CR de biologie TSH")
     await _feed(sandbox, pki, p, CR_BIO_N1.read_bytes(), _recent(4 * 365), "CR de biologie ancien")
+    # Written last week about an act of four years ago: the two-year bound is on the act (serviceStartTime).
+    uid = new_oid()
+    late = metadata(
+        uid, _cx(p), creation_time=_recent(7), service_start_time=_recent(4 * 365), title="CR tardif"
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
+        sub = iti41(pki, patient=_cx(p), docs=[(late, CR_BIO_N3.read_bytes())])
+        assert registry_result(await post(c, "/dmp/iti41", sub.request)).ok
     page = await _get(web, DOCTOR, f"/identites/{p.id}/dmp")
     assert page.status_code == 200, page.text
     assert "DMP ouvert" in page.text and "Vous êtes autorisé(e) à consulter ce DMP" in page.text
     assert "vous n'êtes pas médecin traitant DMP" in _text(page)
     assert 'id="filtre-deux-ans"' in page.text
     assert "CR de biologie TSH" in page.text and "CR de biologie ancien" not in page.text
+    assert "CR tardif" not in page.text
     whole = await _get(web, DOCTOR, f"/identites/{p.id}/dmp?tout=1")
-    assert "CR de biologie TSH" in whole.text and "CR de biologie ancien" in whole.text
+    assert (
+        "CR de biologie TSH" in whole.text
+        and "CR de biologie ancien" in whole.text
+        and "CR tardif" in whole.text
+    )
     assert 'id="derniere-consultation"' in whole.text and ">Nouveau<" not in whole.text
     # A document added after the last visit is marked for this doctor.
     await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(-1), "CR arrivé depuis")

@@ -73,6 +73,8 @@ def seed_demo_dmp(store: DmpStore, patients: list[DmpPatient], now: datetime | N
                 patient_id=cx,
                 source_patient_id=cx,
                 creation_time=when,
+                service_start_time=when,
+                service_stop_time=when,
                 entry_uuid=f"Document{index:02d}",
                 repository_unique_id=None,
             )
