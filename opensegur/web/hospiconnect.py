@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from opensegur.store.models import Account, WebauthnCredential
+from opensegur.store.models import Account
+from opensegur.web.readiness import active_accounts, can_be_strong
 
 __all__ = ["AXES", "QUESTIONS", "Assessment", "Measure", "Question", "assess", "measures"]
 
@@ -81,11 +81,7 @@ def _ratio(part: int, whole: int) -> float:
 
 def measures(s: Session, now: datetime | None = None) -> list[Measure]:
     moment = now or datetime.now(UTC)
-    keys = set(
-        s.scalars(select(WebauthnCredential.account_id).where(WebauthnCredential.revoked_at.is_(None)))
-    )
-    accounts = s.scalars(select(Account)).all()
-    active = [a for a in accounts if a.active]
+    active, keys = active_accounts(s)
     n = len(active)
 
     def last(a: Account) -> datetime | None:
@@ -95,7 +91,7 @@ def measures(s: Session, now: datetime | None = None) -> list[Measure]:
     managed = sum(1 for a in active if a.source in ("hr", "scim"))
     dormant = sum(1 for a in active if (seen := last(a)) is None or moment - seen > DORMANT_AFTER)
     departed = sum(1 for a in active if a.departed_at is not None)
-    strong = sum(1 for a in active if a.totp_secret or a.id in keys or a.psc_sub or a.sso_sub)
+    strong = sum(1 for a in active if can_be_strong(a, keys))
     return [
         Measure(
             "1", "Comptes gérés par le SIRH ou SCIM", _ratio(managed, n), f"{managed} sur {n} comptes actifs"

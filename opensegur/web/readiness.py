@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opensegur.security.matrix import Action, Assignment, Matrix
 from opensegur.store.models import Account, Patient, Stay, Structure, WebauthnCredential
+from opensegur.web.queries import ins_metrics
 
 if TYPE_CHECKING:
     from opensegur.config import Settings
@@ -51,6 +52,19 @@ class Indicator:
     @property
     def level_label(self) -> str:
         return {"bon": "Atteint", "moyen": "À consolider", "faible": "Insuffisant"}[self.level]
+
+
+def active_accounts(s: Session) -> tuple[list[Account], set[int]]:
+    """The active accounts, and the ids of those holding a FIDO2 key not revoked."""
+    keys = set(
+        s.scalars(select(WebauthnCredential.account_id).where(WebauthnCredential.revoked_at.is_(None)))
+    )
+    return list(s.scalars(select(Account).where(Account.active.is_(True)))), keys
+
+
+def can_be_strong(account: Account, keys: set[int]) -> bool:
+    """Whether the account can open a strong session: TOTP, a FIDO2 key, Pro Santé Connect or the hospital SSO."""
+    return bool(account.totp_secret or account.id in keys or account.psc_sub or account.sso_sub)
 
 
 def _ratio(part: int, whole: int) -> float:
@@ -97,15 +111,17 @@ def _homologation(settings: Settings) -> Indicator:
 
 
 def _identity(s: Session, sites: dict[int, Structure]) -> Indicator:
-    rows = s.execute(
-        select(Patient.structure_id, Patient.status == "QUAL", func.count())
-        .where(Patient.active.is_(True))
-        .group_by(Patient.structure_id, Patient.status == "QUAL")
-    ).all()
-    per: dict[int, list[int]] = {}
-    for site, is_qualified, count in rows:
-        per.setdefault(site, [0, 0])[0 if is_qualified else 1] += count
-    bars, qualified, total = _per_site(per, sites, "qualifiée(s) sur {whole}")
+    metrics = ins_metrics(s)
+    bars = [
+        Bar(
+            site["name"],
+            site["qualified_rate"],
+            f"{site['qualified']} qualifiée(s) sur {site['active_identities']}",
+        )
+        for site in metrics["sites"]
+        if site["structure_id"] in sites
+    ]
+    qualified, total = metrics["qualified"], metrics["active_identities"]
     return Indicator(
         "I",
         "Identité qualifiée (INS)",
@@ -146,11 +162,8 @@ def _consent(s: Session, sites: dict[int, Structure]) -> Indicator:
 
 
 def _authentication(s: Session) -> Indicator:
-    keys = set(
-        s.scalars(select(WebauthnCredential.account_id).where(WebauthnCredential.revoked_at.is_(None)))
-    )
-    accounts = s.scalars(select(Account).where(Account.active.is_(True))).all()
-    strong = [a for a in accounts if a.totp_secret or a.id in keys or a.psc_sub or a.sso_sub]
+    accounts, keys = active_accounts(s)
+    strong = [a for a in accounts if can_be_strong(a, keys)]
     by_kind = {
         "Second facteur TOTP": sum(1 for a in accounts if a.totp_secret),
         "Clé FIDO2 (WebAuthn)": sum(1 for a in accounts if a.id in keys),
