@@ -73,8 +73,11 @@ def test_a_document_over_the_time_limit_is_blocked_and_the_process_replaced(tmp_
             ("blocking", "VALIDATION_TIMEOUT")
         ]
         assert "Validation interrompue" in findings[-1].message
+        # SIGKILL is sent at once; on the 2-core CI host, with the whole suite running beside the conformance
+        # report's own pytest, the kernel took more than 10 s to reap the GraalVM process (twice): wait as long as
+        # a loaded host needs, the property is that it dies.
         for p in busy:
-            p.join(timeout=10)
+            p.join(timeout=60)
         assert all(not p.is_alive() for p in busy)
         # The next document gets its full validation from a fresh process.
         pool.time_limit_s = 120
