@@ -13,12 +13,16 @@ Error reporting:
   XDSPatientIdDoesNotMatch, XDSRepositoryMetadataError, XDSUnresolvedReferenceException, XDSMetadataUpdateError,
   XDSMetadataVersionError, XDSDocumentUniqueIdError, XDSUnknownRepositoryId, XDSUnknownStoredQuery) and, where
   IHE has no code and the DMP guide's codes are not public, sandbox codes: ``DMP_SBX_DMP_FERME`` (closed DMP),
-  ``DMP_SBX_OPPOSITION`` (the patient opposed the feeding of the DMP), ``DMP_SBX_NON_AUTORISE`` (deletion or
-  status change by someone who is not the author).
+  ``DMP_SBX_OPPOSITION`` (the patient opposed the feeding of the DMP, or the access mode asked),
+  ``DMP_SBX_NON_AUTORISE`` (deletion or status change by someone who is not the author, consultation without
+  the patient's authorisation), ``DMP_SBX_ACCES_INTERDIT`` (the patient blocked this professional or structure).
 
 Access rules (digest §1.4-1.6): a VIHF signed with a structure certificate cannot claim ``DIRECTE`` (that needs a
 CPS card); ``INDIRECTE`` is feeding-only, so queries and retrieves see only the documents of the caller's own
-structure (TD3.1b); otherwise ``MASQUE_PS`` documents are seen only by their author.
+structure (TD3.1b) and the emergency modes are refused to it; otherwise ``MASQUE_PS`` documents are seen only by
+their author. A consultation (anything but feeding, in ``INDIRECTE_RENFORCEE`` or ``DIRECTE``) is refused to a
+blocked professional or structure, to a structure without the patient's authorisation outside bris de glace and
+centre 15, and in a mode the patient opposed.
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ from opensegur.transport.soap import (
 )
 
 __all__ = [
+    "ERR_BLOCKED",
     "ERR_CLOSED",
     "ERR_FORBIDDEN",
     "ERR_OPPOSITION",
@@ -115,6 +120,8 @@ __all__ = [
 REPOSITORY_UNIQUE_ID = f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, 'urn:opensegur:sandbox:dmp:repository').int}"
 ERR_CLOSED = "DMP_SBX_DMP_FERME"
 ERR_OPPOSITION = "DMP_SBX_OPPOSITION"
+ERR_BLOCKED = "DMP_SBX_ACCES_INTERDIT"
+EMERGENCY_PURPOSES = frozenset({"bris_de_glace", "centre_15"})
 
 TRANSACTIONS: dict[str, frozenset[str]] = {
     "iti41": ITI41_ACTIONS,
@@ -270,6 +277,8 @@ class PatientFixture(BaseModel):
     opposition_feeding: bool = False
     opposition_break_glass: bool = False
     opposition_centre_15: bool = False
+    blocked: frozenset[str] = Field(default=frozenset(), max_length=100)
+    authorised: frozenset[str] | None = Field(default=None, max_length=100)
 
 
 class FaultConfig(BaseModel):
@@ -494,6 +503,8 @@ class DmpSandbox:
             )
         if feeding and patient.opposition_feeding:
             raise XdsError(ERR_OPPOSITION, "le patient s'est opposé à l'alimentation de son DMP")
+        if not feeding:
+            _check_consultation(ctx.caller, patient)
         return ins, patient
 
     def _visible(self, ctx: _Ctx, e: StoredEntry) -> bool:
@@ -700,9 +711,9 @@ class DmpSandbox:
             authorisation = "NON_AUTORISE"
         elif {ctx.caller.structure_id, ctx.caller.subject_id} & patient.blocked:
             authorisation = "INTERDIT"
+        elif patient.authorised is not None and ctx.caller.structure_id not in patient.authorised:
+            authorisation = "NON_AUTORISE"
         else:
-            # Sandbox rule: a structure is authorised on every existing DMP (the habilitation TD0.3 is not
-            # simulated), so TD0.2 → ITI-18 works out of the box; blocked callers are the exception.
             authorisation = "AUTORISE"
         ctx.record["result"] = patient.status.value
         return build_td02_response(
@@ -718,6 +729,27 @@ class DmpSandbox:
                 mon_espace_sante=patient.status == DmpStatus.OUVERT,
             )
         ), {}
+
+
+def _check_consultation(caller: Caller, patient: DmpPatient) -> None:
+    """The DMP's consultation rules for a query, a retrieve or an update outside feeding (module docstring)."""
+    emergency = caller.purpose_of_use in EMERGENCY_PURPOSES
+    if caller.authentication_mode == "INDIRECTE":
+        if emergency:
+            raise XdsError(
+                ERR_FORBIDDEN,
+                "accès en bris de glace ou centre 15 refusé en authentification INDIRECTE : un professionnel "
+                "authentifié (INDIRECTE_RENFORCEE ou DIRECTE) est requis",
+            )
+        return  # feeding software finding back its own documents: _visible limits what it sees
+    if {caller.structure_id, caller.subject_id} & patient.blocked:
+        raise XdsError(ERR_BLOCKED, "le patient a bloqué l'accès de ce professionnel ou de cette structure")
+    if caller.purpose_of_use == "bris_de_glace" and patient.opposition_break_glass:
+        raise XdsError(ERR_OPPOSITION, "le patient s'est opposé à l'accès à son DMP en bris de glace")
+    if caller.purpose_of_use == "centre_15" and patient.opposition_centre_15:
+        raise XdsError(ERR_OPPOSITION, "le patient s'est opposé à l'accès à son DMP par un centre 15")
+    if not emergency and patient.authorised is not None and caller.structure_id not in patient.authorised:
+        raise XdsError(ERR_FORBIDDEN, "la structure n'a pas l'autorisation d'accès du patient à son DMP")
 
 
 # ---------------------------------------------------------------------------------------------- query filters

@@ -61,8 +61,12 @@ class DmpPatient:
     opposition_feeding: bool = False
     opposition_break_glass: bool = False
     opposition_centre_15: bool = False
-    # Structures (idNat_Struct) or professionals (idNat_PS) the patient blocked: TD0.2 answers INTERDIT.
+    # Structures (idNat_Struct) or professionals (idNat_PS) the patient blocked: TD0.2 answers INTERDIT and
+    # every consultation is refused, even in bris de glace.
     blocked: frozenset[str] = field(default_factory=frozenset)
+    # Structures holding the patient's authorisation (TD0.3, not simulated); None: every structure, so that
+    # TD0.2 → ITI-18 works out of the box. A structure outside the list consults only in bris de glace or centre 15.
+    authorised: frozenset[str] | None = None
     listed: bool = True  # False for an INS the fixture list does not name (no DMP)
 
     @property
