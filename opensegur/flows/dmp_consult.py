@@ -29,6 +29,7 @@ __all__ = [
     "AlteredDocument",
     "CONSENT_LABELS",
     "DMP_STATUS_LABELS",
+    "EMERGENCY_MODES",
     "FIRST_SEARCH_YEARS",
     "NEEDS_SPECIALTY",
     "OID_SPECIALTY",
@@ -53,6 +54,7 @@ PROFESSIONS = {
     "medecin": Coded("10", "1.2.250.1.71.1.2.7", "Médecin"),
     "interne": Coded("10", "1.2.250.1.71.1.2.7", "Médecin"),
     "dim": Coded("10", "1.2.250.1.71.1.2.7", "Médecin"),
+    "regulateur": Coded("10", "1.2.250.1.71.1.2.7", "Médecin"),
     "sage_femme": Coded("50", "1.2.250.1.71.1.2.7", "Sage-Femme"),
 }
 CONSENT_LABELS = {
@@ -64,6 +66,18 @@ DMP_STATUS_LABELS = {
     "OUVERT": "DMP ouvert",
     "FERME": "DMP fermé",
     "INEXISTANT": "Pas de DMP pour ce patient",
+}
+# The emergency modes of the VIHF (TRE_R248): the patient cannot be asked, and the DMP does not check the
+# professional's authorisation (PDSM4DMP td02); it answers for the patient's opposition to the mode.
+EMERGENCY_MODES = {
+    "bris_de_glace": (
+        "opposition_break_glass",
+        "Le patient s'est opposé à l'accès à son DMP en bris de glace",
+    ),
+    "centre_15": (
+        "opposition_centre_15",
+        "Le patient s'est opposé à l'accès à son DMP par un centre de régulation (centre 15)",
+    ),
 }
 AUTHORISATION_LABELS = {
     "AUTORISE": "Vous êtes autorisé(e) à consulter ce DMP",
@@ -148,8 +162,8 @@ def consent_refusal(patient: Any, *, emergency: bool = False) -> str | None:
     """Why the patient's DMP may not be consulted whatever the professional, or None.
 
     ``patient`` is a stored Patient: RNIV status, INS and the consent recorded from PAM FR (ZFA-11) or the page.
-    In an emergency (bris de glace) the patient cannot be asked: only the qualified INS is required, and the DMP
-    answers for the patient's opposition to that mode.
+    In an emergency (bris de glace, centre 15) the patient cannot be asked: only the qualified INS is required,
+    and the DMP answers for the patient's opposition to that mode.
     """
     if patient.status != IdentityStatus.QUAL.value or not patient.ins_matricule or not patient.ins_oid:
         return "Identité non qualifiée : le DMP n'est consultable qu'avec une INS qualifiée"
@@ -180,10 +194,11 @@ async def open_dmp(
     view = DmpView(status, last_visit=last_visit)
     if status.status != "OUVERT" or status.authorisation == "INTERDIT":
         return view
-    if consulter.purpose_of_use == "bris_de_glace":
-        # Emergency access does not need the professional's authorisation, unless the patient opposed it.
-        if status.opposition_break_glass:
-            view.refusal = "Le patient s'est opposé à l'accès à son DMP en bris de glace"
+    emergency = EMERGENCY_MODES.get(consulter.purpose_of_use)
+    if emergency is not None:
+        opposition, refusal = emergency
+        if getattr(status, opposition):
+            view.refusal = refusal
             return view
     elif status.authorisation != "AUTORISE":
         return view

@@ -62,6 +62,14 @@ DEMO_ACCOUNTS = (
         "idv", "Hélène ROCHE (identitovigilance)", "identitovigilant", "ght", "JBSWY3DPEHPK3PXPIDENTIV2"
     ),
     DemoAccount("admin", "Administrateur technique", "admin_technique", "ght", "JBSWY3DPEHPK3PXPADMINI2"),
+    DemoAccount(
+        "dr.brunet",
+        "Dr Alain BRUNET (SAMU, régulation)",
+        "regulateur",
+        "ght",
+        "JBSWY3DPEHPK3PXPREGULAT2",
+        luhn_complete("1000000006"),
+    ),
 )
 
 

@@ -24,6 +24,7 @@ class Action(StrEnum):
     MAIL_TRIAGE = "mail.triage"
     RESULTS_READ = "results.read"
     DMP_CONSULT = "dmp.consult"
+    DMP_REGULATION = "dmp.regulation"  # centre 15: consultation in the regulation mode of the DMP
     BREAK_GLASS = "break_glass"
     DIRECTORY_READ = "directory.read"
     OPS_READ = "ops.read"  # jobs, metrics, flows: no patient content
@@ -45,6 +46,7 @@ ACTION_LABELS: dict[Action, str] = {
     Action.MAIL_TRIAGE: "Trier la messagerie MSSanté",
     Action.RESULTS_READ: "Lire les résultats de biologie",
     Action.DMP_CONSULT: "Consulter le DMP",
+    Action.DMP_REGULATION: "Consulter le DMP en régulation médicale (centre 15)",
     Action.BREAK_GLASS: "Bris de glace",
     Action.DIRECTORY_READ: "Consulter l'annuaire santé",
     Action.OPS_READ: "Suivre l'exploitation (travaux, indicateurs)",
@@ -63,13 +65,21 @@ PATIENT_ACTIONS = frozenset(
         Action.DOCUMENTS_CONTROL,
         Action.RESULTS_READ,
         Action.DMP_CONSULT,
+        Action.DMP_REGULATION,
     }
 )
 
 # A session must be strong (PSC eidas1, SSO with MFA, or a local second factor) for these, whatever the role:
 # the list — identity merges, triage decisions, administration, DMP consultation — and breaking the glass.
 STRONG_ACTIONS = frozenset(
-    {Action.IDENTITY_MERGE, Action.MAIL_TRIAGE, Action.ADMIN, Action.DMP_CONSULT, Action.BREAK_GLASS}
+    {
+        Action.IDENTITY_MERGE,
+        Action.MAIL_TRIAGE,
+        Action.ADMIN,
+        Action.DMP_CONSULT,
+        Action.DMP_REGULATION,
+        Action.BREAK_GLASS,
+    }
 )
 
 ScopeKind = Literal["ght", "site", "unit"]

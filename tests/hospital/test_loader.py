@@ -38,6 +38,7 @@ def test_the_demo_directory_is_valid_and_declares_the_demo_ght() -> None:
     assert set(config.roles) == {
         "medecin",
         "interne",
+        "regulateur",
         "sage_femme",
         "ide",
         "manipulateur",

@@ -312,6 +312,43 @@ async def test_bris_de_glace_reaches_the_dmp_in_that_mode_without_consent(
     assert {h["authentication_mode"] for h in consultations} == {"INDIRECTE_RENFORCEE"}
 
 
+@needs_examples
+async def test_a_regulator_consults_in_the_centre_15_mode_unless_the_patient_opposed_it(
+    offline: Offline, web: FastAPI, sandbox: FastAPI, pki: TestPki
+) -> None:
+    p = _patient(offline, consent="NA")  # regulation cannot ask the patient
+    await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(3), "Bilan biologique récent")
+    # Dr BRUNET of the demo, regulator: the sandbox Annuaire Santé knows his specialty.
+    regulator = replace(
+        DOCTOR,
+        name="test.regulateur",
+        assignments=(Assignment("regulateur", Scope("ght")),),
+        rpps=luhn_complete("1000000006"),
+    )
+    page = await _get(web, regulator, f"/identites/{p.id}/dmp")
+    assert page.status_code == 200 and 'id="centre-15"' in page.text and 'id="bris-de-glace"' not in page.text
+    assert "Bilan biologique récent" in page.text
+    with offline.db.session() as s:
+        [event] = s.scalars(
+            select(AuditEvent).where(AuditEvent.action == "consult_dmp", AuditEvent.patient_id == p.id)
+        ).all()
+    assert event.detail == {"mode": "centre_15"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
+        history = (await c.get("/dmp/access-history", params={"patient": p.ins_matricule})).json()["accesses"]
+        assert {h["purpose_of_use"] for h in history if h["transaction"] == "iti18"} == {"centre_15"}
+        opposed = await c.put(
+            "/dmp/_admin/patients",
+            json={"matricule": p.ins_matricule, "oid": p.ins_oid, "opposition_centre_15": True},
+        )
+        assert opposed.status_code == 200
+    refused = await _get(web, regulator, f"/identites/{p.id}/dmp")
+    assert 'id="refus-mode"' in refused.text and "centre de régulation" in _text(refused)
+    assert "Bilan biologique récent" not in refused.text
+    # The same regulation right is not a doctor's: Dr RÉAULT, outside his unit, is sent to the bris de glace.
+    outsider = replace(DOCTOR, assignments=(Assignment("medecin", Scope("unit", SITE_1, "9999")),))
+    assert (await _get(web, outsider, f"/identites/{p.id}/dmp")).status_code == 403
+
+
 async def test_the_consent_is_recorded_from_the_page_and_audited(offline: Offline, web: FastAPI) -> None:
     p = _patient(offline, consent=None)
     page = await _get(web, DOCTOR, f"/identites/{p.id}/dmp")

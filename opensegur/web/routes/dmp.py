@@ -25,6 +25,7 @@ from opensegur.content.narrative import embedded_file, sections
 from opensegur.documents.metadata import Coded
 from opensegur.flows.dmp_consult import (
     CONSENT_LABELS,
+    EMERGENCY_MODES,
     NEEDS_SPECIALTY,
     OID_SPECIALTY,
     PROFESSIONS,
@@ -97,7 +98,7 @@ async def _target(
     written in the audit trail)."""
     target = await asyncio.to_thread(_local_target, rt, actor, patient_id, path, what)
     profession = target.consulter.roles[0]
-    detail = {"mode": "bris_de_glace"} if target.consulter.purpose_of_use == "bris_de_glace" else {}
+    detail = _mode_detail(target.consulter.purpose_of_use)
     if profession.code in NEEDS_SPECIALTY:
         try:
             specialty = await _specialty(directory, target.consulter.rpps)
@@ -115,18 +116,23 @@ def _audit(rt: WebRuntime, actor: Actor, patient_id: int, what: str, detail: dic
 
 
 def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what: str) -> _Target:
-    """What the platform's own data decide: access, INS, consent, RPPS, profession. A refusal is audited in the
-    transaction of the access check; a consultation, once the professional's specialty is known too."""
+    """What the platform's own data decide: access, INS, consent, RPPS, profession, and the access mode — centre 15
+    for a role granted ``dmp.regulation`` on this patient, bris de glace outside the care relationship, else
+    normal. A refusal is audited in the transaction of the access check; a consultation, once the professional's
+    specialty is known too."""
     with rt.db.session() as s:
         p = s.get(Patient, patient_id)
         if p is None:
             raise HTTPException(404, "Patient inconnu")
         ensure_patient(s, rt, actor, Action.DMP_CONSULT, p.id, path)
-        # Outside the care relationship, ensure_patient let the actor in only because they broke the glass.
-        emergency = not access.patient_allowed(
-            s, matrix_of(rt).scopes(actor.assignments, Action.DMP_CONSULT), p.id
-        )
-        refusal = consent_refusal(p, emergency=emergency)
+        matrix = matrix_of(rt)
+        if access.patient_allowed(s, matrix.scopes(actor.assignments, Action.DMP_REGULATION), p.id):
+            mode = "centre_15"
+        elif access.patient_allowed(s, matrix.scopes(actor.assignments, Action.DMP_CONSULT), p.id):
+            mode = "normal"
+        else:  # ensure_patient let the actor in only because they broke the glass
+            mode = "bris_de_glace"
+        refusal = consent_refusal(p, emergency=mode in EMERGENCY_MODES)
         profession = next((PROFESSIONS[r] for r in actor.roles if r in PROFESSIONS), None)
         if refusal is None and not actor.rpps:
             refusal = "Votre compte n'a pas de numéro RPPS : le DMP ne peut pas être consulté en votre nom"
@@ -134,8 +140,7 @@ def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what
             refusal = "Votre profession ne permet pas la consultation du DMP"
         last_visit = _last_visit(s, actor, p.id) if what == "consult_dmp" else None
         if refusal is not None:
-            detail = {"refus": refusal, **({"mode": "bris_de_glace"} if emergency else {})}
-            audit.record(s, actor, what, p.id, "dmp", detail)
+            audit.record(s, actor, what, p.id, "dmp", {"refus": refusal, **_mode_detail(mode)})
         else:
             assert actor.rpps is not None and profession is not None and p.ins_matricule and p.ins_oid
             site = p.structure
@@ -145,12 +150,16 @@ def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what
                 (profession,),
                 "1" + site.finess,
                 (site.settings or {}).get("secteur_activite", "SA01"),
-                "bris_de_glace" if emergency else "normal",
+                mode,
             )
             s.expunge(p)
             return _Target(p, patient_cx(p.ins_matricule, p.ins_oid), consulter, last_visit)
     # Raised once the transaction committed, so the refusal stays in the audit trail.
     raise ConsultationRefused(refusal)
+
+
+def _mode_detail(mode: str) -> dict[str, str]:
+    return {} if mode == "normal" else {"mode": mode}
 
 
 def _last_visit(s: Session, actor: Actor, patient_id: int) -> datetime | None:
@@ -190,7 +199,7 @@ async def _consultation(
     except ConsultationRefused as exc:
         return render(request, page, {**ctx, "refusal": exc.reason}, status_code=409)
     ctx["p"] = target.patient
-    ctx["emergency"] = target.consulter.purpose_of_use == "bris_de_glace"
+    ctx["mode"] = target.consulter.purpose_of_use
     if dmp is None:
         return render(request, page, {**ctx, "error": _NO_DMP}, status_code=503)
     return target, dmp
