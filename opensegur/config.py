@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     dmp_iti18_url: str | None = None
     dmp_iti43_url: str | None = None
     dmp_td02_url: str | None = None
+    dmp_access_history_url: str | None = (
+        None  # the sandbox's JSON extension: the DMP publishes no such service
+    )
     dmp_iti57_url: str | None = None
     dmp_signing_cert: str | None = None  # structure's signature certificate (VIHF, XAdES), PEM with chain
     dmp_signing_key: str | None = None

@@ -291,6 +291,7 @@ class Platform:
             iti57=s.dmp_iti57_url or "",
             iti43=s.dmp_iti43_url,
             td02=s.dmp_td02_url,
+            access_history=s.dmp_access_history_url,
         )
         credentials = None
         if s.dmp_signing_cert and s.dmp_signing_key:
@@ -308,7 +309,9 @@ class Platform:
             insi_url = insi_url or endpoints["insi"]["url"]
             if not dmp_urls.iti41:
                 dmp = endpoints["dmp"]
-                dmp_urls = DmpEndpoints(dmp["iti41"], dmp["iti18"], dmp["iti57"], dmp["iti43"], dmp["td02"])
+                dmp_urls = DmpEndpoints(
+                    dmp["iti41"], dmp["iti18"], dmp["iti57"], dmp["iti43"], dmp["td02"], dmp["access_history"]
+                )
             if credentials is None:
                 credentials = DmpCredentials(sandbox.pki.signing_cert, sandbox.pki.signing_key)
             mss = mss.with_sandbox(endpoints)

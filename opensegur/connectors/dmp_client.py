@@ -19,7 +19,7 @@ from lxml import etree
 
 from opensegur.content.jdv import content_type_code_for_patient_class
 from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata
-from opensegur.flows.dmp_consult import Consulter
+from opensegur.flows.dmp_consult import Consulter, DmpAccess
 from opensegur.flows.dmp_feed import (
     DmpOutcome,
     DmpRejectedError,
@@ -59,6 +59,8 @@ class DmpEndpoints:
     iti57: str
     iti43: str | None = None
     td02: str | None = None
+    # The DMP publishes no web service for its access history (digest ⚠): the sandbox's JSON extension, or None.
+    access_history: str | None = None
 
 
 @dataclass(frozen=True)
@@ -343,3 +345,31 @@ class DmpClient:
             )
             raise DmpRejectedError(first.code, first.context, [exchange])
         return found[0]
+
+    async def access_history(self, consulter: Consulter, patient_cx: str) -> list[DmpAccess] | None:
+        if not self.endpoints.access_history:
+            return None
+        matricule = patient_cx.split("^", 1)[0]
+        try:
+            resp = await self._http.get(
+                self.endpoints.access_history, params={"patient": matricule}, timeout=self.timeout
+            )
+            resp.raise_for_status()
+            rows = resp.json()["accesses"]
+            accesses = [
+                DmpAccess(
+                    at=datetime.fromisoformat(r["at"]),
+                    professional=str(r["subject"]["name"] or r["subject"]["id"]),
+                    structure=str(r["structure"]),
+                    transaction=str(r["transaction"]),
+                    purpose_of_use=str(r["purpose_of_use"]),
+                    authentication_mode=str(r["authentication_mode"]),
+                    outcome=str(r["outcome"]),
+                )
+                for r in rows
+            ]
+        except httpx.HTTPError as exc:
+            raise DmpUnavailableError(f"Historique des accès indisponible : {exc}", []) from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DmpUnavailableError(f"Historique des accès illisible : {exc!r}", []) from exc
+        return sorted(accesses, key=lambda a: a.at, reverse=True)

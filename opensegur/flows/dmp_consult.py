@@ -26,6 +26,7 @@ from opensegur.transactions.td02 import Td02Response
 from opensegur.transactions.xds import SIGNATURE_CLASS, RetrievedDocument
 
 __all__ = [
+    "ACCESS_ACTIONS",
     "AlteredDocument",
     "CONSENT_LABELS",
     "DMP_STATUS_LABELS",
@@ -36,6 +37,7 @@ __all__ = [
     "PROFESSIONS",
     "ConsultationRefused",
     "Consulter",
+    "DmpAccess",
     "DmpConsultPort",
     "DmpView",
     "consent_refusal",
@@ -86,6 +88,16 @@ AUTHORISATION_LABELS = {
 }
 
 
+# What each transaction of the DMP's access history means to a clinician.
+ACCESS_ACTIONS = {
+    "td02": "Vérification du statut du DMP",
+    "iti18": "Recherche de documents",
+    "iti43": "Lecture d'un document",
+    "iti41": "Alimentation (dépôt d'un document)",
+    "iti57": "Modification d'un document (masquage, visibilité, suppression)",
+}
+
+
 class ConsultationRefused(Exception):
     """No DMP call may be made: the French reason, shown as is."""
 
@@ -104,6 +116,27 @@ class Consulter:
     structure_id: str  # idNat_Struct: "1" + the site's FINESS
     secteur_activite: str = "SA01"
     purpose_of_use: str = "normal"
+
+
+@dataclass(frozen=True)
+class DmpAccess:
+    """One line of the DMP's access history: who did what, when, in which mode, with which outcome."""
+
+    at: datetime
+    professional: str
+    structure: str
+    transaction: str
+    purpose_of_use: str
+    authentication_mode: str
+    outcome: str
+
+    @property
+    def action_label(self) -> str:
+        return ACCESS_ACTIONS.get(self.transaction, self.transaction)
+
+    @property
+    def refused(self) -> bool:
+        return self.outcome not in ("Success", "OUVERT", "FERME", "INEXISTANT")
 
 
 class DmpConsultPort(Protocol):
@@ -125,6 +158,10 @@ class DmpConsultPort(Protocol):
     async def retrieve(
         self, consulter: Consulter, patient_cx: str, repository_unique_id: str, unique_id: str
     ) -> RetrievedDocument: ...
+
+    async def access_history(self, consulter: Consulter, patient_cx: str) -> list[DmpAccess] | None:
+        """Newest first; None when this DMP exposes no access history to software."""
+        ...
 
 
 @dataclass

@@ -74,14 +74,28 @@ def sandbox(tmp_path: Path, pki: TestPki) -> FastAPI:
     )
 
 
-@pytest.fixture
-async def dmp(sandbox: FastAPI, pki: TestPki) -> AsyncIterator[DmpClient]:
-    client = DmpClient(
-        DmpEndpoints(f"{BASE}/iti41", f"{BASE}/iti18", f"{BASE}/iti57", f"{BASE}/iti43", f"{BASE}/td02"),
+ENDPOINTS = DmpEndpoints(
+    f"{BASE}/iti41",
+    f"{BASE}/iti18",
+    f"{BASE}/iti57",
+    f"{BASE}/iti43",
+    f"{BASE}/td02",
+    f"{BASE}/access-history",
+)
+
+
+def dmp_client(sandbox: FastAPI, pki: TestPki, endpoints: DmpEndpoints = ENDPOINTS) -> DmpClient:
+    return DmpClient(
+        endpoints,
         DmpCredentials(pki.signing_cert, pki.signing_key),
         DmpIdentity(oid_root="1.2.250.1.999.88"),
         transport=httpx.ASGITransport(app=sandbox),
     )
+
+
+@pytest.fixture
+async def dmp(sandbox: FastAPI, pki: TestPki) -> AsyncIterator[DmpClient]:
+    client = dmp_client(sandbox, pki)
     yield client
     await client.aclose()
 
@@ -251,7 +265,14 @@ async def test_a_dmp_that_does_not_answer_is_said_so(offline: Offline, directory
     pki_dir = offline.settings.data_dir / "pki"
     pki = ensure_test_pki(pki_dir)
     down = DmpClient(
-        DmpEndpoints(f"{BASE}/iti41", f"{BASE}/iti18", f"{BASE}/iti57", f"{BASE}/iti43", f"{BASE}/td02"),
+        DmpEndpoints(
+            f"{BASE}/iti41",
+            f"{BASE}/iti18",
+            f"{BASE}/iti57",
+            f"{BASE}/iti43",
+            f"{BASE}/td02",
+            f"{BASE}/access-history",
+        ),
         DmpCredentials(pki.signing_cert, pki.signing_key),
         DmpIdentity(oid_root="1.2.250.1.999.88"),
         transport=httpx.MockTransport(refuse),
@@ -347,6 +368,28 @@ async def test_a_regulator_consults_in_the_centre_15_mode_unless_the_patient_opp
     # The same regulation right is not a doctor's: Dr RÉAULT, outside his unit, is sent to the bris de glace.
     outsider = replace(DOCTOR, assignments=(Assignment("medecin", Scope("unit", SITE_1, "9999")),))
     assert (await _get(web, outsider, f"/identites/{p.id}/dmp")).status_code == 403
+
+
+@needs_examples
+async def test_the_access_history_shows_who_consulted_in_which_mode(
+    offline: Offline, web: FastAPI, sandbox: FastAPI, pki: TestPki
+) -> None:
+    p = _patient(offline)
+    await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(2), "Bilan de sortie")
+    assert (await _get(web, DOCTOR, f"/identites/{p.id}/dmp")).status_code == 200
+    page = await _get(web, DOCTOR, f"/identites/{p.id}/dmp/acces")
+    assert page.status_code == 200 and 'aria-current="page">Historique des accès' in page.text
+    rows = _text(page).split('<table id="historique-acces">', 1)[1]
+    # Newest first: the doctor's search, then the status check, then the feed that deposited the document.
+    first, second = rows.index("Recherche de documents"), rows.index("Vérification du statut du DMP")
+    assert first < second < rows.index("Alimentation (dépôt d'un document)")
+    assert "Dr Test medecin" in rows and "(logiciel, sans professionnel)" in rows
+    # The DMP in production publishes no access history: the page says where to find it.
+    production = dmp_client(sandbox, pki, replace(ENDPOINTS, access_history=None))
+    web.dependency_overrides[get_dmp] = lambda: production
+    none = await _get(web, DOCTOR, f"/identites/{p.id}/dmp/acces")
+    await production.aclose()
+    assert none.status_code == 200 and 'id="historique-indisponible"' in none.text
 
 
 async def test_the_consent_is_recorded_from_the_page_and_audited(offline: Offline, web: FastAPI) -> None:

@@ -274,6 +274,24 @@ async def page_dmp_document(
     )
 
 
+@router.get("/identites/{patient_id}/dmp/acces", response_class=HTMLResponse, include_in_schema=False)
+async def page_dmp_access_history(
+    request: Request, patient_id: int, actor: Consultant, rt: Rt, dmp: Dmp, directory: Directory
+) -> Response:
+    """The DMP's access history of the patient: who consulted or fed it, when, in which mode."""
+    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id}
+    page = "patient_dmp_access.html"
+    ready = await _consultation(request, page, ctx, rt, directory, actor, dmp, "consult_dmp_access_history")
+    if isinstance(ready, Response):
+        return ready
+    target, port = ready
+    try:
+        ctx["accesses"] = await port.access_history(target.consulter, target.cx)
+    except DMP_ERRORS as exc:
+        return render(request, page, {**ctx, "error": _dmp_error(exc)}, status_code=502)
+    return render(request, page, ctx)
+
+
 @router.post("/identites/{patient_id}/consentement-dmp", include_in_schema=False)
 async def page_dmp_consent(
     request: Request,
