@@ -7,6 +7,8 @@ Ratios, not absolute figures, are what we compare across machines:
   HTTP POST of the same bytes to a server that answers a constant body.
 - access control: a page with a session and an API route with a token, against the same routes of the same app
   with the access decision bypassed (bench/auth.py says how and why).
+- DMP tab: a doctor opens the list of a patient's 200 DMP documents, then the first one, against the bare ITI-18
+  and ITI-43 calls to the same sandbox (bench/dmp_tab.py says how).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from bench.auth import auth_data_parent, bench_auth
+from bench.dmp_tab import DOCUMENTS, bench_dmp_tab, median_figures
 from opensegur.config import Settings
 from opensegur.connectors.insi_client import InsiClient
 from opensegur.server import Platform, bind
@@ -531,8 +535,6 @@ async def main(args: argparse.Namespace) -> None:
             )
         )
     if "auth" in only:
-        from bench.auth import auth_data_parent, bench_auth
-
         with tempfile.TemporaryDirectory(dir=auth_data_parent()) as tmp:
             page, api = await bench_auth(args.requests, Path(tmp))
         for label, fig in (("Page patient avec session", page), ("API patient avec jeton", api)):
@@ -549,6 +551,34 @@ async def main(args: argparse.Namespace) -> None:
                 f"authentification + autorisation : {fig.added_us:+,.0f} µs écoulées, "
                 f"{fig.added_cpu_us:+,.0f} µs de CPU par requête"
             )
+    if "dmp_tab" in only:
+        with tempfile.TemporaryDirectory(dir=auth_data_parent()) as tmp:
+            sandbox_dir, platform_dir = Path(tmp) / "sandbox", Path(tmp) / "platform"
+            async with sandbox_process(sandbox_dir) as endpoints:
+                rounds = await bench_dmp_tab(endpoints, sandbox_dir, platform_dir, args.openings, args.repeat)
+            tab = median_figures(rounds)
+        label = f"Onglet DMP d'un patient, {DOCUMENTS} documents"
+        rows.append(
+            (
+                f"{label} : liste (ouvertures/s)",
+                1000 / tab.list_ms,
+                "ITI-18 FindDocuments nu",
+                1000 / tab.find_ms,
+            )
+        )
+        rows.append(
+            (
+                f"{label} : premier document affiché (ouvertures/s)",
+                1000 / tab.document_ms,
+                "ITI-18 GetDocuments + ITI-43 nus",
+                1000 / tab.get_retrieve_ms,
+            )
+        )
+        notes.append(
+            f"{label} : liste {tab.list_ms:,.0f} ms par ouverture, ITI-18 FindDocuments nu {tab.find_ms:,.0f} ms "
+            f"(la liste fait aussi TD0.2, nu : {tab.td02_ms:,.0f} ms) ; premier document {tab.document_ms:,.0f} ms, "
+            f"ITI-18 GetDocuments + ITI-43 nus {tab.get_retrieve_ms:,.0f} ms"
+        )
     if "insi" in only:
         insis = [await bench_insi(args.searches) for _ in range(args.repeat)]
         ours = statistics.median(i[0] for i in insis)
@@ -564,7 +594,7 @@ async def main(args: argparse.Namespace) -> None:
     (out / "latest.md").write_text(table + "\n", encoding="utf-8")
 
 
-FLOWS = ("identity", "dmp", "mss", "insi", "auth")
+FLOWS = ("identity", "dmp", "mss", "insi", "auth", "dmp_tab")
 
 
 if __name__ == "__main__":
@@ -574,6 +604,7 @@ if __name__ == "__main__":
     parser.add_argument("--documents", type=int, default=300)
     parser.add_argument("--mails", type=int, default=300)
     parser.add_argument("--requests", type=int, default=240, help="per route and build (auth)")
+    parser.add_argument("--openings", type=int, default=30, help="per page and round (dmp_tab)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", nargs="+", choices=FLOWS, help="measure only these flows")
     asyncio.run(main(parser.parse_args()))
