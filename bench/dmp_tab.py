@@ -208,7 +208,7 @@ def _subject(rt: Runtime) -> _Subject:
 async def _with_specialty(rt: Runtime, consulter: Consulter) -> Consulter:
     """The specialty the Annuaire Santé gives, as the route adds it for a physician."""
     assert rt.annuaire is not None
-    found = (await rt.annuaire.search_practitioners(rpps=consulter.rpps, limit=1))[0].practitioner
+    found = await rt.annuaire.practitioner(consulter.rpps)
     assert found is not None and found.specialty_code
     specialty = Coded(found.specialty_code, OID_SPECIALTY, found.specialty or found.specialty_code)
     return dataclasses.replace(consulter, roles=(*consulter.roles, specialty))

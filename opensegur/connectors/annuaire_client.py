@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,10 @@ class _Bundle:
     next_url: str | None = None
 
 
+PRACTITIONER_TTL_S = 900.0
+PRACTITIONER_CACHE_SIZE = 10_000
+
+
 class AnnuaireClient:
     def __init__(
         self,
@@ -90,6 +95,7 @@ class AnnuaireClient:
         self.base_url = base_url.rstrip("/")
         self._origin = urlsplit(self.base_url)[:2]
         self._max_bytes = max_response_bytes
+        self._practitioners: dict[str, tuple[float, DirectoryPractitioner | None]] = {}
         self._http = httpx.AsyncClient(
             timeout=timeout,
             verify=verify,
@@ -148,6 +154,20 @@ class AnnuaireClient:
             ]
         log.info("annuaire: %d practitioner(s) found", len(entries[:limit]))
         return entries[:limit]
+
+    async def practitioner(self, rpps: str) -> DirectoryPractitioner | None:
+        """The practitioner of this RPPS (profession, specialty), remembered for ``PRACTITIONER_TTL_S``: the DMP's
+        VIHF needs a physician's specialty on every call, and the directory changes far less often than that."""
+        now = time.monotonic()
+        cached = self._practitioners.get(rpps)
+        if cached is not None and now - cached[0] < PRACTITIONER_TTL_S:
+            return cached[1]
+        entries = await self.search_practitioners(rpps=rpps, limit=1)
+        found = entries[0].practitioner if entries else None
+        if len(self._practitioners) >= PRACTITIONER_CACHE_SIZE:
+            self._practitioners.clear()
+        self._practitioners[rpps] = (now, found)
+        return found
 
     async def mailboxes_of(self, rpps: str) -> list[Mailbox]:
         """The personal (PER/CAB) mailboxes of one practitioner; empty when the RPPS is unknown."""

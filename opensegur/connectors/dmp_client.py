@@ -5,6 +5,7 @@ configuration; the sandbox DMP in the demo."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 import uuid
@@ -84,6 +85,12 @@ class DmpIdentity:
     lps_homologation_id: str = "OPENSEGUR-SANDBOX"
     responsible_id: str = "OPENSEGUR-PFI"  # the person responsible for the automated processing
     responsible_name: str = "OpenSégur, PFI, flux DMP"
+
+
+def _read_response(content_type: str, raw: bytes) -> tuple[etree._Element, dict[str, bytes]]:
+    env_bytes, parts = parse_mtom(content_type, raw, 100_000_000)
+    _headers, body = parse_envelope(env_bytes)
+    return body, parts
 
 
 class DmpClient:
@@ -184,8 +191,8 @@ class DmpClient:
             exchange, response=raw, http_status=200, duration_ms=int((time.monotonic() - started) * 1000)
         )
         try:
-            env_bytes, parts = parse_mtom(resp_type, raw, 100_000_000)
-            _headers, response_body = parse_envelope(env_bytes)
+            # Off the event loop: a DMP answer of 200 entries is over a megabyte of XML (tens of milliseconds).
+            response_body, parts = await asyncio.to_thread(_read_response, resp_type, raw)
         except (SoapFormatError, ValueError) as exc:
             raise DmpUnavailableError(f"Réponse du DMP illisible : {exc}", [exchange]) from exc
         except SoapFaultError as exc:
@@ -322,7 +329,7 @@ class DmpClient:
         response, _parts, exchange = await self._call(
             "ITI-18", self.endpoints.iti18, xds.ACTION_ITI18, body, self._consult_vihf(consulter, patient_cx)
         )
-        result = xds.parse_query_response(response)
+        result = await asyncio.to_thread(xds.parse_query_response, response)
         if result.status not in ("Success", "PartialSuccess"):
             first = result.errors[0] if result.errors else xds.XdsErrorInfo("XDSRegistryError", "Échec")
             raise DmpRejectedError(first.code, first.context, [exchange])

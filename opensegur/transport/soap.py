@@ -120,7 +120,8 @@ def safe_parse(raw: bytes, max_bytes: int = 5_000_000) -> etree._Element:
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise SoapFormatError("unsafe XML rejected: DOCTYPE/ENTITY declarations are not allowed", unsafe=True)
     # Entities are not resolved by the parser; a leftover reference means the document relied on a DTD.
-    if any(isinstance(node, etree._Entity) for node in root.iter()):
+    # Filtered by lxml in C: walking every node in Python cost a third of a 200-entry ITI-18 answer's parse.
+    if next(root.iter(etree.Entity), None) is not None:
         raise SoapFormatError("unsafe XML rejected: entity references are not allowed", unsafe=True)
     return root
 

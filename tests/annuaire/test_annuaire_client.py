@@ -17,8 +17,9 @@ from opensegur.connectors.annuaire_client import (
     AnnuaireUnavailable,
 )
 from opensegur.identity.directory import EXT_EMAIL_TYPE, EXT_MAILBOX_METADATA, MailboxType
+from opensegur.ops.demo import luhn_complete
 from opensegur.sandbox.annuaire import SANDBOX_API_KEY
-from tests.annuaire.conftest import BASE, closed_port
+from tests.annuaire.conftest import BASE, closed_port, sandbox_app
 
 BERNARD_RPPS = "10010000189"
 
@@ -300,3 +301,27 @@ async def test_lenient_reading_of_real_world_shapes() -> None:
     ]
     assert entry.organizations[0].finess == "930000013"
     await client.aclose()
+
+
+async def test_a_practitioner_is_asked_once_then_remembered() -> None:
+    """The DMP pages need a physician's specialty on every call: the directory is asked once per RPPS."""
+    asked: list[str] = []
+    inner = httpx.ASGITransport(app=sandbox_app())
+
+    class Counting(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            asked.append(request.url.path)
+            return await inner.handle_async_request(request)
+
+    client = AnnuaireClient(BASE, SANDBOX_API_KEY, transport=Counting())
+    reault, unknown = luhn_complete("1000000001"), luhn_complete("1000000777")
+    first = await client.practitioner(reault)
+    after_first = len(asked)
+    again = await client.practitioner(reault)
+    assert len(asked) == after_first >= 1
+    assert await client.practitioner(unknown) is None
+    after_unknown = len(asked)
+    assert await client.practitioner(unknown) is None  # an unknown RPPS is remembered too
+    assert len(asked) == after_unknown > after_first
+    await client.aclose()
+    assert first is not None and first == again and first.specialty_code == "SM14"

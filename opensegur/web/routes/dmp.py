@@ -79,10 +79,9 @@ async def _specialty(directory: AnnuaireClient | None, rpps: str) -> Coded:
             "Annuaire Santé non configuré : la spécialité du médecin, exigée par le VIHF du DMP, est inconnue"
         )
     try:
-        entries = await directory.search_practitioners(rpps=rpps, limit=1)
+        found = await directory.practitioner(rpps)
     except AnnuaireError as exc:
         raise ConsultationRefused(f"Annuaire Santé injoignable, spécialité inconnue : {exc}") from exc
-    found = entries[0].practitioner if entries else None
     if found is None or not found.specialty_code:
         raise ConsultationRefused(
             f"Aucune spécialité n'est enregistrée dans l'Annuaire Santé pour le RPPS {rpps} : "
