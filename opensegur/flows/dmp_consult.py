@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
 from opensegur.content import jdv
@@ -21,6 +21,7 @@ from opensegur.content.cda import CdaError, parse_cda
 from opensegur.content.vaccination import TYPE_CODES as VACCINATION_TYPES
 from opensegur.content.vaccination import Vaccination, vaccinations
 from opensegur.documents.metadata import Coded, DocumentMetadata
+from opensegur.identity.directory import fold
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.transactions.td02 import Td02Response
 from opensegur.transactions.xds import SIGNATURE_CLASS, RetrievedDocument
@@ -39,8 +40,10 @@ __all__ = [
     "Consulter",
     "DmpAccess",
     "DmpConsultPort",
+    "DmpSearch",
     "DmpView",
     "consent_refusal",
+    "VISIBILITY_CODES",
     "VaccinationRecord",
     "open_dmp",
     "open_document",
@@ -148,7 +151,9 @@ class DmpConsultPort(Protocol):
         patient_cx: str,
         *,
         since: datetime | None,
+        until: datetime | None = None,
         type_codes: Sequence[Coded] | None = None,
+        with_deprecated: bool = False,
     ) -> list[DocumentMetadata]: ...
 
     async def get_document(
@@ -164,13 +169,48 @@ class DmpConsultPort(Protocol):
         ...
 
 
+VISIBILITY_CODES = ("MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REPRESENTANTS_LEGAUX")
+
+
+@dataclass(frozen=True)
+class DmpSearch:
+    """What the professional asks of the DMP tab. The type and the act's dates are TD3.1 criteria the DMP filters
+    on (ITI-18 FindDocuments); the author or unit and the visibility filter the answer here."""
+
+    whole: bool = False  # the whole DMP instead of the first search's two years
+    versions: bool = False  # the replaced versions (Deprecated) too, shown as such
+    type_code: str | None = None  # JDV_J07 XdsTypeCode
+    act_from: date | None = None  # bounds on the act's date (serviceStartTime)
+    act_to: date | None = None
+    author: str = ""  # part of an author's name, institution or specialty
+    visibility: str = ""  # "", "normale", or one of VISIBILITY_CODES
+
+    @property
+    def narrowed(self) -> bool:
+        """The professional gave a criterion: the first search's default bound no longer applies."""
+        return bool(self.type_code or self.act_from or self.act_to or self.author or self.visibility)
+
+    def keeps(self, doc: DocumentMetadata) -> bool:
+        if self.author:
+            wanted = fold(self.author)
+            said = " ".join(" ".join([a.person or "", *a.institutions, *a.specialties]) for a in doc.authors)
+            if wanted not in fold(said):
+                return False
+        codes = {c.code for c in doc.confidentiality_codes}
+        if self.visibility == "normale":
+            return not codes & set(VISIBILITY_CODES)
+        return not self.visibility or self.visibility in codes
+
+
 @dataclass
 class DmpView:
     """What the DMP tab shows: the TD0.2 answer and, when it may be consulted, the documents."""
 
     status: Td02Response
+    search: DmpSearch = DmpSearch()
     documents: list[DocumentMetadata] = field(default_factory=list)
     since: datetime | None = None  # the search's lower bound; None: the whole DMP
+    first_bound: bool = False  # since is the first search's two years, not the professional's date
     searched: bool = False
     last_visit: datetime | None = None  # this professional's previous consultation of this DMP
     refusal: str | None = None  # why the DMP, open, was not searched in this mode
@@ -221,14 +261,15 @@ async def open_dmp(
     consulter: Consulter,
     cx: str,
     *,
-    whole: bool = False,
+    search: DmpSearch = DmpSearch(),
     last_visit: datetime | None = None,
     now: datetime | None = None,
 ) -> DmpView:
-    """TD0.2, then, for an open DMP the professional may read, FindDocuments (approved, two years unless
-    ``whole``). The port's errors reach the caller: a page shows the DMP's answer, never half a list."""
+    """TD0.2, then, for an open DMP the professional may read, FindDocuments: approved documents, on acts of the
+    last two years unless the professional widened the search or gave dates, with the replaced versions when
+    asked. The port's errors reach the caller: a page shows the DMP's answer, never half a list."""
     status = await port.status(consulter, cx)
-    view = DmpView(status, last_visit=last_visit)
+    view = DmpView(status, search, last_visit=last_visit)
     if status.status != "OUVERT" or status.authorisation == "INTERDIT":
         return view
     emergency = EMERGENCY_MODES.get(consulter.purpose_of_use)
@@ -239,10 +280,18 @@ async def open_dmp(
             return view
     elif status.authorisation != "AUTORISE":
         return view
-    view.since = None if whole else _first_search_bound(now or datetime.now(UTC))
-    docs = await port.find_documents(consulter, cx, since=view.since)
+    if search.act_from:
+        view.since = datetime.combine(search.act_from, time.min, UTC)
+    elif not (search.whole or search.narrowed):
+        view.since, view.first_bound = _first_search_bound(now or datetime.now(UTC)), True
+    until = datetime.combine(search.act_to, time.max, UTC) if search.act_to else None
+    # The web layer accepts only the JDV_J07 codes.
+    types = [jdv.load_value_set(jdv.JDV_TYPE_CODE).codes[search.type_code]] if search.type_code else None
+    docs = await port.find_documents(
+        consulter, cx, since=view.since, until=until, type_codes=types, with_deprecated=search.versions
+    )
     # A submission set's XAdES signature is an entry of its own in the DMP: technical, not for a clinician.
-    readable = [d for d in docs if d.class_code.code != SIGNATURE_CLASS.code]
+    readable = [d for d in docs if d.class_code.code != SIGNATURE_CLASS.code and search.keeps(d)]
     view.documents = sorted(readable, key=lambda d: d.creation_time or "", reverse=True)
     view.searched = True
     return view

@@ -979,6 +979,7 @@ def build_find_documents(
     creation_time_from: str | None = None,
     creation_time_to: str | None = None,
     service_start_time_from: str | None = None,
+    service_start_time_to: str | None = None,
     return_type: Literal["LeafClass", "ObjectRef"] = "LeafClass",
 ) -> etree._Element:
     return build_stored_query(
@@ -992,6 +993,9 @@ def build_find_documents(
             "$XDSDocumentEntryCreationTimeTo": int(creation_time_to) if creation_time_to else None,
             "$XDSDocumentEntryServiceStartTimeFrom": int(service_start_time_from)
             if service_start_time_from
+            else None,
+            "$XDSDocumentEntryServiceStartTimeTo": int(service_start_time_to)
+            if service_start_time_to
             else None,
         },
         return_type,

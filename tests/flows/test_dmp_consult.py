@@ -5,13 +5,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from opensegur.documents.metadata import Coded, DocumentMetadata
-from opensegur.flows.dmp_consult import AlteredDocument, Consulter, consent_refusal, open_dmp, open_document
+from opensegur.documents.metadata import Coded, DocumentMetadata, XdsAuthor
+from opensegur.flows.dmp_consult import (
+    AlteredDocument,
+    Consulter,
+    DmpSearch,
+    consent_refusal,
+    open_dmp,
+    open_document,
+)
 from opensegur.transactions.td02 import Td02Response
 from opensegur.transactions.xds import SIGNATURE_CLASS, RetrievedDocument
 
@@ -26,6 +34,7 @@ class _Port:
     answer: Td02Response
     docs: list[DocumentMetadata] = field(default_factory=list)
     searches: list[datetime | None] = field(default_factory=list)
+    asked: list[dict[str, Any]] = field(default_factory=list)
     contents: dict[str, bytes] = field(default_factory=dict)
 
     async def status(self, consulter: Consulter, patient_cx: str) -> Td02Response:
@@ -37,9 +46,12 @@ class _Port:
         patient_cx: str,
         *,
         since: datetime | None,
+        until: datetime | None = None,
         type_codes: Sequence[Coded] | None = None,
+        with_deprecated: bool = False,
     ) -> list[DocumentMetadata]:
         self.searches.append(since)
+        self.asked.append({"until": until, "types": type_codes, "deprecated": with_deprecated})
         return self.docs
 
     async def get_document(
@@ -82,8 +94,43 @@ async def test_the_first_search_covers_two_years_and_the_wider_one_the_whole_dmp
     assert port.searches == [datetime(2024, 12, 5, 9, 0, tzinfo=UTC)] and view.since == port.searches[0]
     # Newest first, without the submission sets' signature entries.
     assert [d.creation_time for d in view.documents] == ["20260301", "20250101"]
-    whole = await open_dmp(port, CONSULTER, "cx", whole=True, now=NOW)
+    whole = await open_dmp(port, CONSULTER, "cx", search=DmpSearch(whole=True), now=NOW)
     assert port.searches[-1] is None and whole.since is None
+
+
+async def test_a_search_asks_the_dmp_for_type_and_dates_and_filters_author_and_visibility_here() -> None:
+    reault = XdsAuthor("801^RÉAULT^Pierre", ("CHU-X Chirurgie viscérale",), specialties=("SM14^Chirurgie^x",))
+    other = XdsAuthor("802^MARTIN^Anne", ("Laboratoire Pasteur",))
+    masked = Coded("MASQUE_PS", "1.2.250.1.213.1.1.4.13")
+    docs = [
+        replace(_doc("20260301"), authors=[reault]),
+        replace(_doc("20260302"), authors=[other], confidentiality_codes=[Coded("N", "z"), masked]),
+    ]
+    port = _Port(Td02Response("OUVERT", authorisation="AUTORISE"), docs)
+    search = DmpSearch(
+        versions=True,
+        type_code="11488-4",
+        act_from=date(2026, 1, 1),
+        act_to=date(2026, 3, 31),
+        author="reault",
+    )
+    assert search.narrowed
+    view = await open_dmp(port, CONSULTER, "cx", search=search, now=NOW)
+    asked = port.asked[-1]
+    assert port.searches[-1] == datetime(2026, 1, 1, tzinfo=UTC) and not view.first_bound
+    assert asked["until"] is not None and asked["until"].date() == date(2026, 3, 31) and asked["deprecated"]
+    assert [t.code for t in asked["types"]] == ["11488-4"]
+    assert [d.creation_time for d in view.documents] == ["20260301"]  # accents and case folded
+    by_visibility = {
+        v: [
+            d.creation_time
+            for d in (await open_dmp(port, CONSULTER, "cx", search=DmpSearch(visibility=v))).documents
+        ]
+        for v in ("normale", "MASQUE_PS")
+    }
+    assert by_visibility == {"normale": ["20260301"], "MASQUE_PS": ["20260302"]}
+    # A criterion lifts the first search's two-year bound: the professional said what they want.
+    assert port.searches[-1] is None
 
 
 @pytest.mark.parametrize(

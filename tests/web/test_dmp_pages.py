@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -390,6 +391,44 @@ async def test_the_access_history_shows_who_consulted_in_which_mode(
     none = await _get(web, DOCTOR, f"/identites/{p.id}/dmp/acces")
     await production.aclose()
     assert none.status_code == 200 and 'id="historique-indisponible"' in none.text
+
+
+@needs_examples
+async def test_the_search_form_and_the_replaced_versions(
+    offline: Offline, web: FastAPI, sandbox: FastAPI, pki: TestPki
+) -> None:
+    p = _patient(offline)
+    old_uid = await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(40), "Bilan initial")
+    new_uid = new_oid()
+    new = metadata(
+        new_uid, _cx(p), creation_time=_recent(1), service_start_time=_recent(40), title="Bilan corrigé"
+    )
+    new.entry_uuid = f"urn:uuid:{uuid.uuid4()}"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
+        entries = (await c.get("/dmp/inspect", params={"patient": p.ins_matricule})).json()["entries"]
+        [old] = [e["entryUUID"] for e in entries if e["uniqueId"] == old_uid]
+        sub = iti41(pki, patient=_cx(p), docs=[(new, CR_BIO_N3.read_bytes())], replaces={new.entry_uuid: old})
+        assert registry_result(await post(c, "/dmp/iti41", sub.request)).ok
+    current = _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp"))
+    assert "Bilan corrigé" in current and "Bilan initial" not in current
+    both = _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp?versions=1"))
+    assert 'id="avec-versions"' in both and "Version remplacée" in both.split("Bilan initial", 1)[1][:200]
+    assert f"uid={old_uid}" in both
+    # TD3.1 criteria: a type the DMP filters on, and the act's dates.
+    bio = await _get(web, DOCTOR, f"/identites/{p.id}/dmp?type=11490-0&du={_day(60)}&au={_day(0)}")
+    assert bio.status_code == 200 and "Bilan corrigé" in _text(bio) and 'id="recherche-resultat"' in bio.text
+    other_type = _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp?type=11488-4"))
+    assert "Bilan corrigé" not in other_type and 'id="aucun-document"' in other_type
+    # The form as a browser sends it, empty fields included.
+    empty = await _get(web, DOCTOR, f"/identites/{p.id}/dmp?type=&du=&au=&auteur=&visibilite=")
+    assert empty.status_code == 200 and 'id="filtre-deux-ans"' in empty.text
+    bad_queries = ("type=PAS-UN-TYPE", f"du={_day(0)}&au={_day(10)}", "du=2026-02-31", "visibilite=<script>")
+    for bad in bad_queries:
+        assert (await _get(web, DOCTOR, f"/identites/{p.id}/dmp?{bad}")).status_code == 422
+
+
+def _day(days_ago: int) -> str:
+    return (dt.date.today() - dt.timedelta(days=days_ago)).isoformat()
 
 
 async def test_the_consent_is_recorded_from_the_page_and_audited(offline: Offline, web: FastAPI) -> None:

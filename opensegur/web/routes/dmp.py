@@ -11,7 +11,7 @@ import asyncio
 import csv
 import io
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opensegur.connectors.annuaire_client import AnnuaireClient, AnnuaireError
+from opensegur.content import jdv
 from opensegur.content.cda import CdaError, parse_cda
 from opensegur.content.narrative import embedded_file, sections
 from opensegur.documents.metadata import Coded
@@ -33,6 +34,7 @@ from opensegur.flows.dmp_consult import (
     ConsultationRefused,
     Consulter,
     DmpConsultPort,
+    DmpSearch,
     VaccinationRecord,
     consent_refusal,
     open_dmp,
@@ -177,6 +179,7 @@ def _last_visit(s: Session, actor: Actor, patient_id: int) -> datetime | None:
     return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
 
 
+_ISO_DAY = r"^(\d{4}-\d{2}-\d{2})?$"
 _NO_DMP = "Aucun DMP n'est configuré sur cette plateforme (dmp_iti18_url, dmp_td02_url)"
 DMP_ERRORS = (DmpRejectedError, DmpUnavailableError)
 
@@ -219,15 +222,34 @@ async def page_dmp(
     dmp: Dmp,
     directory: Directory,
     tout: bool = Query(False, description="toute la durée du DMP, au lieu des deux dernières années"),
+    versions: bool = Query(False, description="montrer aussi les versions remplacées"),
+    type: str = Query("", max_length=64, description="typeCode (JDV_J07) du document"),
+    # Strings: an empty date field of the form arrives as "du=".
+    du: str = Query("", pattern=_ISO_DAY, description="date de l'acte, à partir du (AAAA-MM-JJ)"),
+    au: str = Query("", pattern=_ISO_DAY, description="date de l'acte, jusqu'au (AAAA-MM-JJ)"),
+    auteur: str = Query("", max_length=100, description="auteur, établissement ou spécialité"),
+    visibilite: str = Query(
+        "", pattern="^(|normale|MASQUE_PS|INVISIBLE_PATIENT|INVISIBLE_REPRESENTANTS_LEGAUX)$"
+    ),
 ) -> Response:
-    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id, "whole": tout}
+    types = jdv.load_value_set(jdv.JDV_TYPE_CODE).codes
+    if type and type not in types:
+        raise HTTPException(422, f"Type de document « {type} » inconnu du jeu de valeurs JDV_J07")
+    try:
+        act_from, act_to = (date.fromisoformat(d) if d else None for d in (du, au))
+    except ValueError as exc:
+        raise HTTPException(422, f"Date de recherche invalide : {exc}") from exc
+    if act_from and act_to and act_from > act_to:
+        raise HTTPException(422, "La date de début de la recherche est après sa date de fin")
+    search = DmpSearch(tout, versions, type or None, act_from, act_to, auteur.strip(), visibilite)
+    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id, "search": search, "types": types}
     ready = await _consultation(request, "patient_dmp.html", ctx, rt, directory, actor, dmp, "consult_dmp")
     if isinstance(ready, Response):
         return ready
     target, port = ready
     try:
         ctx["view"] = await open_dmp(
-            port, target.consulter, target.cx, whole=tout, last_visit=target.last_visit
+            port, target.consulter, target.cx, search=search, last_visit=target.last_visit
         )
     except DMP_ERRORS as exc:
         return render(request, "patient_dmp.html", {**ctx, "error": _dmp_error(exc)}, status_code=502)
