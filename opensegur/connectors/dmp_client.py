@@ -142,7 +142,7 @@ class DmpClient:
     def _consult_vihf(self, consulter: Consulter, patient_cx: str) -> etree._Element:
         """AIR: the structure's certificate signs, the logged-in professional is the subject."""
         ctx = VihfContext(
-            subject_id="8" + consulter.rpps,  # idNat_PS of an RPPS professional
+            subject_id=consulter.idnat_ps,
             subject_name=consulter.name,
             roles=list(consulter.roles),
             structure_id=consulter.structure_id,
@@ -266,6 +266,24 @@ class DmpClient:
 
     async def delete(self, structure: dict[str, Any], entry: DocumentMetadata) -> DmpOutcome:
         assert entry.entry_uuid is not None
+        exchange = await self._update(
+            self._vihf(structure, entry.patient_id),
+            entry,
+            "Suppression OpenSégur",
+            status_updates=[xds.StatusUpdate(entry.entry_uuid, xds.STATUS_APPROVED, STATUS_DELETED)],
+        )
+        return DmpOutcome(entry.entry_uuid, [exchange])
+
+    async def _update(
+        self,
+        vihf: etree._Element,
+        entry: DocumentMetadata,
+        title: str,
+        *,
+        metadata_updates: Sequence[tuple[DocumentMetadata, str]] = (),
+        status_updates: Sequence[xds.StatusUpdate] = (),
+    ) -> ExchangeRecord:
+        """ITI-57 on one entry (TD3.3): a submission set of the entry's patient carrying the updates."""
         ss = SubmissionSetMetadata(
             unique_id=self._oid(),
             source_id=self.identity.oid_root,
@@ -273,16 +291,16 @@ class DmpClient:
             content_type_code=content_type_code_for_patient_class("I") or Coded("03", "1.2.250.1.213.2.2"),
             submission_time=datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
             authors=list(entry.authors[:1]),
-            title="Suppression OpenSégur",
+            title=title,
         )
         body = xds.build_update_document_set(
-            ss, status_updates=[xds.StatusUpdate(entry.entry_uuid, xds.STATUS_APPROVED, STATUS_DELETED)]
+            ss, metadata_updates=metadata_updates, status_updates=status_updates
         )
         response, _parts, exchange = await self._call(
-            "ITI-57", self.endpoints.iti57, xds.ACTION_ITI57, body, self._vihf(structure, entry.patient_id)
+            "ITI-57", self.endpoints.iti57, xds.ACTION_ITI57, body, vihf
         )
         self._check(xds.parse_registry_response(response), [exchange])
-        return DmpOutcome(entry.entry_uuid, [exchange])
+        return exchange
 
     # ---- DmpConsultPort ---------------------------------------------------------------------------------------
 
@@ -324,7 +342,9 @@ class DmpClient:
         result = await self._consult_query(
             consulter, patient_cx, xds.build_get_documents(unique_ids=[unique_id])
         )
-        return next((d for d in result.documents if d.unique_id == unique_id), None)
+        # A visibility change keeps the uniqueId under a new version: the Approved one is the current one.
+        found = [d for d in result.documents if d.unique_id == unique_id]
+        return min(found, key=lambda d: (d.availability_status or "Approved") != "Approved", default=None)
 
     async def _consult_query(
         self, consulter: Consulter, patient_cx: str, body: etree._Element
@@ -384,3 +404,28 @@ class DmpClient:
         except (KeyError, TypeError, ValueError) as exc:
             raise DmpUnavailableError(f"Historique des accès illisible : {exc!r}", []) from exc
         return sorted(accesses, key=lambda a: a.at, reverse=True)
+
+    async def update_confidentiality(
+        self, consulter: Consulter, patient_cx: str, entry: DocumentMetadata, codes: Sequence[Coded]
+    ) -> None:
+        if not entry.logical_id or entry.version is None:
+            raise DmpRejectedError(
+                "XDSMetadataUpdateError", "entrée sans logicalId ni version : mise à jour impossible"
+            )
+        new = replace(entry, confidentiality_codes=list(codes), entry_uuid=None)
+        await self._update(
+            self._consult_vihf(consulter, patient_cx),
+            entry,
+            "Visibilité modifiée par son auteur",
+            metadata_updates=[(new, str(entry.version))],
+        )
+
+    async def delete_document(self, consulter: Consulter, patient_cx: str, entry: DocumentMetadata) -> None:
+        if not entry.entry_uuid:
+            raise DmpRejectedError("XDSMetadataUpdateError", "entrée sans entryUUID : suppression impossible")
+        await self._update(
+            self._consult_vihf(consulter, patient_cx),
+            entry,
+            "Suppression par son auteur",
+            status_updates=[xds.StatusUpdate(entry.entry_uuid, xds.STATUS_APPROVED, STATUS_DELETED)],
+        )

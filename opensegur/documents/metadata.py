@@ -29,6 +29,18 @@ class XdsAuthor:
     telecom: tuple[str, ...] = ()
 
 
+def xcn_id(xcn: str | None) -> str | None:
+    """idNat_PS of an authorPerson XCN (first component)."""
+    value = (xcn or "").split("^", 1)[0].strip()
+    return value or None
+
+
+def xon_id(xon: str) -> str | None:
+    """idNat_Struct of an authorInstitution XON (tenth component)."""
+    parts = xon.split("^")
+    return parts[9].strip() or None if len(parts) > 9 else None
+
+
 @dataclass
 class DocumentMetadata:
     """XDSDocumentEntry attributes (ITI-41 / ITI-57 / ITI-18)."""

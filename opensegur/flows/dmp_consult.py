@@ -20,7 +20,7 @@ from opensegur.content import jdv
 from opensegur.content.cda import CdaError, parse_cda
 from opensegur.content.vaccination import TYPE_CODES as VACCINATION_TYPES
 from opensegur.content.vaccination import Vaccination, vaccinations
-from opensegur.documents.metadata import Coded, DocumentMetadata
+from opensegur.documents.metadata import Coded, DocumentMetadata, xcn_id, xon_id
 from opensegur.identity.directory import fold
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.transactions.td02 import Td02Response
@@ -28,6 +28,8 @@ from opensegur.transactions.xds import SIGNATURE_CLASS, RetrievedDocument
 
 __all__ = [
     "ACCESS_ACTIONS",
+    "AUTHOR_ACTIONS",
+    "AuthorAction",
     "AlteredDocument",
     "CONSENT_LABELS",
     "DMP_STATUS_LABELS",
@@ -42,7 +44,10 @@ __all__ = [
     "DmpConsultPort",
     "DmpSearch",
     "DmpView",
+    "act_as_author",
     "consent_refusal",
+    "is_author",
+    "offered_actions",
     "VISIBILITY_CODES",
     "VaccinationRecord",
     "open_dmp",
@@ -120,6 +125,14 @@ class Consulter:
     secteur_activite: str = "SA01"
     purpose_of_use: str = "normal"
 
+    @property
+    def idnat_ps(self) -> str:
+        return "8" + self.rpps  # idNat_PS of an RPPS professional
+
+    @property
+    def author_ids(self) -> frozenset[str]:
+        return frozenset({self.idnat_ps, self.structure_id})
+
 
 @dataclass(frozen=True)
 class DmpAccess:
@@ -168,6 +181,14 @@ class DmpConsultPort(Protocol):
         """Newest first; None when this DMP exposes no access history to software."""
         ...
 
+    async def update_confidentiality(
+        self, consulter: Consulter, patient_cx: str, entry: DocumentMetadata, codes: Sequence[Coded]
+    ) -> None: ...
+
+    async def delete_document(
+        self, consulter: Consulter, patient_cx: str, entry: DocumentMetadata
+    ) -> None: ...
+
 
 VISIBILITY_CODES = ("MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REPRESENTANTS_LEGAUX")
 
@@ -214,6 +235,14 @@ class DmpView:
     searched: bool = False
     last_visit: datetime | None = None  # this professional's previous consultation of this DMP
     refusal: str | None = None  # why the DMP, open, was not searched in this mode
+    author_ids: frozenset[str] = frozenset()  # the professional's idNat_PS and their structure's idNat_Struct
+
+    def author_actions(self, doc: DocumentMetadata) -> list[tuple[str, str]]:
+        """(action, button label) this professional may take on the document: none unless they or their
+        structure wrote it and it is the current version."""
+        if (doc.availability_status or "Approved") != "Approved" or not is_author(doc, self.author_ids):
+            return []
+        return [(key, AUTHOR_ACTIONS[key].label) for key in offered_actions(doc)]
 
     def is_new(self, doc: DocumentMetadata) -> bool:
         """Created after the professional's previous consultation (creationTime is UTC, ITI TF-3 §4.2.3.1.7)."""
@@ -229,6 +258,11 @@ class DmpView:
     @property
     def authorisation_label(self) -> str:
         return AUTHORISATION_LABELS[self.status.authorisation]
+
+
+def is_author(doc: DocumentMetadata, ids: frozenset[str]) -> bool:
+    """One of the document's authors is one of ``ids`` (idNat_PS of the person, idNat_Struct of the institution)."""
+    return any(xcn_id(a.person) in ids or any(xon_id(i) in ids for i in a.institutions) for a in doc.authors)
 
 
 def patient_cx(matricule: str, oid: str) -> str:
@@ -269,7 +303,7 @@ async def open_dmp(
     last two years unless the professional widened the search or gave dates, with the replaced versions when
     asked. The port's errors reach the caller: a page shows the DMP's answer, never half a list."""
     status = await port.status(consulter, cx)
-    view = DmpView(status, search, last_visit=last_visit)
+    view = DmpView(status, search, last_visit=last_visit, author_ids=consulter.author_ids)
     if status.status != "OUVERT" or status.authorisation == "INTERDIT":
         return view
     emergency = EMERGENCY_MODES.get(consulter.purpose_of_use)
@@ -357,3 +391,74 @@ async def vaccination_record(port: DmpConsultPort, consulter: Consulter, cx: str
                 record.vaccinations.append(v)
     record.vaccinations.sort(key=lambda v: v.sort_key, reverse=True)
     return record
+
+
+@dataclass(frozen=True)
+class AuthorAction:
+    """What the author of a document may do to it in the DMP (TD3.3a-c): a confidentiality code added or
+    removed (ITI-57 metadata update), or the document deleted (ITI-57 status change)."""
+
+    label: str  # the button
+    done: str  # the confirmation
+    add: str | None = None
+    remove: str | None = None
+
+
+AUTHOR_ACTIONS = {
+    "masquer": AuthorAction(
+        "Masquer aux professionnels", "Document masqué aux professionnels", add="MASQUE_PS"
+    ),
+    "demasquer": AuthorAction(
+        "Rendre visible aux professionnels",
+        "Document de nouveau visible des professionnels",
+        remove="MASQUE_PS",
+    ),
+    "invisible_patient": AuthorAction(
+        "Rendre invisible au patient", "Document invisible au patient", add="INVISIBLE_PATIENT"
+    ),
+    "visible_patient": AuthorAction(
+        "Rendre visible au patient", "Document de nouveau visible du patient", remove="INVISIBLE_PATIENT"
+    ),
+    "invisible_representants": AuthorAction(
+        "Rendre invisible aux représentants légaux",
+        "Document invisible aux représentants légaux",
+        add="INVISIBLE_REPRESENTANTS_LEGAUX",
+    ),
+    "visible_representants": AuthorAction(
+        "Rendre visible aux représentants légaux",
+        "Document de nouveau visible des représentants légaux",
+        remove="INVISIBLE_REPRESENTANTS_LEGAUX",
+    ),
+    "supprimer": AuthorAction("Supprimer du DMP", "Document supprimé du DMP"),
+}
+
+
+def offered_actions(doc: DocumentMetadata) -> list[str]:
+    """The actions that would change this document: a code it lacks to add, one it has to remove, deletion."""
+    codes = {c.code for c in doc.confidentiality_codes}
+    return [
+        key
+        for key, a in AUTHOR_ACTIONS.items()
+        if (a.add and a.add not in codes) or (a.remove and a.remove in codes) or key == "supprimer"
+    ]
+
+
+async def act_as_author(
+    port: DmpConsultPort, consulter: Consulter, cx: str, unique_id: str, action: str
+) -> AuthorAction:
+    """One author action on the document's current version, or ConsultationRefused (French) when the document is
+    gone or not the professional's; the DMP's own refusal (DmpRejectedError) reaches the caller."""
+    what = AUTHOR_ACTIONS[action]
+    entry = await port.get_document(consulter, cx, unique_id)
+    if entry is None or (entry.availability_status or "Approved") != "Approved":
+        raise ConsultationRefused("Ce document n'est pas, ou plus, une version en vigueur dans le DMP")
+    if not is_author(entry, consulter.author_ids):
+        raise ConsultationRefused("Seul l'auteur du document, ou sa structure, peut en changer la visibilité")
+    if what.add is None and what.remove is None:
+        await port.delete_document(consulter, cx, entry)
+        return what
+    codes = [c for c in entry.confidentiality_codes if c.code != what.remove]
+    if what.add and what.add not in {c.code for c in codes}:
+        codes.append(jdv.load_value_set(jdv.JDV_CONFIDENTIALITY).codes[what.add])
+    await port.update_confidentiality(consulter, cx, entry, codes)
+    return what

@@ -3,11 +3,13 @@ authorisation, oppositions to the emergency modes, and INDIRECTE kept to feeding
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import httpx
 import pytest
 
+from opensegur.content import jdv
 from opensegur.sandbox.dmp.app import ERR_BLOCKED, ERR_FORBIDDEN, ERR_OPPOSITION, REPOSITORY_UNIQUE_ID
 from opensegur.security.pki import TestPki
 from opensegur.transactions import xds
@@ -15,12 +17,14 @@ from opensegur.transactions.td02 import ACTION_TD02, build_td02_request, parse_t
 from tests.sandbox_dmp.helpers import (
     OTHER_STRUCTURE,
     PAT_TROIS,
+    cx,
     iti41,
     post,
     query,
     read,
     registry_result,
     soap,
+    submission_set,
 )
 
 MATRICULE, OID = PAT_TROIS[:15], "1.2.250.1.213.1.4.10"
@@ -119,3 +123,37 @@ async def test_the_fixture_list_refuses_an_oversized_block_list(client: httpx.As
         json={"matricule": MATRICULE, "oid": OID, "blocked": [str(i) for i in range(101)]},
     )
     assert r.status_code == 422
+
+
+async def test_only_the_author_changes_a_documents_visibility(
+    client: httpx.AsyncClient, pki: TestPki
+) -> None:
+    uid = await _feed(client, pki)
+    [current] = (await query(client, pki, xds.build_get_documents(unique_ids=[uid]))).documents
+    masked = dataclasses.replace(
+        current,
+        entry_uuid=None,
+        confidentiality_codes=[
+            *current.confidentiality_codes,
+            jdv.load_value_set(jdv.JDV_CONFIDENTIALITY).codes["MASQUE_PS"],
+        ],
+    )
+
+    async def update(**vihf: Any) -> xds.RegistryResult:
+        body = xds.build_update_document_set(submission_set(), metadata_updates=[(masked, "1")])
+        return registry_result(await post(client, "/dmp/iti57", soap(xds.ACTION_ITI57, body, pki, **vihf)))
+
+    stranger = await update(**DOCTOR, structure_id=OTHER_STRUCTURE)
+    assert stranger.errors[0].code == ERR_FORBIDDEN and "auteur" in stranger.errors[0].context
+    # The same document under another patient's submission set: refused before anything changes.
+    other_patient = cx("1700133063101")
+    await client.put(
+        "/dmp/_admin/patients",
+        json={"matricule": other_patient[:15], "oid": OID, "name": "AUTRE"},
+    )
+    body = xds.build_update_document_set(submission_set(other_patient), metadata_updates=[(masked, "1")])
+    crossed = registry_result(
+        await post(client, "/dmp/iti57", soap(xds.ACTION_ITI57, body, pki, patient=other_patient))
+    )
+    assert crossed.errors[0].code == "XDSPatientIdDoesNotMatch"
+    assert (await update()).ok  # the author's structure

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,7 +33,7 @@ from opensegur.web.deps import get_directory, get_dmp
 from tests.actors import act_as
 from tests.annuaire.conftest import BASE as ANNUAIRE
 from tests.annuaire.conftest import sandbox_app
-from tests.sandbox_dmp.helpers import iti41, metadata, new_oid, post, registry_result
+from tests.sandbox_dmp.helpers import author, iti41, metadata, new_oid, post, registry_result
 from tests.web.test_rest_intake import Offline
 
 pytestmark = pytest.mark.requirement("DMP-CONSULT-AIR")
@@ -117,10 +118,12 @@ def _cx(p: Patient) -> str:
     return f"{p.ins_matricule}^^^&{p.ins_oid}&ISO^NH"
 
 
-async def _feed(sandbox: FastAPI, pki: TestPki, p: Patient, content: bytes, created: str, title: str) -> str:
+async def _feed(
+    sandbox: FastAPI, pki: TestPki, p: Patient, content: bytes, created: str, title: str, **changes: Any
+) -> str:
     """A document about an act of ``created`` (its serviceStartTime too: the first search is bounded on it)."""
     uid = new_oid()
-    m = metadata(uid, _cx(p), creation_time=created, service_start_time=created, title=title)
+    m = metadata(uid, _cx(p), creation_time=created, service_start_time=created, title=title, **changes)
     sub = iti41(pki, patient=_cx(p), docs=[(m, content)])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
         assert registry_result(await post(c, "/dmp/iti41", sub.request)).ok
@@ -429,6 +432,90 @@ async def test_the_search_form_and_the_replaced_versions(
 
 def _day(days_ago: int) -> str:
     return (dt.date.today() - dt.timedelta(days=days_ago)).isoformat()
+
+
+async def _post_then_follow(app: FastAPI, actor: Actor, path: str, data: dict[str, str]) -> httpx.Response:
+    """A form posted as the browser does, then the page it redirects to (with the message it left)."""
+    act_as(app, actor)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://opensegur.test"
+    ) as c:
+        posted = await c.post(path, data=data, headers={"x-csrf-token": "jeton-de-test"})
+        if posted.status_code != 303:
+            return posted
+        return await c.get(posted.headers["location"])
+
+
+@needs_examples
+async def test_the_author_masks_changes_visibility_and_deletes_and_the_list_follows(
+    offline: Offline, web: FastAPI, sandbox: FastAPI, pki: TestPki
+) -> None:
+    p = _patient(offline)
+    with offline.db.session() as s:
+        structure = "1" + s.get(Patient, p.id).structure.finess
+    mine = await _feed(
+        sandbox,
+        pki,
+        p,
+        CR_BIO_N3.read_bytes(),
+        _recent(3),
+        "Mon compte rendu",
+        authors=[author(structure=structure, ps="8" + REAULT_RPPS)],
+    )
+    theirs = await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(4), "Compte rendu du laboratoire")
+    page = _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp"))
+    row = page.split("Mon compte rendu", 1)[1].split("</tr>", 1)[0]
+    assert "Actions de l'auteur" in row and "Masquer aux professionnels" in row and "Supprimer du DMP" in row
+    assert "Actions de l'auteur" not in page.split("Compte rendu du laboratoire", 1)[1].split("</tr>", 1)[0]
+
+    async def act(action: str, uid: str = mine) -> str:
+        path = f"/identites/{p.id}/dmp/document/action"
+        followed = await _post_then_follow(web, DOCTOR, path, {"uid": uid, "action": action})
+        assert followed.status_code == 200 and followed.url.path == f"/identites/{p.id}/dmp"
+        return _text(followed)
+
+    after = await act("masquer")
+    assert "Document masqué aux professionnels" in after
+    row = after.split("Mon compte rendu", 1)[1].split("</tr>", 1)[0]
+    assert "MASQUE_PS" in row or "Masqué" in row
+    assert "Rendre visible aux professionnels" in row and "Masquer aux professionnels" not in row
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
+        entries = (await c.get("/dmp/inspect", params={"patient": p.ins_matricule})).json()["entries"]
+    assert {(e["version"], e["status"]) for e in entries if e["uniqueId"] == mine} == {
+        (1, "Deprecated"),
+        (2, "Approved"),
+    }
+    assert "Mon compte rendu" in (await act("demasquer"))
+    hidden = await act("invisible_patient")
+    assert "Rendre visible au patient" in hidden.split("Mon compte rendu", 1)[1].split("</tr>", 1)[0]
+    refused = await act("masquer", theirs)
+    assert "Seul l'auteur du document" in refused
+    gone = await act("supprimer")
+    assert (
+        "Document supprimé du DMP" in gone
+        and "Mon compte rendu" not in gone.split('id="documents-dmp"', 1)[1]
+    )
+    assert (await act("masquer")).count("plus, une version en vigueur") == 1
+    forged = await _post_then_follow(
+        web, DOCTOR, f"/identites/{p.id}/dmp/document/action", {"uid": theirs, "action": "effacer_tout"}
+    )
+    assert forged.status_code == 422
+    with offline.db.session() as s:
+        outcomes = [
+            e.detail
+            for e in s.scalars(
+                select(AuditEvent).where(AuditEvent.action == "dmp_author_action").order_by(AuditEvent.id)
+            )
+        ]
+    assert [d["action"] for d in outcomes] == [
+        "masquer",
+        "demasquer",
+        "invisible_patient",
+        "masquer",
+        "supprimer",
+        "masquer",
+    ]
+    assert [bool(d.get("refus")) for d in outcomes] == [False, False, False, True, False, True]
 
 
 async def test_the_consent_is_recorded_from_the_page_and_audited(offline: Offline, web: FastAPI) -> None:

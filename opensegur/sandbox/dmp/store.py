@@ -43,7 +43,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
-from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata, XdsAuthor
+from opensegur.documents.metadata import (
+    Coded,
+    DocumentMetadata,
+    SubmissionSetMetadata,
+    XdsAuthor,
+    xcn_id,
+    xon_id,
+)
 from opensegur.transactions.xds import (
     ASSOC_HAS_MEMBER,
     ASSOC_UPDATE_AVAILABILITY,
@@ -63,8 +70,6 @@ __all__ = [
     "metadata_from_json",
     "metadata_to_json",
     "status_short",
-    "xcn_id",
-    "xon_id",
 ]
 
 DB_FILENAME = "dmp-sandbox.db"
@@ -251,18 +256,6 @@ def _submission_set_from_json(text: str) -> SubmissionSetMetadata:
     d["content_type_code"] = _coded(d["content_type_code"])
     d["authors"] = [_author(a) for a in d.get("authors", [])]
     return SubmissionSetMetadata(**d)
-
-
-def xcn_id(xcn: str | None) -> str | None:
-    """idNat_PS of an authorPerson XCN (first component)."""
-    value = (xcn or "").split("^", 1)[0].strip()
-    return value or None
-
-
-def xon_id(xon: str) -> str | None:
-    """idNat_Struct of an authorInstitution XON (tenth component)."""
-    parts = xon.split("^")
-    return parts[9].strip() or None if len(parts) > 9 else None
 
 
 def _author_ids(m: DocumentMetadata) -> tuple[str | None, str | None]:
@@ -589,6 +582,18 @@ class DmpStore:
                         "XDSMetadataVersionError",
                         f"PreviousVersion {previous_version} ≠ version courante {prev.metadata.version}",
                         m.entry_uuid or "",
+                    )
+                if prev.metadata.patient_id != ss.patient_id:
+                    raise XdsError(
+                        "XDSPatientIdDoesNotMatch",
+                        "l'entrée appartient à un autre patient",
+                        m.logical_id or "",
+                    )
+                if not prev.authored_by(caller):
+                    raise XdsError(
+                        ERR_FORBIDDEN,
+                        "seul l'auteur du document (même idNat_PS ou même structure) peut en changer la visibilité",
+                        m.logical_id or "",
                     )
                 _check_confidentiality_only(prev.metadata, m)
                 if conn.execute(_ENTRY_UUID_TAKEN, {"entry_uuid": m.entry_uuid or ""}).first() is not None:

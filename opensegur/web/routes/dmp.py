@@ -25,6 +25,7 @@ from opensegur.content.cda import CdaError, parse_cda
 from opensegur.content.narrative import embedded_file, sections
 from opensegur.documents.metadata import Coded
 from opensegur.flows.dmp_consult import (
+    AUTHOR_ACTIONS,
     CONSENT_LABELS,
     EMERGENCY_MODES,
     NEEDS_SPECIALTY,
@@ -36,6 +37,7 @@ from opensegur.flows.dmp_consult import (
     DmpConsultPort,
     DmpSearch,
     VaccinationRecord,
+    act_as_author,
     consent_refusal,
     open_dmp,
     open_document,
@@ -293,6 +295,38 @@ async def page_dmp_document(
     return render(
         request, "dmp_document.html", {**ctx, "header": header, "sections": sections(root), "file": file}
     )
+
+
+@router.post("/identites/{patient_id}/dmp/document/action", include_in_schema=False)
+async def page_dmp_author_action(
+    request: Request,
+    patient_id: int,
+    actor: Consultant,
+    rt: Rt,
+    dmp: Dmp,
+    directory: Directory,
+    uid: str = Form(min_length=1, max_length=128),
+    action: str = Form(pattern="^(" + "|".join(AUTHOR_ACTIONS) + ")$"),
+) -> Response:
+    """The author of a document masks it, changes its visibility or deletes it (ITI-57); back to the list with
+    what the DMP said. Audited with the document and the action, refused or not."""
+    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id}
+    ready = await _consultation(
+        request, "patient_dmp.html", ctx, rt, directory, actor, dmp, "consult_dmp_author_action"
+    )
+    if isinstance(ready, Response):
+        return ready
+    target, port = ready
+    back = f"/identites/{patient_id}/dmp"
+    try:
+        done = await act_as_author(port, target.consulter, target.cx, uid, action)
+        message, detail = f"{done.done} ({uid}).", {"action": action, "document": uid}
+    except ConsultationRefused as exc:
+        message, detail = exc.reason, {"action": action, "document": uid, "refus": exc.reason}
+    except DMP_ERRORS as exc:
+        message, detail = _dmp_error(exc), {"action": action, "document": uid, "refus": _dmp_error(exc)}
+    await asyncio.to_thread(_audit, rt, actor, patient_id, "dmp_author_action", detail)
+    return redirect_with_message(back, message, actor)
 
 
 @router.get("/identites/{patient_id}/dmp/acces", response_class=HTMLResponse, include_in_schema=False)
