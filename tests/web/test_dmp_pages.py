@@ -27,7 +27,7 @@ from opensegur.sandbox.dmp.patients import PatientRegistry, default_patients
 from opensegur.security.actor import Actor
 from opensegur.security.matrix import Assignment, Scope
 from opensegur.security.pki import TestPki, ensure_test_pki
-from opensegur.store.models import AuditEvent, Patient
+from opensegur.store.models import AuditEvent, Document, Patient
 from opensegur.web.app import create_app
 from opensegur.web.deps import get_directory, get_dmp
 from tests.actors import act_as
@@ -516,6 +516,42 @@ async def test_the_author_masks_changes_visibility_and_deletes_and_the_list_foll
         "masquer",
     ]
     assert [bool(d.get("refus")) for d in outcomes] == [False, False, False, True, False, True]
+
+
+@needs_examples
+async def test_a_document_the_record_already_holds_is_shown_once_from_its_local_copy(
+    offline: Offline, web: FastAPI, sandbox: FastAPI, pki: TestPki
+) -> None:
+    p = _patient(offline)
+    here = await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(2), "Reçu aussi par MSSanté")
+    elsewhere = await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(3), "Seulement dans le DMP")
+    with offline.db.session() as s:
+        patient = s.get(Patient, p.id)
+        other = s.scalars(select(Patient).where(Patient.id != p.id)).first()
+        assert patient is not None and other is not None
+        local = Document(
+            structure_id=patient.structure_id,
+            patient_id=p.id,
+            source="mssante",
+            kind="initial",
+            unique_id=here,
+        )
+        # Another patient's document that happens to share a uniqueId says nothing about this one.
+        foreign = Document(
+            structure_id=other.structure_id,
+            patient_id=other.id,
+            source="hl7",
+            kind="initial",
+            unique_id=elsewhere,
+        )
+        s.add_all([local, foreign])
+        s.flush()
+        local_id = local.id
+    page = _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp"))
+    assert page.count("Reçu aussi par MSSanté") == 1
+    row = page.split("Reçu aussi par MSSanté", 1)[1].split("</tr>", 1)[0]
+    assert "Déjà dans le dossier local" in row and f'href="/documents/{local_id}"' in row
+    assert "Déjà dans le dossier local" not in page.split("Seulement dans le DMP", 1)[1].split("</tr>", 1)[0]
 
 
 async def test_the_consent_is_recorded_from_the_page_and_audited(offline: Offline, web: FastAPI) -> None:

@@ -48,7 +48,7 @@ from opensegur.flows.dmp_feed import DmpRejectedError, DmpUnavailableError
 from opensegur.security import access, audit
 from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action
-from opensegur.store.models import AuditEvent, Patient
+from opensegur.store.models import AuditEvent, Document, Patient
 from opensegur.web.deps import Directory, Dmp, Rt, WebRuntime, allow, ensure_patient, matrix_of
 from opensegur.web.documents import dtm_fr
 from opensegur.web.flash import redirect_with_message
@@ -250,12 +250,28 @@ async def page_dmp(
         return ready
     target, port = ready
     try:
-        ctx["view"] = await open_dmp(
-            port, target.consulter, target.cx, search=search, last_visit=target.last_visit
-        )
+        view = await open_dmp(port, target.consulter, target.cx, search=search, last_visit=target.last_visit)
     except DMP_ERRORS as exc:
         return render(request, "patient_dmp.html", {**ctx, "error": _dmp_error(exc)}, status_code=502)
+    uids = [d.unique_id for d in view.documents]
+    ctx["view"], ctx["local"] = view, await asyncio.to_thread(_local_copies, rt, patient_id, uids)
     return render(request, "patient_dmp.html", ctx)
+
+
+def _local_copies(rt: WebRuntime, patient_id: int, unique_ids: list[str]) -> dict[str, int]:
+    """The DMP documents this patient's record already holds (same uniqueId, from the DPI or by MSSanté): shown
+    once, opened from the local copy without an ITI-43."""
+    if not unique_ids:
+        return {}
+    with rt.db.session() as s:
+        rows = s.execute(
+            select(Document.unique_id, Document.id).where(
+                Document.patient_id == patient_id,
+                Document.unique_id.in_(unique_ids),
+                Document.kind != "deletion",
+            )
+        )
+        return {uid: doc_id for uid, doc_id in rows}
 
 
 @router.get("/identites/{patient_id}/dmp/document", include_in_schema=False)
