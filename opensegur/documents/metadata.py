@@ -6,7 +6,11 @@ the XDS.b transaction layer (which renders it as ebRIM for ITI-41/57 and reads i
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -91,3 +95,58 @@ class SubmissionSetMetadata:
     entry_uuid: str | None = None
     # XON|XCN|XTN values (ITI TF-3 4.2.3.3.6): who the sender meant it for, when known (XDM/XDR by mail).
     intended_recipients: list[str] = field(default_factory=list)
+
+
+# ---- as JSON: the sandbox registry's rows, a document's context, the DMP tab's listing -------------------------
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _dataclass_fields(obj: object) -> dict[str, Any]:
+    # json calls this for each nested dataclass (Coded, XdsAuthor): the JSON of dataclasses.asdict, without its
+    # deep copy of every value.
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {name: getattr(obj, name) for name in _field_names(type(obj))}
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def metadata_to_json(m: DocumentMetadata | SubmissionSetMetadata) -> str:
+    return json.dumps(m, ensure_ascii=False, default=_dataclass_fields)
+
+
+def coded_from_dict(d: dict[str, str]) -> Coded:
+    return Coded(d["code"], d["scheme"], d.get("display", ""))
+
+
+def author_from_dict(d: dict[str, Any]) -> XdsAuthor:
+    return XdsAuthor(
+        person=d.get("person"),
+        institutions=tuple(d.get("institutions", ())),
+        roles=tuple(d.get("roles", ())),
+        specialties=tuple(d.get("specialties", ())),
+        telecom=tuple(d.get("telecom", ())),
+    )
+
+
+def metadata_from_dict(data: dict[str, Any]) -> DocumentMetadata:
+    """The inverse of ``dataclasses.asdict`` (or of :func:`metadata_to_json` once parsed)."""
+    d = dict(data)
+    for name in (
+        "class_code",
+        "type_code",
+        "format_code",
+        "healthcare_facility_type_code",
+        "practice_setting_code",
+    ):
+        d[name] = coded_from_dict(d[name])
+    d["confidentiality_codes"] = [coded_from_dict(c) for c in d.get("confidentiality_codes", [])]
+    d["event_codes"] = [coded_from_dict(c) for c in d.get("event_codes", [])]
+    d["authors"] = [author_from_dict(a) for a in d.get("authors", [])]
+    return DocumentMetadata(**d)
+
+
+def metadata_from_json(text: str) -> DocumentMetadata:
+    return metadata_from_dict(json.loads(text))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import or_, select
@@ -25,7 +25,7 @@ from opensegur.content.cda import CdaError, CdaHeader, parse_cda
 from opensegur.content.validation import CdaValidator, Finding
 from opensegur.content.validation import Source as FindingSource
 from opensegur.content.xds_metadata import MetadataError, document_metadata
-from opensegur.documents.metadata import DocumentMetadata
+from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
 from opensegur.flows.identity_feed import find_or_create_from_pid, resolve_site
 from opensegur.flows.identity_gate import JOB_PROCESS
 from opensegur.flows.worker import PermanentError, RetryableError
@@ -410,7 +410,7 @@ def process_document(ctx: ProcessContext, document_id: int) -> str:
             set_status(doc, "rejected", exc.message_fr)
             _enqueue_zam(s, doc, "DMP", ok=False)
             return doc.status
-        doc.context = {**doc.context, "metadata": _metadata_json(metadata)}
+        doc.context = {**doc.context, "metadata": asdict(metadata)}
         return _plan_deliveries(s, doc, metadata)
 
 
@@ -485,12 +485,6 @@ def _ipp_authority(patient: Patient) -> str | None:
     submission; without one, the metadata fall back to the INS, as the DMP annex allows."""
     authority = next((i.authority for i in patient.identifiers if i.type_code == "PI"), None)
     return authority if authority and _OID_RE.match(authority) else None
-
-
-def _metadata_json(m: DocumentMetadata) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(m)
 
 
 _STATUS_OF_DELIVERY = {
@@ -710,7 +704,7 @@ async def deliver(db: Database, dmp: DmpPort, delivery_id: int, attempt: int) ->
         await asyncio.to_thread(_failed, db, delivery_id, "XDSUnknownDocument", message, [], False)
         raise PermanentError(message)
     stored = doc.context.get("metadata")
-    metadata = DocumentMetadata(**_metadata_from_json(stored)) if stored else None
+    metadata = metadata_from_dict(stored) if stored else None
     patient_cx = _patient_cx(doc)
     try:
         if attempt > 1 and d.action in ("register", "replace"):
@@ -751,33 +745,6 @@ async def deliver(db: Database, dmp: DmpPort, delivery_id: int, attempt: int) ->
         raise PermanentError(str(exc)) from exc
     await asyncio.to_thread(_delivered, db, delivery_id, outcome.entry_uuid, outcome.exchanges, "success")
     return {"entry_uuid": outcome.entry_uuid}
-
-
-def _metadata_from_json(data: dict[str, Any]) -> dict[str, Any]:
-    from opensegur.documents.metadata import Coded, XdsAuthor
-
-    out = dict(data)
-    for key in (
-        "class_code",
-        "type_code",
-        "format_code",
-        "healthcare_facility_type_code",
-        "practice_setting_code",
-    ):
-        out[key] = Coded(**out[key])
-    out["confidentiality_codes"] = [Coded(**c) for c in out.get("confidentiality_codes", [])]
-    out["event_codes"] = [Coded(**c) for c in out.get("event_codes", [])]
-    out["authors"] = [
-        XdsAuthor(
-            person=a.get("person"),
-            institutions=tuple(a.get("institutions", ())),
-            roles=tuple(a.get("roles", ())),
-            specialties=tuple(a.get("specialties", ())),
-            telecom=tuple(a.get("telecom", ())),
-        )
-        for a in out.get("authors", [])
-    ]
-    return out
 
 
 def _delivered(

@@ -45,8 +45,8 @@ from sqlalchemy.orm import Session
 
 from opensegur import __version__
 from opensegur.content.xds_metadata import MetadataError, submission_set_metadata
-from opensegur.documents.metadata import DocumentMetadata
-from opensegur.flows.dmp_feed import JOB_MSS_SEND, _metadata_from_json, document_with_content, set_status
+from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
+from opensegur.flows.dmp_feed import JOB_MSS_SEND, document_with_content, set_status
 from opensegur.flows.identity_feed import find_by_identifier, read_ins, resolve_site
 from opensegur.flows.mssante_ports import DpiSender, MailSender, MailSendResult, MailUnavailableError
 from opensegur.flows.worker import PermanentError, RetryableError
@@ -535,7 +535,7 @@ def _metadata(doc: Document) -> DocumentMetadata:
     stored = doc.context.get("metadata")
     if not stored:
         raise MssOutboundError("NOT_VALIDATED", "Métadonnées du document absentes : document non validé")
-    m = DocumentMetadata(**_metadata_from_json(stored))
+    m = metadata_from_dict(stored)
     m.entry_uuid = None
     return m
 

@@ -1007,6 +1007,7 @@ def build_find_submission_sets(
     statuses: Sequence[str] = (STATUS_APPROVED,),
     *,
     source_ids: Sequence[str] | None = None,
+    submission_time_from: str | None = None,
     return_type: Literal["LeafClass", "ObjectRef"] = "LeafClass",
 ) -> etree._Element:
     return build_stored_query(
@@ -1015,6 +1016,7 @@ def build_find_submission_sets(
             "$XDSSubmissionSetPatientId": patient_id,
             "$XDSSubmissionSetStatus": [_status_urn(s) for s in statuses],
             "$XDSSubmissionSetSourceId": list(source_ids) if source_ids else None,
+            "$XDSSubmissionSetSubmissionTimeFrom": int(submission_time_from) if submission_time_from else None,
         },
         return_type,
     )

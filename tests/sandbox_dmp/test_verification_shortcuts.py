@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 
-from opensegur.sandbox.dmp.store import metadata_to_json
+from opensegur.documents.metadata import metadata_to_json
 from opensegur.security.pki import (
     PkiError,
     TestPki,

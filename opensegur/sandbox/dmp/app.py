@@ -602,6 +602,8 @@ class DmpSandbox:
                 sources = q.parameters.get("$XDSSubmissionSetSourceId")
                 if sources:
                     sets = [s for s in sets if s.source_id in sources]
+                since, until = (q.one(f"$XDSSubmissionSetSubmissionTime{b}") for b in ("From", "To"))
+                sets = [s for s in sets if _in_range(s.submission_time, since, until)]
         elif q.query_id in (Q.GET_DOCUMENTS, Q.GET_DOCUMENTS_AND_ASSOCIATIONS):
             self._patient(ctx, ctx.caller.patient_cx, feeding=False)
             uuids = q.parameters.get("$XDSDocumentEntryEntryUUID")
@@ -792,14 +794,20 @@ def _matches(q: StoredQuery, m: DocumentMetadata) -> bool:
         bound = q.one(name)
         if bound is None:
             continue
-        value = time_of(m)
-        if value is None:
-            return False
-        # IHE compares DTMs of different precision on the common prefix: pad both to seconds.
-        v, b = value.ljust(14, "0"), bound.ljust(14, "0")
-        if (lower and v < b) or (not lower and v >= b):
+        if not _in_range(time_of(m), bound if lower else None, None if lower else bound):
             return False
     return True
+
+
+def _in_range(value: str | None, since: str | None, until: str | None) -> bool:
+    """A DTM within [since, until) (ITI TF-2a 3.18.4.1.2.3.6), compared padded to seconds as IHE compares DTMs
+    of different precision; a missing value is outside any bound."""
+    if since is None and until is None:
+        return True
+    if value is None:
+        return False
+    v = value.ljust(14, "0")
+    return (since is None or v >= since.ljust(14, "0")) and (until is None or v < until.ljust(14, "0"))
 
 
 # ------------------------------------------------------------------------------------------------ FastAPI app

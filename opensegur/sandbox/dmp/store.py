@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import hashlib
 import json
 import os
@@ -44,10 +43,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from opensegur.documents.metadata import (
-    Coded,
     DocumentMetadata,
     SubmissionSetMetadata,
-    XdsAuthor,
+    author_from_dict,
+    coded_from_dict,
+    metadata_from_json,
+    metadata_to_json,
     xcn_id,
     xon_id,
 )
@@ -67,8 +68,6 @@ __all__ = [
     "Caller",
     "DmpStore",
     "StoredEntry",
-    "metadata_from_json",
-    "metadata_to_json",
     "status_short",
 ]
 
@@ -204,57 +203,10 @@ class StoredEntry:
         )
 
 
-@functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def _dataclass_fields(obj: object) -> dict[str, Any]:
-    # json calls this for each nested dataclass (Coded, XdsAuthor): the JSON of dataclasses.asdict, without its
-    # deep copy of every value.
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {name: getattr(obj, name) for name in _field_names(type(obj))}
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-
-
-def metadata_to_json(m: DocumentMetadata | SubmissionSetMetadata) -> str:
-    return json.dumps(m, ensure_ascii=False, default=_dataclass_fields)
-
-
-def _coded(d: dict[str, str]) -> Coded:
-    return Coded(d["code"], d["scheme"], d.get("display", ""))
-
-
-def _author(d: dict[str, Any]) -> XdsAuthor:
-    return XdsAuthor(
-        person=d.get("person"),
-        institutions=tuple(d.get("institutions", ())),
-        roles=tuple(d.get("roles", ())),
-        specialties=tuple(d.get("specialties", ())),
-        telecom=tuple(d.get("telecom", ())),
-    )
-
-
-def metadata_from_json(text: str) -> DocumentMetadata:
-    d = json.loads(text)
-    for name in (
-        "class_code",
-        "type_code",
-        "format_code",
-        "healthcare_facility_type_code",
-        "practice_setting_code",
-    ):
-        d[name] = _coded(d[name])
-    d["confidentiality_codes"] = [_coded(c) for c in d["confidentiality_codes"]]
-    d["event_codes"] = [_coded(c) for c in d.get("event_codes", [])]
-    d["authors"] = [_author(a) for a in d.get("authors", [])]
-    return DocumentMetadata(**d)
-
-
 def _submission_set_from_json(text: str) -> SubmissionSetMetadata:
     d = json.loads(text)
-    d["content_type_code"] = _coded(d["content_type_code"])
-    d["authors"] = [_author(a) for a in d.get("authors", [])]
+    d["content_type_code"] = coded_from_dict(d["content_type_code"])
+    d["authors"] = [author_from_dict(a) for a in d.get("authors", [])]
     return SubmissionSetMetadata(**d)
 
 
