@@ -14,17 +14,23 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Page
 
+from opensegur.flows.dmp_consult import patient_cx
+from opensegur.identity.ins import OID_NIR_TEST
 from opensegur.ops.demo_accounts import DEMO_ACCOUNTS, DemoAccount
+from opensegur.security.pki import ensure_test_pki
 from opensegur.transport.mllp import send_message
 from tests.browser import CHROMIUM, FLAGS, browser_page, fresh_totp, log_in, screenshot
 from tests.conftest import EXAMPLES
 from tests.flows.helpers import hl7, msh, pid
+from tests.sandbox_dmp import helpers as dmp_helpers
 
 
 def free_port() -> int:
@@ -423,22 +429,34 @@ def test_audit_trail_of_a_real_run_verifies_then_a_changed_entry_is_caught(tmp_p
     assert str(target) in broken.stderr, broken.stderr
 
 
+def sandbox_endpoints(served: Served) -> Any:
+    """/sandbox/endpoints on a connection of its own, patiently: a few seconds after it says ready, the server
+    compiles its schematrons and may not answer at once (a kept-alive connection is then reset)."""
+    return httpx.get(f"{served.http}/sandbox/endpoints", timeout=60).json()
+
+
+def log_in_with_psc(page: Page, served: Served, form_screenshot: str | None = None) -> None:
+    """Dr RÉAULT logs in with his e-CPS on the sandbox Pro Santé Connect's own login form (a strong session)."""
+    psc = sandbox_endpoints(served)["psc"]
+    reault = next(u for u in psc["users"] if u["login"] == "pierre.reault")
+    page.goto(f"{served.http}/identites")
+    page.click("text=Se connecter avec Pro Santé Connect")
+    page.wait_for_selector("input[name=login]")
+    assert page.url.startswith(psc["issuer"])  # the provider's own page, not ours
+    if form_screenshot:
+        screenshot(page, form_screenshot)
+    page.fill("input[name=login]", reault["login"])
+    page.fill("input[name=password]", reault["password"])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{served.http}/identites")
+    assert "Dr Pierre RÉAULT" in page.content()
+
+
 def test_a_doctor_logs_in_with_pro_sante_connect_in_a_real_browser(served: Served) -> None:
     """The sandbox PSC's own login form, in Chromium: the e-CPS of Dr RÉAULT opens a strong session on his
     account (linked by RPPS), which may then do what needs one."""
-    psc = served.web.get(f"{served.http}/sandbox/endpoints").json()["psc"]
-    reault = next(u for u in psc["users"] if u["login"] == "pierre.reault")
     with browser_page() as page:
-        page.goto(f"{served.http}/identites")
-        page.click("text=Se connecter avec Pro Santé Connect")
-        page.wait_for_selector("input[name=login]")
-        assert page.url.startswith(psc["issuer"])  # the provider's own page, not ours
-        screenshot(page, "psc-formulaire.png")
-        page.fill("input[name=login]", reault["login"])
-        page.fill("input[name=password]", reault["password"])
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{served.http}/identites")
-        assert "Dr Pierre RÉAULT" in page.content()
+        log_in_with_psc(page, served, form_screenshot="psc-formulaire.png")
         screenshot(page, "psc-connecte.png")
     with sqlite3.connect(served.data_dir / "opensegur.db") as conn:
         method, strong = conn.execute(
@@ -446,3 +464,200 @@ def test_a_doctor_logs_in_with_pro_sante_connect_in_a_real_browser(served: Serve
             "where account.login = 'dr.reault' order by web_session.id desc limit 1"
         ).fetchone()
     assert method == "psc" and strong == 1
+
+
+def _feed_dmp(served: Served, matricule: str, title: str) -> str:
+    """A producer feeds one document into the patient's sandbox DMP (a signed ITI-41, as the DMP client sends it),
+    created now (UTC, to the next whole second: after any consultation already made); its uniqueId."""
+    dmp = sandbox_endpoints(served)["dmp"]
+    pki = ensure_test_pki(Path(dmp["test_pki"]["client_cert"]).parent)  # the sandbox's own, already made
+    cx = patient_cx(matricule, OID_NIR_TEST)
+    created = (datetime.now(UTC) + timedelta(seconds=1)).strftime("%Y%m%d%H%M%S")
+    uid = dmp_helpers.new_oid()
+    doc = dmp_helpers.metadata(
+        uid,
+        cx,
+        creation_time=created,
+        service_start_time=created,
+        service_stop_time=created,
+        title=title,
+        source_patient_info=[],
+    )
+    submission = dmp_helpers.iti41(pki, patient=cx, docs=[(doc, dmp_helpers.cda(uid))])
+    r = httpx.post(
+        dmp["iti41"],
+        content=submission.request.body,
+        headers={"content-type": submission.request.content_type},
+        timeout=60,
+    )
+    assert dmp_helpers.registry_result(r).status == "Success"
+    while datetime.now(UTC).strftime("%Y%m%d%H%M%S") <= created:  # "now" has come for the DMP's creationTime
+        time.sleep(0.1)
+    return uid
+
+
+def _glass_patient(served: Served) -> tuple[int, str]:
+    """A patient of the doctor's site with a qualified INS (hence a DMP in the sandbox) and the consent, in
+    another unit than his: out of his care. On his own site, so never the other site's patient the matrix test
+    breaks the glass on."""
+    with sqlite3.connect(served.data_dir / "opensegur.db") as conn:
+        row = conn.execute(
+            "select patient.id, patient.birth_name from patient "
+            "join structure on structure.id = patient.structure_id "
+            "join stay on stay.patient_id = patient.id and stay.ended_at is null and not stay.cancelled "
+            "where structure.finess = '750000028' and patient.status = 'QUAL' "
+            "and patient.dmp_consent like '%\"IC\"%' and stay.unit_code != '6268' "
+            "and patient.id not in (select patient_id from stay where unit_code = '6268' and ended_at is null) "
+            "order by patient.id limit 1"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+def test_a_doctor_consults_the_dmp_in_a_real_browser_and_a_secretary_may_not(served: Served) -> None:
+    """The DMP consultation as a doctor goes through it in Chromium: Pro Santé Connect, the patient in his care,
+    the DMP's status and documents (a document fed since his last visit marked « Nouveau »), a PDF and a CR-BIO
+    of level 3, the carnet de vaccination, the DMP's access history, then a patient outside his care by bris de
+    glace with its reason. The site's secretary is refused the DMP. Screenshots are kept under test-artefacts/."""
+    secretary = next(a for a in DEMO_ACCOUNTS if a.login == "secretariat")
+    with browser_page() as page:
+        log_in_with_psc(page, served)
+        # The demo patient in his care, found by name as he would: one DE LA TOUR in his unit (two in the GHT).
+        page.fill("input[name=q]", "DE LA TOUR")
+        page.click("button:has-text('Filtrer')")
+        page.wait_for_url(re.compile(r"/identites\?q="))
+        assert _rows(page) == 1
+        page.click("table tbody a[href^='/identites/']")
+        page.wait_for_url(re.compile(r"/identites/\d+$"))
+        patient_id = int(page.url.rsplit("/", 1)[1])
+        with sqlite3.connect(served.data_dir / "opensegur.db") as conn:
+            name, status, matricule = conn.execute(
+                "select birth_name, status, ins_matricule from patient where id = ?", (patient_id,)
+            ).fetchone()
+        assert name == "DE LA TOUR" and status == "QUAL" and matricule in page.content()
+        assert "Consentement à la consultation recueilli" in page.locator("#consentement-dmp").inner_text()
+
+        # The DMP tab: its status, then the documents of the last two years, none new on a first visit.
+        page.click("#raccourcis-documentaires >> text=Accéder au DMP du patient")
+        page.wait_for_url(f"{served.http}/identites/{patient_id}/dmp")
+        status = page.locator("#statut-dmp").inner_text()
+        assert "DMP ouvert" in status and "Vous êtes autorisé(e) à consulter ce DMP" in status
+        documents = page.locator("#documents-dmp tbody tr")
+        listed = documents.all_inner_texts()
+        assert any("Compte rendu d'examens biologiques" in d for d in listed), listed
+        assert any("CR d’imagerie médicale" in d for d in listed), listed
+        assert any("Lettre de liaison à la sortie de l'établissement de santé" in d for d in listed), listed
+        assert page.locator("#filtre-deux-ans").is_visible()
+        assert page.locator("#documents-dmp .badge.nouveau").count() == 0
+        assert page.locator("#bris-de-glace").count() == 0
+        screenshot(page, "dmp-statut-et-liste.png")
+
+        # A level-1 CDA carrying a PDF (the imaging report): served as the PDF itself.
+        imaging = documents.filter(has_text="CR d’imagerie médicale").locator("a", has_text="Ouvrir")
+        pdf = page.request.get(f"{served.http}{imaging.get_attribute('href')}")
+        assert pdf.status == 200 and pdf.headers["content-type"] == "application/pdf"
+        assert pdf.body().startswith(b"%PDF-")
+        # The CR-BIO, structured (level 3): opened in a new tab, its results read as French HTML.
+        biology = documents.filter(has_text="Compte rendu d'examens biologiques").locator(
+            "a", has_text="Ouvrir"
+        )
+        with page.expect_popup() as popup_info:
+            biology.click()
+        report = popup_info.value
+        report.wait_for_load_state()
+        assert report.locator("h1").inner_text() == "Compte rendu d'examens biologiques"
+        tsh = report.locator("tr", has_text="Thyréostimuline (TSH)").inner_text()
+        assert "1.950 mUI/l" in tsh and "(0.270 - 4.200)" in tsh
+        assert "Thyroxine libre (FT4)" in report.content()
+        screenshot(report, "dmp-cr-bio-n3.png")
+        report.close()
+
+        # A producer feeds a new document; back on the DMP tab, it is the one marked « Nouveau ».
+        title = "Lettre de liaison à la sortie — chirurgie viscérale"
+        uid = _feed_dmp(served, matricule, title)
+        page.goto(f"{served.http}/identites/{patient_id}/dmp")
+        assert (
+            "les documents créés depuis sont marqués « Nouveau »"
+            in page.locator("#derniere-consultation").inner_text()
+        )
+        new = page.locator("#documents-dmp tbody tr:has(.badge.nouveau)")
+        assert new.count() == 1 and title in new.inner_text()
+        assert (new.locator("a", has_text="Ouvrir").get_attribute("href") or "").endswith(f"uid={uid}")
+        assert page.locator("#documents-dmp tbody tr").count() == len(listed) + 1
+        screenshot(page, "dmp-nouveau-document.png")
+
+        # The carnet de vaccination, from the vaccination documents of the DMP.
+        page.click("nav.onglets >> text=Carnet de vaccination")
+        page.wait_for_url(f"{served.http}/identites/{patient_id}/dmp/vaccinations")
+        carnet = page.locator("#carnet tbody tr").all_inner_texts()
+        assert any("VACCIN TETANIQUE PASTEUR" in v and "4456668" in v for v in carnet), carnet
+        assert any("VACCIN BCG SSI" in v for v in carnet), carnet
+        assert "Administré" in page.locator("#carnet").inner_text()
+        screenshot(page, "dmp-carnet-vaccination.png")
+
+        # The DMP's own access history: his consultations and readings, and the producer's feed.
+        page.click("nav.onglets >> text=Historique des accès")
+        page.wait_for_url(f"{served.http}/identites/{patient_id}/dmp/acces")
+        history = page.locator("#historique-acces tbody tr").all_inner_texts()
+        mine = [h for h in history if "Dr Pierre RÉAULT" in h]
+        assert any("Vérification du statut du DMP" in h for h in mine), history
+        assert any("Recherche de documents" in h for h in mine), history
+        assert any("Lecture d'un document" in h for h in mine), history
+        assert any("Alimentation (dépôt d'un document)" in h for h in history), history
+        assert all("Normal" in h and "Effectué" in h for h in mine), history
+        screenshot(page, "dmp-historique-acces.png")
+
+        # A patient outside his care: refused, with the form to break the glass; his reason opens the record.
+        other_id, other_name = _glass_patient(served)
+        refused = page.goto(f"{served.http}/identites/{other_id}/dmp")
+        assert refused is not None and refused.status == 403
+        assert "Accès refusé" in page.content() and page.locator("input[name=motif]").is_visible()
+        motif = "Patient admis aux urgences, inconscient, antécédents à connaître"
+        page.fill("input[name=motif]", motif)
+        page.click("form[action$='bris-de-glace'] button")
+        page.wait_for_url(f"{served.http}/identites/{other_id}")
+        assert "Bris de glace tracé" in page.content()
+        page.click("#raccourcis-documentaires >> text=Accéder au DMP du patient")
+        page.wait_for_url(f"{served.http}/identites/{other_id}/dmp")
+        assert "Accès en bris de glace" in page.locator("#bris-de-glace").inner_text()
+        assert other_name in page.locator("h1").inner_text()
+        assert "DMP ouvert" in page.locator("#statut-dmp").inner_text()
+        assert page.locator("#documents-dmp tbody tr").count() >= 3
+        screenshot(page, "dmp-bris-de-glace.png")
+        # The DMP knows the mode: its access history says bris de glace.
+        page.click("nav.onglets >> text=Historique des accès")
+        page.wait_for_url(f"{served.http}/identites/{other_id}/dmp/acces")
+        assert page.locator("#historique-acces tr.acces-urgence", has_text="Bris de glace").count() >= 2
+    with sqlite3.connect(served.data_dir / "opensegur.db") as conn:
+        traced = conn.execute(
+            "select detail from audit_event join account on account.id = audit_event.account_id "
+            "where account.login = 'dr.reault' and action = 'break_glass' and patient_id = ?",
+            (other_id,),
+        ).fetchall()
+        modes = {
+            json.loads(d).get("mode")
+            for (d,) in conn.execute(
+                "select detail from audit_event where action = 'consult_dmp' and patient_id = ?", (other_id,)
+            )
+        }
+    assert [json.loads(d)["motif"] for (d,) in traced] == [motif]
+    assert modes == {"bris_de_glace"}
+
+    with browser_page() as page:
+        log_in(page, served.http, secretary)
+        shown = page.goto(f"{served.http}/identites/{patient_id}")
+        assert shown is not None and shown.status == 200  # a patient of her site: the record, yes
+        assert page.locator("#raccourcis-documentaires").count() == 0  # but no way into the DMP
+        refused = page.goto(f"{served.http}/identites/{patient_id}/dmp")
+        assert refused is not None and refused.status == 403
+        assert "Accès refusé" in page.content()
+        assert "votre rôle ne permet pas : consulter le dmp" in page.locator("main").inner_text().lower()
+        assert page.locator("#statut-dmp").count() == 0 and page.locator("input[name=motif]").count() == 0
+        screenshot(page, "dmp-secretaire-refus.png")
+    with sqlite3.connect(served.data_dir / "opensegur.db") as conn:
+        (denied,) = conn.execute(
+            "select count(*) from audit_event join account on account.id = audit_event.account_id "
+            "where account.login = 'secretariat' and action = 'access_denied' and detail like ?",
+            (f"%/identites/{patient_id}/dmp%",),
+        ).fetchone()
+    assert denied == 1
