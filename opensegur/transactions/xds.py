@@ -1016,7 +1016,9 @@ def build_find_submission_sets(
             "$XDSSubmissionSetPatientId": patient_id,
             "$XDSSubmissionSetStatus": [_status_urn(s) for s in statuses],
             "$XDSSubmissionSetSourceId": list(source_ids) if source_ids else None,
-            "$XDSSubmissionSetSubmissionTimeFrom": int(submission_time_from) if submission_time_from else None,
+            "$XDSSubmissionSetSubmissionTimeFrom": int(submission_time_from)
+            if submission_time_from
+            else None,
         },
         return_type,
     )

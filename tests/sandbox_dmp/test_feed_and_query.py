@@ -73,7 +73,9 @@ async def test_register_then_find_documents_returns_the_metadata(
     # $XDSSubmissionSetSubmissionTimeFrom, inclusive, compared at the precision given (PDSM4DMP later openings).
     sent_at = sub.submission_set.submission_time or ""
     for since, found in ((sent_at, True), (sent_at[:8], True), (str(int(sent_at[:4]) + 1), False)):
-        later = await query(client, pki, xds.build_find_submission_sets(PAT_TROIS, submission_time_from=since))
+        later = await query(
+            client, pki, xds.build_find_submission_sets(PAT_TROIS, submission_time_from=since)
+        )
         assert bool(later.submission_sets) is found, since
 
     both = await query(client, pki, xds.build_get_documents_and_associations(unique_ids=[sent.unique_id]))
