@@ -607,7 +607,8 @@ def test_a_doctor_consults_the_dmp_in_a_real_browser_and_a_secretary_may_not(ser
         assert all("Normal" in h and "Effectué" in h for h in mine), history
         screenshot(page, "dmp-historique-acces.png")
 
-        # A patient outside his care: refused, with the form to break the glass; his reason opens the record.
+        # A patient outside his care: refused, with the form to break the glass; his reason opens the DMP tab he
+        # asked for.
         other_id, other_name = _glass_patient(served)
         refused = page.goto(f"{served.http}/identites/{other_id}/dmp")
         assert refused is not None and refused.status == 403
@@ -615,10 +616,8 @@ def test_a_doctor_consults_the_dmp_in_a_real_browser_and_a_secretary_may_not(ser
         motif = "Patient admis aux urgences, inconscient, antécédents à connaître"
         page.fill("input[name=motif]", motif)
         page.click("form[action$='bris-de-glace'] button")
-        page.wait_for_url(f"{served.http}/identites/{other_id}")
-        assert "Bris de glace tracé" in page.content()
-        page.click("#raccourcis-documentaires >> text=Accéder au DMP du patient")
         page.wait_for_url(f"{served.http}/identites/{other_id}/dmp")
+        assert "Bris de glace tracé" in page.content()
         assert "Accès en bris de glace" in page.locator("#bris-de-glace").inner_text()
         assert other_name in page.locator("h1").inner_text()
         assert "DMP ouvert" in page.locator("#statut-dmp").inner_text()
@@ -651,7 +650,7 @@ def test_a_doctor_consults_the_dmp_in_a_real_browser_and_a_secretary_may_not(ser
         refused = page.goto(f"{served.http}/identites/{patient_id}/dmp")
         assert refused is not None and refused.status == 403
         assert "Accès refusé" in page.content()
-        assert "votre rôle ne permet pas : consulter le dmp" in page.locator("main").inner_text().lower()
+        assert "Votre rôle ne permet pas : consulter le DMP" in page.locator("main").inner_text()
         assert page.locator("#statut-dmp").count() == 0 and page.locator("input[name=motif]").count() == 0
         screenshot(page, "dmp-secretaire-refus.png")
     with sqlite3.connect(served.data_dir / "opensegur.db") as conn:

@@ -35,6 +35,12 @@ class Action(StrEnum):
     def label(self) -> str:
         return ACTION_LABELS[self]
 
+    @property
+    def sentence(self) -> str:
+        """The label inside a sentence: its first letter lowered, acronyms (DMP) kept."""
+        label = ACTION_LABELS[self]
+        return label[:1].lower() + label[1:]
+
 
 ACTION_LABELS: dict[Action, str] = {
     Action.IDENTITY_READ: "Voir les identités",

@@ -132,7 +132,13 @@ def create_app(runtime: WebRuntime) -> FastAPI:
         return render(
             request,
             "refused.html",
-            {"request": request, "message": exc.message, "break_glass_patient": glass},
+            {
+                "request": request,
+                "message": exc.message,
+                "break_glass_patient": glass,
+                # Once the glass is broken, back to the page that was refused (a GET of this patient's record).
+                "glass_next": path if glass is not None and request.method == "GET" else None,
+            },
             status_code=exc.status,
         )
 

@@ -189,13 +189,13 @@ def allow(action: Action) -> Callable[..., Awaitable[Actor]]:
         if actor is None:
             raise AccessRefused(401, "Connexion requise")
         if not matrix_of(runtime).grants(actor.assignments, action):
-            why = f"Votre rôle ne permet pas : {action.label.lower()}"
+            why = f"Votre rôle ne permet pas : {action.sentence}"
             await asyncio.to_thread(_record_refusal, runtime, actor, request, why)
             raise AccessRefused(403, why)
         if action in STRONG_ACTIONS and not actor.strong:
             raise AccessRefused(
                 403,
-                f"Authentification forte requise pour : {action.label.lower()} "
+                f"Authentification forte requise pour : {action.sentence} "
                 "(Pro Santé Connect, ou second facteur)",
             )
         await check_csrf(request, actor)

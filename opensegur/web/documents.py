@@ -88,8 +88,11 @@ def heure_fr(value: str | datetime | None, seconds: bool = False) -> str:
 def dtm_fr(value: str | None) -> str:
     """An XDS DTM (``YYYY[MM[DD[hh[mm[ss]]]]]``, UTC per ITI TF-3) as a clinician reads it: the date, and the Paris
     wall-clock time when the DTM has one."""
-    if not value or not value[:8].isdigit():
+    if not value or not value[:4].isdigit():
         return value or "—"
+    if len(value) < 8 or not value[:8].isdigit():
+        # A DTM may be a year or a month only (a vaccination remembered as « 1975 »).
+        return value[:4] if len(value) < 6 else f"{value[4:6]}/{value[:4]}"
     if len(value) < 12:
         return f"{value[6:8]}/{value[4:6]}/{value[:4]}"
     return heure_fr(datetime.strptime(value[:12], "%Y%m%d%H%M").replace(tzinfo=UTC))

@@ -313,18 +313,25 @@ async def test_bris_de_glace_reaches_the_dmp_in_that_mode_without_consent(
     outsider = replace(DOCTOR, assignments=(Assignment("medecin", Scope("unit", SITE_1, "9999")),))
     refused = await _get(web, outsider, f"/identites/{p.id}/dmp")
     assert refused.status_code == 403 and "bris de glace" in _text(refused)
+    # The form brings the doctor back to the page he asked for, and to no other address.
+    assert f'name="suite" value="/identites/{p.id}/dmp"' in refused.text
     act_as(web, outsider)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=web), base_url="http://opensegur.test"
     ) as c:
-        broke = await c.post(
-            f"/identites/{p.id}/bris-de-glace",
-            data={"motif": "Patient inconscient aux urgences, antécédents inconnus"},
-            headers={"x-csrf-token": "jeton-de-test"},
-        )
-    assert broke.status_code == 303
+        landed = {}
+        for suite in (f"/identites/{p.id}/dmp", "//evil.example/x", f"/identites/{p.id}/../../admin"):
+            broke = await c.post(
+                f"/identites/{p.id}/bris-de-glace",
+                data={"motif": "Patient inconscient aux urgences, antécédents inconnus", "suite": suite},
+                headers={"x-csrf-token": "jeton-de-test"},
+            )
+            assert broke.status_code == 303
+            landed[suite] = broke.headers["location"]
+    assert list(landed.values()) == [f"/identites/{p.id}/dmp", f"/identites/{p.id}", f"/identites/{p.id}"]
     page = await _get(web, outsider, f"/identites/{p.id}/dmp")
     assert page.status_code == 200 and 'id="bris-de-glace"' in page.text and "CR des urgences" in page.text
+    assert "l'autorisation d'accès du patient n'est pas requise" in _text(page)
     with offline.db.session() as s:
         [event] = s.scalars(
             select(AuditEvent).where(AuditEvent.action == "consult_dmp", AuditEvent.patient_id == p.id)

@@ -297,8 +297,10 @@ async def page_break_glass(
     actor: Annotated[Actor, Depends(allow(Action.BREAK_GLASS))],
     rt: Rt,
     motif: str = Form(""),
+    suite: str = Form("", max_length=200),
 ) -> RedirectResponse:
-    """Emergency access outside one's scope: a motif is mandatory and the access is traced and time-bound."""
+    """Emergency access outside one's scope: a motif is mandatory and the access is traced and time-bound. Then
+    back to ``suite``, the refused page, when it is a page of this patient's record (never another address)."""
 
     def _do() -> None:
         with rt.db.session() as s:
@@ -310,4 +312,9 @@ async def page_break_glass(
         await asyncio.to_thread(_do)
     except ValueError as exc:
         return redirect_with_message("/identites", str(exc), actor)
-    return _back(patient_id, "Bris de glace tracé : accès ouvert pour 4 heures", actor)
+    record = f"/identites/{patient_id}"
+    own_page = suite.startswith(record + "/") and not (
+        {"", ".", ".."} & set(suite[len(record) + 1 :].split("/"))
+    )
+    target = suite if suite == record or own_page else record
+    return redirect_with_message(target, "Bris de glace tracé : accès ouvert pour 4 heures", actor)
