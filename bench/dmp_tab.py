@@ -27,7 +27,6 @@ Annuaire are reached over loopback HTTP in the sandbox's own process, as in prod
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 import statistics
 import time
@@ -44,10 +43,7 @@ from sqlalchemy import select
 from bench.auth import BASE_URL, DOCTOR
 from opensegur.config import Settings
 from opensegur.connectors.dmp_client import DmpClient, DmpCredentials, DmpEndpoints, DmpIdentity
-from opensegur.content import jdv
-from opensegur.content.cda import parse_cda
-from opensegur.content.xds_metadata import document_metadata
-from opensegur.documents.metadata import Coded, SubmissionSetMetadata
+from opensegur.documents.metadata import Coded
 from opensegur.flows.dmp_consult import (
     OID_SPECIALTY,
     PROFESSIONS,
@@ -58,16 +54,15 @@ from opensegur.flows.dmp_consult import (
     patient_cx,
 )
 from opensegur.sandbox.annuaire import SANDBOX_API_KEY
-from opensegur.sandbox.dmp import REPOSITORY_UNIQUE_ID, seed
-from opensegur.sandbox.dmp.seed import DEMO_DOCUMENTS
+from opensegur.sandbox.dmp import REPOSITORY_UNIQUE_ID
+from opensegur.sandbox.dmp.patients import DmpPatient
+from opensegur.sandbox.dmp.seed import DemoDocuments
 from opensegur.sandbox.dmp.store import Caller, DmpStore
 from opensegur.security import accounts, sessions
 from opensegur.security.access import patient_scope_filter
 from opensegur.security.matrix import Action
 from opensegur.server import Platform, Runtime
 from opensegur.store.models import Account, Patient
-from opensegur.transactions.ihe_ids import ASSOC_HAS_MEMBER
-from opensegur.transactions.xds import Association, ProvideAndRegister, SubmittedDocument
 from opensegur.web.deps import SESSION_COOKIE
 
 DOCUMENTS = 200
@@ -120,53 +115,23 @@ def _sandbox_store_dir(sandbox_data_dir: Path) -> Path:
     return sandbox_data_dir / "sandbox"
 
 
-def seed_documents(store: DmpStore, cx: str, matricule: str, now: datetime) -> list[str]:
+def seed_documents(store: DmpStore, patient: DmpPatient, now: datetime) -> list[str]:
     """``DOCUMENTS`` documents in the patient's DMP, one submission set each as producers send them, newest first;
     their uniqueIds, in that order (the list's)."""
-    folder = Path(seed.__file__).with_name("demo_documents")
-    files = {name: (folder / name).read_bytes() for name, _age, _cls in DEMO_DOCUMENTS}
-    headers = {name: parse_cda(raw)[1] for name, raw in files.items()}
-    caller = dataclasses.replace(_SEEDER, patient_cx=cx)
-    uids = []
-    for i in range(DOCUMENTS):
-        name, _age, class_code = DEMO_DOCUMENTS[i % len(DEMO_DOCUMENTS)]
-        content = files[name]
-        when = (now - timedelta(days=1 + i * SPREAD_DAYS / DOCUMENTS)).strftime("%Y%m%d%H%M%S")
-        m = document_metadata(
-            headers[name],
-            ipp=None,
-            ipp_authority_oid=None,
-            size=len(content),
-            hash_sha1=hashlib.sha1(content).hexdigest(),
-            class_code=jdv.CLASS_CODES[class_code] if class_code else None,
-        )
-        m = dataclasses.replace(
-            m,
+    documents = DemoDocuments()
+    return [
+        documents.register(
+            store,
+            patient,
+            i,
+            now - timedelta(days=1 + i * SPREAD_DAYS / DOCUMENTS),
             unique_id=f"{BENCH_OID}.1.{i + 1}",
-            patient_id=cx,
-            source_patient_id=cx,
-            creation_time=when,
-            service_start_time=when,
-            service_stop_time=when,
-            entry_uuid="Document01",
-            repository_unique_id=None,
-        )
-        ss = SubmissionSetMetadata(
-            unique_id=f"{BENCH_OID}.2.{i + 1}",
+            set_unique_id=f"{BENCH_OID}.2.{i + 1}",
             source_id=BENCH_OID,
-            patient_id=cx,
-            content_type_code=jdv.content_type_code_for_patient_class("O") or m.class_code,
-            submission_time=when,
-            authors=list(m.authors[:1]),
-            title=m.title,
-            entry_uuid="SubmissionSet01",
+            caller=_SEEDER,
         )
-        member = Association(
-            ASSOC_HAS_MEMBER, "SubmissionSet01", "Document01", "", {"SubmissionSetStatus": ["Original"]}
-        )
-        store.register(ProvideAndRegister(ss, [SubmittedDocument(m, content)], [member]), caller, matricule)
-        uids.append(m.unique_id)
-    return uids
+        for i in range(DOCUMENTS)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,7 +262,9 @@ async def bench_dmp_tab(
         cx = patient_cx(who.matricule, who.oid)
         store = DmpStore(_sandbox_store_dir(sandbox_data_dir), REPOSITORY_UNIQUE_ID)
         try:
-            uids = seed_documents(store, cx, who.matricule, datetime.now(UTC))
+            uids = seed_documents(
+                store, DmpPatient(who.matricule, who.oid, who.patient_name), datetime.now(UTC)
+            )
         finally:
             store.close()
         first = uids[0]

@@ -22,7 +22,7 @@ from opensegur.sandbox.dmp.store import Caller, DmpStore
 from opensegur.transactions.ihe_ids import ASSOC_HAS_MEMBER
 from opensegur.transactions.xds import Association, ProvideAndRegister, SubmittedDocument
 
-__all__ = ["DEMO_DOCUMENTS", "seed_demo_dmp"]
+__all__ = ["DEMO_DOCUMENTS", "DemoDocuments", "seed_demo_dmp"]
 
 _DIR = Path(__file__).with_name("demo_documents")
 # (file, age in days, class code when the ANS type→class table ASS_X04, not in the kit, leaves it open)
@@ -46,59 +46,87 @@ def _uid(matricule: str, index: int, kind: str) -> str:
     return f"{_OID_ROOT}.{1 if kind == 'doc' else 2}.{number}"
 
 
+class DemoDocuments:
+    """The ANS example files, read and their CDA headers parsed once."""
+
+    def __init__(self) -> None:
+        self.files = {name: (_DIR / name).read_bytes() for name, _age, _cls in DEMO_DOCUMENTS}
+        self.headers = {name: parse_cda(raw)[1] for name, raw in self.files.items()}
+
+    def register(
+        self,
+        store: DmpStore,
+        patient: DmpPatient,
+        index: int,
+        when: datetime,
+        *,
+        unique_id: str,
+        set_unique_id: str,
+        source_id: str,
+        caller: Caller = _SEEDER,
+    ) -> str:
+        """The ``index``-th demo document (modulo their number) in the patient's DMP, in a submission set of its
+        own, about an act of ``when``, with the metadata a producer would derive from its header."""
+        name, _age, class_code = DEMO_DOCUMENTS[index % len(DEMO_DOCUMENTS)]
+        content = self.files[name]
+        at = when.strftime("%Y%m%d%H%M%S")
+        m = document_metadata(
+            self.headers[name],
+            ipp=None,
+            ipp_authority_oid=None,
+            size=len(content),
+            hash_sha1=hashlib.sha1(content).hexdigest(),
+            class_code=jdv.CLASS_CODES[class_code] if class_code else None,
+        )
+        m = dataclasses.replace(
+            m,
+            unique_id=unique_id,
+            patient_id=patient.cx,
+            source_patient_id=patient.cx,
+            creation_time=at,
+            service_start_time=at,
+            service_stop_time=at,
+            entry_uuid="Document01",
+            repository_unique_id=None,
+        )
+        ss = SubmissionSetMetadata(
+            unique_id=set_unique_id,
+            source_id=source_id,
+            patient_id=patient.cx,
+            content_type_code=jdv.content_type_code_for_patient_class("O") or m.class_code,
+            submission_time=at,
+            authors=list(m.authors[:1]),
+            title=m.title,
+            entry_uuid="SubmissionSet01",
+        )
+        member = Association(
+            ASSOC_HAS_MEMBER, "SubmissionSet01", "Document01", "", {"SubmissionSetStatus": ["Original"]}
+        )
+        store.register(
+            ProvideAndRegister(ss, [SubmittedDocument(m, content)], [member]),
+            dataclasses.replace(caller, patient_cx=patient.cx),
+            patient.matricule,
+        )
+        return unique_id
+
+
 def seed_demo_dmp(store: DmpStore, patients: list[DmpPatient], now: datetime | None = None) -> int:
     """Register the demo documents in the DMP of each open ``patients``' DMP that has none yet; the count added."""
     moment = now or datetime.now(UTC)
-    files = {name: (_DIR / name).read_bytes() for name, _age, _cls in DEMO_DOCUMENTS}
-    headers = {name: parse_cda(raw)[1] for name, raw in files.items()}
+    documents = DemoDocuments()
     added = 0
     for patient in patients:
         if patient.status != DmpStatus.OUVERT or store.find_entries(patient_matricule=patient.matricule):
             continue
-        cx = f"{patient.matricule}^^^&{patient.oid}&ISO^NH"
-        for index, (name, age, class_code) in enumerate(DEMO_DOCUMENTS):
-            content = files[name]
-            when = (moment - timedelta(days=age)).strftime("%Y%m%d%H%M%S")
-            m = document_metadata(
-                headers[name],
-                ipp=None,
-                ipp_authority_oid=None,
-                size=len(content),
-                hash_sha1=hashlib.sha1(content).hexdigest(),
-                class_code=jdv.CLASS_CODES[class_code] if class_code else None,
-            )
-            m = dataclasses.replace(
-                m,
+        for index, (_name, age, _cls) in enumerate(DEMO_DOCUMENTS):
+            documents.register(
+                store,
+                patient,
+                index,
+                moment - timedelta(days=age),
                 unique_id=_uid(patient.matricule, index, "doc"),
-                patient_id=cx,
-                source_patient_id=cx,
-                creation_time=when,
-                service_start_time=when,
-                service_stop_time=when,
-                entry_uuid=f"Document{index:02d}",
-                repository_unique_id=None,
-            )
-            ss = SubmissionSetMetadata(
-                unique_id=_uid(patient.matricule, index, "set"),
+                set_unique_id=_uid(patient.matricule, index, "set"),
                 source_id=_OID_ROOT,
-                patient_id=cx,
-                content_type_code=jdv.content_type_code_for_patient_class("O") or m.class_code,
-                submission_time=when,
-                authors=list(m.authors[:1]),
-                title=m.title,
-                entry_uuid="SubmissionSet01",
-            )
-            member = Association(
-                ASSOC_HAS_MEMBER,
-                "SubmissionSet01",
-                m.entry_uuid or "",
-                "",
-                {"SubmissionSetStatus": ["Original"]},
-            )
-            store.register(
-                ProvideAndRegister(ss, [SubmittedDocument(m, content)], [member]),
-                dataclasses.replace(_SEEDER, patient_cx=cx),
-                patient.matricule,
             )
             added += 1
     return added
