@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -34,8 +35,10 @@ from opensegur.flows.dmp_consult import (
     AlteredDocument,
     ConsultationRefused,
     Consulter,
+    DmpAccess,
     DmpConsultPort,
     DmpSearch,
+    DmpView,
     VaccinationRecord,
     act_as_author,
     consent_refusal,
@@ -49,13 +52,24 @@ from opensegur.security import access, audit
 from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action
 from opensegur.store.models import AuditEvent, Document, Patient
-from opensegur.web.deps import Directory, Dmp, Rt, WebRuntime, allow, ensure_patient, matrix_of
+from opensegur.transactions.xds import RetrievedDocument
+from opensegur.web.deps import (
+    Directory,
+    Dmp,
+    PatientRefused,
+    Rt,
+    WebRuntime,
+    allow,
+    ensure_patient,
+    matrix_of,
+)
 from opensegur.web.documents import dtm_fr
 from opensegur.web.flash import redirect_with_message
 from opensegur.web.safety import DOCUMENT_CSP, attachment_headers
 from opensegur.web.templating import render
 
 router = APIRouter()
+_T = TypeVar("_T")
 
 Consultant = Annotated[Actor, Depends(allow(Action.DMP_CONSULT))]
 # A refusal for the patient's or the account's state (no consent, no qualified INS, no RPPS) is 409: 403 is the
@@ -127,14 +141,7 @@ def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what
         p = s.get(Patient, patient_id)
         if p is None:
             raise HTTPException(404, "Patient inconnu")
-        ensure_patient(s, rt, actor, Action.DMP_CONSULT, p.id, path)
-        matrix = matrix_of(rt)
-        if access.patient_allowed(s, matrix.scopes(actor.assignments, Action.DMP_REGULATION), p.id):
-            mode = "centre_15"
-        elif access.patient_allowed(s, matrix.scopes(actor.assignments, Action.DMP_CONSULT), p.id):
-            mode = "normal"
-        else:  # ensure_patient let the actor in only because they broke the glass
-            mode = "bris_de_glace"
+        mode = _mode(s, rt, actor, p.id, path)
         refusal = consent_refusal(p, emergency=mode in EMERGENCY_MODES)
         profession = next((PROFESSIONS[r] for r in actor.roles if r in PROFESSIONS), None)
         if refusal is None and not actor.rpps:
@@ -159,6 +166,21 @@ def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what
             return _Target(p, patient_cx(p.ins_matricule, p.ins_oid), consulter, last_visit)
     # Raised once the transaction committed, so the refusal stays in the audit trail.
     raise ConsultationRefused(refusal)
+
+
+def _mode(s: Session, rt: WebRuntime, actor: Actor, patient_id: int, path: str) -> str:
+    """The DMP's access mode of this consultation: centre 15 for a role granted ``dmp.regulation`` on this patient
+    (no care relationship needed), normal within the ``dmp.consult`` scopes, bris de glace when the actor broke
+    the glass on this patient; else PatientRefused (as ``ensure_patient``)."""
+    matrix = matrix_of(rt)
+    regulation = matrix.scopes(actor.assignments, Action.DMP_REGULATION)
+    if regulation and access.patient_allowed(s, regulation, patient_id):
+        return "centre_15"
+    if access.patient_allowed(s, matrix.scopes(actor.assignments, Action.DMP_CONSULT), patient_id):
+        return "normal"
+    if access.glass_broken(s, actor, patient_id, datetime.now(UTC)):
+        return "bris_de_glace"
+    raise PatientRefused(patient_id, Action.DMP_CONSULT, path)
 
 
 def _mode_detail(mode: str) -> dict[str, str]:
@@ -186,27 +208,58 @@ _NO_DMP = "Aucun DMP n'est configuré sur cette plateforme (dmp_iti18_url, dmp_t
 DMP_ERRORS = (DmpRejectedError, DmpUnavailableError)
 
 
+@dataclass(frozen=True)
+class _Call:
+    """What every DMP page needs: the request, the professional, and the platform's DMP and Annuaire Santé."""
+
+    request: Request
+    actor: Actor
+    rt: WebRuntime
+    dmp: DmpConsultPort | None
+    directory: AnnuaireClient | None
+
+
+def _call(request: Request, actor: Consultant, rt: Rt, dmp: Dmp, directory: Directory) -> _Call:
+    return _Call(request, actor, rt, dmp, directory)
+
+
+Call = Annotated[_Call, Depends(_call)]
+
+
 async def _consultation(
-    request: Request,
-    page: str,
-    ctx: dict[str, Any],
-    rt: WebRuntime,
-    directory: AnnuaireClient | None,
-    actor: Actor,
-    dmp: DmpConsultPort | None,
-    what: str,
+    call: _Call, page: str, ctx: dict[str, Any], what: str
 ) -> tuple[_Target, DmpConsultPort] | Response:
     """The professional and the DMP for one consultation page, or the page that says why there is none (409: the
     patient's or the account's state; 503: no DMP configured). Fills ``ctx`` with the patient."""
     try:
-        target = await _target(rt, directory, actor, ctx["patient_id"], request.url.path, what)
+        target = await _target(
+            call.rt, call.directory, call.actor, ctx["patient_id"], call.request.url.path, what
+        )
     except ConsultationRefused as exc:
-        return render(request, page, {**ctx, "refusal": exc.reason}, status_code=409)
+        return render(call.request, page, {**ctx, "refusal": exc.reason}, status_code=409)
     ctx["p"] = target.patient
     ctx["mode"] = target.consulter.purpose_of_use
-    if dmp is None:
-        return render(request, page, {**ctx, "error": _NO_DMP}, status_code=503)
-    return target, dmp
+    if call.dmp is None:
+        return render(call.request, page, {**ctx, "error": _NO_DMP}, status_code=503)
+    return target, call.dmp
+
+
+async def _consult(
+    call: _Call,
+    page: str,
+    ctx: dict[str, Any],
+    what: str,
+    ask: Callable[[_Target, DmpConsultPort], Awaitable[_T]],
+) -> _T | Response:
+    """``ask`` of the DMP for this consultation page, or the page that says why not: refused or unconfigured (as
+    ``_consultation``), or the DMP's refusal or silence (502)."""
+    ready = await _consultation(call, page, ctx, what)
+    if isinstance(ready, Response):
+        return ready
+    try:
+        return await ask(*ready)
+    except DMP_ERRORS as exc:
+        return render(call.request, page, {**ctx, "error": _dmp_error(exc)}, status_code=502)
 
 
 def _dmp_error(exc: Exception) -> str:
@@ -217,12 +270,8 @@ def _dmp_error(exc: Exception) -> str:
 
 @router.get("/identites/{patient_id}/dmp", response_class=HTMLResponse, include_in_schema=False)
 async def page_dmp(
-    request: Request,
+    call: Call,
     patient_id: int,
-    actor: Consultant,
-    rt: Rt,
-    dmp: Dmp,
-    directory: Directory,
     tout: bool = Query(False, description="toute la durée du DMP, au lieu des deux dernières années"),
     versions: bool = Query(False, description="montrer aussi les versions remplacées"),
     type: str = Query("", max_length=64, description="typeCode (JDV_J07) du document"),
@@ -244,18 +293,22 @@ async def page_dmp(
     if act_from and act_to and act_from > act_to:
         raise HTTPException(422, "La date de début de la recherche est après sa date de fin")
     search = DmpSearch(tout, versions, type or None, act_from, act_to, auteur.strip(), visibilite)
-    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id, "search": search, "types": types}
-    ready = await _consultation(request, "patient_dmp.html", ctx, rt, directory, actor, dmp, "consult_dmp")
-    if isinstance(ready, Response):
-        return ready
-    target, port = ready
-    try:
-        view = await open_dmp(port, target.consulter, target.cx, search=search, last_visit=target.last_visit)
-    except DMP_ERRORS as exc:
-        return render(request, "patient_dmp.html", {**ctx, "error": _dmp_error(exc)}, status_code=502)
+    ctx: dict[str, Any] = {
+        "request": call.request,
+        "patient_id": patient_id,
+        "search": search,
+        "types": types,
+    }
+
+    async def ask(target: _Target, port: DmpConsultPort) -> DmpView:
+        return await open_dmp(port, target.consulter, target.cx, search=search, last_visit=target.last_visit)
+
+    view = await _consult(call, "patient_dmp.html", ctx, "consult_dmp", ask)
+    if isinstance(view, Response):
+        return view
     uids = [d.unique_id for d in view.documents]
-    ctx["view"], ctx["local"] = view, await asyncio.to_thread(_local_copies, rt, patient_id, uids)
-    return render(request, "patient_dmp.html", ctx)
+    ctx["view"], ctx["local"] = view, await asyncio.to_thread(_local_copies, call.rt, patient_id, uids)
+    return render(call.request, "patient_dmp.html", ctx)
 
 
 def _local_copies(rt: WebRuntime, patient_id: int, unique_ids: list[str]) -> dict[str, int]:
@@ -276,27 +329,22 @@ def _local_copies(rt: WebRuntime, patient_id: int, unique_ids: list[str]) -> dic
 
 @router.get("/identites/{patient_id}/dmp/document", include_in_schema=False)
 async def page_dmp_document(
-    request: Request,
+    call: Call,
     patient_id: int,
-    actor: Consultant,
-    rt: Rt,
-    dmp: Dmp,
-    directory: Directory,
     uid: str = Query(min_length=1, max_length=128, description="uniqueId du document"),
 ) -> Response:
+    request = call.request
     ctx: dict[str, Any] = {"request": request, "patient_id": patient_id}
-    ready = await _consultation(
-        request, "dmp_document.html", ctx, rt, directory, actor, dmp, "open_dmp_document"
-    )
-    if isinstance(ready, Response):
-        return ready
-    target, port = ready
+
+    async def ask(target: _Target, port: DmpConsultPort) -> RetrievedDocument:
+        return await open_document(port, target.consulter, target.cx, uid)
+
     try:
-        doc = await open_document(port, target.consulter, target.cx, uid)
-    except DMP_ERRORS as exc:
-        return render(request, "dmp_document.html", {**ctx, "error": _dmp_error(exc)}, status_code=502)
+        doc = await _consult(call, "dmp_document.html", ctx, "open_dmp_document", ask)
     except AlteredDocument as exc:
         return render(request, "dmp_document.html", {**ctx, "error": str(exc)}, status_code=502)
+    if isinstance(doc, Response):
+        return doc
     if doc.mime_type == "application/pdf":
         return Response(doc.content, media_type="application/pdf", headers=_INERT)
     try:
@@ -315,52 +363,43 @@ async def page_dmp_document(
 
 @router.post("/identites/{patient_id}/dmp/document/action", include_in_schema=False)
 async def page_dmp_author_action(
-    request: Request,
+    call: Call,
     patient_id: int,
-    actor: Consultant,
-    rt: Rt,
-    dmp: Dmp,
-    directory: Directory,
     uid: str = Form(min_length=1, max_length=128),
     action: str = Form(pattern="^(" + "|".join(AUTHOR_ACTIONS) + ")$"),
 ) -> Response:
     """The author of a document masks it, changes its visibility or deletes it (ITI-57); back to the list with
     what the DMP said. Audited with the document and the action, refused or not."""
-    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id}
-    ready = await _consultation(
-        request, "patient_dmp.html", ctx, rt, directory, actor, dmp, "consult_dmp_author_action"
-    )
+    ctx: dict[str, Any] = {"request": call.request, "patient_id": patient_id}
+    ready = await _consultation(call, "patient_dmp.html", ctx, "consult_dmp_author_action")
     if isinstance(ready, Response):
         return ready
     target, port = ready
-    back = f"/identites/{patient_id}/dmp"
+    detail = {"action": action, "document": uid}
     try:
         done = await act_as_author(port, target.consulter, target.cx, uid, action)
-        message, detail = f"{done.done} ({uid}).", {"action": action, "document": uid}
+        message = f"{done.done} ({uid})."
     except ConsultationRefused as exc:
-        message, detail = exc.reason, {"action": action, "document": uid, "refus": exc.reason}
+        message = detail["refus"] = exc.reason
     except DMP_ERRORS as exc:
-        message, detail = _dmp_error(exc), {"action": action, "document": uid, "refus": _dmp_error(exc)}
-    await asyncio.to_thread(_audit, rt, actor, patient_id, "dmp_author_action", detail)
-    return redirect_with_message(back, message, actor)
+        message = detail["refus"] = _dmp_error(exc)
+    await asyncio.to_thread(_audit, call.rt, call.actor, patient_id, "dmp_author_action", detail)
+    return redirect_with_message(f"/identites/{patient_id}/dmp", message, call.actor)
 
 
 @router.get("/identites/{patient_id}/dmp/acces", response_class=HTMLResponse, include_in_schema=False)
-async def page_dmp_access_history(
-    request: Request, patient_id: int, actor: Consultant, rt: Rt, dmp: Dmp, directory: Directory
-) -> Response:
+async def page_dmp_access_history(call: Call, patient_id: int) -> Response:
     """The DMP's access history of the patient: who consulted or fed it, when, in which mode."""
-    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id}
+    ctx: dict[str, Any] = {"request": call.request, "patient_id": patient_id}
     page = "patient_dmp_access.html"
-    ready = await _consultation(request, page, ctx, rt, directory, actor, dmp, "consult_dmp_access_history")
-    if isinstance(ready, Response):
-        return ready
-    target, port = ready
-    try:
-        ctx["accesses"] = await port.access_history(target.consulter, target.cx)
-    except DMP_ERRORS as exc:
-        return render(request, page, {**ctx, "error": _dmp_error(exc)}, status_code=502)
-    return render(request, page, ctx)
+
+    async def ask(target: _Target, port: DmpConsultPort) -> list[DmpAccess] | None:
+        return await port.access_history(target.consulter, target.cx)
+
+    accesses = await _consult(call, page, ctx, "consult_dmp_access_history", ask)
+    if isinstance(accesses, Response):
+        return accesses
+    return render(call.request, page, {**ctx, "accesses": accesses})
 
 
 @router.post("/identites/{patient_id}/consentement-dmp", include_in_schema=False)
@@ -394,29 +433,24 @@ async def page_dmp_consent(
 
 @router.get("/identites/{patient_id}/dmp/vaccinations", include_in_schema=False)
 async def page_dmp_vaccinations(
-    request: Request,
+    call: Call,
     patient_id: int,
-    actor: Consultant,
-    rt: Rt,
-    dmp: Dmp,
-    directory: Directory,
     format: str = Query("html", pattern="^(html|csv)$", description="csv : le carnet à télécharger"),
 ) -> Response:
     """The carnet de vaccination, from the patient's vaccination documents in the DMP; CSV to download."""
-    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id}
+    ctx: dict[str, Any] = {"request": call.request, "patient_id": patient_id}
     page = "patient_vaccinations.html"
-    ready = await _consultation(request, page, ctx, rt, directory, actor, dmp, "consult_dmp_vaccinations")
-    if isinstance(ready, Response):
-        return ready
-    target, port = ready
-    try:
-        record = await vaccination_record(port, target.consulter, target.cx)
-    except DMP_ERRORS as exc:
-        return render(request, page, {**ctx, "error": _dmp_error(exc)}, status_code=502)
+
+    async def ask(target: _Target, port: DmpConsultPort) -> VaccinationRecord:
+        return await vaccination_record(port, target.consulter, target.cx)
+
+    record = await _consult(call, page, ctx, "consult_dmp_vaccinations", ask)
+    if isinstance(record, Response):
+        return record
     if format == "csv":
         headers = attachment_headers(f"carnet-vaccination-{patient_id}.csv", "text/csv; charset=utf-8")
         return Response(_vaccinations_csv(record), headers={**headers, "Cache-Control": "no-store"})
-    return render(request, page, {**ctx, "record": record})
+    return render(call.request, page, {**ctx, "record": record})
 
 
 def _vaccinations_csv(record: VaccinationRecord) -> bytes:
