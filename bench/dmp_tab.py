@@ -49,10 +49,9 @@ from opensegur.flows.dmp_consult import (
     PROFESSIONS,
     Consulter,
     consent_refusal,
-    open_dmp,
-    open_document,
     patient_cx,
 )
+from opensegur.flows.dmp_search import open_dmp, open_document
 from opensegur.sandbox.annuaire import SANDBOX_API_KEY
 from opensegur.sandbox.dmp import REPOSITORY_UNIQUE_ID
 from opensegur.sandbox.dmp.patients import DmpPatient

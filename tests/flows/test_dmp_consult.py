@@ -12,14 +12,8 @@ from typing import Any
 import pytest
 
 from opensegur.documents.metadata import Coded, DocumentMetadata, XdsAuthor
-from opensegur.flows.dmp_consult import (
-    AlteredDocument,
-    Consulter,
-    DmpSearch,
-    consent_refusal,
-    open_dmp,
-    open_document,
-)
+from opensegur.flows.dmp_consult import Consulter, consent_refusal
+from opensegur.flows.dmp_search import AlteredDocument, DmpSearch, open_dmp, open_document
 from opensegur.transactions.td02 import Td02Response
 from opensegur.transactions.xds import SIGNATURE_CLASS, RetrievedDocument
 

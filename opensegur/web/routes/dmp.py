@@ -25,29 +25,23 @@ from opensegur.content import jdv
 from opensegur.content.cda import CdaError, parse_cda
 from opensegur.content.narrative import embedded_file, sections
 from opensegur.documents.metadata import Coded
+from opensegur.flows.dmp_author_actions import AUTHOR_ACTIONS, act_as_author
 from opensegur.flows.dmp_consult import (
-    AUTHOR_ACTIONS,
     CONSENT_LABELS,
     EMERGENCY_MODES,
     NEEDS_SPECIALTY,
     OID_SPECIALTY,
     PROFESSIONS,
-    AlteredDocument,
     ConsultationRefused,
     Consulter,
     DmpAccess,
     DmpConsultPort,
-    DmpSearch,
-    DmpView,
-    VaccinationRecord,
-    act_as_author,
     consent_refusal,
-    open_dmp,
-    open_document,
     patient_cx,
-    vaccination_record,
 )
 from opensegur.flows.dmp_feed import DmpRejectedError, DmpUnavailableError
+from opensegur.flows.dmp_search import AlteredDocument, DmpSearch, DmpView, open_dmp, open_document
+from opensegur.flows.dmp_vaccinations import VaccinationRecord, vaccination_record
 from opensegur.security import access, audit
 from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action
