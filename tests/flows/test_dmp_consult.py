@@ -92,6 +92,16 @@ async def test_the_first_search_covers_two_years_and_the_wider_one_the_whole_dmp
     assert port.searches[-1] is None and whole.since is None
 
 
+async def test_documents_are_listed_by_the_acts_date_which_the_search_bounds() -> None:
+    # Put online in 2026 for an act of 2019 (an old report fed late): listed after a 2025 act put online before.
+    late = replace(_doc("20260301"), unique_id="late", service_start_time="20190610")
+    recent = replace(_doc("20250101"), unique_id="recent", service_start_time="20250101")
+    port = _Port(Td02Response("OUVERT", authorisation="AUTORISE"), [late, recent, _doc("20240101")])
+    view = await open_dmp(port, CONSULTER, "cx", search=DmpSearch(whole=True), now=NOW)
+    # Without a serviceStartTime, the creationTime stands for the act's date.
+    assert [d.unique_id for d in view.documents] == ["recent", "20240101", "late"]
+
+
 async def test_a_search_asks_the_dmp_for_type_and_dates_and_filters_author_and_visibility_here() -> None:
     reault = XdsAuthor("801^RÉAULT^Pierre", ("CHU-X Chirurgie viscérale",), specialties=("SM14^Chirurgie^x",))
     other = XdsAuthor("802^MARTIN^Anne", ("Laboratoire Pasteur",))

@@ -191,6 +191,13 @@ async def test_a_doctor_sees_the_status_and_two_years_of_documents_and_can_widen
         and "CR tardif" in whole.text
     )
     assert 'id="derniere-consultation"' in whole.text and ">Nouveau<" not in whole.text
+    # Listed by the act's date, the one the search bounds; put online last week, which the row says too.
+    tardif = _text(whole).split("CR tardif")[0].rsplit("<tr", 1)[1]
+    act, online = (
+        dt.datetime.strptime(d[:8], "%Y%m%d").strftime("%d/%m/%Y")
+        for d in (late.service_start_time, late.creation_time)
+    )
+    assert "Date de l'acte" in _text(whole) and act in tardif and f"mis en ligne le {online}" in tardif
     # A document added after the last visit is marked for this doctor.
     await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(-1), "CR arrivé depuis")
     again = await _get(web, DOCTOR, f"/identites/{p.id}/dmp")
