@@ -16,7 +16,7 @@ from lxml import etree
 
 from opensegur.content.cda import NS, CdaError
 
-__all__ = ["Block", "EmbeddedFile", "Section", "embedded_file", "sections"]
+__all__ = ["Block", "EmbeddedFile", "Section", "attachment", "embedded_file", "sections"]
 
 _CDA = f"{{{NS['cda']}}}"
 MAX_DEPTH = 12  # nested sections shown; deeper ones are flattened into their parent
@@ -24,7 +24,7 @@ MAX_DEPTH = 12  # nested sections shown; deeper ones are flattened into their pa
 
 @dataclass
 class Block:
-    kind: str  # "paragraph" | "list" | "table"
+    kind: str  # "paragraph" | "list" | "table" | "media" (text: the observationMedia's ID)
     text: str = ""
     items: list[str] = field(default_factory=list)
     caption: str = ""
@@ -66,7 +66,10 @@ def _blocks(text: etree._Element) -> list[Block]:
             head = _rows(child.find(f"{_CDA}thead"))
             bodies = child.findall(f"{_CDA}tbody")
             rows = [r for b in bodies for r in _rows(b)] if bodies else _rows(child)[len(head) :]
-            blocks.append(Block("table", caption=_plain(child.find(f"{_CDA}caption")), head=head, rows=rows))
+            if head or rows:  # a table that only lays out a renderMultiMedia has nothing to read
+                blocks.append(
+                    Block("table", caption=_plain(child.find(f"{_CDA}caption")), head=head, rows=rows)
+                )
         elif child.tag == f"{_CDA}list":
             blocks.append(Block("list", items=[_plain(i) for i in child.findall(f"{_CDA}item")]))
         elif isinstance(child.tag, str):
@@ -78,6 +81,9 @@ def _blocks(text: etree._Element) -> list[Block]:
             loose = f"{loose} {tail}".strip()
     if loose:
         blocks.insert(0, Block("paragraph", text=loose))
+    # A file shown in place (renderMultiMedia: the PDF copy of a CR-BIO, an image), wherever the text put it.
+    refs = (m.get("referencedObject", "") for m in text.iter(f"{_CDA}renderMultiMedia"))
+    blocks.extend(Block("media", text=ref) for ref in dict.fromkeys(refs) if ref)
     return blocks
 
 
@@ -108,12 +114,20 @@ def sections(root: etree._Element) -> list[Section]:
 def embedded_file(root: etree._Element) -> EmbeddedFile | None:
     """The file of a level-1 CDA (``nonXMLBody/text`` in base64), or None for a structured body."""
     text = root.find("cda:component/cda:nonXMLBody/cda:text", NS)
-    if text is None:
-        return None
-    if (text.get("representation") or "").upper() != "B64":
-        raise CdaError("CDA_BODY_ENCODING", "corps non structuré non encodé en base64 : non affichable")
+    return None if text is None else _decoded(text, "corps non structuré")
+
+
+def attachment(root: etree._Element, ref: str) -> EmbeddedFile | None:
+    """The file of the observationMedia a narrative's renderMultiMedia names (``ID``), or None."""
+    found = root.xpath(".//cda:observationMedia[@ID = $ref]/cda:value", namespaces=NS, ref=ref)
+    return _decoded(found[0], "fichier joint") if found else None
+
+
+def _decoded(el: etree._Element, what: str) -> EmbeddedFile:
+    if (el.get("representation") or "").upper() != "B64":
+        raise CdaError("CDA_BODY_ENCODING", f"{what} non encodé en base64 : non affichable")
     try:
-        content = base64.b64decode("".join((text.text or "").split()), validate=True)
+        content = base64.b64decode("".join((el.text or "").split()), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise CdaError("CDA_BODY_ENCODING", f"corps non structuré : base64 invalide ({exc})") from exc
-    return EmbeddedFile(text.get("mediaType") or "application/octet-stream", content)
+        raise CdaError("CDA_BODY_ENCODING", f"{what} : base64 invalide ({exc})") from exc
+    return EmbeddedFile(el.get("mediaType") or "application/octet-stream", content)

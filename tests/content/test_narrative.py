@@ -8,7 +8,7 @@ import pytest
 from lxml import etree
 
 from opensegur.content.cda import CdaError, parse_cda
-from opensegur.content.narrative import embedded_file, sections
+from opensegur.content.narrative import attachment, embedded_file, sections
 
 EXAMPLES = Path("/work/shared/cisis/ExemplesCDA")
 needs_examples = pytest.mark.skipif(not EXAMPLES.exists(), reason="ANS CDA examples not available")
@@ -23,6 +23,13 @@ def test_a_cr_bio_reads_as_titled_sections_and_result_tables() -> None:
     [table] = [b for s in found for b in s.blocks if b.kind == "table" and b.rows]
     assert table.head == [["BILAN THYROIDIEN", "Résultats", "Valeurs de référence"]]
     assert table.rows[0] == ["Thyréostimuline (TSH) (ECL Modular)", "1.950 mUI/l", "(0.270 - 4.200)"]
+    # Its « Copie du document » section shows the report's PDF in place (renderMultiMedia → observationMedia).
+    [copy] = [s for s in found if s.title == "Copie du document"]
+    assert [(b.kind, b.text) for b in copy.blocks] == [("media", "doc-1")]
+    pdf = attachment(root, "doc-1")
+    assert pdf is not None and pdf.media_type == "application/pdf" and pdf.content.startswith(b"%PDF-")
+    # The name is an XPath variable, never spliced into the expression.
+    assert attachment(root, "doc-2") is None and attachment(root, "x' or @ID or 'y") is None
 
 
 @needs_examples

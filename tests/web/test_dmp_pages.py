@@ -3,8 +3,10 @@ sandbox DMP, as a doctor, a secretary, a doctor without RPPS, for patients witho
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import html
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -223,6 +225,23 @@ async def test_a_level_3_document_is_shown_as_text_and_a_level_1_as_an_inert_pdf
     assert shown.status_code == 200, shown.text
     assert "BIOCHIMIE" in shown.text and "Thyréostimuline (TSH)" in shown.text and "1.950 mUI/l" in shown.text
     assert "<script>alert(1)" not in shown.text and "&lt;script&gt;alert(1)" in shown.text
+    # The PDF copy its narrative shows in place opens apart, inert; a file it does not join is 404.
+    assert "piece=doc-1" in shown.text and "Ouvrir le fichier joint « Copie du document »" in _text(shown)
+    base = f"/identites/{p.id}/dmp/document?uid={n3}"
+    copy = await _get(web, DOCTOR, f"{base}&piece=doc-1")
+    assert copy.status_code == 200 and copy.headers["content-type"] == "application/pdf"
+    assert copy.content.startswith(b"%PDF-") and "sandbox" in copy.headers["content-security-policy"]
+    assert (await _get(web, DOCTOR, f"{base}&piece=doc-9")).status_code == 404
+    assert (await _get(web, DOCTOR, f"{base}&piece=../x")).status_code == 422
+    # A joined file that says PDF and is a page with a script is not served.
+    fake = re.sub(
+        rb'(ID="doc-1">\s*<value mediaType="application/pdf" representation="B64">)[^<]+',
+        rb"\g<1>" + base64.b64encode(b"<html><script>alert(1)</script></html>"),
+        CR_BIO_N3.read_bytes(),
+    )
+    faked = await _feed(sandbox, pki, p, fake, _recent(11), "CR au faux PDF")
+    refused = await _get(web, DOCTOR, f"/identites/{p.id}/dmp/document?uid={faked}&piece=doc-1")
+    assert refused.status_code == 415 and b"alert(1)" not in refused.content
     pdf = await _get(web, DOCTOR, f"/identites/{p.id}/dmp/document?depot={repo}&uid={n1}")
     assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF-") and "sandbox" in pdf.headers["content-security-policy"]

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from opensegur.connectors.annuaire_client import AnnuaireClient, AnnuaireError
 from opensegur.content import jdv
 from opensegur.content.cda import CdaError, parse_cda
-from opensegur.content.narrative import embedded_file, sections
+from opensegur.content.narrative import EmbeddedFile, attachment, embedded_file, sections
 from opensegur.documents.metadata import Coded
 from opensegur.flows.dmp_author_actions import AUTHOR_ACTIONS, act_as_author
 from opensegur.flows.dmp_consult import (
@@ -326,9 +326,14 @@ async def page_dmp_document(
     call: Call,
     patient_id: int,
     uid: str = Query(min_length=1, max_length=128, description="uniqueId du document"),
+    piece: str = Query(
+        "", max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9._-]*$|^$", description="ID du fichier joint"
+    ),
 ) -> Response:
+    """A document of the patient's DMP: a level-1 PDF inert, a level-3 narrative as text; ``piece``, a file its
+    narrative shows in place (renderMultiMedia: the PDF copy of a CR-BIO, an image)."""
     request = call.request
-    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id}
+    ctx: dict[str, Any] = {"request": request, "patient_id": patient_id, "uid": uid}
 
     async def ask(target: _Target, port: DmpConsultPort) -> RetrievedDocument:
         return await open_document(port, target.consulter, target.cx, uid)
@@ -343,16 +348,37 @@ async def page_dmp_document(
         return Response(doc.content, media_type="application/pdf", headers=_INERT)
     try:
         root, header = await asyncio.to_thread(parse_cda, doc.content)
-        file = embedded_file(root)
+        file = attachment(root, piece) if piece else embedded_file(root)
     except CdaError as exc:
         return render(
             request, "dmp_document.html", {**ctx, "error": f"Document illisible : {exc.message_fr}"}, 422
         )
+    if piece:
+        return _attached(request, ctx, file, piece)
     if file is not None and file.media_type == "application/pdf":
         return Response(file.content, media_type="application/pdf", headers=_INERT)
     return render(
         request, "dmp_document.html", {**ctx, "header": header, "sections": sections(root), "file": file}
     )
+
+
+# What a joined file may be shown as, and how its first bytes must read: a file that says PDF and is not is refused.
+_SHOWN_AS = {"application/pdf": b"%PDF-", "image/jpeg": b"\xff\xd8\xff", "image/png": b"\x89PNG\r\n\x1a\n"}
+
+
+def _attached(request: Request, ctx: dict[str, Any], file: EmbeddedFile | None, piece: str) -> Response:
+    if file is None:
+        return render(
+            request,
+            "dmp_document.html",
+            {**ctx, "error": f"Ce document ne joint aucun fichier « {piece} »"},
+            404,
+        )
+    magic = _SHOWN_AS.get(file.media_type)
+    if magic is None or not file.content.startswith(magic):
+        why = f"Fichier joint non affiché : son contenu n'est pas un fichier {file.media_type} que la page montre"
+        return render(request, "dmp_document.html", {**ctx, "error": why}, 415)
+    return Response(file.content, media_type=file.media_type, headers=_INERT)
 
 
 @router.post("/identites/{patient_id}/dmp/document/action", include_in_schema=False)
