@@ -213,7 +213,8 @@ class _Call:
     directory: AnnuaireClient | None
 
 
-def _call(request: Request, actor: Consultant, rt: Rt, dmp: Dmp, directory: Directory) -> _Call:
+async def _call(request: Request, actor: Consultant, rt: Rt, dmp: Dmp, directory: Directory) -> _Call:
+    # async: a plain function would be run in the thread pool for nothing
     return _Call(request, actor, rt, dmp, directory)
 
 
