@@ -82,6 +82,12 @@ class DocumentMetadata:
     version: str | None = None  # rim:VersionInfo of the entry (ITI-57 needs the previous lid and version)
     logical_id: str | None = None  # lid (ITI-57)
 
+    @property
+    def act_time(self) -> str | None:
+        """When the act took place (serviceStartTime), else when the document was created: the date a list of
+        documents shows, sorts by and a search bounds."""
+        return self.service_start_time or self.creation_time
+
 
 @dataclass
 class SubmissionSetMetadata:

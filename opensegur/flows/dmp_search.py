@@ -139,10 +139,7 @@ async def open_dmp(
     )
     # A submission set's XAdES signature is an entry of its own in the DMP: technical, not for a clinician.
     readable = [d for d in docs if d.class_code.code != SIGNATURE_CLASS.code and search.keeps(d)]
-    # Newest act first: the date the list shows and the search bounds (serviceStartTime); creationTime when absent.
-    view.documents = sorted(
-        readable, key=lambda d: d.service_start_time or d.creation_time or "", reverse=True
-    )
+    view.documents = sorted(readable, key=lambda d: d.act_time or "", reverse=True)  # newest act first
     view.searched = True
     return view
 
