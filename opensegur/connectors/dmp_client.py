@@ -346,6 +346,28 @@ class DmpClient:
         found = [d for d in result.documents if d.unique_id == unique_id]
         return min(found, key=lambda d: (d.availability_status or "Approved") != "Approved", default=None)
 
+    async def find_submission_sets(
+        self, consulter: Consulter, patient_cx: str, *, since: datetime
+    ) -> list[str]:
+        body = xds.build_find_submission_sets(
+            patient_cx, submission_time_from=since.strftime("%Y%m%d%H%M%S"), return_type="ObjectRef"
+        )
+        return (await self._consult_query(consulter, patient_cx, body)).object_refs
+
+    async def get_associations(
+        self, consulter: Consulter, patient_cx: str, uuids: Sequence[str]
+    ) -> list[xds.Association]:
+        body = xds.build_get_associations(uuids)
+        return (await self._consult_query(consulter, patient_cx, body)).associations
+
+    async def get_documents_and_associations(
+        self, consulter: Consulter, patient_cx: str, uuids: Sequence[str]
+    ) -> tuple[list[DocumentMetadata], list[xds.Association]]:
+        result = await self._consult_query(
+            consulter, patient_cx, xds.build_get_documents_and_associations(uuids=uuids)
+        )
+        return result.documents, result.associations
+
     async def _consult_query(
         self, consulter: Consulter, patient_cx: str, body: etree._Element
     ) -> xds.QueryResult:

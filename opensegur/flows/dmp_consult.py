@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from opensegur.documents.metadata import Coded, DocumentMetadata, xcn_id, xon_id
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.transactions.td02 import Td02Response
-from opensegur.transactions.xds import RetrievedDocument
+from opensegur.transactions.xds import Association, RetrievedDocument
 
 __all__ = [
     "ACCESS_ACTIONS",
@@ -142,6 +142,20 @@ class DmpConsultPort(Protocol):
     async def get_document(
         self, consulter: Consulter, patient_cx: str, unique_id: str
     ) -> DocumentMetadata | None: ...
+
+    async def find_submission_sets(
+        self, consulter: Consulter, patient_cx: str, *, since: datetime
+    ) -> list[str]:
+        """The entryUUIDs of the submission sets put in this DMP since ``since`` (ITI-18 FindSubmissionSets)."""
+        ...
+
+    async def get_associations(
+        self, consulter: Consulter, patient_cx: str, uuids: Sequence[str]
+    ) -> list[Association]: ...
+
+    async def get_documents_and_associations(
+        self, consulter: Consulter, patient_cx: str, uuids: Sequence[str]
+    ) -> tuple[list[DocumentMetadata], list[Association]]: ...
 
     async def retrieve(
         self, consulter: Consulter, patient_cx: str, repository_unique_id: str, unique_id: str

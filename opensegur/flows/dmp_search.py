@@ -12,6 +12,7 @@ from opensegur.content import jdv
 from opensegur.documents.metadata import DocumentMetadata
 from opensegur.flows.dmp_author_actions import AUTHOR_ACTIONS, offered_actions
 from opensegur.flows.dmp_consult import EMERGENCY_MODES, Consulter, DmpConsultPort, is_author
+from opensegur.flows.dmp_listing import ORIGIN_CONSULTATION, KeptList, Refreshed, refresh
 from opensegur.identity.directory import fold
 from opensegur.transactions.td02 import Td02Response
 from opensegur.transactions.xds import SIGNATURE_CLASS, RetrievedDocument
@@ -75,6 +76,9 @@ class DmpView:
     last_visit: datetime | None = None  # this professional's previous consultation of this DMP
     refusal: str | None = None  # why the DMP, open, was not searched in this mode
     author_ids: frozenset[str] = frozenset()  # the professional's idNat_PS and their structure's idNat_Struct
+    kept: KeptList | None = None  # the kept list this view brought up to date, instead of searching again
+    refreshed: Refreshed | None = None  # what changed since the kept list
+    to_keep: KeptList | None = None  # the list to keep for this patient and professional
 
     def author_actions(self, doc: DocumentMetadata) -> list[tuple[str, str]]:
         """(action, button label) this professional may take on the document: none unless they or their
@@ -110,11 +114,16 @@ async def open_dmp(
     *,
     search: DmpSearch = DmpSearch(),
     last_visit: datetime | None = None,
+    kept: KeptList | None = None,
     now: datetime | None = None,
 ) -> DmpView:
-    """TD0.2, then, for an open DMP the professional may read, FindDocuments: approved documents, on acts of the
-    last two years unless the professional widened the search or gave dates, with the replaced versions when
-    asked. The port's errors reach the caller: a page shows the DMP's answer, never half a list."""
+    """TD0.2, then, for an open DMP the professional may read, the documents: approved, on acts of the last two
+    years unless the professional widened the search or gave dates, with the replaced versions when asked.
+
+    The default list of a consultation in normal mode is kept (``view.to_keep``); given back as ``kept`` while
+    fresh, it is brought up to date by what changed since (``dmp_listing.refresh``) instead of searched again.
+    The port's errors reach the caller: a page shows the DMP's answer, never half a list."""
+    now = now or datetime.now(UTC)
     status = await port.status(consulter, cx)
     view = DmpView(status, search, last_visit=last_visit, author_ids=consulter.author_ids)
     if status.status != "OUVERT" or status.authorisation == "INTERDIT":
@@ -127,18 +136,30 @@ async def open_dmp(
             return view
     elif status.authorisation != "AUTORISE":
         return view
+    # Only the default list of a normal consultation is kept: an emergency mode may show what normal hides.
+    keeps_list = not (search.whole or search.narrowed or search.versions) and emergency is None
     if search.act_from:
         view.since = datetime.combine(search.act_from, time.min, UTC)
     elif not (search.whole or search.narrowed):
-        view.since, view.first_bound = _first_search_bound(now or datetime.now(UTC)), True
-    until = datetime.combine(search.act_to, time.max, UTC) if search.act_to else None
-    # The web layer accepts only the JDV_J07 codes.
-    types = [jdv.load_value_set(jdv.JDV_TYPE_CODE).codes[search.type_code]] if search.type_code else None
-    docs = await port.find_documents(
-        consulter, cx, since=view.since, until=until, type_codes=types, with_deprecated=search.versions
-    )
-    # A submission set's XAdES signature is an entry of its own in the DMP: technical, not for a clinician.
-    readable = [d for d in docs if d.class_code.code != SIGNATURE_CLASS.code and search.keeps(d)]
+        view.since, view.first_bound = _first_search_bound(now), True
+    if keeps_list and kept is not None and kept.fresh(now):
+        assert view.since is not None
+        refreshed = await refresh(port, consulter, cx, kept, view.since)
+        docs, view.kept, view.refreshed = refreshed.documents, kept, refreshed
+        searched_at = kept.searched_at
+    else:
+        until = datetime.combine(search.act_to, time.max, UTC) if search.act_to else None
+        # The web layer accepts only the JDV_J07 codes.
+        types = [jdv.load_value_set(jdv.JDV_TYPE_CODE).codes[search.type_code]] if search.type_code else None
+        docs = await port.find_documents(
+            consulter, cx, since=view.since, until=until, type_codes=types, with_deprecated=search.versions
+        )
+        # A submission set's XAdES signature is an entry of its own in the DMP: technical, not for a clinician.
+        docs = [d for d in docs if d.class_code.code != SIGNATURE_CLASS.code]
+        searched_at = now
+    if keeps_list and view.since is not None:
+        view.to_keep = KeptList(now, searched_at, view.since, ORIGIN_CONSULTATION, tuple(docs))
+    readable = [d for d in docs if search.keeps(d)]
     view.documents = sorted(readable, key=lambda d: d.act_time or "", reverse=True)  # newest act first
     view.searched = True
     return view

@@ -384,6 +384,24 @@ class Stay(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class DmpListing(Base):
+    """The list of a patient's DMP documents one professional last saw (PDSM4DMP: kept, with each document's
+    entryUUID, logicalId and uniqueId, so that a later opening asks only what changed since ``fetched_at``).
+    One per patient and professional: what the DMP shows depends on who asks (a document masked to professionals
+    is still shown to its author)."""
+
+    __tablename__ = "dmp_listing"
+    __table_args__ = (UniqueConstraint("patient_id", "rpps", name="uq_dmp_listing_patient_rpps"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    rpps: Mapped[str] = mapped_column(String(11))
+    fetched_at: Mapped[datetime] = mapped_column()  # when the DMP was asked: the next delta's lower bound
+    since: Mapped[datetime | None] = mapped_column()  # the list's bound on the acts' date
+    searched_at: Mapped[datetime] = mapped_column()  # the last complete search (FindDocuments)
+    origin: Mapped[str] = mapped_column(String(16))  # « admission » (prefetched) or « consultation »
+    documents: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
 class Account(Base):
     """A person who may log in: a local account (argon2 hash and second factor), or one known by its identity
     provider's subject (hospital SSO, Pro Santé Connect). ``assignments`` are the (role, scope) pairs of the

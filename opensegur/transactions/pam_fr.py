@@ -179,6 +179,7 @@ class PamEvent:
     event_datetime: str | None = None  # EVN-6, else EVN-2
     dmp_consent: dict[str, str] = field(default_factory=dict)  # ZFA, keys in ZFA_KEYS; {} without ZFA
     facility_finess: str | None = None
+    attending_rpps: str | None = None  # PV1-7, the doctor responsible for the stay, when named by RPPS
 
     @property
     def is_identity_event(self) -> bool:
@@ -200,6 +201,16 @@ def _check_ts(value: str) -> bool:
         return False
     hour, minute = match.group(4), match.group(5)
     return (hour is None or int(hour) < 24) and (minute is None or int(minute) < 60)
+
+
+def _rpps(identifier: str, type_code: str) -> str | None:
+    """The RPPS of an XCN: its idNat_PS (« 8 » + RPPS, type IDNPS) or the RPPS itself (type RPPS); None for an
+    ADELI number or a local code, which no account can be matched on."""
+    if type_code == "IDNPS" and re.fullmatch(r"8\d{11}", identifier):
+        return identifier[1:]
+    if type_code == "RPPS" and re.fullmatch(r"\d{11}", identifier):
+        return identifier
+    return None
 
 
 def _identifiers(seg: hl7.Segment, field_no: int) -> list[PatientIdentifier]:
@@ -375,6 +386,7 @@ def parse_pam(message: hl7.Message, header: MessageHeader) -> PamEvent:
         event.visit_number = _opt(get_field(pv1s[0], 19, 1, 1))
         event.patient_class = _opt(get_field(pv1s[0], 2))
         event.unit = _opt(get_field(pv1s[0], 3, 1, 1))
+        event.attending_rpps = _rpps(get_field(pv1s[0], 7, 1, 1), get_field(pv1s[0], 7, 1, 13))
     zbes = segments(message, "ZBE")
     if zbes:
         zbe = zbes[0]

@@ -463,6 +463,67 @@ async def test_the_search_form_and_the_replaced_versions(
         assert (await _get(web, DOCTOR, f"/identites/{p.id}/dmp?{bad}")).status_code == 422
 
 
+async def _queries(sandbox: FastAPI) -> list[str]:
+    """The stored queries the sandbox DMP answered since the last call of this helper."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
+        calls = (await c.get("/dmp/_admin/calls")).json()
+        await c.delete("/dmp/_admin/calls")
+    return [call["query"] for call in calls if call.get("query")]
+
+
+@needs_examples
+async def test_a_later_opening_asks_the_dmp_only_what_changed_since_and_actualiser_searches_again(
+    offline: Offline, web: FastAPI, sandbox: FastAPI, pki: TestPki
+) -> None:
+    p = _patient(offline)
+    first_uid = await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(40), "Bilan initial")
+    await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(50), "Bilan inchangé")
+    await _queries(sandbox)
+    first = _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp"))
+    assert "Bilan initial" in first and 'id="liste-gardee"' not in first
+    assert await _queries(sandbox) == ["FIND_DOCUMENTS"]
+    # Since: a new report, and a correction of the first one (RPLC).
+    await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(1), "Bilan du jour")
+    new = metadata(
+        new_oid(), _cx(p), creation_time=_recent(0), service_start_time=_recent(40), title="Bilan corrigé"
+    )
+    new.entry_uuid = f"urn:uuid:{uuid.uuid4()}"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
+        entries = (await c.get("/dmp/inspect", params={"patient": p.ins_matricule})).json()["entries"]
+        [old] = [e["entryUUID"] for e in entries if e["uniqueId"] == first_uid]
+        sub = iti41(pki, patient=_cx(p), docs=[(new, CR_BIO_N3.read_bytes())], replaces={new.entry_uuid: old})
+        assert registry_result(await post(c, "/dmp/iti41", sub.request)).ok
+    await _queries(sandbox)
+    later = _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp"))
+    assert await _queries(sandbox) == [
+        "FIND_SUBMISSION_SETS",
+        "GET_ASSOCIATIONS",
+        "GET_DOCUMENTS_AND_ASSOCIATIONS",
+    ]
+    listed = later.split('id="documents-dmp"', 1)[1]
+    assert "Bilan du jour" in listed and "Bilan corrigé" in listed and "Bilan inchangé" in listed
+    assert "Bilan initial" not in listed
+    # Added: the new report and the correction; withdrawn: the replaced version.
+    assert (
+        'id="liste-gardee"' in later
+        and "2 documents nouveaux ou mis à jour, 1 retiré ou remplacé" in later
+        and "Liste de votre consultation" in later
+    )
+    again = _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp"))
+    # The sets of the last minute are asked again (a DMP clock slightly behind): applying them twice is harmless.
+    asked = await _queries(sandbox)
+    assert (
+        "aucun changement" in again and asked[0] == "FIND_SUBMISSION_SETS" and "FIND_DOCUMENTS" not in asked
+    )
+    fresh = _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp?actualiser=1"))
+    assert 'id="liste-gardee"' not in fresh and await _queries(sandbox) == ["FIND_DOCUMENTS"]
+    assert fresh.split('id="documents-dmp"', 1)[1].count("<tr") == listed.count("<tr")
+    # A search the professional narrowed is asked of the DMP as such, and keeps nothing.
+    await _get(web, DOCTOR, f"/identites/{p.id}/dmp?tout=1")
+    assert await _queries(sandbox) == ["FIND_DOCUMENTS"]
+    assert "aucun changement" in _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp"))
+
+
 def _day(days_ago: int) -> str:
     return (dt.date.today() - dt.timedelta(days=days_ago)).isoformat()
 

@@ -578,6 +578,7 @@ class DmpSandbox:
         self, ctx: _Ctx, body: etree._Element, _attachments: dict[str, bytes]
     ) -> tuple[etree._Element, dict[str, bytes]]:
         q = parse_stored_query(body)
+        ctx.record["query"] = q.name  # which stored query, for the call log of an editor's CI
         return_type: Literal["LeafClass", "ObjectRef"] = (
             "ObjectRef" if q.return_type == "ObjectRef" else "LeafClass"
         )

@@ -40,6 +40,7 @@ from opensegur.flows.dmp_consult import (
     patient_cx,
 )
 from opensegur.flows.dmp_feed import DmpRejectedError, DmpUnavailableError
+from opensegur.flows.dmp_listing import KeptList, load_list, save_list
 from opensegur.flows.dmp_search import AlteredDocument, DmpSearch, DmpView, open_dmp, open_document
 from opensegur.flows.dmp_vaccinations import VaccinationRecord, vaccination_record
 from opensegur.security import access, audit
@@ -277,6 +278,7 @@ async def page_dmp(
     visibilite: str = Query(
         "", pattern="^(|normale|MASQUE_PS|INVISIBLE_PATIENT|INVISIBLE_REPRESENTANTS_LEGAUX)$"
     ),
+    actualiser: bool = Query(False, description="rechercher à nouveau tout, au lieu des changements depuis"),
 ) -> Response:
     types = jdv.load_value_set(jdv.JDV_TYPE_CODE).codes
     if type and type not in types:
@@ -296,7 +298,13 @@ async def page_dmp(
     }
 
     async def ask(target: _Target, port: DmpConsultPort) -> DmpView:
-        return await open_dmp(port, target.consulter, target.cx, search=search, last_visit=target.last_visit)
+        kept = None if actualiser else await asyncio.to_thread(_kept_list, call.rt, target)
+        view = await open_dmp(
+            port, target.consulter, target.cx, search=search, last_visit=target.last_visit, kept=kept
+        )
+        if view.to_keep is not None:
+            await asyncio.to_thread(_keep_list, call.rt, target, view.to_keep)
+        return view
 
     view = await _consult(call, "patient_dmp.html", ctx, "consult_dmp", ask)
     if isinstance(view, Response):
@@ -304,6 +312,16 @@ async def page_dmp(
     uids = [d.unique_id for d in view.documents]
     ctx["view"], ctx["local"] = view, await asyncio.to_thread(_local_copies, call.rt, patient_id, uids)
     return render(call.request, "patient_dmp.html", ctx)
+
+
+def _kept_list(rt: WebRuntime, target: _Target) -> KeptList | None:
+    with rt.db.session() as s:
+        return load_list(s, target.patient.id, target.consulter.rpps)
+
+
+def _keep_list(rt: WebRuntime, target: _Target, kept: KeptList) -> None:
+    with rt.db.session() as s:
+        save_list(s, target.patient.id, target.consulter.rpps, kept)
 
 
 def _local_copies(rt: WebRuntime, patient_id: int, unique_ids: list[str]) -> dict[str, int]:
