@@ -24,11 +24,18 @@ import uvicorn
 
 from opensegur.config import Settings
 from opensegur.connectors.annuaire_client import AnnuaireClient
-from opensegur.connectors.dmp_client import DmpClient, DmpCredentials, DmpEndpoints, DmpIdentity
+from opensegur.connectors.dmp_client import (
+    DmpClient,
+    DmpCredentials,
+    DmpEndpoints,
+    DmpIdentity,
+    vihf_specialty,
+)
 from opensegur.connectors.dpi_mllp import MllpDpiSender
 from opensegur.connectors.dpi_zam import MllpZamSender
 from opensegur.connectors.insi_client import InsiClient, InsiUnavailable
 from opensegur.content.validation import CdaValidator
+from opensegur.documents.metadata import Coded
 from opensegur.flows import mss_inbound, mss_outbound
 from opensegur.flows.dmp_consult import DmpConsultPort
 from opensegur.flows.dmp_feed import (
@@ -39,6 +46,7 @@ from opensegur.flows.dmp_feed import (
     make_process_handler,
     make_zam_handler,
 )
+from opensegur.flows.dmp_prefetch import JOB_DMP_PREFETCH, make_prefetch_handler
 from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.flows.identity_gate import JOB_PROCESS
 from opensegur.flows.qualification import JOB_INSI_SEARCH, InsiUnavailableError, make_insi_job_handler
@@ -47,6 +55,8 @@ from opensegur.flows.worker import Handler, RetryableError, WorkerPool
 from opensegur.hospital.apply import ApplyResult, load_and_apply
 from opensegur.hospital.loader import ConfigInvalid, ConfigProblem, load_directory
 from opensegur.hospital.model import HospitalConfig
+from opensegur.security.defaults import default_matrix
+from opensegur.security.matrix import Matrix
 from opensegur.security.pki import TestPki
 from opensegur.security.sealer import ANCHOR_FILE, run_sealer
 from opensegur.store.db import Database
@@ -365,6 +375,10 @@ class Platform:
         else:
             log.warning("no DMP endpoint configured: documents are validated but not delivered")
         self._wire_annuaire(endpoints)
+        # Registered even without a DMP: an admission queues the job whatever the configuration says.
+        handlers[JOB_DMP_PREFETCH] = make_prefetch_handler(
+            self.db, self._dmp_client, self._specialty, self._matrix
+        )
         self._wire_mssante(mss, handlers, zam_endpoint, hospital)
         from opensegur.store.jobs import RetryPolicy
 
@@ -583,6 +597,14 @@ class Platform:
         log.info("OpenSégur sandbox ready: %s", json.dumps(handle.endpoints, ensure_ascii=False))
         await self._wait_for_signal()
         await self.stop()
+
+    async def _specialty(self, rpps: str) -> Coded:
+        return await vihf_specialty(self._annuaire_client, rpps)
+
+    def _matrix(self) -> Matrix:
+        """The authorisation matrix in force: the configuration directory's, reloaded with it."""
+        hospital = self.runtime.hospital if self.runtime is not None else None
+        return hospital.matrix if hospital is not None else default_matrix()
 
     def _wire_annuaire(self, endpoints: dict[str, Any]) -> None:
         s = self.settings

@@ -18,16 +18,12 @@ from typing import Any
 import httpx
 from lxml import etree
 
+from opensegur.connectors.annuaire_client import AnnuaireClient, AnnuaireError
 from opensegur.content.jdv import content_type_code_for_patient_class
 from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata
-from opensegur.flows.dmp_consult import Consulter, DmpAccess
-from opensegur.flows.dmp_feed import (
-    DmpOutcome,
-    DmpRejectedError,
-    DmpRequest,
-    DmpUnavailableError,
-    ExchangeRecord,
-)
+from opensegur.flows.dmp_consult import OID_SPECIALTY, ConsultationRefused, Consulter, DmpAccess
+from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError, ExchangeRecord
+from opensegur.flows.dmp_feed import DmpOutcome, DmpRequest
 from opensegur.transactions import xds
 from opensegur.transactions.td02 import (
     ACTION_TD02,
@@ -451,3 +447,22 @@ class DmpClient:
             "Suppression par son auteur",
             status_updates=[xds.StatusUpdate(entry.entry_uuid, xds.STATUS_APPROVED, STATUS_DELETED)],
         )
+
+
+async def vihf_specialty(directory: AnnuaireClient | None, rpps: str) -> Coded:
+    """The specialty the Annuaire Santé records for ``rpps``: the VIHF's second role for a physician. Raises
+    ConsultationRefused with the French reason when the directory is absent, silent or knows none."""
+    if directory is None:
+        raise ConsultationRefused(
+            "Annuaire Santé non configuré : la spécialité du médecin, exigée par le VIHF du DMP, est inconnue"
+        )
+    try:
+        found = await directory.practitioner(rpps)
+    except AnnuaireError as exc:
+        raise ConsultationRefused(f"Annuaire Santé injoignable, spécialité inconnue : {exc}") from exc
+    if found is None or not found.specialty_code:
+        raise ConsultationRefused(
+            f"Aucune spécialité n'est enregistrée dans l'Annuaire Santé pour le RPPS {rpps} : "
+            "le VIHF du DMP l'exige pour un médecin"
+        )
+    return Coded(found.specialty_code, OID_SPECIALTY, found.specialty or found.specialty_code)

@@ -11,8 +11,8 @@ reached through ``DmpConsultPort``; this module builds no XML.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -32,9 +32,12 @@ __all__ = [
     "Consulter",
     "DmpAccess",
     "DmpConsultPort",
+    "SpecialtyLookup",
     "consent_refusal",
+    "consulter_for",
     "is_author",
     "patient_cx",
+    "with_specialty",
 ]
 
 OID_SPECIALTY = "1.2.250.1.71.4.2.5"  # TRE_R38 savoir-faire, the VIHF's second role
@@ -181,6 +184,42 @@ def is_author(doc: DocumentMetadata, ids: frozenset[str]) -> bool:
 
 def patient_cx(matricule: str, oid: str) -> str:
     return f"{matricule}^^^&{oid}&ISO^NH"
+
+
+SpecialtyLookup = Callable[[str], Awaitable[Coded]]
+"""The specialty of an RPPS (TRE_R38, from the Annuaire Santé) for the VIHF; raises ConsultationRefused."""
+
+
+def consulter_for(roles: Sequence[str], rpps: str | None, name: str, patient: Any, mode: str) -> Consulter:
+    """The VIHF subject of a consultation of ``patient``'s DMP by this professional in ``mode``, or
+    ConsultationRefused with the reason: no qualified INS or consent (``consent_refusal``), no RPPS, a profession
+    that does not consult. A physician's specialty is added by ``with_specialty``."""
+    refusal = consent_refusal(patient, emergency=mode in EMERGENCY_MODES)
+    profession = next((PROFESSIONS[r] for r in roles if r in PROFESSIONS), None)
+    if refusal is None and not rpps:
+        refusal = "Votre compte n'a pas de numéro RPPS : le DMP ne peut pas être consulté en votre nom"
+    if refusal is None and profession is None:
+        refusal = "Votre profession ne permet pas la consultation du DMP"
+    if refusal is not None:
+        raise ConsultationRefused(refusal)
+    assert rpps is not None and profession is not None
+    site = patient.structure
+    return Consulter(
+        rpps,
+        name,
+        (profession,),
+        "1" + site.finess,
+        (site.settings or {}).get("secteur_activite", "SA01"),
+        mode,
+    )
+
+
+async def with_specialty(consulter: Consulter, specialty: SpecialtyLookup) -> Consulter:
+    """The consulter with the specialty its profession requires in the VIHF (physicians, pharmacists)."""
+    profession = consulter.roles[0]
+    if profession.code not in NEEDS_SPECIALTY:
+        return consulter
+    return replace(consulter, roles=(profession, await specialty(consulter.rpps)))
 
 
 def consent_refusal(patient: Any, *, emergency: bool = False) -> str | None:

@@ -26,6 +26,7 @@ from opensegur.content.validation import CdaValidator, Finding
 from opensegur.content.validation import Source as FindingSource
 from opensegur.content.xds_metadata import MetadataError, document_metadata
 from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
+from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError, ExchangeRecord
 from opensegur.flows.identity_feed import find_or_create_from_pid, resolve_site
 from opensegur.flows.identity_gate import JOB_PROCESS
 from opensegur.flows.worker import PermanentError, RetryableError
@@ -61,39 +62,9 @@ STATUS_LABELS = {
 
 
 @dataclass
-class ExchangeRecord:
-    """What one call to a remote service sent and received, for the flow view."""
-
-    transaction: str
-    endpoint: str
-    request: bytes | None
-    response: bytes | None
-    http_status: int | None
-    duration_ms: int
-
-
-@dataclass
 class DmpOutcome:
     entry_uuid: str | None
     exchanges: list[ExchangeRecord] = field(default_factory=list)
-
-
-class DmpUnavailableError(Exception):
-    """Timeout, connection refused, HTTP 5xx without a registry answer: retry later."""
-
-    def __init__(self, message: str, exchanges: list[ExchangeRecord] | None = None) -> None:
-        super().__init__(message)
-        self.exchanges = exchanges or []
-
-
-class DmpRejectedError(Exception):
-    """The DMP answered with XDS errors: a retry would get the same answer."""
-
-    def __init__(self, code: str, message: str, exchanges: list[ExchangeRecord] | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.exchanges = exchanges or []
 
 
 @dataclass

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from opensegur.flows.dmp_prefetch import request_prefetch
 from opensegur.flows.identity_gate import release_waiting_documents
 from opensegur.flows.stays import record_stay
 from opensegur.identity import rniv
@@ -275,6 +276,7 @@ def apply_event(session: Session, event: PamEvent, actor: str) -> FeedOutcome:
     if created:
         _check_duplicates(session, patient)
     record_stay(session, event, patient, site)
+    request_prefetch(session, event, patient, site)
     session.add(
         IdentityEvent(
             patient_id=patient.id,

@@ -21,7 +21,7 @@ from opensegur.store.db import Database
 from opensegur.store.models import ConfigVersion, Patient, Structure, Unit
 
 # The keys of Structure.settings this configuration owns; others (set by hand or other features) are kept.
-SITE_KEYS = ("facility_aliases", "secteur_activite", "dpis", "mailboxes")
+SITE_KEYS = ("facility_aliases", "secteur_activite", "dmp_prefetch", "dpis", "mailboxes")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ def site_settings(config: HospitalConfig, site: SiteConfig) -> dict[str, Any]:
     return {
         "facility_aliases": aliases,
         "secteur_activite": site.secteur_activite,
+        "dmp_prefetch": site.dmp_prefetch,
         "dpis": [d.model_dump(mode="json", exclude={"site"}) for d in dpis],
         "mailboxes": [
             m.model_dump(mode="json", exclude={"site"}) for m in config.mailboxes if m.site == site.finess

@@ -155,6 +155,11 @@ class SiteConfig(_Strict):
         default_factory=list,
         description="Noms sous lesquels les DPI désignent le site en MSH-4 ou PRT-8",
     )
+    dmp_prefetch: bool = Field(
+        True,
+        description="À l'admission, préparer la liste des documents DMP du patient pour le médecin responsable "
+        "(PV1-7) ; l'historique des accès du DMP montre alors une consultation à son nom",
+    )
     units: list[UnitConfig] = Field(default_factory=list)
 
 

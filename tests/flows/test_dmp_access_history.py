@@ -9,7 +9,7 @@ import pytest
 
 from opensegur.connectors.dmp_client import DmpClient, DmpCredentials, DmpEndpoints, DmpIdentity
 from opensegur.flows.dmp_consult import PROFESSIONS, Consulter, DmpAccess
-from opensegur.flows.dmp_feed import DmpUnavailableError
+from opensegur.flows.dmp_exchanges import DmpUnavailableError
 from opensegur.security.pki import TestPki, ensure_test_pki
 
 CX = "279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH"

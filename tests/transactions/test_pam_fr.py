@@ -104,6 +104,29 @@ def test_admission_movement_and_consent() -> None:
     assert event.dmp_consent["consultation_consent"] == "IC"
 
 
+@pytest.mark.parametrize("path", sorted(CONSENT.glob("*.er7")), ids=lambda p: p.name)
+def test_the_responsible_doctor_is_read_from_pv1_7_by_rpps(path: Path) -> None:
+    # The ANS examples name Dr Réault by idNat_PS (8 + RPPS, type IDNPS).
+    assert pam(path.read_bytes()).attending_rpps == "01234567897"
+
+
+@pytest.mark.parametrize(
+    ("xcn", "rpps"),
+    [
+        ("10000023084^AGNES^Isabelle^^^^^^ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^L^^^RPPS", "10000023084"),
+        ("0123456789^MARTIN^Anne^^^^^^ADELI&1.2.250.1.71.4.2.1&ISO^D^^^ADELI", None),  # no account matches
+        ("8012345678^COURT^Jean^^^^^^X^D^^^IDNPS", None),  # an idNat_PS too short is not an RPPS
+        ("DRLOCAL^LOCAL^Doc", None),
+    ],
+)
+def test_only_an_rpps_names_the_responsible_doctor(xcn: str, rpps: str | None) -> None:
+    raw = (CONSENT / "ConsentementConsultation_NonOppositionAlimentation.er7").read_bytes()
+    pv1 = next(line for line in raw.splitlines() if line.startswith(b"PV1|"))
+    fields = pv1.split(b"|")
+    fields[7] = xcn.encode()
+    assert pam(raw.replace(pv1, b"|".join(fields))).attending_rpps == rpps
+
+
 def test_discharge_has_no_consent() -> None:
     event = pam((SGL / "sortie.er7").read_bytes())
     assert event.trigger == "A03"

@@ -9,7 +9,8 @@ import html
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,27 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from opensegur.connectors.annuaire_client import AnnuaireClient
-from opensegur.connectors.dmp_client import DmpClient, DmpCredentials, DmpEndpoints, DmpIdentity
+from opensegur.connectors.dmp_client import (
+    DmpClient,
+    DmpCredentials,
+    DmpEndpoints,
+    DmpIdentity,
+    vihf_specialty,
+)
 from opensegur.content import jdv
+from opensegur.flows.dmp_prefetch import JOB_DMP_PREFETCH, make_prefetch_handler
+from opensegur.flows.worker import RetryableError
 from opensegur.ops.demo import demo_dmp_patients, luhn_complete
 from opensegur.ops.demo_accounts import SITE_1
 from opensegur.sandbox.annuaire import SANDBOX_API_KEY
 from opensegur.sandbox.dmp import REPOSITORY_UNIQUE_ID, create_dmp_app
 from opensegur.sandbox.dmp.patients import PatientRegistry, default_patients
 from opensegur.security.actor import Actor
+from opensegur.security.defaults import default_matrix
 from opensegur.security.matrix import Assignment, Scope
 from opensegur.security.pki import TestPki, ensure_test_pki
-from opensegur.store.models import AuditEvent, Document, Patient
+from opensegur.store import jobs
+from opensegur.store.models import Account, AuditEvent, Document, Job, Patient
 from opensegur.web.app import create_app
 from opensegur.web.deps import get_directory, get_dmp
 from tests.actors import act_as
@@ -522,6 +533,105 @@ async def test_a_later_opening_asks_the_dmp_only_what_changed_since_and_actualis
     await _get(web, DOCTOR, f"/identites/{p.id}/dmp?tout=1")
     assert await _queries(sandbox) == ["FIND_DOCUMENTS"]
     assert "aucun changement" in _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp"))
+
+
+PV1_DOCTOR_RPPS = "01234567897"  # PV1-7 of the ANS PAM FR consent examples: 801234567897, Réault Pierre
+
+
+@dataclass(frozen=True)
+class _Practitioner:
+    specialty_code: str = "SM14"
+    specialty: str = "Chirurgie viscérale et digestive"
+
+
+class _Directory:
+    """The Annuaire Santé for the examples' doctor, whom the sandbox directory does not list."""
+
+    async def practitioner(self, rpps: str) -> _Practitioner | None:
+        return _Practitioner() if rpps == PV1_DOCTOR_RPPS else None
+
+
+def _admit(offline: Offline, control: bytes) -> Patient:
+    """The ANS A01 with consent (ZFA IC), PV1-7 naming Dr Réault by idNat_PS, under a fresh control id."""
+    raw = (CONSENT_EXAMPLES / "ConsentementConsultation_NonOppositionAlimentation.er7").read_bytes()
+    ack = offline.intake.handle(raw.replace(b"|3975|", b"|" + control + b"|", 1))
+    assert ack.ack_code == "AA", ack
+    with offline.db.session() as s:
+        p = s.scalars(select(Patient).where(Patient.ins_matricule == "279035121518989")).one()
+        s.expunge(p)
+        return p
+
+
+async def _run_prefetch(offline: Offline, dmp: DmpClient) -> list[dict[str, Any]]:
+    """The queued prefetch jobs run as a worker runs them: each one's result, or the retry it asks for."""
+    handler = make_prefetch_handler(offline.db, dmp, partial(vihf_specialty, _Directory()), default_matrix)
+    results: list[dict[str, Any]] = []
+    while True:
+        with offline.db.session() as s:
+            job = jobs.claim(s, "test", [JOB_DMP_PREFETCH], 60)
+            if job is None:
+                return results
+            s.expunge(job)
+        try:
+            results.append(await handler(job))
+        except RetryableError as exc:
+            with offline.db.session() as s:
+                status = jobs.fail(s, s.get(Job, job.id), str(exc), jobs.RetryPolicy())
+            results.append({"retry": str(exc), "status": status})
+            continue
+        with offline.db.session() as s:
+            jobs.complete(s, job.id, results[-1])
+
+
+@needs_examples
+async def test_an_admission_prepares_the_dmp_list_for_the_doctor_pv1_names(
+    offline: Offline, web: FastAPI, sandbox: FastAPI, pki: TestPki, dmp: DmpClient
+) -> None:
+    first = _admit(offline, b"PREFETCH-1")
+    # A doctor with no account here: nothing is asked of the DMP in anyone's name.
+    assert await _run_prefetch(offline, dmp) == [{"skipped": "aucun compte actif pour ce RPPS"}]
+    with offline.db.session() as s:
+        finess = s.get(Patient, first.id).structure.finess
+        s.add(
+            Account(
+                login="dr.reault.chir",
+                display_name="Dr Pierre RÉAULT",
+                rpps=PV1_DOCTOR_RPPS,
+                assignments=[{"role": "medecin", "scope": f"unit:{finess}/6268"}],
+            )
+        )
+    await _feed(sandbox, pki, first, CR_BIO_N3.read_bytes(), _recent(30), "Bilan préopératoire")
+    p = _admit(offline, b"PREFETCH-2")
+    # The stay the A01 records in UF 6268 is the care relationship the doctor's unit scope needs.
+    assert await _run_prefetch(offline, dmp) == [{"documents": 1, "pour": "dr.reault.chir"}]
+    with offline.db.session() as s:
+        audited = s.scalars(select(AuditEvent).where(AuditEvent.action == "prefetch_dmp")).one()
+        assert audited.actor == "prefetch" and audited.detail == {"pour": "dr.reault.chir"}
+        assert audited.patient_id == p.id
+    await _queries(sandbox)
+    doctor = replace(person("medecin", rpps=PV1_DOCTOR_RPPS), name="dr.reault.chir")
+    web.dependency_overrides[get_directory] = _Directory
+    page = _text(await _get(web, doctor, f"/identites/{p.id}/dmp"))
+    assert "Liste préparée à l'admission du patient" in page and "Bilan préopératoire" in page
+    assert "FIND_DOCUMENTS" not in await _queries(sandbox)
+    # The same message again queues nothing more.
+    _admit(offline, b"PREFETCH-2")
+    assert await _run_prefetch(offline, dmp) == []
+    # A DMP that does not answer: the job fails to be retried later, with the worker's backoff.
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
+        fault = {"http_status": 503, "transactions": ["td02"], "count": 1}
+        assert (await c.post("/dmp/_admin/faults", json=fault)).status_code == 200
+    _admit(offline, b"PREFETCH-4")
+    [retried] = await _run_prefetch(offline, dmp)
+    assert retried["retry"].startswith("DMP injoignable") and retried["status"] == "pending"
+    # A doctor out of the unit gets nothing prepared.
+    with offline.db.session() as s:
+        in_unit = s.scalars(select(Account).where(Account.login == "dr.reault.chir")).one()
+        in_unit.assignments = [{"role": "medecin", "scope": f"unit:{finess}/9999"}]
+    _admit(offline, b"PREFETCH-3")
+    assert await _run_prefetch(offline, dmp) == [
+        {"skipped": "le médecin responsable n'a pas accès à ce patient"}
+    ]
 
 
 def _day(days_ago: int) -> str:

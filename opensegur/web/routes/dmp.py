@@ -11,8 +11,9 @@ import asyncio
 import csv
 import io
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
@@ -20,26 +21,23 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from opensegur.connectors.annuaire_client import AnnuaireClient, AnnuaireError
+from opensegur.connectors.annuaire_client import AnnuaireClient
+from opensegur.connectors.dmp_client import vihf_specialty
 from opensegur.content import jdv
 from opensegur.content.cda import CdaError, parse_cda
 from opensegur.content.narrative import EmbeddedFile, attachment, embedded_file, sections
-from opensegur.documents.metadata import Coded
 from opensegur.flows.dmp_author_actions import AUTHOR_ACTIONS, act_as_author
 from opensegur.flows.dmp_consult import (
     CONSENT_LABELS,
-    EMERGENCY_MODES,
-    NEEDS_SPECIALTY,
-    OID_SPECIALTY,
-    PROFESSIONS,
     ConsultationRefused,
     Consulter,
     DmpAccess,
     DmpConsultPort,
-    consent_refusal,
+    consulter_for,
     patient_cx,
+    with_specialty,
 )
-from opensegur.flows.dmp_feed import DmpRejectedError, DmpUnavailableError
+from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
 from opensegur.flows.dmp_listing import KeptList, load_list, save_list
 from opensegur.flows.dmp_search import AlteredDocument, DmpSearch, DmpView, open_dmp, open_document
 from opensegur.flows.dmp_vaccinations import VaccinationRecord, vaccination_record
@@ -85,39 +83,18 @@ class _Target:
     last_visit: datetime | None = None  # this professional's previous consultation of this patient's DMP
 
 
-async def _specialty(directory: AnnuaireClient | None, rpps: str) -> Coded:
-    """The specialty the Annuaire Santé records for ``rpps``: the VIHF's second role for a physician."""
-    if directory is None:
-        raise ConsultationRefused(
-            "Annuaire Santé non configuré : la spécialité du médecin, exigée par le VIHF du DMP, est inconnue"
-        )
-    try:
-        found = await directory.practitioner(rpps)
-    except AnnuaireError as exc:
-        raise ConsultationRefused(f"Annuaire Santé injoignable, spécialité inconnue : {exc}") from exc
-    if found is None or not found.specialty_code:
-        raise ConsultationRefused(
-            f"Aucune spécialité n'est enregistrée dans l'Annuaire Santé pour le RPPS {rpps} : "
-            "le VIHF du DMP l'exige pour un médecin"
-        )
-    return Coded(found.specialty_code, OID_SPECIALTY, found.specialty or found.specialty_code)
-
-
 async def _target(
     rt: WebRuntime, directory: AnnuaireClient | None, actor: Actor, patient_id: int, path: str, what: str
 ) -> _Target:
     """The patient and the professional for one DMP call, or ConsultationRefused with the French reason (also
     written in the audit trail)."""
     target = await asyncio.to_thread(_local_target, rt, actor, patient_id, path, what)
-    profession = target.consulter.roles[0]
     detail = _mode_detail(target.consulter.purpose_of_use)
-    if profession.code in NEEDS_SPECIALTY:
-        try:
-            specialty = await _specialty(directory, target.consulter.rpps)
-        except ConsultationRefused as exc:
-            await asyncio.to_thread(_audit, rt, actor, patient_id, what, {**detail, "refus": exc.reason})
-            raise
-        target.consulter = replace(target.consulter, roles=(profession, specialty))
+    try:
+        target.consulter = await with_specialty(target.consulter, partial(vihf_specialty, directory))
+    except ConsultationRefused as exc:
+        await asyncio.to_thread(_audit, rt, actor, patient_id, what, {**detail, "refus": exc.reason})
+        raise
     await asyncio.to_thread(_audit, rt, actor, patient_id, what, detail)
     return target
 
@@ -137,30 +114,18 @@ def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what
         if p is None:
             raise HTTPException(404, "Patient inconnu")
         mode = _mode(s, rt, actor, p.id, path)
-        refusal = consent_refusal(p, emergency=mode in EMERGENCY_MODES)
-        profession = next((PROFESSIONS[r] for r in actor.roles if r in PROFESSIONS), None)
-        if refusal is None and not actor.rpps:
-            refusal = "Votre compte n'a pas de numéro RPPS : le DMP ne peut pas être consulté en votre nom"
-        if refusal is None and profession is None:
-            refusal = "Votre profession ne permet pas la consultation du DMP"
-        last_visit = _last_visit(s, actor, p.id) if what == "consult_dmp" else None
-        if refusal is not None:
-            audit.record(s, actor, what, p.id, "dmp", {"refus": refusal, **_mode_detail(mode)})
+        try:
+            consulter = consulter_for(actor.roles, actor.rpps, actor.display_name, p, mode)
+        except ConsultationRefused as exc:
+            audit.record(s, actor, what, p.id, "dmp", {"refus": exc.reason, **_mode_detail(mode)})
+            refused = exc
         else:
-            assert actor.rpps is not None and profession is not None and p.ins_matricule and p.ins_oid
-            site = p.structure
-            consulter = Consulter(
-                actor.rpps,
-                actor.display_name,
-                (profession,),
-                "1" + site.finess,
-                (site.settings or {}).get("secteur_activite", "SA01"),
-                mode,
-            )
+            assert p.ins_matricule and p.ins_oid
+            last_visit = _last_visit(s, actor, p.id) if what == "consult_dmp" else None
             s.expunge(p)
             return _Target(p, patient_cx(p.ins_matricule, p.ins_oid), consulter, last_visit)
     # Raised once the transaction committed, so the refusal stays in the audit trail.
-    raise ConsultationRefused(refusal)
+    raise refused
 
 
 def _mode(s: Session, rt: WebRuntime, actor: Actor, patient_id: int, path: str) -> str:
