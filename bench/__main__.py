@@ -560,10 +560,18 @@ async def main(args: argparse.Namespace) -> None:
         label = f"Onglet DMP d'un patient, {DOCUMENTS} documents"
         rows.append(
             (
-                f"{label} : liste (ouvertures/s)",
+                f"{label} : liste cherchée en entier (ouvertures/s)",
                 1000 / tab.list_ms,
                 "ITI-18 FindDocuments nu",
                 1000 / tab.find_ms,
+            )
+        )
+        rows.append(
+            (
+                f"{label} : ouverture suivante, liste gardée mise à jour (ouvertures/s)",
+                1000 / tab.later_ms,
+                "ITI-18 FindSubmissionSets nu",
+                1000 / tab.find_sets_ms,
             )
         )
         rows.append(
@@ -575,7 +583,9 @@ async def main(args: argparse.Namespace) -> None:
             )
         )
         notes.append(
-            f"{label} : liste {tab.list_ms:,.0f} ms par ouverture, ITI-18 FindDocuments nu {tab.find_ms:,.0f} ms "
+            f"{label} : liste complète {tab.list_ms:,.0f} ms par ouverture, ITI-18 FindDocuments nu "
+            f"{tab.find_ms:,.0f} ms ; ouverture suivante {tab.later_ms:,.0f} ms, FindSubmissionSets nu "
+            f"{tab.find_sets_ms:,.0f} ms "
             f"(la liste fait aussi TD0.2, nu : {tab.td02_ms:,.0f} ms) ; premier document {tab.document_ms:,.0f} ms, "
             f"ITI-18 GetDocuments + ITI-43 nus {tab.get_retrieve_ms:,.0f} ms"
         )

@@ -2,16 +2,20 @@
 the bare SOAP calls that the tab cannot do without, both against the same sandbox DMP in the same run.
 
 Measured, with a strong session of the demo doctor whose scope is one unit (the care relationship is checked):
-- the list, ``GET /identites/{id}/dmp``: access decision, Annuaire Santé lookup of the doctor's specialty (the
-  VIHF requires it), TD0.2, ITI-18 FindDocuments (the first search's two years, which keep all 200 documents),
-  audit trail, and the rendered page;
+- the list searched in full, ``GET /identites/{id}/dmp?actualiser=1``: access decision, Annuaire Santé lookup of
+  the doctor's specialty (the VIHF requires it), TD0.2, ITI-18 FindDocuments (the first search's two years, which
+  keep all 200 documents), the list kept, audit trail, and the rendered page;
+- a later opening, ``GET /identites/{id}/dmp``: the same, but the kept list brought up to date by what changed
+  since (ITI-18 FindSubmissionSets, here nothing: the documents were submitted before the warm-up's call by more
+  than the clock margin);
 - the first document of that list, ``GET /identites/{id}/dmp/document?uid=...``: the same checks, ITI-18
   GetDocuments, ITI-43, the size and SHA-1 checks, and the CDA rendered.
 
 The references are the SOAP requests of the same transactions, as the platform's DMP client builds them for the
 same professional and patient (same consulter, same VIHF mode, signed once), POSTed as bytes with httpx to the
 same sandbox, and their answers read no further than the MTOM parts, the query's status and the entries counted,
-or the document's bytes: ITI-18 FindDocuments for the list; ITI-18 GetDocuments + ITI-43 for the document. The
+or the document's bytes: ITI-18 FindDocuments for the full list; FindSubmissionSets for the later opening;
+ITI-18 GetDocuments + ITI-43 for the document. The
 bare TD0.2 is timed too, for the note: the list makes that round trip and its reference does not.
 
 The 200 documents are the sandbox's demo documents (ANS examples of five types), registered directly in the
@@ -32,6 +36,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +47,14 @@ from sqlalchemy import select
 
 from bench.auth import BASE_URL, DOCTOR
 from opensegur.config import Settings
-from opensegur.connectors.dmp_client import DmpClient, DmpCredentials, DmpEndpoints, DmpIdentity
-from opensegur.documents.metadata import Coded
-from opensegur.flows.dmp_consult import (
-    OID_SPECIALTY,
-    PROFESSIONS,
-    Consulter,
-    consent_refusal,
-    patient_cx,
+from opensegur.connectors.dmp_client import (
+    DmpClient,
+    DmpCredentials,
+    DmpEndpoints,
+    DmpIdentity,
+    vihf_specialty,
 )
+from opensegur.flows.dmp_consult import Consulter, consent_refusal, consulter_for, patient_cx, with_specialty
 from opensegur.flows.dmp_search import open_dmp, open_document
 from opensegur.sandbox.annuaire import SANDBOX_API_KEY
 from opensegur.sandbox.dmp import REPOSITORY_UNIQUE_ID
@@ -76,8 +80,10 @@ _XDS_RIM = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0"
 class DmpTabFigures:
     """Mean milliseconds per opening over one round, the platform's pages and the bare calls."""
 
-    list_ms: float  # GET /identites/{id}/dmp
+    list_ms: float  # GET /identites/{id}/dmp?actualiser=1
     find_ms: float  # bare ITI-18 FindDocuments
+    later_ms: float  # GET /identites/{id}/dmp, the kept list brought up to date
+    find_sets_ms: float  # bare ITI-18 FindSubmissionSets
     document_ms: float  # GET /identites/{id}/dmp/document?uid=<the list's first>
     get_retrieve_ms: float  # bare ITI-18 GetDocuments, then ITI-43
     td02_ms: float  # bare TD0.2
@@ -155,27 +161,11 @@ def _subject(rt: Runtime) -> _Subject:
         p = next((p for p in in_care if consent_refusal(p) is None), None)
         if p is None or not p.ins_matricule or not p.ins_oid:
             raise SystemExit(f"no demo patient of {DOCTOR}'s unit with a qualified INS and the DMP consent")
-        assert doctor.rpps is not None
         # What the DMP route makes of this doctor and this patient (routes/dmp.py, _local_target).
-        consulter = Consulter(
-            doctor.rpps,
-            doctor.display_name,
-            (PROFESSIONS[doctor.assignments[0].role],),
-            "1" + p.structure.finess,
-            (p.structure.settings or {}).get("secteur_activite", "SA01"),
-        )
+        consulter = consulter_for(doctor.roles, doctor.rpps, doctor.display_name, p, "normal")
         return _Subject(
             cookie, p.id, f"{p.birth_name} {p.first_names}", p.ins_matricule, p.ins_oid, consulter
         )
-
-
-async def _with_specialty(rt: Runtime, consulter: Consulter) -> Consulter:
-    """The specialty the Annuaire Santé gives, as the route adds it for a physician."""
-    assert rt.annuaire is not None
-    found = await rt.annuaire.practitioner(consulter.rpps)
-    assert found is not None and found.specialty_code
-    specialty = Coded(found.specialty_code, OID_SPECIALTY, found.specialty or found.specialty_code)
-    return dataclasses.replace(consulter, roles=(*consulter.roles, specialty))
 
 
 def _parts(content_type: str, raw: bytes) -> list[bytes]:
@@ -286,11 +276,14 @@ async def bench_dmp_tab(
         if "<html" not in (await page(viewer))[:500].lower():
             raise SystemExit(f"{viewer}: not a rendered page")
 
-        consulter = await _with_specialty(rt, who.consulter)
+        consulter = await with_specialty(who.consulter, partial(vihf_specialty, rt.annuaire))
         view = await open_dmp(client, consulter, cx)
         document = await open_document(client, consulter, cx, first)
-        td02, find, get, retrieve = recorder.requests
+        assert view.to_keep is not None
+        later = await open_dmp(client, consulter, cx, kept=view.to_keep)
+        td02, find, get, retrieve, _td02, find_sets = recorder.requests
         assert len(view.documents) == DOCUMENTS and view.documents[0].unique_id == first
+        assert later.refreshed is not None and len(later.documents) == DOCUMENTS
         size = len(document.content)
 
         async def bare_find() -> None:
@@ -300,16 +293,23 @@ async def bench_dmp_tab(
             assert _entries((await _post(http, get))[0]) == 1
             assert len((await _post(http, retrieve))[1]) == size
 
+        async def bare_find_sets() -> None:
+            envelope = etree.fromstring((await _post(http, find_sets))[0])
+            assert next(envelope.iter("{*}AdhocQueryResponse")).get("status", "").endswith(":Success")
+
         async def bare_td02() -> None:
             etree.fromstring((await _post(http, td02))[0])
 
         async def open_list() -> None:
-            await page(tab)
+            await page(f"{tab}?actualiser=1")
+
+        async def open_later() -> None:
+            assert "aucun changement" in await page(tab)
 
         async def open_first() -> None:
             await page(viewer)
 
-        for call in (bare_find, bare_get_retrieve, bare_td02):
+        for call in (bare_find, bare_find_sets, bare_get_retrieve, bare_td02):
             await call()
         figures = []
         for _ in range(rounds):
@@ -317,6 +317,8 @@ async def bench_dmp_tab(
                 DmpTabFigures(
                     list_ms=await _mean_ms(open_list, n),
                     find_ms=await _mean_ms(bare_find, n),
+                    later_ms=await _mean_ms(open_later, n),
+                    find_sets_ms=await _mean_ms(bare_find_sets, n),
                     document_ms=await _mean_ms(open_first, n),
                     get_retrieve_ms=await _mean_ms(bare_get_retrieve, n),
                     td02_ms=await _mean_ms(bare_td02, n),

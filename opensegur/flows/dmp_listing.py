@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -150,7 +150,13 @@ def load_list(session: Session, patient_id: int, rpps: str) -> KeptList | None:
 
 
 def save_list(session: Session, patient_id: int, rpps: str, kept: KeptList) -> None:
-    """Keep ``kept`` as this professional's list of this patient's DMP, in place of the previous one."""
+    """Keep ``kept`` as this professional's list of this patient's DMP, in place of the previous one.
+
+    The lists past ``COMPLETE_SEARCH_AFTER`` are deleted on the way: no opening uses them any more, and they hold
+    health data (titles, authors) that nothing else needs."""
+    session.execute(
+        delete(DmpListing).where(DmpListing.searched_at < kept.fetched_at - COMPLETE_SEARCH_AFTER)
+    )
     values = {
         "fetched_at": kept.fetched_at,
         "searched_at": kept.searched_at,

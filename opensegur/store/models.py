@@ -391,7 +391,10 @@ class DmpListing(Base):
     is still shown to its author)."""
 
     __tablename__ = "dmp_listing"
-    __table_args__ = (UniqueConstraint("patient_id", "rpps", name="uq_dmp_listing_patient_rpps"),)
+    __table_args__ = (
+        UniqueConstraint("patient_id", "rpps", name="uq_dmp_listing_patient_rpps"),
+        Index("ix_dmp_listing_searched_at", "searched_at"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
     rpps: Mapped[str] = mapped_column(String(11))

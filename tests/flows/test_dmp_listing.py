@@ -170,3 +170,14 @@ def test_a_kept_list_is_one_per_patient_and_professional(db: Database) -> None:
         assert mine.fetched_at == NOW - timedelta(hours=1) and mine.origin == ORIGIN_ADMISSION
         assert mine.documents[0].logical_id == "urn:uuid:l3"
         assert load_list(s, patient_id, "10000000033") is None
+        # A list too old to be refreshed is deleted when another is kept: nothing holds it longer than it serves.
+        later = replace(
+            _kept(_doc(5)), fetched_at=NOW + COMPLETE_SEARCH_AFTER, searched_at=NOW + COMPLETE_SEARCH_AFTER
+        )
+        save_list(s, patient_id, "10000000033", later)
+    with db.session() as s:
+        assert (
+            load_list(s, patient_id, CONSULTER.rpps) is None
+            and load_list(s, patient_id, "10000000025") is None
+        )
+        assert load_list(s, patient_id, "10000000033") is not None

@@ -30,8 +30,10 @@ def upgrade() -> None:
         sa.UniqueConstraint("patient_id", "rpps", name="uq_dmp_listing_patient_rpps"),
     )
     op.create_index("ix_dmp_listing_patient_id", "dmp_listing", ["patient_id"])
+    op.create_index("ix_dmp_listing_searched_at", "dmp_listing", ["searched_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_dmp_listing_searched_at", table_name="dmp_listing")
     op.drop_index("ix_dmp_listing_patient_id", table_name="dmp_listing")
     op.drop_table("dmp_listing")
