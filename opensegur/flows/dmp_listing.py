@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -78,6 +78,10 @@ class Refreshed:
     documents: list[DocumentMetadata]
     added: int  # entries new to the list: new documents, corrections, new versions
     withdrawn: int  # entries gone from it: replaced, deleted, out of the period
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.withdrawn)
 
 
 def _batches(ids: Sequence[str]) -> Iterator[list[str]]:
@@ -149,14 +153,22 @@ def load_list(session: Session, patient_id: int, rpps: str) -> KeptList | None:
     )
 
 
-def save_list(session: Session, patient_id: int, rpps: str, kept: KeptList) -> None:
-    """Keep ``kept`` as this professional's list of this patient's DMP, in place of the previous one.
+def save_list(
+    session: Session, patient_id: int, rpps: str, kept: KeptList, *, same_documents: bool = False
+) -> None:
+    """Keep ``kept`` as this professional's list of this patient's DMP, in place of the previous one;
+    ``same_documents``: only its dates change (a refresh that found nothing), the documents are not written again.
 
     The lists past ``COMPLETE_SEARCH_AFTER`` are deleted on the way: no opening uses them any more, and they hold
     health data (titles, authors) that nothing else needs."""
     session.execute(
         delete(DmpListing).where(DmpListing.searched_at < kept.fetched_at - COMPLETE_SEARCH_AFTER)
     )
+    mine = (DmpListing.patient_id == patient_id) & (DmpListing.rpps == rpps)
+    if same_documents:
+        dates = {"fetched_at": kept.fetched_at, "searched_at": kept.searched_at, "since": kept.since}
+        if session.execute(update(DmpListing).where(mine).values(dates)).rowcount:  # type: ignore[attr-defined]
+            return
     values = {
         "fetched_at": kept.fetched_at,
         "searched_at": kept.searched_at,

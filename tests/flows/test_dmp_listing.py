@@ -170,6 +170,15 @@ def test_a_kept_list_is_one_per_patient_and_professional(db: Database) -> None:
         assert mine.fetched_at == NOW - timedelta(hours=1) and mine.origin == ORIGIN_ADMISSION
         assert mine.documents[0].logical_id == "urn:uuid:l3"
         assert load_list(s, patient_id, "10000000033") is None
+        # A refresh that found nothing moves the dates only; the documents stay as written.
+        save_list(s, patient_id, CONSULTER.rpps, replace(_kept(_doc(9)), fetched_at=NOW), same_documents=True)
+    with db.session() as s:
+        touched = load_list(s, patient_id, CONSULTER.rpps)
+        assert (
+            touched is not None
+            and touched.fetched_at == NOW
+            and [d.title for d in touched.documents] == ["doc 3"]
+        )
         # A list too old to be refreshed is deleted when another is kept: nothing holds it longer than it serves.
         later = replace(
             _kept(_doc(5)), fetched_at=NOW + COMPLETE_SEARCH_AFTER, searched_at=NOW + COMPLETE_SEARCH_AFTER

@@ -597,14 +597,16 @@ class DmpSandbox:
             self._patient(ctx, cx, feeding=False)
             statuses = {status_short(s) for s in q.parameters.get("$XDSSubmissionSetStatus", [])}
             if "Approved" in statuses:  # submission sets are never deprecated
-                sets = [
-                    s for s in self.store.find_submission_sets(patient_cx=cx) if self._set_visible(ctx, s)
-                ]
                 sources = q.parameters.get("$XDSSubmissionSetSourceId")
-                if sources:
-                    sets = [s for s in sets if s.source_id in sources]
                 since, until = (q.one(f"$XDSSubmissionSetSubmissionTime{b}") for b in ("From", "To"))
-                sets = [s for s in sets if _in_range(s.submission_time, since, until)]
+                # The criteria first: each visibility check reads the set's members.
+                sets = [
+                    s
+                    for s in self.store.find_submission_sets(patient_cx=cx)
+                    if (not sources or s.source_id in sources)
+                    and _in_range(s.submission_time, since, until)
+                    and self._set_visible(ctx, s)
+                ]
         elif q.query_id in (Q.GET_DOCUMENTS, Q.GET_DOCUMENTS_AND_ASSOCIATIONS):
             self._patient(ctx, ctx.caller.patient_cx, feeding=False)
             uuids = q.parameters.get("$XDSDocumentEntryEntryUUID")

@@ -268,7 +268,8 @@ async def page_dmp(
             port, target.consulter, target.cx, search=search, last_visit=target.last_visit, kept=kept
         )
         if view.to_keep is not None:
-            await asyncio.to_thread(_keep_list, call.rt, target, view.to_keep)
+            same = view.refreshed is not None and not view.refreshed.changed
+            await asyncio.to_thread(_keep_list, call.rt, target, view.to_keep, same)
         return view
 
     view = await _consult(call, "patient_dmp.html", ctx, "consult_dmp", ask)
@@ -284,9 +285,9 @@ def _kept_list(rt: WebRuntime, target: _Target) -> KeptList | None:
         return load_list(s, target.patient.id, target.consulter.rpps)
 
 
-def _keep_list(rt: WebRuntime, target: _Target, kept: KeptList) -> None:
+def _keep_list(rt: WebRuntime, target: _Target, kept: KeptList, same_documents: bool) -> None:
     with rt.db.session() as s:
-        save_list(s, target.patient.id, target.consulter.rpps, kept)
+        save_list(s, target.patient.id, target.consulter.rpps, kept, same_documents=same_documents)
 
 
 def _local_copies(rt: WebRuntime, patient_id: int, unique_ids: list[str]) -> dict[str, int]:
