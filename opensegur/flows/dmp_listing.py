@@ -117,17 +117,19 @@ async def refresh(
             if a.type in _MEMBERSHIPS and a.source in batch:
                 members[a.target] = None
     found: list[DocumentMetadata] = []
-    withdrawn = set(members)
+    gone = set(
+        members
+    )  # a member's older version is what the list holds: it goes, the member comes if current
     for batch in _batches(list(members)):
         docs, assocs = await port.get_documents_and_associations(consulter, cx, batch)
         found += docs
-        withdrawn |= {a.target for a in assocs if a.type in _REPLACEMENTS}
+        gone |= {a.target for a in assocs if a.type in _REPLACEMENTS}
     current = [d for d in found if listed(d, since)]
     superseded = {d.logical_id for d in found if d.logical_id} | {d.unique_id for d in current}
     kept_docs = [
         d
         for d in kept.documents
-        if d.entry_uuid not in withdrawn and d.logical_id not in superseded and d.unique_id not in superseded
+        if d.entry_uuid not in gone and d.logical_id not in superseded and d.unique_id not in superseded
     ]
     documents = [d for d in kept_docs if listed(d, since)] + current
     before, after = {d.entry_uuid for d in kept.documents}, {d.entry_uuid for d in documents}

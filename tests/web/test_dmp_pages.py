@@ -143,6 +143,19 @@ async def _feed(
     return uid
 
 
+async def _correct(
+    sandbox: FastAPI, pki: TestPki, p: Patient, old_uid: str, created: str, act: str, title: str
+) -> None:
+    """A new version replacing the document ``old_uid`` (ITI-41 with RPLC), as its producer sends a correction."""
+    new = metadata(new_oid(), _cx(p), creation_time=created, service_start_time=act, title=title)
+    new.entry_uuid = f"urn:uuid:{uuid.uuid4()}"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
+        entries = (await c.get("/dmp/inspect", params={"patient": p.ins_matricule})).json()["entries"]
+        [old] = [e["entryUUID"] for e in entries if e["uniqueId"] == old_uid]
+        sub = iti41(pki, patient=_cx(p), docs=[(new, CR_BIO_N3.read_bytes())], replaces={new.entry_uuid: old})
+        assert registry_result(await post(c, "/dmp/iti41", sub.request)).ok
+
+
 @pytest.fixture
 async def directory() -> AsyncIterator[AnnuaireClient]:
     client = AnnuaireClient(ANNUAIRE, SANDBOX_API_KEY, transport=httpx.ASGITransport(app=sandbox_app()))
@@ -446,16 +459,7 @@ async def test_the_search_form_and_the_replaced_versions(
 ) -> None:
     p = _patient(offline)
     old_uid = await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(40), "Bilan initial")
-    new_uid = new_oid()
-    new = metadata(
-        new_uid, _cx(p), creation_time=_recent(1), service_start_time=_recent(40), title="Bilan corrigé"
-    )
-    new.entry_uuid = f"urn:uuid:{uuid.uuid4()}"
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
-        entries = (await c.get("/dmp/inspect", params={"patient": p.ins_matricule})).json()["entries"]
-        [old] = [e["entryUUID"] for e in entries if e["uniqueId"] == old_uid]
-        sub = iti41(pki, patient=_cx(p), docs=[(new, CR_BIO_N3.read_bytes())], replaces={new.entry_uuid: old})
-        assert registry_result(await post(c, "/dmp/iti41", sub.request)).ok
+    await _correct(sandbox, pki, p, old_uid, _recent(1), _recent(40), "Bilan corrigé")
     current = _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp"))
     assert "Bilan corrigé" in current and "Bilan initial" not in current
     both = _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp?versions=1"))
@@ -495,15 +499,7 @@ async def test_a_later_opening_asks_the_dmp_only_what_changed_since_and_actualis
     assert await _queries(sandbox) == ["FIND_DOCUMENTS"]
     # Since: a new report, and a correction of the first one (RPLC).
     await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(1), "Bilan du jour")
-    new = metadata(
-        new_oid(), _cx(p), creation_time=_recent(0), service_start_time=_recent(40), title="Bilan corrigé"
-    )
-    new.entry_uuid = f"urn:uuid:{uuid.uuid4()}"
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox), base_url="http://dmp.test") as c:
-        entries = (await c.get("/dmp/inspect", params={"patient": p.ins_matricule})).json()["entries"]
-        [old] = [e["entryUUID"] for e in entries if e["uniqueId"] == first_uid]
-        sub = iti41(pki, patient=_cx(p), docs=[(new, CR_BIO_N3.read_bytes())], replaces={new.entry_uuid: old})
-        assert registry_result(await post(c, "/dmp/iti41", sub.request)).ok
+    await _correct(sandbox, pki, p, first_uid, _recent(0), _recent(40), "Bilan corrigé")
     await _queries(sandbox)
     later = _text(await _get(web, DOCTOR, f"/identites/{p.id}/dmp"))
     assert await _queries(sandbox) == [
