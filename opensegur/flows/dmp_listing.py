@@ -131,7 +131,7 @@ async def refresh(
         for d in kept.documents
         if d.entry_uuid not in gone and d.logical_id not in superseded and d.unique_id not in superseded
     ]
-    documents = [d for d in kept_docs if listed(d, since)] + current
+    documents = [d for d in kept_docs if listed(d, since)] + current  # …and lists the members still current
     before, after = {d.entry_uuid for d in kept.documents}, {d.entry_uuid for d in documents}
     return Refreshed(documents, added=len(after - before), withdrawn=len(before - after))
 
