@@ -117,9 +117,8 @@ async def refresh(
             if a.type in _MEMBERSHIPS and a.source in batch:
                 members[a.target] = None
     found: list[DocumentMetadata] = []
-    gone = set(
-        members
-    )  # a member's older version is what the list holds: it goes, the member comes if current
+    # The list drops its copy of every member and of what the members replace (RPLC)…
+    gone = set(members)
     for batch in _batches(list(members)):
         docs, assocs = await port.get_documents_and_associations(consulter, cx, batch)
         found += docs
