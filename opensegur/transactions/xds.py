@@ -976,6 +976,7 @@ def build_find_documents(
     *,
     type_codes: Sequence[Coded] | None = None,
     class_codes: Sequence[Coded] | None = None,
+    event_codes: Sequence[Coded] | None = None,
     creation_time_from: str | None = None,
     creation_time_to: str | None = None,
     service_start_time_from: str | None = None,
@@ -989,6 +990,8 @@ def build_find_documents(
             "$XDSDocumentEntryStatus": [_status_urn(s) for s in statuses],
             "$XDSDocumentEntryTypeCode": _codes(type_codes),
             "$XDSDocumentEntryClassCode": _codes(class_codes),
+            # One parameter: the codes are OR-ed (ITI TF-2a §3.18.4.1.2.3.5); the DRIMbox consumer's modality filter.
+            "$XDSDocumentEntryEventCodeList": _codes(event_codes),
             "$XDSDocumentEntryCreationTimeFrom": int(creation_time_from) if creation_time_from else None,
             "$XDSDocumentEntryCreationTimeTo": int(creation_time_to) if creation_time_to else None,
             "$XDSDocumentEntryServiceStartTimeFrom": int(service_start_time_from)

@@ -15,6 +15,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,14 @@ import pytest
 from lxml import etree
 
 from opensegur.content import jdv
+from opensegur.content.xds_metadata import document_metadata
 from opensegur.documents.metadata import Coded, XdsAuthor
+from opensegur.imaging.kos import KosIds, build_kos
+from opensegur.imaging.kos import kos_bytes as build_kos_bytes
+from opensegur.imaging.report import read_imaging_report
+from opensegur.imaging.study import study_from_matches
+from opensegur.imaging.xdsi import KOS_FORMAT
+from opensegur.imaging.xdsi import kos_metadata as build_kos_metadata
 from opensegur.security.pki import TestPki, certificate_chain_pem
 from opensegur.transactions import xds
 from opensegur.transactions.ebrim import NS_RIM
@@ -30,13 +38,24 @@ from opensegur.transactions.ihe_ids import DE_UNIQUE_ID, SS_UNIQUE_ID
 from opensegur.transactions.xades import SignedDocument, sign_submission_set
 from opensegur.transport.mtom import parse_mtom
 from opensegur.transport.soap import SOAP12_NS
-from tests.sandbox_dmp.helpers import PAT_TROIS, Soap, iti41, metadata, new_oid, post, registry_result, soap
+from tests.imaging.helpers import INITIAL, exam_matches
+from tests.imaging.helpers import STUDY_UID as RIS_STUDY_UID
+from tests.sandbox_dmp.helpers import (
+    PAT_TROIS,
+    Soap,
+    iti41,
+    metadata,
+    new_oid,
+    post,
+    query,
+    registry_result,
+    soap,
+)
 from tests.schemas import schema_errors
 
 pytestmark = pytest.mark.requirement("DMP-KOS")
 
 
-KOS_FORMAT = Coded("1.2.840.10008.5.1.4.1.1.88.59", "1.2.840.10008.2.6.1", "Key Object Selection Document")
 STUDY_UID = "1.2.250.1.999.77.7.1"
 
 
@@ -127,6 +146,35 @@ async def test_the_drimbox_kos_publication_is_accepted(
     inspected = (await client.get("/dmp/inspect", params={"patient": PAT_TROIS[:15]})).json()["entries"]
     [entry] = [e for e in inspected if e["uniqueId"] == uid]
     assert entry["mimeType"] == "application/dicom" and entry["typeCode"]["code"] == "IMG-KOS"
+
+
+@pytest.mark.requirement("IMG-DRIMBOX-SOURCE")
+@pytest.mark.skipif(not INITIAL.exists(), reason="ANS examples not available")
+async def test_the_manifest_built_for_the_ris_example_is_published_and_findable(
+    client: httpx.AsyncClient, pki: TestPki
+) -> None:
+    report = read_imaging_report(INITIAL.read_bytes())
+    study = study_from_matches(exam_matches())
+    sop = new_oid()
+    ids = KosIds(sop, new_oid())
+    now = datetime.now(UTC)
+    content = build_kos_bytes(
+        build_kos(study, report, ids, wado_base="https://db.test", institution="CHU-X", now=now)
+    )
+    report_entry = document_metadata(report.header, ipp=None, ipp_authority_oid=None)
+    entry = build_kos_metadata(report_entry, report, study, sop, content)
+    result = registry_result(await post(client, "/dmp/iti41", iti41(pki, docs=[(entry, content)]).request))
+    assert result.ok, result.errors
+
+    async def found(modality: str) -> list[str]:
+        # What a DRIMbox consumer asks: the patient's imaging manifests of an exam of this modality.
+        coded = Coded(modality, "1.2.250.1.213.1.1.5.618")
+        answer = await query(client, pki, xds.build_find_documents(PAT_TROIS, event_codes=[coded]))
+        return [d.unique_id for d in answer.documents if d.mime_type == "application/dicom"]
+
+    assert await found("MR") == [sop] and await found("CT") == []
+    [stored] = (await query(client, pki, xds.build_get_documents(unique_ids=[sop]))).documents
+    assert stored.size == len(content) and any(RIS_STUDY_UID in r for r in stored.reference_ids)
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ from opensegur.content import jdv
 from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins
+from opensegur.imaging.xdsi import KOS_FORMAT, KOS_MIME
 from opensegur.sandbox.dmp.patients import (
     INS_CX_RE,
     DmpPatient,
@@ -146,12 +147,10 @@ _SOURCE_PID_RE = re.compile(r"^[^\^&\s]+\^\^\^&[0-2](\.[0-9]+)+&ISO\^(PI|NH)$")
 # plus those the digest sources (§2.5: CVA; §2.4: DICOM KOS). A code outside this list is refused, so add the
 # J10/J60 export here (or in jdv) before feeding a new document type.
 # The one non-CDA document the DMP takes: the XDS-I.b imaging manifest a DRIMbox publishes (DICOM KOS).
-KOS_FORMAT = Coded("1.2.840.10008.5.1.4.1.1.88.59", "1.2.840.10008.2.6.1", "Key Object Selection Document")
 _EXTRA_FORMAT_CODES = (
     Coded("urn:asip:ci-sis:cva:2017", "1.2.250.1.213.1.1.4.2.282", "Carnet de vaccination électronique"),
     KOS_FORMAT,
 )
-_MIME_KOS = "application/dicom"
 
 
 def _format_codes() -> dict[tuple[str, str], Coded]:
@@ -182,10 +181,10 @@ def validate_document(m: DocumentMetadata) -> None:
     if not _UID_RE.match(m.unique_id) or len(m.unique_id) > 128:
         raise _meta_error(f"uniqueId {m.unique_id!r} n'est pas un OID (ou OID^extension)", where)
     is_kos = (m.format_code.code, m.format_code.scheme) == (KOS_FORMAT.code, KOS_FORMAT.scheme)
-    if m.mime_type != (_MIME_KOS if is_kos else "text/xml"):
+    if m.mime_type != (KOS_MIME if is_kos else "text/xml"):
         raise _meta_error(
             f"mimeType {m.mime_type!r} : le DMP n'accepte que des documents CDA (text/xml) et des manifestes "
-            f"d'imagerie DICOM KOS ({_MIME_KOS}, formatCode {KOS_FORMAT.code})",
+            f"d'imagerie DICOM KOS ({KOS_MIME}, formatCode {KOS_FORMAT.code})",
             where,
         )
     if not _LANG_RE.match(m.language_code):
@@ -527,7 +526,7 @@ class DmpSandbox:
         validate_submission_set(ss)
         for d in sub.documents:
             validate_document(d.metadata)
-            if d.metadata.mime_type == _MIME_KOS and d.content[128:132] != b"DICM":
+            if d.metadata.mime_type == KOS_MIME and d.content[128:132] != b"DICM":
                 # PS3.10 §7.1: a DICOM file is a 128-byte preamble then "DICM"; anything else is not a manifest.
                 raise XdsError(
                     "XDSRepositoryMetadataError",
