@@ -1,0 +1,62 @@
+"""The PACS connector against a real PACS (Orthanc): C-ECHO, an exam's instances level by level, refusals."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from opensegur.connectors.pacs import PacsClient, PacsUnavailable
+from opensegur.imaging.study import study_from_matches
+from tests.pacs import mr_image, orthanc
+
+pytestmark = pytest.mark.requirement("IMG-DRIMBOX-SOURCE")
+
+STUDY = "1.2.250.1.213.4.5.2.1.102"  # the ANS RIS examples' exam
+
+
+def test_the_exam_of_a_report_is_found_series_by_series(tmp_path: Path) -> None:
+    with orthanc(tmp_path) as pacs:
+        client = PacsClient(pacs.endpoint)
+        client.echo()
+        images = [
+            mr_image(
+                study=STUDY,
+                series=f"1.2.250.1.999.5.{s}",
+                sop=f"1.2.250.1.999.6.{s}{i}",
+                patient_id="000003",
+                accession="ACN102",
+                series_number=s,
+                instance_number=i,
+            )
+            for s in (1, 2)
+            for i in (1, 2, 3)
+        ]
+        other = mr_image(
+            study="1.2.250.1.999.9",
+            series="1.2.250.1.999.9.1",
+            sop="1.2.250.1.999.9.1.1",
+            patient_id="000004",
+            accession="ACN999",
+        )
+        pacs.store(*images, other)
+        study = study_from_matches(client.find_instances(STUDY))
+        assert study.accession_number == "ACN102" and study.patient_id == "000003"
+        assert [s.series_number for s in study.series] == [1, 2] and study.instance_count == 6
+        assert (
+            study.modalities == ["MR"]
+            and study.series[0].instances[0].sop_instance_uid == "1.2.250.1.999.6.11"
+        )
+        assert study.description == "IRM du genou" and study.series[1].description == "Série 2"
+        assert client.find_instances("1.2.250.1.999.404") == []
+
+
+def test_an_ae_title_the_pacs_does_not_know_is_refused(tmp_path: Path) -> None:
+    with orthanc(tmp_path) as pacs:
+        stranger = PacsClient(replace(pacs.endpoint, calling_aet="INTRUS"))
+        with pytest.raises(PacsUnavailable, match="INTRUS est-il déclaré|association refusée"):
+            stranger.echo()
+        down = PacsClient(replace(pacs.endpoint, port=1, timeout_s=2))
+        with pytest.raises(PacsUnavailable):
+            down.find_instances(STUDY)
