@@ -120,6 +120,14 @@ class Settings(BaseSettings):
     dpi_mdm_facility: str = ""
     dpi_timeout_s: float = 30.0
     dpi_forward_results_oru: bool = False  # biology received by mail also goes to the DPI as ORU^R01 results
+    # DRIMbox source (imaging): the PACS it asks which images an imaging report's exam holds, and the WADO-RS
+    # address other DRIMboxes retrieve them from. Without a PACS host no manifest is published.
+    pacs_host: str | None = None
+    pacs_port: int = 104
+    pacs_aet: str = "PACS"
+    drimbox_aet: str = "OPENSEGUR"  # our AE title, as declared in the PACS
+    drimbox_wado_url: str | None = None  # e.g. https://drimbox.chu-x.fr/dicom-web
+    pacs_timeout_s: float = 30.0
     # Login sessions: idle and absolute expiry; cookies marked Secure when the platform is reached over HTTPS.
     session_idle_s: int = 30 * 60
     session_absolute_s: int = 12 * 3600
@@ -142,6 +150,15 @@ class Settings(BaseSettings):
         given = (self.mllp_tls_cert, self.mllp_tls_key, self.mllp_tls_client_ca)
         if any(given) and not all(given):
             raise ValueError("MLLP sur TLS : mllp_tls_cert, mllp_tls_key et mllp_tls_client_ca vont ensemble")
+        return self
+
+    @model_validator(mode="after")
+    def _drimbox_reachable(self) -> Settings:
+        if self.pacs_host and not self.drimbox_wado_url:
+            raise ValueError(
+                "DRIMbox : pacs_host demande drimbox_wado_url, l'adresse WADO-RS où les autres DRIMbox "
+                "récupèrent les images"
+            )
         return self
 
     @property

@@ -34,6 +34,7 @@ from opensegur.connectors.dmp_client import (
 from opensegur.connectors.dpi_mllp import MllpDpiSender
 from opensegur.connectors.dpi_zam import MllpZamSender
 from opensegur.connectors.insi_client import InsiClient, InsiUnavailable
+from opensegur.connectors.pacs import PacsClient, PacsEndpoint
 from opensegur.content.validation import CdaValidator
 from opensegur.documents.metadata import Coded
 from opensegur.flows import mss_inbound, mss_outbound
@@ -41,12 +42,19 @@ from opensegur.flows.dmp_consult import DmpConsultPort
 from opensegur.flows.dmp_feed import (
     JOB_DELIVER,
     JOB_ZAM,
+    DeliveryHook,
     ProcessContext,
     make_deliver_handler,
     make_process_handler,
     make_zam_handler,
 )
 from opensegur.flows.dmp_prefetch import JOB_DMP_PREFETCH, make_prefetch_handler
+from opensegur.flows.drimbox_source import (
+    JOB_DRIMBOX_PUBLISH,
+    DrimboxSource,
+    make_publish_handler,
+    request_manifest,
+)
 from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.flows.identity_gate import JOB_PROCESS
 from opensegur.flows.qualification import JOB_INSI_SEARCH, InsiUnavailableError, make_insi_job_handler
@@ -371,7 +379,9 @@ class Platform:
                 ),
                 timeout=s.dmp_timeout_s,
             )
-            handlers[JOB_DELIVER] = make_deliver_handler(self.db, self._dmp_client)
+            handlers[JOB_DELIVER] = make_deliver_handler(
+                self.db, self._dmp_client, self._wire_drimbox(self._dmp_client, handlers)
+            )
         else:
             log.warning("no DMP endpoint configured: documents are validated but not delivered")
         self._wire_annuaire(endpoints)
@@ -597,6 +607,18 @@ class Platform:
         log.info("OpenSégur sandbox ready: %s", json.dumps(handle.endpoints, ensure_ascii=False))
         await self._wait_for_signal()
         await self.stop()
+
+    def _wire_drimbox(self, dmp: DmpClient, handlers: dict[str, Handler]) -> DeliveryHook | None:
+        """The DRIMbox source when a PACS is configured: the feed's hook that queues an imaging report's
+        manifest, and the job that publishes it."""
+        s = self.settings
+        if not s.pacs_host:
+            return None
+        assert s.drimbox_wado_url is not None  # Settings requires it with pacs_host
+        pacs = PacsClient(PacsEndpoint(s.pacs_host, s.pacs_port, s.pacs_aet, s.drimbox_aet, s.pacs_timeout_s))
+        source = DrimboxSource(self.db, pacs, dmp, s.drimbox_wado_url, s.oid_root)
+        handlers[JOB_DRIMBOX_PUBLISH] = make_publish_handler(source)
+        return request_manifest
 
     async def _specialty(self, rpps: str) -> Coded:
         return await vihf_specialty(self._annuaire_client, rpps)

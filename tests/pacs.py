@@ -70,6 +70,7 @@ def orthanc(tmp: Path, calling_aet: str = "OPENSEGUR") -> Iterator[Pacs]:
         "DicomModalities": {"opensegur": [calling_aet, "127.0.0.1", _free_port()]},
         "Plugins": [],
     }
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "orthanc.json"
     path.write_text(json.dumps(config), encoding="utf-8")
     log = (tmp / "orthanc.log").open("wb")

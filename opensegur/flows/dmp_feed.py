@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -312,7 +313,8 @@ def _finding(source: FindingSource, code: str, message: str, location: str = "")
     return Finding(severity="blocking", source=source, code=code, message=message, location=location)
 
 
-def _patient_cx(doc: Document) -> str:
+def patient_cx_of(doc: Document) -> str:
+    """The DMP's patient identifier of a document: its INS as a CX."""
     return f"{doc.ins_matricule}^^^&{doc.ins_oid}&ISO^NH"
 
 
@@ -589,7 +591,8 @@ def retry(db: Database, document_id: int, actor: str) -> int:
 # ---- dmp.deliver ------------------------------------------------------------------------------------------
 
 
-def _structure_info(s: Session, structure_id: int) -> dict[str, Any]:
+def structure_info(s: Session, structure_id: int) -> dict[str, Any]:
+    """What the DMP client needs of a site for the VIHF and the submission set."""
     site = s.get_one(Structure, structure_id)
     return {
         "id": site.id,
@@ -620,7 +623,13 @@ def _record(
         )
 
 
-async def deliver(db: Database, dmp: DmpPort, delivery_id: int, attempt: int) -> dict[str, Any]:
+DeliveryHook = Callable[[Session, Delivery, Document], None]
+"""Called in the transaction that records a delivery: what else the DMP's acceptance of a document starts."""
+
+
+async def deliver(
+    db: Database, dmp: DmpPort, delivery_id: int, attempt: int, on_delivered: DeliveryHook | None = None
+) -> dict[str, Any]:
     def _load() -> tuple[Delivery, Document, dict[str, Any], bytes, Delivery | None, str | None]:
         with db.session() as s:
             d = s.get_one(Delivery, delivery_id)
@@ -661,7 +670,7 @@ async def deliver(db: Database, dmp: DmpPort, delivery_id: int, attempt: int) ->
                 set_status(doc, "sending")
             s.flush()  # before expunging: the status marks above must reach the commit
             s.expunge_all()
-            return d, doc, _structure_info(s, doc.structure_id), data, parent, parent_entry_uuid
+            return d, doc, structure_info(s, doc.structure_id), data, parent, parent_entry_uuid
 
     d, doc, structure, data, parent, _parent_uuid = await asyncio.to_thread(_load)
     if d.status == "delivered":
@@ -676,14 +685,14 @@ async def deliver(db: Database, dmp: DmpPort, delivery_id: int, attempt: int) ->
         raise PermanentError(message)
     stored = doc.context.get("metadata")
     metadata = metadata_from_dict(stored) if stored else None
-    patient_cx = _patient_cx(doc)
+    patient_cx = patient_cx_of(doc)
     try:
         if attempt > 1 and d.action in ("register", "replace"):
             # The previous attempt may have reached the DMP before failing: ask before sending again.
             existing = await dmp.find(structure, patient_cx, doc.unique_id)
             if existing is not None:
                 await asyncio.to_thread(
-                    _delivered, db, delivery_id, existing.entry_uuid, [], "already present"
+                    _delivered, db, delivery_id, existing.entry_uuid, [], "already present", on_delivered
                 )
                 return {"entry_uuid": existing.entry_uuid, "found": True}
         if d.action == "delete":
@@ -714,12 +723,19 @@ async def deliver(db: Database, dmp: DmpPort, delivery_id: int, attempt: int) ->
     except DmpRejectedError as exc:
         await asyncio.to_thread(_failed, db, delivery_id, exc.code, exc.message, exc.exchanges, False)
         raise PermanentError(str(exc)) from exc
-    await asyncio.to_thread(_delivered, db, delivery_id, outcome.entry_uuid, outcome.exchanges, "success")
+    await asyncio.to_thread(
+        _delivered, db, delivery_id, outcome.entry_uuid, outcome.exchanges, "success", on_delivered
+    )
     return {"entry_uuid": outcome.entry_uuid}
 
 
 def _delivered(
-    db: Database, delivery_id: int, entry_uuid: str | None, exchanges: list[ExchangeRecord], outcome: str
+    db: Database,
+    delivery_id: int,
+    entry_uuid: str | None,
+    exchanges: list[ExchangeRecord],
+    outcome: str,
+    on_delivered: DeliveryHook | None,
 ) -> None:
     with db.session() as s:
         d = s.get_one(Delivery, delivery_id)
@@ -733,6 +749,8 @@ def _delivered(
         _enqueue_zam(s, doc, d.destination, ok=True)
         if d.action in ("register", "replace"):
             _wake_waiting(s, d, doc)
+        if on_delivered is not None:
+            on_delivered(s, d, doc)
 
 
 def _wake_waiting(s: Session, parent: Delivery, doc: Document) -> None:
@@ -849,9 +867,9 @@ def make_process_handler(ctx: ProcessContext) -> Any:
     return handle
 
 
-def make_deliver_handler(db: Database, dmp: DmpPort) -> Any:
+def make_deliver_handler(db: Database, dmp: DmpPort, on_delivered: DeliveryHook | None = None) -> Any:
     async def handle(job: Job) -> dict[str, Any]:
-        return await deliver(db, dmp, int(job.args["delivery_id"]), job.attempts)
+        return await deliver(db, dmp, int(job.args["delivery_id"]), job.attempts, on_delivered)
 
     return handle
 

@@ -384,6 +384,23 @@ class Stay(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class ImagingManifest(Base):
+    """A KOS manifest this DRIMbox published to the DMP for an imaging report: kept to replace or withdraw it,
+    and to check that another DRIMbox asking for a series names a manifest that covers it."""
+
+    __tablename__ = "imaging_manifest"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("document.id"), index=True)  # the imaging report
+    structure_id: Mapped[int] = mapped_column(ForeignKey("structure.id"))
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)  # the KOS; its DMP uniqueId
+    series_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    entry_uuid: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="published")  # published, replaced, withdrawn
+    published_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class DmpListing(Base):
     """The list of a patient's DMP documents one professional last saw (PDSM4DMP: kept, with each document's
     entryUUID, logicalId and uniqueId, so that a later opening asks only what changed since ``fetched_at``).

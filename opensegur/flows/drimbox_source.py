@@ -1,0 +1,176 @@
+"""Flow: the DRIMbox source publishes the manifest of an exam once its imaging report is in the DMP.
+
+When the DMP has accepted a CR d'imagerie (LOINC 18748-4) sent by the RIS, a ``drimbox.publish`` job is queued in
+the same transaction. The job asks the PACS which images the report's exam holds (C-FIND), checks that the PACS
+and the report describe the same exam of the same patient, builds the KOS manifest — each series retrievable from
+this DRIMbox's WADO-RS — and registers it in the DMP (ITI-41, XDS-I.b metadata) in the name of the site, as the
+feed does. The manifest is kept (``ImagingManifest``) to be replaced or withdrawn, and to check the other
+DRIMboxes' retrievals.
+
+Exactly once: the manifest's UID is derived from the report's document, so a retry first asks the DMP whether the
+manifest is there already. A PACS that does not answer, or that has no image of the exam yet (the report may
+arrive before the last series), is retried later; a PACS that describes another exam or patient is not: the
+manifest is refused with the reason, visible on the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from opensegur.connectors.pacs import PacsClient, PacsQueryError, PacsUnavailable
+from opensegur.content.cda import CdaError, parse_cda
+from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
+from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
+from opensegur.flows.dmp_feed import DmpPort, DmpRequest, patient_cx_of, structure_info
+from opensegur.flows.worker import Handler, PermanentError, RetryableError
+from opensegur.imaging.kos import KosIds, build_kos, kos_bytes
+from opensegur.imaging.report import IMAGING_REPORT_CODE, ImagingReportError, imaging_facts
+from opensegur.imaging.study import Study, StudyError, study_from_matches
+from opensegur.imaging.xdsi import ExamMismatch, check_exam, kos_metadata
+from opensegur.store import jobs
+from opensegur.store.db import Database
+from opensegur.store.models import Delivery, Document, ImagingManifest, Job, Payload, utcnow
+
+__all__ = ["JOB_DRIMBOX_PUBLISH", "DrimboxSource", "make_publish_handler", "request_manifest"]
+
+JOB_DRIMBOX_PUBLISH = "drimbox.publish"
+PARIS = ZoneInfo("Europe/Paris")
+ARC_KOS, ARC_KOS_SERIES = 20, 21  # under the editor's oid_root, beside the REST intake's arcs
+
+
+def request_manifest(s: Session, delivery: Delivery, doc: Document) -> None:
+    """The feed's delivery hook: an imaging report the DMP has just accepted queues its manifest."""
+    if doc.type_code != IMAGING_REPORT_CODE or delivery.action not in ("register", "replace"):
+        return
+    jobs.enqueue(
+        s,
+        JOB_DRIMBOX_PUBLISH,
+        f"{JOB_DRIMBOX_PUBLISH}:{doc.id}",
+        {"document_id": doc.id},
+        structure_id=doc.structure_id,
+        patient_id=doc.patient_id,
+        max_attempts=12,  # images may reach the PACS some time after the report
+    )
+
+
+@dataclass(frozen=True)
+class DrimboxSource:
+    db: Database
+    pacs: PacsClient
+    dmp: DmpPort
+    wado_base: str
+    oid_root: str
+
+
+@dataclass(frozen=True)
+class _Report:
+    document_id: int
+    structure_id: int
+    structure: dict[str, Any]
+    patient_cx: str
+    content: bytes
+    entry: DocumentMetadata  # the report's own DMP entry, as the feed registered it
+    stay_class: str | None
+    institution: str
+
+
+def _load(db: Database, document_id: int) -> _Report:
+    with db.session() as s:
+        doc = s.get_one(Document, document_id)
+        stored = doc.context.get("metadata")
+        if not stored or not doc.payload_sha256:
+            raise PermanentError("Compte rendu sans contenu ni métadonnées DMP : rien à publier")
+        info = structure_info(s, doc.structure_id)
+        return _Report(
+            doc.id,
+            doc.structure_id,
+            info,
+            patient_cx_of(doc),
+            s.get_one(Payload, doc.payload_sha256).data,
+            metadata_from_dict(stored),
+            doc.context.get("patient_class"),
+            str(info["name"]),
+        )
+
+
+def _ipp(entry: DocumentMetadata) -> str | None:
+    """The producer's patient number, from the entry's sourcePatientId when it is an IPP (…^PI)."""
+    cx = entry.source_patient_id or ""
+    return cx.split("^", 1)[0] if cx.endswith("^PI") else None
+
+
+async def publish(source: DrimboxSource, document_id: int, attempt: int, now: datetime) -> dict[str, Any]:
+    report = await asyncio.to_thread(_load, source.db, document_id)
+    try:
+        root, header = parse_cda(report.content)
+        facts = imaging_facts(root, header)
+    except (CdaError, ImagingReportError) as exc:
+        raise PermanentError(str(exc)) from exc
+    try:
+        matches = await asyncio.to_thread(source.pacs.find_instances, facts.study_instance_uid)
+    except (PacsUnavailable, PacsQueryError) as exc:  # a PACS busy or restarting answers later
+        raise RetryableError(str(exc)) from exc
+    if not matches:
+        raise RetryableError(f"Le PACS n'a pas encore d'image de l'examen {facts.study_instance_uid}")
+    try:
+        study = study_from_matches(matches)
+        check_exam(facts, study, _ipp(report.entry))
+    except (StudyError, ExamMismatch) as exc:
+        raise PermanentError(f"Manifeste non publié : {exc}") from exc
+    ids = KosIds(
+        f"{source.oid_root}.{ARC_KOS}.{report.document_id}",
+        f"{source.oid_root}.{ARC_KOS_SERIES}.{report.document_id}",
+    )
+    try:
+        if attempt > 1:
+            # The previous attempt may have reached the DMP before failing: ask before sending again.
+            existing = await source.dmp.find(report.structure, report.patient_cx, ids.sop_instance_uid)
+            if existing is not None:
+                await asyncio.to_thread(_record, source.db, report, ids, study, existing.entry_uuid)
+                return {"manifest": ids.sop_instance_uid, "found": True}
+        kos = kos_bytes(
+            build_kos(study, facts, ids, wado_base=source.wado_base, institution=report.institution, now=now)
+        )
+        entry = kos_metadata(report.entry, facts, study, ids.sop_instance_uid, kos)
+        outcome = await source.dmp.register(DmpRequest(report.structure, entry, kos, report.stay_class), None)
+    except DmpUnavailableError as exc:
+        raise RetryableError(str(exc)) from exc
+    except DmpRejectedError as exc:
+        raise PermanentError(f"Le DMP a refusé le manifeste ({exc.code}) : {exc.message}") from exc
+    await asyncio.to_thread(_record, source.db, report, ids, study, outcome.entry_uuid)
+    return {"manifest": ids.sop_instance_uid, "series": len(study.series), "instances": study.instance_count}
+
+
+def _record(db: Database, report: _Report, ids: KosIds, study: Study, entry_uuid: str | None) -> None:
+    with db.session() as s:
+        row = s.scalar(
+            select(ImagingManifest).where(ImagingManifest.sop_instance_uid == ids.sop_instance_uid)
+        )
+        if row is None:
+            row = ImagingManifest(
+                document_id=report.document_id,
+                structure_id=report.structure_id,
+                sop_instance_uid=ids.sop_instance_uid,
+            )
+            s.add(row)
+        row.study_instance_uid = study.study_instance_uid
+        row.series_uids = [x.series_instance_uid for x in study.series]
+        row.instances = study.instance_count
+        row.entry_uuid = entry_uuid
+        row.status = "published"
+        row.published_at = utcnow()
+
+
+def make_publish_handler(source: DrimboxSource) -> Handler:
+    async def handle(job: Job) -> dict[str, Any]:
+        # The manifest's dates in the hospital's zone, as the ANS samples (+0100 / +0200).
+        return await publish(source, int(job.args["document_id"]), job.attempts, utcnow().astimezone(PARIS))
+
+    return handle

@@ -1,0 +1,120 @@
+"""The DRIMbox source end to end: the RIS's imaging report over MLLP → the DMP → a C-FIND to a real PACS
+(Orthanc) → the KOS manifest registered in the sandbox DMP; and what keeps a manifest back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from opensegur.flows.drimbox_source import JOB_DRIMBOX_PUBLISH
+from opensegur.imaging.report import read_imaging_report
+from opensegur.server import Runtime
+from opensegur.store.models import ImagingManifest, Job
+from tests.dmp import helpers
+from tests.dmp.helpers import (
+    INS,
+    MDM_EXAMPLES,
+    cda_of,
+    inspect,
+    mdm,
+    new_number,
+    running_platform,
+    send_raw,
+    wait_for,
+)
+from tests.pacs import Pacs, mr_image, orthanc
+
+pytestmark = pytest.mark.requirement("IMG-DRIMBOX-SOURCE")
+schematron_cache = helpers.schematron_cache
+WADO = "https://drimbox.chu-x.test/dicom-web"
+
+
+def _exam() -> tuple[str, str]:
+    """The study and accession number of the ANS MDM example's CR d'imagerie."""
+    report = read_imaging_report(cda_of(MDM_EXAMPLES["initial"].read_bytes()))
+    assert report.accession is not None and report.accession.extension
+    return report.study_instance_uid, report.accession.extension
+
+
+def _store_exam(pacs: Pacs, patient_id: str, accession: str) -> None:
+    study, _ = _exam()
+    pacs.store(
+        *(
+            mr_image(
+                study=study,
+                series=f"{study}.{s}",
+                sop=f"{study}.{s}.{i}",
+                patient_id=patient_id,
+                accession=accession,
+                series_number=s,
+                instance_number=i,
+            )
+            for s in (1, 2)
+            for i in (1, 2)
+        )
+    )
+
+
+def _settings(pacs: Pacs) -> dict[str, Any]:
+    return {
+        "pacs_host": pacs.endpoint.host,
+        "pacs_port": pacs.endpoint.port,
+        "pacs_aet": pacs.endpoint.called_aet,
+        "drimbox_aet": pacs.endpoint.calling_aet,
+        "drimbox_wado_url": WADO,
+    }
+
+
+def _job(rt: Runtime) -> Job | None:
+    with rt.db.session() as s:
+        job = s.scalar(select(Job).where(Job.kind == JOB_DRIMBOX_PUBLISH))
+        if job is not None:
+            s.expunge(job)
+        return job
+
+
+async def test_an_imaging_report_from_the_ris_publishes_its_manifest(
+    tmp_path: Path, schematron_cache: Path
+) -> None:
+    study, accession = _exam()
+    with orthanc(tmp_path / "pacs") as pacs:
+        _store_exam(pacs, INS, accession)
+        async with running_platform(tmp_path / "platform", schematron_cache, **_settings(pacs)) as (rt, _dpi):
+            assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
+
+            async def published() -> bool:
+                job = _job(rt)
+                return job is not None and job.status == "done"
+
+            await wait_for(published)
+            job = _job(rt)
+            assert job is not None and job.result["series"] == 2 and job.result["instances"] == 4
+            with rt.db.session() as s:
+                manifest = s.scalars(select(ImagingManifest)).one()
+                assert manifest.study_instance_uid == study and manifest.status == "published"
+                assert manifest.series_uids == [f"{study}.1", f"{study}.2"] and manifest.entry_uuid
+            kos = [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
+            assert [e["uniqueId"] for e in kos] == [manifest.sop_instance_uid]
+            assert kos[0]["mimeType"] == "application/dicom" and kos[0]["classCode"]["code"] == "31"
+
+
+async def test_images_of_another_patient_keep_the_manifest_back(
+    tmp_path: Path, schematron_cache: Path
+) -> None:
+    _study, accession = _exam()
+    with orthanc(tmp_path / "pacs") as pacs:
+        _store_exam(pacs, "IPP-AUTRE", accession)
+        async with running_platform(tmp_path / "platform", schematron_cache, **_settings(pacs)) as (rt, _dpi):
+            assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
+
+            async def ended() -> bool:
+                job = _job(rt)
+                return job is not None and job.status == "dead"
+
+            await wait_for(ended)
+            job = _job(rt)
+            assert job is not None and "n'est pas celui du compte rendu" in (job.last_error or "")
+            assert not [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
