@@ -49,12 +49,8 @@ from opensegur.flows.dmp_feed import (
     make_zam_handler,
 )
 from opensegur.flows.dmp_prefetch import JOB_DMP_PREFETCH, make_prefetch_handler
-from opensegur.flows.drimbox_source import (
-    JOB_DRIMBOX_PUBLISH,
-    DrimboxSource,
-    make_publish_handler,
-    request_manifest,
-)
+from opensegur.flows.drimbox_source import DrimboxSource, request_manifest
+from opensegur.flows.drimbox_source import make_handlers as make_drimbox_handlers
 from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.flows.identity_gate import JOB_PROCESS
 from opensegur.flows.qualification import JOB_INSI_SEARCH, InsiUnavailableError, make_insi_job_handler
@@ -617,7 +613,7 @@ class Platform:
         assert s.drimbox_wado_url is not None  # Settings requires it with pacs_host
         pacs = PacsClient(PacsEndpoint(s.pacs_host, s.pacs_port, s.pacs_aet, s.drimbox_aet, s.pacs_timeout_s))
         source = DrimboxSource(self.db, pacs, dmp, s.drimbox_wado_url, s.oid_root)
-        handlers[JOB_DRIMBOX_PUBLISH] = make_publish_handler(source)
+        handlers.update(make_drimbox_handlers(source))
         return request_manifest
 
     async def _specialty(self, rpps: str) -> Coded:

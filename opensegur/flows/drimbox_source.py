@@ -28,7 +28,7 @@ from opensegur.connectors.pacs import PacsClient, PacsQueryError, PacsUnavailabl
 from opensegur.content.cda import CdaError, parse_cda
 from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
-from opensegur.flows.dmp_feed import DmpPort, DmpRequest, patient_cx_of, structure_info
+from opensegur.flows.dmp_feed import DmpPort, DmpRequest, document_with_content, patient_cx_of, structure_info
 from opensegur.flows.worker import Handler, PermanentError, RetryableError
 from opensegur.imaging.kos import KosIds, build_kos, kos_bytes
 from opensegur.imaging.report import IMAGING_REPORT_CODE, ImagingReportError, imaging_facts
@@ -38,16 +38,42 @@ from opensegur.store import jobs
 from opensegur.store.db import Database
 from opensegur.store.models import Delivery, Document, ImagingManifest, Job, Payload, utcnow
 
-__all__ = ["JOB_DRIMBOX_PUBLISH", "DrimboxSource", "make_publish_handler", "request_manifest"]
+__all__ = [
+    "JOB_DRIMBOX_PUBLISH",
+    "JOB_DRIMBOX_WITHDRAW",
+    "DrimboxSource",
+    "make_handlers",
+    "request_manifest",
+]
 
 JOB_DRIMBOX_PUBLISH = "drimbox.publish"
+JOB_DRIMBOX_WITHDRAW = "drimbox.withdraw"
 PARIS = ZoneInfo("Europe/Paris")
 ARC_KOS, ARC_KOS_SERIES = 20, 21  # under the editor's oid_root, beside the REST intake's arcs
 
 
 def request_manifest(s: Session, delivery: Delivery, doc: Document) -> None:
-    """The feed's delivery hook: an imaging report the DMP has just accepted queues its manifest."""
-    if doc.type_code != IMAGING_REPORT_CODE or delivery.action not in ("register", "replace"):
+    """The feed's delivery hook: an imaging report the DMP has just accepted queues its manifest (a corrected
+    report, a new manifest replacing the exam's previous one); a report deleted from the DMP queues the
+    withdrawal of its manifests."""
+    if delivery.action == "delete":
+        report = document_with_content(s, doc.structure_id, doc.unique_id)
+        published = report is not None and s.scalar(
+            select(ImagingManifest.id).where(
+                ImagingManifest.document_id == report.id, ImagingManifest.status == "published"
+            )
+        )
+        if report is not None and published:
+            jobs.enqueue(
+                s,
+                JOB_DRIMBOX_WITHDRAW,
+                f"{JOB_DRIMBOX_WITHDRAW}:{report.id}",
+                {"document_id": report.id},
+                structure_id=doc.structure_id,
+                patient_id=doc.patient_id,
+            )
+        return
+    if doc.type_code != IMAGING_REPORT_CODE:
         return
     jobs.enqueue(
         s,
@@ -139,7 +165,11 @@ async def publish(source: DrimboxSource, document_id: int, attempt: int, now: da
             build_kos(study, facts, ids, wado_base=source.wado_base, institution=report.institution, now=now)
         )
         entry = kos_metadata(report.entry, facts, study, ids.sop_instance_uid, kos)
-        outcome = await source.dmp.register(DmpRequest(report.structure, entry, kos, report.stay_class), None)
+        # A corrected report: its manifest replaces the exam's previous one (RPLC), which the DMP deprecates.
+        previous = await asyncio.to_thread(_previous, source.db, report, study.study_instance_uid, ids)
+        replaces = await source.dmp.find(report.structure, report.patient_cx, previous) if previous else None
+        request = DmpRequest(report.structure, entry, kos, report.stay_class, previous if replaces else None)
+        outcome = await source.dmp.register(request, replaces)
     except DmpUnavailableError as exc:
         raise RetryableError(str(exc)) from exc
     except DmpRejectedError as exc:
@@ -166,11 +196,77 @@ def _record(db: Database, report: _Report, ids: KosIds, study: Study, entry_uuid
         row.entry_uuid = entry_uuid
         row.status = "published"
         row.published_at = utcnow()
+        s.flush()
+        for old in s.scalars(
+            select(ImagingManifest).where(
+                ImagingManifest.structure_id == report.structure_id,
+                ImagingManifest.study_instance_uid == study.study_instance_uid,
+                ImagingManifest.status == "published",
+                ImagingManifest.id != row.id,
+            )
+        ):
+            old.status = "replaced"
 
 
-def make_publish_handler(source: DrimboxSource) -> Handler:
-    async def handle(job: Job) -> dict[str, Any]:
+def _previous(db: Database, report: _Report, study_uid: str, ids: KosIds) -> str | None:
+    """The manifest this site published last for the exam, if another than ``ids``'s."""
+    with db.session() as s:
+        return s.scalar(
+            select(ImagingManifest.sop_instance_uid)
+            .where(
+                ImagingManifest.structure_id == report.structure_id,
+                ImagingManifest.study_instance_uid == study_uid,
+                ImagingManifest.status == "published",
+                ImagingManifest.sop_instance_uid != ids.sop_instance_uid,
+            )
+            .order_by(ImagingManifest.id.desc())
+            .limit(1)
+        )
+
+
+async def withdraw(source: DrimboxSource, document_id: int) -> dict[str, Any]:
+    """The manifests of a report the DMP no longer holds are deleted from it too (ITI-57, as the feed deletes):
+    an exam whose report is gone is not offered to other DRIMboxes."""
+    report = await asyncio.to_thread(_load, source.db, document_id)
+    sops = await asyncio.to_thread(_published_for, source.db, document_id)
+    for sop in sops:
+        try:
+            target = await source.dmp.find(report.structure, report.patient_cx, sop)
+            if target is not None:
+                await source.dmp.delete(report.structure, target)
+        except DmpUnavailableError as exc:
+            raise RetryableError(str(exc)) from exc
+        except DmpRejectedError as exc:
+            raise PermanentError(
+                f"Le DMP a refusé le retrait du manifeste ({exc.code}) : {exc.message}"
+            ) from exc
+        await asyncio.to_thread(_withdrawn, source.db, sop)
+    return {"withdrawn": sops}
+
+
+def _published_for(db: Database, document_id: int) -> list[str]:
+    with db.session() as s:
+        return list(
+            s.scalars(
+                select(ImagingManifest.sop_instance_uid).where(
+                    ImagingManifest.document_id == document_id, ImagingManifest.status == "published"
+                )
+            )
+        )
+
+
+def _withdrawn(db: Database, sop: str) -> None:
+    with db.session() as s:
+        row = s.scalars(select(ImagingManifest).where(ImagingManifest.sop_instance_uid == sop)).one()
+        row.status = "withdrawn"
+
+
+def make_handlers(source: DrimboxSource) -> dict[str, Handler]:
+    async def publish_job(job: Job) -> dict[str, Any]:
         # The manifest's dates in the hospital's zone, as the ANS samples (+0100 / +0200).
         return await publish(source, int(job.args["document_id"]), job.attempts, utcnow().astimezone(PARIS))
 
-    return handle
+    async def withdraw_job(job: Job) -> dict[str, Any]:
+        return await withdraw(source, int(job.args["document_id"]))
+
+    return {JOB_DRIMBOX_PUBLISH: publish_job, JOB_DRIMBOX_WITHDRAW: withdraw_job}

@@ -68,12 +68,21 @@ def _settings(pacs: Pacs) -> dict[str, Any]:
     }
 
 
-def _job(rt: Runtime) -> Job | None:
+def _job(rt: Runtime, kind: str = JOB_DRIMBOX_PUBLISH) -> Job | None:
+    """The latest job of ``kind``."""
     with rt.db.session() as s:
-        job = s.scalar(select(Job).where(Job.kind == JOB_DRIMBOX_PUBLISH))
+        job = s.scalar(select(Job).where(Job.kind == kind).order_by(Job.id.desc()).limit(1))
         if job is not None:
             s.expunge(job)
         return job
+
+
+def _manifests(rt: Runtime) -> list[tuple[str, str]]:
+    with rt.db.session() as s:
+        return [
+            (m.sop_instance_uid, m.status)
+            for m in s.scalars(select(ImagingManifest).order_by(ImagingManifest.id))
+        ]
 
 
 async def test_an_imaging_report_from_the_ris_publishes_its_manifest(
@@ -83,7 +92,8 @@ async def test_an_imaging_report_from_the_ris_publishes_its_manifest(
     with orthanc(tmp_path / "pacs") as pacs:
         _store_exam(pacs, INS, accession)
         async with running_platform(tmp_path / "platform", schematron_cache, **_settings(pacs)) as (rt, _dpi):
-            assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
+            number = new_number()
+            assert (await send_raw(rt, mdm("initial", number))).code == "AA"
 
             async def published() -> bool:
                 job = _job(rt)
@@ -99,6 +109,34 @@ async def test_an_imaging_report_from_the_ris_publishes_its_manifest(
             kos = [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
             assert [e["uniqueId"] for e in kos] == [manifest.sop_instance_uid]
             assert kos[0]["mimeType"] == "application/dicom" and kos[0]["classCode"]["code"] == "31"
+
+            # The RIS corrects the report: a new manifest replaces the first in the DMP.
+            first = manifest.sop_instance_uid
+            corrected = new_number()
+            assert (await send_raw(rt, mdm("replacement", corrected, parent=number))).code == "AA"
+
+            async def two() -> bool:
+                return len(_manifests(rt)) == 2 and _manifests(rt)[1][1] == "published"
+
+            await wait_for(two)
+            (_, old_status), (second, _) = _manifests(rt)
+            assert old_status == "replaced"
+            statuses = {
+                e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
+            }
+            assert statuses == {first: "Deprecated", second: "Approved"}
+
+            # The RIS deletes the report: its manifest leaves the DMP too.
+            assert (await send_raw(rt, mdm("deletion", corrected, parent=number))).code == "AA"
+
+            async def withdrawn() -> bool:
+                return _manifests(rt)[1][1] == "withdrawn"
+
+            await wait_for(withdrawn)
+            statuses = {
+                e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
+            }
+            assert statuses[second] == "Deleted"
 
 
 async def test_images_of_another_patient_keep_the_manifest_back(
