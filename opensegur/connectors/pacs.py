@@ -1,24 +1,43 @@
-"""The hospital's PACS over DICOM DIMSE (pynetdicom): C-ECHO, and an exam's instances by C-FIND.
+"""The hospital's PACS over DICOM DIMSE (pynetdicom): C-ECHO, an exam's instances by C-FIND, a series by C-GET.
 
 The DRIMbox source asks the PACS which images an imaging report's exam holds before it builds the manifest. The
 query walks the Study Root model level by level — the study's series, then each series' instances — since a PACS
 that implements only the hierarchical model (PS3.4 §C.4.1.2.1) refuses an IMAGE-level query without the series.
 
+A series is retrieved with C-GET on an association of its own, so that two retrievals never share a receiver
+(the ANS prototype's C-MOVE receiver mixed concurrent ones), and handed over one instance at a time through a
+bounded queue: memory stays flat whatever the series' size, and a reader that stops aborts the retrieval.
+
 pynetdicom is blocking: callers on the event loop run these methods in a thread."""
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
     Verification,
 )
 
-__all__ = ["PacsEndpoint", "PacsError", "PacsQueryError", "PacsUnavailable", "PacsClient"]
+__all__ = [
+    "PacsEndpoint",
+    "PacsError",
+    "PacsQueryError",
+    "PacsUnavailable",
+    "PacsClient",
+    "RetrievedInstance",
+]
+
+HAND_OVER = 4  # instances received and not yet read: the PACS waits beyond
+_END = object()
 
 _PENDING = (0xFF00, 0xFF01)
 _SERIES_KEYS = ("Modality", "SeriesNumber", "SeriesDescription")
@@ -56,6 +75,14 @@ class PacsEndpoint:
 
     def __str__(self) -> str:
         return f"{self.called_aet}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RetrievedInstance:
+    """One instance as the PACS sent it: a DICOM Part 10 file and the transfer syntax it is encoded in."""
+
+    data: bytes
+    transfer_syntax: str
 
 
 class PacsClient:
@@ -136,6 +163,95 @@ class PacsClient:
             return matches
         finally:
             assoc.release()
+
+    def retrieve_series(
+        self, study_instance_uid: str, series_instance_uid: str, transfer_syntaxes: Sequence[str]
+    ) -> Iterator[RetrievedInstance]:
+        """The series' instances by C-GET, each in one of ``transfer_syntaxes`` (the PACS picks among them, in
+        their order of preference). Raises PacsUnavailable, or PacsQueryError when the PACS ends in failure."""
+        find = self._associate(StudyRootQueryRetrieveInformationModelFind)
+        try:
+            images = self._find(
+                find,
+                _query(
+                    "IMAGE",
+                    StudyInstanceUID=study_instance_uid,
+                    SeriesInstanceUID=series_instance_uid,
+                    keys=("SOPClassUID",),
+                ),
+            )
+        finally:
+            find.release()
+        classes = sorted({str(i.SOPClassUID) for i in images if i.get("SOPClassUID")})
+        if not classes:
+            return
+        handed: queue.Queue[object] = queue.Queue(maxsize=HAND_OVER)
+        stop = threading.Event()
+
+        def on_store(event: evt.Event) -> int:
+            item = RetrievedInstance(event.encoded_dataset(), str(event.context.transfer_syntax))
+            while not stop.is_set():
+                try:
+                    handed.put(item, timeout=0.5)
+                    return 0x0000
+                except queue.Full:
+                    continue
+            return 0xA700  # Out of resources: the reader is gone
+
+        ae = AE(ae_title=self.endpoint.calling_aet)
+        for timeout in ("acse_timeout", "dimse_timeout", "network_timeout"):
+            setattr(ae, timeout, self.endpoint.timeout_s)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        for sop_class in classes[:127]:  # 128 presentation contexts at most, one taken by C-GET
+            ae.add_requested_context(sop_class, list(transfer_syntaxes))
+        roles: list[Any] = [build_role(sop_class, scp_role=True) for sop_class in classes[:127]]
+        assoc = ae.associate(
+            self.endpoint.host,
+            self.endpoint.port,
+            ae_title=self.endpoint.called_aet,
+            ext_neg=roles,
+            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        )
+        if not assoc.is_established:
+            raise PacsUnavailable(f"PACS {self.endpoint} : association refusée pour le C-GET")
+        failure: list[PacsError] = []
+        query = _query(
+            "SERIES", StudyInstanceUID=study_instance_uid, SeriesInstanceUID=series_instance_uid, keys=()
+        )
+
+        def run() -> None:
+            try:
+                for status, _identifier in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
+                    if not status:
+                        failure.append(PacsUnavailable(f"PACS {self.endpoint} : pas de réponse au C-GET"))
+                    elif status.Status not in (*_PENDING, 0x0000, 0xB000):
+                        failure.append(
+                            PacsQueryError(f"PACS {self.endpoint} : C-GET en échec ({_status(status)})")
+                        )
+            finally:
+                assoc.release()
+                while not stop.is_set():
+                    try:
+                        handed.put(_END, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+
+        worker = threading.Thread(target=run, name="pacs-c-get", daemon=True)
+        worker.start()
+        try:
+            while (item := handed.get()) is not _END:
+                assert isinstance(item, RetrievedInstance)
+                yield item
+            if failure:
+                raise failure[0]
+        finally:
+            stop.set()
+            if assoc.is_established:
+                assoc.abort()
+            # After an abort, pynetdicom's C-GET loop still waits out its DIMSE timeout: the thread is left to
+            # end on its own, it holds nothing the caller reads.
+            worker.join(timeout=1.0)
 
 
 def _query(level: str, *, keys: tuple[str, ...], **unique: str) -> Dataset:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from opensegur.connectors.pacs import PacsClient, PacsUnavailable
 from opensegur.imaging.study import study_from_matches
@@ -60,3 +63,32 @@ def test_an_ae_title_the_pacs_does_not_know_is_refused(tmp_path: Path) -> None:
         down = PacsClient(replace(pacs.endpoint, port=1, timeout_s=2))
         with pytest.raises(PacsUnavailable):
             down.find_instances(STUDY)
+
+
+def test_a_series_is_retrieved_instance_by_instance_in_an_offered_transfer_syntax(tmp_path: Path) -> None:
+    with orthanc(tmp_path) as pacs:
+        series = "1.2.250.1.999.5.1"
+        pacs.store(
+            *(
+                mr_image(
+                    study=STUDY,
+                    series=series,
+                    sop=f"{series}.{i}",
+                    patient_id="000003",
+                    accession="ACN102",
+                    instance_number=i,
+                )
+                for i in range(1, 6)
+            )
+        )
+        client = PacsClient(pacs.endpoint)
+        got = list(client.retrieve_series(STUDY, series, [ExplicitVRLittleEndian]))
+        assert len(got) == 5 and {g.transfer_syntax for g in got} == {ExplicitVRLittleEndian}
+        read = [pydicom.dcmread(io.BytesIO(g.data)) for g in got]
+        assert sorted(str(r.SOPInstanceUID) for r in read) == [f"{series}.{i}" for i in range(1, 6)]
+        assert list(client.retrieve_series(STUDY, "1.2.250.1.999.404", [ExplicitVRLittleEndian])) == []
+        # A reader that stops after one instance ends the retrieval; the next one is whole.
+        partial = client.retrieve_series(STUDY, series, [ExplicitVRLittleEndian])
+        assert next(partial).data[128:132] == b"DICM"
+        partial.close()
+        assert len(list(client.retrieve_series(STUDY, series, [ImplicitVRLittleEndian]))) == 5

@@ -1,0 +1,77 @@
+"""WADO-RS negotiation and answer, as the ANS sample request asks."""
+
+from __future__ import annotations
+
+import email.parser
+
+import pytest
+
+from opensegur.imaging.wado import NotAcceptable, accepted_transfer_syntaxes, multipart_dicom
+
+pytestmark = pytest.mark.requirement("IMG-DRIMBOX-SOURCE")
+
+# The Accept header of the ANS validator's sample (DRIM-M_DATA, « Requête WADO-RS - Série »), in its order.
+ANS_ACCEPT = ", ".join(
+    f'multipart/related; type="application/dicom";transfer-syntax={ts};q={q}'
+    for ts, q in [
+        ("1.2.840.10008.1.2.4.70", "0.9"),
+        ("1.2.840.10008.1.2.4.80", "0.8"),
+        ("1.2.840.10008.1.2.4.81", "0.8"),
+        ("1.2.840.10008.1.2.4.90", "0.7"),
+        ("1.2.840.10008.1.2.4.91", "0.6"),
+        ("1.2.840.10008.1.2.4.50", "0.5"),
+        ("1.2.840.10008.1.2.1", "0.4"),
+    ]
+)
+
+
+def test_the_ans_request_is_ordered_by_its_q_values() -> None:
+    got = accepted_transfer_syntaxes(ANS_ACCEPT)
+    assert got[0] == "1.2.840.10008.1.2.4.70" and got[-1] == "1.2.840.10008.1.2.1" and len(got) == 7
+    # Equal q-values keep the caller's order.
+    assert got[1:3] == ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, ["1.2.840.10008.1.2.1"]),
+        ('multipart/related; type="application/dicom"', ["1.2.840.10008.1.2.1"]),
+        ('multipart/related; type="application/dicom"; transfer-syntax=*', ["1.2.840.10008.1.2.1"]),
+        ("*/*", ["1.2.840.10008.1.2.1"]),
+        (
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50; q=0, '
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2',
+            ["1.2.840.10008.1.2"],
+        ),
+    ],
+)
+def test_defaults_wildcards_and_refusals(accept: str | None, expected: list[str]) -> None:
+    assert accepted_transfer_syntaxes(accept) == expected
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/json",
+        'multipart/related; type="application/octet-stream"',
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.3; DROP',
+        'multipart/related; type="application/dicom"; transfer-syntax=<script>',
+        'multipart/related; type="application/dicom"; q=abc',
+    ],
+)
+def test_what_is_not_a_dicom_instance_is_not_acceptable(accept: str) -> None:
+    with pytest.raises(NotAcceptable):
+        accepted_transfer_syntaxes(accept)
+
+
+def test_the_answer_is_a_multipart_each_part_with_its_transfer_syntax() -> None:
+    parts = [(b"\0" * 128 + b"DICM" + bytes([i]), f"1.2.840.10008.1.2.{i}") for i in (1, 2)]
+    content_type, body = multipart_dicom(iter(parts), boundary="b0und")
+    raw = b"".join(body)
+    message = email.parser.BytesParser().parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw
+    )
+    assert message.is_multipart() and message.get_param("type") == "application/dicom"
+    got = [(p.get_payload(decode=True), p.get_param("transfer-syntax")) for p in message.get_payload()]
+    assert got == parts
