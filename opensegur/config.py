@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     drimbox_aet: str = "OPENSEGUR"  # our AE title, as declared in the PACS
     drimbox_wado_url: str | None = None  # e.g. https://drimbox.chu-x.fr/dicom-web
     pacs_timeout_s: float = 30.0
+    # Pro Santé Connect introspection of the tokens other DRIMboxes present; with the sandbox on, the sandbox PSC's.
+    drimbox_psc_introspection_url: str | None = None
+    drimbox_psc_client_id: str | None = None
+    drimbox_psc_client_secret: SecretStr | None = None
     # Login sessions: idle and absolute expiry; cookies marked Secure when the platform is reached over HTTPS.
     session_idle_s: int = 30 * 60
     session_absolute_s: int = 12 * 3600

@@ -35,6 +35,7 @@ from opensegur.connectors.dpi_mllp import MllpDpiSender
 from opensegur.connectors.dpi_zam import MllpZamSender
 from opensegur.connectors.insi_client import InsiClient, InsiUnavailable
 from opensegur.connectors.pacs import PacsClient, PacsEndpoint
+from opensegur.connectors.psc_introspection import TokenIntrospector
 from opensegur.content.validation import CdaValidator
 from opensegur.documents.metadata import Coded
 from opensegur.flows import mss_inbound, mss_outbound
@@ -49,6 +50,7 @@ from opensegur.flows.dmp_feed import (
     make_zam_handler,
 )
 from opensegur.flows.dmp_prefetch import JOB_DMP_PREFETCH, make_prefetch_handler
+from opensegur.flows.drimbox_serving import DrimboxServing
 from opensegur.flows.drimbox_source import DrimboxSource, request_manifest
 from opensegur.flows.drimbox_source import make_handlers as make_drimbox_handlers
 from opensegur.flows.hl7_intake import Hl7Intake
@@ -186,6 +188,7 @@ class Runtime:
     reload_config: Callable[[str], Awaitable[ApplyResult | None]] | None = None
     hospital: HospitalConfig | None = None  # the configuration directory in force (replaced on reload)
     dmp_consult: DmpConsultPort | None = None  # None: no DMP configured, the DMP tab says so
+    drimbox: DrimboxServing | None = None  # None: no PACS, no images served to other DRIMboxes
 
 
 SANDBOX_MSS_PASSWORD = "bac-a-sable-mssante"  # every sandbox mailbox's password (login: its address)
@@ -269,6 +272,8 @@ class Platform:
         self.mllp: MllpServer | None = None
         self._insi_client: InsiClient | None = None
         self._dmp_client: DmpClient | None = None
+        self._drimbox: DrimboxServing | None = None
+        self._introspector: TokenIntrospector | None = None
         self._warm: asyncio.Task[None] | None = None
         self._validator: CdaValidator | None = None
         self._annuaire_client: AnnuaireClient | None = None
@@ -376,7 +381,7 @@ class Platform:
                 timeout=s.dmp_timeout_s,
             )
             handlers[JOB_DELIVER] = make_deliver_handler(
-                self.db, self._dmp_client, self._wire_drimbox(self._dmp_client, handlers)
+                self.db, self._dmp_client, self._wire_drimbox(self._dmp_client, handlers, endpoints)
             )
         else:
             log.warning("no DMP endpoint configured: documents are validated but not delivered")
@@ -406,6 +411,7 @@ class Platform:
             annuaire=self._annuaire_client,
             hospital=hospital,
             dmp_consult=self._dmp_client,
+            drimbox=self._drimbox,
         )
         await workers.start()
         if not listen:
@@ -604,9 +610,11 @@ class Platform:
         await self._wait_for_signal()
         await self.stop()
 
-    def _wire_drimbox(self, dmp: DmpClient, handlers: dict[str, Handler]) -> DeliveryHook | None:
+    def _wire_drimbox(
+        self, dmp: DmpClient, handlers: dict[str, Handler], endpoints: dict[str, Any]
+    ) -> DeliveryHook | None:
         """The DRIMbox source when a PACS is configured: the feed's hook that queues an imaging report's
-        manifest, and the job that publishes it."""
+        manifest, the jobs that publish and withdraw it, and the serving side (WADO-RS) when PSC can be asked."""
         s = self.settings
         if not s.pacs_host:
             return None
@@ -614,6 +622,18 @@ class Platform:
         pacs = PacsClient(PacsEndpoint(s.pacs_host, s.pacs_port, s.pacs_aet, s.drimbox_aet, s.pacs_timeout_s))
         source = DrimboxSource(self.db, pacs, dmp, s.drimbox_wado_url, s.oid_root)
         handlers.update(make_drimbox_handlers(source))
+        psc = endpoints.get("psc") or {}
+        url = s.drimbox_psc_introspection_url or (
+            f"{psc['issuer']}/protocol/openid-connect/token/introspect" if psc else None
+        )
+        client_id = s.drimbox_psc_client_id or psc.get("client_id")
+        secret = s.drimbox_psc_client_secret.get_secret_value() if s.drimbox_psc_client_secret else None
+        secret = secret or psc.get("client_secret")
+        if url and client_id and secret:
+            self._introspector = TokenIntrospector(url, client_id, secret)
+            self._drimbox = DrimboxServing(pacs, self._introspector)
+        else:
+            log.warning("DRIMbox: no Pro Santé Connect introspection configured, images are not served")
         return request_manifest
 
     async def _specialty(self, rpps: str) -> Coded:
@@ -781,6 +801,8 @@ class Platform:
             await self._insi_client.aclose()
         if self._dmp_client is not None:
             await self._dmp_client.aclose()
+        if self._introspector is not None:
+            await self._introspector.aclose()
         if self._warm is not None:
             await asyncio.gather(self._warm, return_exceptions=True)
         if self._validator is not None:

@@ -27,6 +27,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from opensegur.flows.drimbox_ports import PacsError, PacsQueryError, PacsUnavailable, RetrievedInstance
+
 __all__ = [
     "PacsEndpoint",
     "PacsError",
@@ -53,18 +55,6 @@ _STUDY_KEYS = (
 _IMAGE_KEYS = ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "NumberOfFrames")
 
 
-class PacsError(Exception):
-    """The PACS refused or failed the request: the French reason, for the operator."""
-
-
-class PacsUnavailable(PacsError):
-    """No association: the PACS is down, unreachable or refuses this AE title. Retry later."""
-
-
-class PacsQueryError(PacsError):
-    """The PACS answered the query with a failure status."""
-
-
 @dataclass(frozen=True)
 class PacsEndpoint:
     host: str
@@ -75,14 +65,6 @@ class PacsEndpoint:
 
     def __str__(self) -> str:
         return f"{self.called_aet}@{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class RetrievedInstance:
-    """One instance as the PACS sent it: a DICOM Part 10 file and the transfer syntax it is encoded in."""
-
-    data: bytes
-    transfer_syntax: str
 
 
 class PacsClient:

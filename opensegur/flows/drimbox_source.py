@@ -24,11 +24,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from opensegur.connectors.pacs import PacsClient, PacsQueryError, PacsUnavailable
 from opensegur.content.cda import CdaError, parse_cda
 from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
 from opensegur.flows.dmp_feed import DmpPort, DmpRequest, document_with_content, patient_cx_of, structure_info
+from opensegur.flows.drimbox_ports import PacsPort, PacsQueryError, PacsUnavailable
 from opensegur.flows.worker import Handler, PermanentError, RetryableError
 from opensegur.imaging.kos import KosIds, build_kos, kos_bytes
 from opensegur.imaging.report import IMAGING_REPORT_CODE, ImagingReportError, imaging_facts
@@ -89,7 +89,7 @@ def request_manifest(s: Session, delivery: Delivery, doc: Document) -> None:
 @dataclass(frozen=True)
 class DrimboxSource:
     db: Database
-    pacs: PacsClient
+    pacs: PacsPort
     dmp: DmpPort
     wado_base: str
     oid_root: str

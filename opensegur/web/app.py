@@ -26,6 +26,7 @@ from opensegur.web.headers import SecurityHeadersMiddleware
 from opensegur.web.routes import (
     admin,
     annuaire,
+    dicomweb,
     dmp,
     documents,
     fhir,
@@ -58,12 +59,13 @@ ROUTERS = (
     readiness.router,
     scim.router,
     webauthn.router,
+    dicomweb.router,
 )
 
 
 def _wants_page(request: Request) -> bool:
     path = request.url.path
-    return not (path.startswith("/api/") or path.startswith("/fhir") or path.startswith("/docs"))
+    return not path.startswith(("/api/", "/fhir", "/docs", "/dicom-web/"))
 
 
 def create_app(runtime: WebRuntime) -> FastAPI:

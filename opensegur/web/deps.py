@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from opensegur.connectors.annuaire_client import AnnuaireClient
 from opensegur.flows.dmp_consult import DmpConsultPort
+from opensegur.flows.drimbox_serving import DrimboxServing
 from opensegur.security import access, accounts, audit, sessions, tokens
 from opensegur.security.actor import Actor
 from opensegur.security.defaults import default_matrix
@@ -94,6 +95,14 @@ def get_directory(request: Request) -> AnnuaireClient | None:
 
 
 Directory = Annotated[AnnuaireClient | None, Depends(get_directory)]
+
+
+def get_drimbox(request: Request) -> DrimboxServing | None:
+    """This DRIMbox's serving side (PACS and PSC introspection); None when no PACS is configured."""
+    return getattr(request.app.state.runtime, "drimbox", None)
+
+
+Drimbox = Annotated[DrimboxServing | None, Depends(get_drimbox)]
 
 
 def matrix_of(runtime: WebRuntime) -> Matrix:

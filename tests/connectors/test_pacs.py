@@ -10,7 +10,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from opensegur.connectors.pacs import PacsClient, PacsUnavailable
+from opensegur.connectors.pacs import PacsClient
+from opensegur.flows.drimbox_ports import PacsUnavailable
 from opensegur.imaging.study import study_from_matches
 from tests.pacs import mr_image, orthanc
 

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import email.parser
+import io
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pydicom
 import pytest
 from sqlalchemy import select
 
 from opensegur.flows.drimbox_source import JOB_DRIMBOX_PUBLISH
 from opensegur.imaging.report import read_imaging_report
 from opensegur.server import Runtime
-from opensegur.store.models import ImagingManifest, Job
+from opensegur.store.models import AuditEvent, ImagingManifest, Job
 from tests.dmp import helpers
 from tests.dmp.helpers import (
     INS,
@@ -25,7 +29,9 @@ from tests.dmp.helpers import (
     send_raw,
     wait_for,
 )
+from tests.imaging.helpers import ANS_ACCEPT
 from tests.pacs import Pacs, mr_image, orthanc
+from tests.psc_tokens import psc_access_token
 
 pytestmark = pytest.mark.requirement("IMG-DRIMBOX-SOURCE")
 schematron_cache = helpers.schematron_cache
@@ -156,3 +162,52 @@ async def test_images_of_another_patient_keep_the_manifest_back(
             job = _job(rt)
             assert job is not None and "n'est pas celui du compte rendu" in (job.last_error or "")
             assert not [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
+
+
+async def test_another_drimbox_retrieves_a_published_series_with_a_psc_token(
+    tmp_path: Path, schematron_cache: Path
+) -> None:
+    study, accession = _exam()
+    with orthanc(tmp_path / "pacs") as pacs:
+        _store_exam(pacs, INS, accession)
+        async with running_platform(tmp_path / "platform", schematron_cache, **_settings(pacs)) as (rt, _dpi):
+            assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
+
+            async def published() -> bool:
+                return bool(_manifests(rt)) and _manifests(rt)[0][1] == "published"
+
+            await wait_for(published)
+            [(kos, _status)] = _manifests(rt)
+            token = await psc_access_token(rt.endpoints["psc"])
+            base = f"http://127.0.0.1:{rt.http_port}/dicom-web/studies/{study}/series"
+            headers = {"Authorization": f"Bearer {token}", "KOS-SOPInstanceUID": kos, "Accept": ANS_ACCEPT}
+            async with httpx.AsyncClient(timeout=30) as http:
+                ok = await http.get(f"{base}/{study}.1", headers=headers)
+                assert ok.status_code == 200, ok.text
+                message = email.parser.BytesParser().parsebytes(
+                    b"Content-Type: " + ok.headers["content-type"].encode() + b"\r\n\r\n" + ok.content
+                )
+                parts = message.get_payload()
+                assert len(parts) == 2 and all(p.get_param("transfer-syntax") for p in parts)
+                images = [pydicom.dcmread(io.BytesIO(p.get_payload(decode=True))) for p in parts]
+                assert {str(i.SeriesInstanceUID) for i in images} == {f"{study}.1"}
+                # Who asked, in the audit trail: the professional's PSC subject.
+                with rt.db.session() as s:
+                    audited = s.scalars(
+                        select(AuditEvent).where(AuditEvent.action == "drimbox_retrieve")
+                    ).one()
+                    assert audited.actor.startswith("psc:") and audited.detail["serie"] == f"{study}.1"
+
+                refusals = {
+                    "no token": ({**headers, "Authorization": ""}, f"{study}.1", 401),
+                    "forged token": ({**headers, "Authorization": "Bearer forged"}, f"{study}.1", 401),
+                    "unknown manifest": ({**headers, "KOS-SOPInstanceUID": "1.2.3.4"}, f"{study}.1", 404),
+                    "series not covered": (headers, "1.2.250.1.999.77", 404),
+                    "not dicom": ({**headers, "Accept": "application/json"}, f"{study}.1", 406),
+                }
+                for why, (sent, series, status) in refusals.items():
+                    r = await http.get(f"{base}/{series}", headers=sent)
+                    assert r.status_code == status, (why, r.status_code, r.text)
+                    assert "detail" in r.json()
+                bad_uid = await http.get(f"{base}/..%2F..%2Fadmin", headers=headers)
+                assert bad_uid.status_code in (404, 422)

@@ -45,3 +45,18 @@ def exam_matches(**more: str) -> list[Dataset]:
         match("1.2.250.1.999.5.2", 2, "MR", "1.2.250.1.999.6.21", 1, **more),
         match("1.2.250.1.999.5.3", 3, "SR", "1.2.250.1.999.6.31", 1, BASIC_TEXT_SR, **more),
     ]
+
+
+# The Accept header of the ANS validator's sample (DRIM-M_DATA, « Requête WADO-RS - Série »), in its order.
+ANS_ACCEPT = ", ".join(
+    f'multipart/related; type="application/dicom";transfer-syntax={ts};q={q}'
+    for ts, q in [
+        ("1.2.840.10008.1.2.4.70", "0.9"),
+        ("1.2.840.10008.1.2.4.80", "0.8"),
+        ("1.2.840.10008.1.2.4.81", "0.8"),
+        ("1.2.840.10008.1.2.4.90", "0.7"),
+        ("1.2.840.10008.1.2.4.91", "0.6"),
+        ("1.2.840.10008.1.2.4.50", "0.5"),
+        ("1.2.840.10008.1.2.1", "0.4"),
+    ]
+)

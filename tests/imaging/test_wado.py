@@ -7,22 +7,9 @@ import email.parser
 import pytest
 
 from opensegur.imaging.wado import NotAcceptable, accepted_transfer_syntaxes, multipart_dicom
+from tests.imaging.helpers import ANS_ACCEPT
 
 pytestmark = pytest.mark.requirement("IMG-DRIMBOX-SOURCE")
-
-# The Accept header of the ANS validator's sample (DRIM-M_DATA, « Requête WADO-RS - Série »), in its order.
-ANS_ACCEPT = ", ".join(
-    f'multipart/related; type="application/dicom";transfer-syntax={ts};q={q}'
-    for ts, q in [
-        ("1.2.840.10008.1.2.4.70", "0.9"),
-        ("1.2.840.10008.1.2.4.80", "0.8"),
-        ("1.2.840.10008.1.2.4.81", "0.8"),
-        ("1.2.840.10008.1.2.4.90", "0.7"),
-        ("1.2.840.10008.1.2.4.91", "0.6"),
-        ("1.2.840.10008.1.2.4.50", "0.5"),
-        ("1.2.840.10008.1.2.1", "0.4"),
-    ]
-)
 
 
 def test_the_ans_request_is_ordered_by_its_q_values() -> None:

@@ -80,6 +80,8 @@ def test_every_route_declares_exactly_one_policy(offline: Offline) -> None:
         "/connexion/sso",
         "/connexion/sso/retour",
         "/deconnexion",
+        # Another DRIMbox, with a Pro Santé Connect token and a published manifest checked by the route.
+        "/dicom-web/studies/{study}/series/{series}",
         "/docs",
         "/docs-assets/{name}",
         "/fhir/metadata",

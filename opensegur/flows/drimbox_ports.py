@@ -1,0 +1,62 @@
+"""What the DRIMbox flows need of the outside, as small interfaces: the PACS (DIMSE) and Pro Santé Connect's
+token introspection; with the PACS's two ways of failing. The connectors implement them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydicom.dataset import Dataset
+
+__all__ = [
+    "IntrospectionPort",
+    "IntrospectionUnavailable",
+    "PacsError",
+    "PacsPort",
+    "PacsQueryError",
+    "PacsUnavailable",
+    "RetrievedInstance",
+]
+
+
+class PacsError(Exception):
+    """The PACS refused or failed the request: the French reason, for the operator."""
+
+
+class PacsUnavailable(PacsError):
+    """No association: the PACS is down, unreachable or refuses this AE title. Retry later."""
+
+
+class PacsQueryError(PacsError):
+    """The PACS answered the request with a failure status."""
+
+
+@dataclass(frozen=True)
+class RetrievedInstance:
+    """One instance as the PACS sent it: a DICOM Part 10 file and the transfer syntax it is encoded in."""
+
+    data: bytes
+    transfer_syntax: str
+
+
+class PacsPort(Protocol):
+    """Blocking calls: the flows run them in a thread."""
+
+    def echo(self) -> None: ...
+
+    def find_instances(self, study_instance_uid: str) -> list[Dataset]: ...
+
+    def retrieve_series(
+        self, study_instance_uid: str, series_instance_uid: str, transfer_syntaxes: Sequence[str]
+    ) -> Iterator[RetrievedInstance]: ...
+
+
+class IntrospectionUnavailable(Exception):
+    """PSC did not answer, or answered something unusable: the caller cannot be checked now (HTTP 503)."""
+
+
+class IntrospectionPort(Protocol):
+    async def subject(self, token: str) -> str | None:
+        """The professional (``sub``) of an active Pro Santé Connect token, else None."""
+        ...
