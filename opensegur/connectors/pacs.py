@@ -29,14 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from opensegur.flows.drimbox_ports import PacsError, PacsQueryError, PacsUnavailable, RetrievedInstance
 
-__all__ = [
-    "PacsEndpoint",
-    "PacsError",
-    "PacsQueryError",
-    "PacsUnavailable",
-    "PacsClient",
-    "RetrievedInstance",
-]
+__all__ = ["PacsClient", "PacsEndpoint"]
 
 HAND_OVER = 4  # instances received and not yet read: the PACS waits beyond
 _END = object()

@@ -58,12 +58,14 @@ def request_manifest(s: Session, delivery: Delivery, doc: Document) -> None:
     withdrawal of its manifests."""
     if delivery.action == "delete":
         report = document_with_content(s, doc.structure_id, doc.unique_id)
-        published = report is not None and s.scalar(
+        if report is None:
+            return
+        published = s.scalar(
             select(ImagingManifest.id).where(
                 ImagingManifest.document_id == report.id, ImagingManifest.status == "published"
             )
         )
-        if report is not None and published:
+        if published is not None:
             jobs.enqueue(
                 s,
                 JOB_DRIMBOX_WITHDRAW,
