@@ -15,6 +15,7 @@ from opensegur.config import Settings
 from opensegur.conformance import cli as conformance_cli
 from opensegur.hospital import cli as hospital_cli
 from opensegur.hospital.loader import ConfigInvalid
+from opensegur.ops.doctor import Verdict, diagnose, render
 from opensegur.security import cli as security_cli
 from opensegur.security import hr_cli
 from opensegur.transport import mllp_send
@@ -82,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     hospital_cli.register(cfg)
     mig = sub.add_parser("migrate", help="create or upgrade the database schema")
     common(mig)
+    doctor = sub.add_parser(
+        "doctor",
+        help="test each link of the deployment (MLLP, PACS, DMP, PSC, Annuaire, certificates), in French",
+    )
+    common(doctor)
+    doctor.add_argument(
+        "--no-listener", action="store_true", help="skip the MLLP listener (serve not started)"
+    )
     mllp_send.register(sub)
     security_cli.register(sub)
     hr_cli.register(sub)
@@ -105,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(settings.public_dict(), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
         return 0
+    if args.command == "doctor":
+        checks = asyncio.run(diagnose(settings, with_listener=not args.no_listener))
+        print(render(checks))
+        return 1 if any(c.verdict is Verdict.FAILED for c in checks) else 0
     if args.command == "migrate":
         from opensegur.store.db import Database
 
