@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import io
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -91,123 +93,125 @@ def _manifests(rt: Runtime) -> list[tuple[str, str]]:
         ]
 
 
+@contextlib.asynccontextmanager
+async def _drimbox(
+    tmp_path: Path, schematron_cache: Path, patient_id: str = INS
+) -> AsyncIterator[tuple[Runtime, str]]:
+    """A platform with a DRIMbox source on a PACS holding the ANS example's exam (two MR series of two images)
+    under ``patient_id``; the platform and the exam's study UID."""
+    study, accession = _exam()
+    with orthanc(tmp_path / "pacs") as pacs:
+        _store_exam(pacs, patient_id, accession)
+        async with running_platform(tmp_path / "platform", schematron_cache, **_settings(pacs)) as (rt, _dpi):
+            yield rt, study
+
+
 async def test_an_imaging_report_from_the_ris_publishes_its_manifest(
     tmp_path: Path, schematron_cache: Path
 ) -> None:
-    study, accession = _exam()
-    with orthanc(tmp_path / "pacs") as pacs:
-        _store_exam(pacs, INS, accession)
-        async with running_platform(tmp_path / "platform", schematron_cache, **_settings(pacs)) as (rt, _dpi):
-            number = new_number()
-            assert (await send_raw(rt, mdm("initial", number))).code == "AA"
+    async with _drimbox(tmp_path, schematron_cache) as (rt, study):
+        number = new_number()
+        assert (await send_raw(rt, mdm("initial", number))).code == "AA"
 
-            async def published() -> bool:
-                job = _job(rt)
-                return job is not None and job.status == "done"
-
-            await wait_for(published)
+        async def published() -> bool:
             job = _job(rt)
-            assert job is not None and job.result["series"] == 2 and job.result["instances"] == 4
-            with rt.db.session() as s:
-                manifest = s.scalars(select(ImagingManifest)).one()
-                assert manifest.study_instance_uid == study and manifest.status == "published"
-                assert manifest.series_uids == [f"{study}.1", f"{study}.2"] and manifest.entry_uuid
-            kos = [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
-            assert [e["uniqueId"] for e in kos] == [manifest.sop_instance_uid]
-            assert kos[0]["mimeType"] == "application/dicom" and kos[0]["classCode"]["code"] == "31"
+            return job is not None and job.status == "done"
 
-            # The RIS corrects the report: a new manifest replaces the first in the DMP.
-            first = manifest.sop_instance_uid
-            corrected = new_number()
-            assert (await send_raw(rt, mdm("replacement", corrected, parent=number))).code == "AA"
+        await wait_for(published)
+        job = _job(rt)
+        assert job is not None and job.result["series"] == 2 and job.result["instances"] == 4
+        with rt.db.session() as s:
+            manifest = s.scalars(select(ImagingManifest)).one()
+            assert manifest.study_instance_uid == study and manifest.status == "published"
+            assert manifest.series_uids == [f"{study}.1", f"{study}.2"] and manifest.entry_uuid
+        kos = [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
+        assert [e["uniqueId"] for e in kos] == [manifest.sop_instance_uid]
+        assert kos[0]["mimeType"] == "application/dicom" and kos[0]["classCode"]["code"] == "31"
 
-            async def two() -> bool:
-                return len(_manifests(rt)) == 2 and _manifests(rt)[1][1] == "published"
+        # The RIS corrects the report: a new manifest replaces the first in the DMP.
+        first = manifest.sop_instance_uid
+        corrected = new_number()
+        assert (await send_raw(rt, mdm("replacement", corrected, parent=number))).code == "AA"
 
-            await wait_for(two)
-            (_, old_status), (second, _) = _manifests(rt)
-            assert old_status == "replaced"
-            statuses = {
-                e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
-            }
-            assert statuses == {first: "Deprecated", second: "Approved"}
+        async def two() -> bool:
+            return len(_manifests(rt)) == 2 and _manifests(rt)[1][1] == "published"
 
-            # The RIS deletes the report: its manifest leaves the DMP too.
-            assert (await send_raw(rt, mdm("deletion", corrected, parent=number))).code == "AA"
+        await wait_for(two)
+        (_, old_status), (second, _) = _manifests(rt)
+        assert old_status == "replaced"
+        statuses = {
+            e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
+        }
+        assert statuses == {first: "Deprecated", second: "Approved"}
 
-            async def withdrawn() -> bool:
-                return _manifests(rt)[1][1] == "withdrawn"
+        # The RIS deletes the report: its manifest leaves the DMP too.
+        assert (await send_raw(rt, mdm("deletion", corrected, parent=number))).code == "AA"
 
-            await wait_for(withdrawn)
-            statuses = {
-                e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
-            }
-            assert statuses[second] == "Deleted"
+        async def withdrawn() -> bool:
+            return _manifests(rt)[1][1] == "withdrawn"
+
+        await wait_for(withdrawn)
+        statuses = {
+            e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
+        }
+        assert statuses[second] == "Deleted"
 
 
 async def test_images_of_another_patient_keep_the_manifest_back(
     tmp_path: Path, schematron_cache: Path
 ) -> None:
-    _study, accession = _exam()
-    with orthanc(tmp_path / "pacs") as pacs:
-        _store_exam(pacs, "IPP-AUTRE", accession)
-        async with running_platform(tmp_path / "platform", schematron_cache, **_settings(pacs)) as (rt, _dpi):
-            assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
+    async with _drimbox(tmp_path, schematron_cache, "IPP-AUTRE") as (rt, _study):
+        assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
 
-            async def ended() -> bool:
-                job = _job(rt)
-                return job is not None and job.status == "dead"
-
-            await wait_for(ended)
+        async def ended() -> bool:
             job = _job(rt)
-            assert job is not None and "n'est pas celui du compte rendu" in (job.last_error or "")
-            assert not [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
+            return job is not None and job.status == "dead"
+
+        await wait_for(ended)
+        job = _job(rt)
+        assert job is not None and "n'est pas celui du compte rendu" in (job.last_error or "")
+        assert not [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
 
 
 async def test_another_drimbox_retrieves_a_published_series_with_a_psc_token(
     tmp_path: Path, schematron_cache: Path
 ) -> None:
-    study, accession = _exam()
-    with orthanc(tmp_path / "pacs") as pacs:
-        _store_exam(pacs, INS, accession)
-        async with running_platform(tmp_path / "platform", schematron_cache, **_settings(pacs)) as (rt, _dpi):
-            assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
+    async with _drimbox(tmp_path, schematron_cache) as (rt, study):
+        assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
 
-            async def published() -> bool:
-                return bool(_manifests(rt)) and _manifests(rt)[0][1] == "published"
+        async def published() -> bool:
+            return bool(_manifests(rt)) and _manifests(rt)[0][1] == "published"
 
-            await wait_for(published)
-            [(kos, _status)] = _manifests(rt)
-            token = await psc_access_token(rt.endpoints["psc"])
-            base = f"http://127.0.0.1:{rt.http_port}/dicom-web/studies/{study}/series"
-            headers = {"Authorization": f"Bearer {token}", "KOS-SOPInstanceUID": kos, "Accept": ANS_ACCEPT}
-            async with httpx.AsyncClient(timeout=30) as http:
-                ok = await http.get(f"{base}/{study}.1", headers=headers)
-                assert ok.status_code == 200, ok.text
-                message = email.parser.BytesParser().parsebytes(
-                    b"Content-Type: " + ok.headers["content-type"].encode() + b"\r\n\r\n" + ok.content
-                )
-                parts = message.get_payload()
-                assert len(parts) == 2 and all(p.get_param("transfer-syntax") for p in parts)
-                images = [pydicom.dcmread(io.BytesIO(p.get_payload(decode=True))) for p in parts]
-                assert {str(i.SeriesInstanceUID) for i in images} == {f"{study}.1"}
-                # Who asked, in the audit trail: the professional's PSC subject.
-                with rt.db.session() as s:
-                    audited = s.scalars(
-                        select(AuditEvent).where(AuditEvent.action == "drimbox_retrieve")
-                    ).one()
-                    assert audited.actor.startswith("psc:") and audited.detail["serie"] == f"{study}.1"
+        await wait_for(published)
+        [(kos, _status)] = _manifests(rt)
+        token = await psc_access_token(rt.endpoints["psc"])
+        base = f"http://127.0.0.1:{rt.http_port}/dicom-web/studies/{study}/series"
+        headers = {"Authorization": f"Bearer {token}", "KOS-SOPInstanceUID": kos, "Accept": ANS_ACCEPT}
+        async with httpx.AsyncClient(timeout=30) as http:
+            ok = await http.get(f"{base}/{study}.1", headers=headers)
+            assert ok.status_code == 200, ok.text
+            message = email.parser.BytesParser().parsebytes(
+                b"Content-Type: " + ok.headers["content-type"].encode() + b"\r\n\r\n" + ok.content
+            )
+            parts = message.get_payload()
+            assert len(parts) == 2 and all(p.get_param("transfer-syntax") for p in parts)
+            images = [pydicom.dcmread(io.BytesIO(p.get_payload(decode=True))) for p in parts]
+            assert {str(i.SeriesInstanceUID) for i in images} == {f"{study}.1"}
+            # Who asked, in the audit trail: the professional's PSC subject.
+            with rt.db.session() as s:
+                audited = s.scalars(select(AuditEvent).where(AuditEvent.action == "drimbox_retrieve")).one()
+                assert audited.actor.startswith("psc:") and audited.detail["serie"] == f"{study}.1"
 
-                refusals = {
-                    "no token": ({**headers, "Authorization": ""}, f"{study}.1", 401),
-                    "forged token": ({**headers, "Authorization": "Bearer forged"}, f"{study}.1", 401),
-                    "unknown manifest": ({**headers, "KOS-SOPInstanceUID": "1.2.3.4"}, f"{study}.1", 404),
-                    "series not covered": (headers, "1.2.250.1.999.77", 404),
-                    "not dicom": ({**headers, "Accept": "application/json"}, f"{study}.1", 406),
-                }
-                for why, (sent, series, status) in refusals.items():
-                    r = await http.get(f"{base}/{series}", headers=sent)
-                    assert r.status_code == status, (why, r.status_code, r.text)
-                    assert "detail" in r.json()
-                bad_uid = await http.get(f"{base}/..%2F..%2Fadmin", headers=headers)
-                assert bad_uid.status_code in (404, 422)
+            refusals = {
+                "no token": ({**headers, "Authorization": ""}, f"{study}.1", 401),
+                "forged token": ({**headers, "Authorization": "Bearer forged"}, f"{study}.1", 401),
+                "unknown manifest": ({**headers, "KOS-SOPInstanceUID": "1.2.3.4"}, f"{study}.1", 404),
+                "series not covered": (headers, "1.2.250.1.999.77", 404),
+                "not dicom": ({**headers, "Accept": "application/json"}, f"{study}.1", 406),
+            }
+            for why, (sent, series, status) in refusals.items():
+                r = await http.get(f"{base}/{series}", headers=sent)
+                assert r.status_code == status, (why, r.status_code, r.text)
+                assert "detail" in r.json()
+            bad_uid = await http.get(f"{base}/..%2F..%2Fadmin", headers=headers)
+            assert bad_uid.status_code in (404, 422)
