@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography import x509
@@ -22,7 +23,7 @@ from opensegur.config import Settings
 from opensegur.connectors.pacs import PacsClient, PacsEndpoint
 from opensegur.flows.drimbox_ports import PacsError
 
-__all__ = ["Check", "Verdict", "check_certificates", "check_pacs", "diagnose", "render"]
+__all__ = ["Check", "ServiceUrls", "Verdict", "check_certificates", "check_pacs", "diagnose", "render"]
 
 CERT_WARNING = timedelta(days=30)
 # A study UID nobody has: the C-FIND must answer, with nothing.
@@ -158,41 +159,58 @@ async def _reachable(http: httpx.AsyncClient, link: str, url: str | None, fix: s
     return Check(link, Verdict.OK, f"{url} répond ({resp.status_code})")
 
 
+@dataclass(frozen=True)
+class ServiceUrls:
+    """Where the national services are: the settings', or those a running platform uses (its sandbox's)."""
+
+    dmp_registry: str | None
+    psc_discovery: str | None
+    annuaire: str | None
+
+    @classmethod
+    def of(cls, settings: Settings, endpoints: dict[str, Any] | None = None) -> ServiceUrls:
+        endpoints = endpoints or {}
+        psc = settings.drimbox_psc_introspection_url
+        discovery = (
+            psc.split("/protocol/openid-connect/")[0] + "/.well-known/openid-configuration" if psc else None
+        )
+        return cls(
+            settings.dmp_iti18_url or (endpoints.get("dmp") or {}).get("iti18"),
+            discovery or (endpoints.get("psc") or {}).get("discovery"),
+            settings.annuaire_url or (endpoints.get("annuaire") or {}).get("url"),
+        )
+
+
 async def check_services(
-    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings, urls: ServiceUrls | None = None, transport: httpx.AsyncBaseTransport | None = None
 ) -> list[Check]:
     """The national services over HTTP: any answer below 500 proves the network path and TLS; the protocols
     themselves are the flows' business."""
-    psc = settings.drimbox_psc_introspection_url
-    discovery = (
-        psc.split("/protocol/openid-connect/")[0] + "/.well-known/openid-configuration" if psc else None
-    )
+    urls = urls or ServiceUrls.of(settings)
     async with httpx.AsyncClient(timeout=10, transport=transport, verify=settings.dmp_ca or True) as http:
         return list(
             await asyncio.gather(
                 _reachable(
-                    http,
-                    "DMP (registre ITI-18)",
-                    settings.dmp_iti18_url,
-                    "Vérifier dmp_iti18_url et le proxy",
+                    http, "DMP (registre ITI-18)", urls.dmp_registry, "Vérifier dmp_iti18_url et le proxy"
                 ),
                 _reachable(
                     http,
                     "Pro Santé Connect (découverte)",
-                    discovery,
+                    urls.psc_discovery,
                     "Vérifier drimbox_psc_introspection_url",
                 ),
-                _reachable(
-                    http, "Annuaire Santé", settings.annuaire_url, "Vérifier annuaire_url et la clé d'API"
-                ),
+                _reachable(http, "Annuaire Santé", urls.annuaire, "Vérifier annuaire_url et la clé d'API"),
             )
         )
 
 
-async def diagnose(settings: Settings, *, with_listener: bool = True) -> list[Check]:
-    checks = [check_mllp(settings)] if with_listener else []
+async def diagnose(
+    settings: Settings, *, with_listener: bool = True, endpoints: dict[str, Any] | None = None
+) -> list[Check]:
+    """Every check; ``endpoints``: those of the running platform (its sandbox's), where the settings name none."""
+    checks = [await asyncio.to_thread(check_mllp, settings)] if with_listener else []
     checks += await asyncio.to_thread(check_pacs, settings)
-    checks += await check_services(settings)
+    checks += await check_services(settings, ServiceUrls.of(settings, endpoints))
     checks += check_certificates(settings)
     return checks
 

@@ -98,7 +98,7 @@ async def test_the_national_services_answer_or_not(tmp_path: Path) -> None:
         drimbox_psc_introspection_url="https://psc.test/realms/x/protocol/openid-connect/token/introspect",
         annuaire_url="https://annuaire.test/fhir",
     )
-    checks = await check_services(settings, httpx.MockTransport(answer))
+    checks = await check_services(settings, transport=httpx.MockTransport(answer))
     assert [c.verdict for c in checks] == [Verdict.FAILED, Verdict.OK, Verdict.FAILED]
     assert "503" in checks[0].detail and "ConnectError" in checks[2].detail
 

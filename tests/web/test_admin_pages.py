@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -92,11 +94,36 @@ async def test_audit_page_filters_exports_and_traces_its_own_reads(
     assert {"read_audit", "export_audit"} <= actions
 
 
+@pytest.mark.requirement("IMG-DEPLOYMENT-CHECK")
+async def test_the_deployment_page_tests_each_link_now_and_is_traced(
+    admin: httpx.AsyncClient, offline: Offline
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    offline.settings = offline.settings.model_copy(update={"host": "127.0.0.1", "mllp_port": closed})
+    page = await admin.get("/admin/deploiement")
+    assert page.status_code == 200 and 'id="verifications"' in page.text
+    text = html.unescape(page.text)
+    # Nothing listens in this test: the MLLP link fails and says what to do; the PACS is not configured.
+    assert "Écoute MLLP" in text and "Démarrer `opensegur serve`" in text and "non configuré" in text
+    assert "1 lien en échec" in text
+    with offline.db.session() as s:
+        traced = s.scalars(select(AuditEvent).where(AuditEvent.action == "deployment_check")).one()
+        assert traced.actor == "admin" and traced.detail == {"echecs": 1}
+
+
 async def test_a_doctor_is_refused_the_admin_pages(offline: Offline) -> None:
     transport = httpx.ASGITransport(app=create_app(offline))
     async with httpx.AsyncClient(transport=transport, base_url="http://opensegur.test") as c:
         c.cookies.set(SESSION_COOKIE, _login(offline, "dr.curieux", "medecin"))
-        for url in ("/admin/matrice", "/admin/comptes", "/admin/audit", "/admin/audit.csv"):
+        for url in (
+            "/admin/matrice",
+            "/admin/comptes",
+            "/admin/audit",
+            "/admin/audit.csv",
+            "/admin/deploiement",
+        ):
             r = await c.get(url)
             assert r.status_code == 403 and "Votre rôle ne permet pas" in r.text, url
         page = await c.get("/identites")

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from opensegur.hospital.diff import diff_configs
 from opensegur.hospital.loader import ConfigInvalid, load_files
+from opensegur.ops.doctor import Verdict, diagnose
 from opensegur.security import audit, provisioning
 from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action, Assignment
@@ -88,6 +89,21 @@ def _account_rows(s: Session, now: datetime) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+@router.get("/admin/deploiement", response_class=HTMLResponse)
+async def page_deployment(request: Request, actor: Admin, rt: Rt) -> HTMLResponse:
+    """``opensegur doctor`` as a page: each link tested now, from this server, with what to fix."""
+    checks = await diagnose(rt.settings, endpoints=getattr(rt, "endpoints", None))
+    failed = sum(c.verdict is Verdict.FAILED for c in checks)
+    await asyncio.to_thread(_record_check, rt, actor, failed)
+    ctx = {"request": request, "checks": checks, "failed": failed, "at": datetime.now(UTC)}
+    return render(request, "admin_deployment.html", ctx)
+
+
+def _record_check(rt: Any, actor: Actor, failed: int) -> None:
+    with rt.db.session() as s:
+        audit.record_admin(s, actor, "deployment_check", {"echecs": failed})
 
 
 @router.get("/admin/comptes", response_class=HTMLResponse)
