@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,15 +20,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from opensegur.connectors.pacs import PacsEndpoint
+from tests.ports import free_port
 
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -51,7 +45,7 @@ def orthanc(tmp: Path, calling_aet: str = "OPENSEGUR") -> Iterator[Pacs]:
         if os.environ.get("CI"):
             pytest.fail("Orthanc must be installed in CI (.ci/run installs it)")
         pytest.skip("Orthanc not installed")
-    http_port, dicom_port = _free_port(), _free_port()
+    http_port, dicom_port = free_port(), free_port()
     config = {
         "Name": "OpenSegurTests",
         "StorageDirectory": str(tmp / "storage"),
@@ -67,7 +61,7 @@ def orthanc(tmp: Path, calling_aet: str = "OPENSEGUR") -> Iterator[Pacs]:
         "DicomAlwaysAllowFind": False,
         "DicomAlwaysAllowEcho": False,
         "DicomCheckModalityHost": True,
-        "DicomModalities": {"opensegur": [calling_aet, "127.0.0.1", _free_port()]},
+        "DicomModalities": {"opensegur": [calling_aet, "127.0.0.1", free_port()]},
         "Plugins": [],
     }
     tmp.mkdir(parents=True, exist_ok=True)

@@ -30,13 +30,8 @@ from opensegur.transport.mllp import send_message
 from tests.browser import CHROMIUM, FLAGS, browser_page, fresh_totp, log_in, screenshot
 from tests.conftest import EXAMPLES
 from tests.flows.helpers import hl7, msh, pid
+from tests.ports import free_port
 from tests.sandbox_dmp import helpers as dmp_helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

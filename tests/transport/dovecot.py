@@ -33,6 +33,7 @@ import pytest
 from imapclient import IMAPClient
 
 from opensegur.security.pki import TestPki
+from tests.ports import free_port
 
 DOVECOT = Path(os.environ.get("OPENSEGUR_DOVECOT", "/usr/sbin/dovecot"))
 _START_TIMEOUT = 15.0
@@ -45,12 +46,6 @@ def require_dovecot() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{DOVECOT} must be installed in CI (.ci/run installs dovecot-imapd)")
     pytest.skip(f"Dovecot not installed ({DOVECOT} missing; Debian package dovecot-imapd)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -163,8 +158,8 @@ service anvil {{
             os.chown(home, ident.mail_uid, ident.mail_gid)
         self._write_passwd()
         for _attempt in range(3):  # a port picked free may be taken by someone else before Dovecot binds it
-            self.port = _free_port()
-            self.tls_port = _free_port() if self.tls else 0
+            self.port = free_port()
+            self.tls_port = free_port() if self.tls else 0
             (self.directory / "dovecot.conf").write_text(self._config(ident))
             with (self.directory / "dovecot.stderr").open("ab") as output:
                 self._process = subprocess.Popen(

@@ -13,6 +13,7 @@ import pytest
 from opensegur.connectors.mss_imap import ImapMailboxReader
 from opensegur.flows.mssante_ports import MailUnavailableError
 from opensegur.transport.imap import ImapSession, ImapSettings, ImapUnavailableError, _header_block
+from tests.ports import free_port
 
 BAL = "bal.cardio@ch-test.mssante.fr"
 
@@ -34,12 +35,6 @@ def test_header_block_keeps_the_blank_line_and_the_cap() -> None:
     assert _header_block(b"From: a@b\nSubject: x\n\nbody", 1000) == b"From: a@b\nSubject: x\n\n"
     assert _header_block(raw, 5) == b"From:"
     assert _header_block(b"no separator at all", 7) == b"no sepa"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -74,7 +69,7 @@ def fake_peer() -> Iterator[tuple[int, list[bytes]]]:
 
 
 async def test_connection_refused_is_unavailable() -> None:
-    reader = ImapMailboxReader("127.0.0.1", _free_port(), security="plain", credentials={BAL: "x"}, timeout=2)
+    reader = ImapMailboxReader("127.0.0.1", free_port(), security="plain", credentials={BAL: "x"}, timeout=2)
     with pytest.raises(MailUnavailableError, match="injoignable"):
         await reader.fetch_new(BAL, limit=10)
 
@@ -96,7 +91,7 @@ async def test_a_non_imap_peer_is_unavailable(fake_peer: tuple[int, list[bytes]]
 
 
 async def test_closed_reader_refuses_work() -> None:
-    reader = ImapMailboxReader("127.0.0.1", _free_port(), security="plain", credentials={BAL: "x"})
+    reader = ImapMailboxReader("127.0.0.1", free_port(), security="plain", credentials={BAL: "x"})
     await reader.close()
     with pytest.raises(MailUnavailableError, match="arrêté"):
         await reader.fetch_new(BAL, limit=1)

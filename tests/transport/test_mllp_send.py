@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from opensegur.cli import main
 from opensegur.transactions.hl7v2 import Hl7Error, build_ack, parse
 from opensegur.transport.mllp import MllpServer
 from opensegur.transport.mllp_send import read_ack, send_files, split_messages
+from tests.ports import free_port
 
 ADT = (
     "MSH|^~\\&|GAM|CHU-X|DPI|CHU-X|20240306111154||ADT^A01^ADT_A01|{id}|P|2.5^FRA^2.11|||||FRA|UNICODE UTF-8\n"
@@ -92,12 +92,6 @@ async def test_blank_line_separates_messages_and_one_error_fails_the_run(
     status, out, _err = await send([first, second], listener.server.port)
     assert status == 1
     assert [line.split(" : ")[1][:2] for line in out.splitlines() if " : " in line] == ["AA", "AE", "AA"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_refused_connection_exits_2(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from opensegur.transport.smtp import (
     SmtpSettings,
     send_mail,
 )
+from tests.ports import free_port
 
 SENDER = "dpi.cardio@ch-test.mssante.fr"
 DOCTOR = "jean.medecin@test.mssante.fr"
@@ -131,12 +132,6 @@ def _authenticator(
     return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     return ensure_test_pki(tmp_path_factory.mktemp("pki"))
@@ -149,7 +144,7 @@ class Running:
 
 
 def _start(handler: Recorder, **kwargs: Any) -> tuple[Controller, Running]:
-    port = _free_port()
+    port = free_port()
     controller = RecordingController(handler, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     return controller, Running(handler, port)
@@ -272,7 +267,7 @@ async def test_silent_server_times_out_as_retryable() -> None:
 async def test_connection_refused_is_retryable() -> None:
     msg = message()
     with pytest.raises(SmtpRetryableError, match="unreachable"):
-        await send_mail(plain(_free_port()), msg.as_bytes(), smtp_envelope(msg, return_receipt=False))
+        await send_mail(plain(free_port()), msg.as_bytes(), smtp_envelope(msg, return_receipt=False))
 
 
 async def test_starttls_with_client_certificate_and_auth(starttls_server: Running, pki: TestPki) -> None:

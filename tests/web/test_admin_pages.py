@@ -6,7 +6,6 @@ import csv
 import html
 import io
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from opensegur.security.matrix import Action, Assignment, Scope
 from opensegur.store.models import Account, AuditEvent, Patient
 from opensegur.web.app import create_app
 from opensegur.web.deps import SESSION_COOKIE
+from tests.ports import free_port
 from tests.web.test_rest_intake import Offline
 
 PASSWORD = "mot-de-passe-de-test-2026"
@@ -98,10 +98,8 @@ async def test_audit_page_filters_exports_and_traces_its_own_reads(
 async def test_the_deployment_page_tests_each_link_now_and_is_traced(
     admin: httpx.AsyncClient, offline: Offline
 ) -> None:
-    with socket.socket() as probe:  # a port nothing listens on once closed
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
-    offline.settings = offline.settings.model_copy(update={"host": "127.0.0.1", "mllp_port": closed})
+    # A port nothing listens on once its probe is closed.
+    offline.settings = offline.settings.model_copy(update={"host": "127.0.0.1", "mllp_port": free_port()})
     page = await admin.get("/admin/deploiement")
     assert page.status_code == 200 and 'id="verifications"' in page.text
     text = html.unescape(page.text)
