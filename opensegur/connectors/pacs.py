@@ -64,11 +64,16 @@ class PacsClient:
     def __init__(self, endpoint: PacsEndpoint) -> None:
         self.endpoint = endpoint
 
-    def _associate(self, context: str) -> Association:
+    def _ae(self) -> AE:
+        """Our application entity, with the endpoint's timeout on every exchange."""
         ae = AE(ae_title=self.endpoint.calling_aet)
-        ae.add_requested_context(context)
         for timeout in ("acse_timeout", "dimse_timeout", "network_timeout"):
             setattr(ae, timeout, self.endpoint.timeout_s)
+        return ae
+
+    def _associate(self, context: str) -> Association:
+        ae = self._ae()
+        ae.add_requested_context(context)
         assoc = ae.associate(self.endpoint.host, self.endpoint.port, ae_title=self.endpoint.called_aet)
         if not assoc.is_established:
             why = "refusée" if assoc.is_rejected else "interrompue" if assoc.is_aborted else "impossible"
@@ -173,9 +178,7 @@ class PacsClient:
                     continue
             return 0xA700  # Out of resources: the reader is gone
 
-        ae = AE(ae_title=self.endpoint.calling_aet)
-        for timeout in ("acse_timeout", "dimse_timeout", "network_timeout"):
-            setattr(ae, timeout, self.endpoint.timeout_s)
+        ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         for sop_class in classes[:127]:  # 128 presentation contexts at most, one taken by C-GET
             ae.add_requested_context(sop_class, list(transfer_syntaxes))

@@ -9,13 +9,13 @@ anatomique » (JDV_RegionAnatomique_CISIS)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from lxml import etree
 
 from opensegur.content.cda import CdaHeader, Identifier, parse_cda
 from opensegur.documents.metadata import Coded
+from opensegur.imaging.uids import is_uid
 
 __all__ = ["IMAGING_REPORT_CODE", "ImagingReport", "ImagingReportError", "read_imaging_report"]
 
@@ -24,7 +24,6 @@ _NS = {"hl7": "urn:hl7-org:v3", "ps3-20": "urn:dicom-org:ps3-20"}
 _DCM = "1.2.840.10008.2.16.4"
 _MODALITY_QUALIFIER = "121139"
 _REGION_QUALIFIER = "39111-0"
-_DICOM_UID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 
 
 class ImagingReportError(Exception):
@@ -67,7 +66,7 @@ def imaging_facts(root: etree._Element, header: CdaHeader) -> ImagingReport:
     event = root.find("hl7:documentationOf/hl7:serviceEvent", _NS)
     study = event.find("hl7:id", _NS) if event is not None else None
     uid = study.get("root", "") if study is not None else ""
-    if not _DICOM_UID.match(uid) or len(uid) > 64:
+    if not is_uid(uid):
         raise ImagingReportError(
             "Identifiant de l'examen absent ou invalide : documentationOf/serviceEvent/id/@root doit porter le "
             "Study Instance UID DICOM (64 caractères au plus)"

@@ -8,16 +8,16 @@ gives each part the transfer syntax it is encoded in."""
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Iterable, Iterator
 
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from opensegur.imaging.uids import is_uid
+
 __all__ = ["NotAcceptable", "accepted_transfer_syntaxes", "multipart_dicom"]
 
 _DICOM = "application/dicom"
-_UID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 
 
 class NotAcceptable(Exception):
@@ -66,7 +66,7 @@ def accepted_transfer_syntaxes(accept: str | None) -> list[str]:
             continue
         syntax = params.get("transfer-syntax", ExplicitVRLittleEndian)
         # Only a transfer syntax DICOM defines can be negotiated with the PACS.
-        if q <= 0 or not (syntax == "*" or (_UID.match(syntax) and UID(syntax).is_transfer_syntax)):
+        if q <= 0 or not (syntax == "*" or (is_uid(syntax) and UID(syntax).is_transfer_syntax)):
             continue
         wanted.append((q, order, ExplicitVRLittleEndian if syntax == "*" else syntax))
     if not accept:

@@ -13,13 +13,13 @@ from fastapi.responses import Response, StreamingResponse
 
 from opensegur.flows.drimbox_ports import IntrospectionUnavailable, PacsError
 from opensegur.flows.drimbox_serving import ServedSeries, covering_manifest
+from opensegur.imaging.uids import UID_MAX, UID_PATTERN
 from opensegur.imaging.wado import NotAcceptable, accepted_transfer_syntaxes, multipart_dicom
 from opensegur.security import audit
 from opensegur.web.deps import Drimbox, Rt, WebRuntime, public
 
 router = APIRouter(tags=["DRIMbox"])
 
-_UID = r"^[0-2](\.(0|[1-9][0-9]*))+$"
 Peer = Annotated[
     None,
     Depends(
@@ -54,8 +54,8 @@ async def retrieve_series(
     _: Peer,
     rt: Rt,
     drimbox: Drimbox,
-    study: Annotated[str, Path(pattern=_UID, max_length=64)],
-    series: Annotated[str, Path(pattern=_UID, max_length=64)],
+    study: Annotated[str, Path(pattern=UID_PATTERN, max_length=UID_MAX)],
+    series: Annotated[str, Path(pattern=UID_PATTERN, max_length=UID_MAX)],
     kos: Annotated[str, Header(alias="KOS-SOPInstanceUID", max_length=64)] = "",
     accept: Annotated[str | None, Header(max_length=4000)] = None,
     authorization: Annotated[str, Header(max_length=8000)] = "",
