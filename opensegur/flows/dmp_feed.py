@@ -27,6 +27,7 @@ from opensegur.content.validation import CdaValidator, Finding
 from opensegur.content.validation import Source as FindingSource
 from opensegur.content.xds_metadata import MetadataError, document_metadata
 from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
+from opensegur.flows.dmp_consult import patient_cx
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError, ExchangeRecord
 from opensegur.flows.identity_feed import find_or_create_from_pid, resolve_site
 from opensegur.flows.identity_gate import JOB_PROCESS
@@ -315,7 +316,7 @@ def _finding(source: FindingSource, code: str, message: str, location: str = "")
 
 def patient_cx_of(doc: Document) -> str:
     """The DMP's patient identifier of a document: its INS as a CX."""
-    return f"{doc.ins_matricule}^^^&{doc.ins_oid}&ISO^NH"
+    return patient_cx(doc.ins_matricule or "", doc.ins_oid or "")
 
 
 def process_document(ctx: ProcessContext, document_id: int) -> str:

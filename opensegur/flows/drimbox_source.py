@@ -37,6 +37,7 @@ from opensegur.imaging.xdsi import ExamMismatch, check_exam, kos_metadata
 from opensegur.store import jobs
 from opensegur.store.db import Database
 from opensegur.store.models import Delivery, Document, ImagingManifest, Job, Payload, utcnow
+from opensegur.transactions.xdm import cx_identifier
 
 __all__ = [
     "JOB_DRIMBOX_PUBLISH",
@@ -131,7 +132,14 @@ def _load(db: Database, document_id: int) -> _Report:
 def _ipp(entry: DocumentMetadata) -> str | None:
     """The producer's patient number, from the entry's sourcePatientId when it is an IPP (…^PI)."""
     cx = entry.source_patient_id or ""
-    return cx.split("^", 1)[0] if cx.endswith("^PI") else None
+    return cx_identifier(cx)[0] if cx.endswith("^PI") else None
+
+
+def _site_and_patient(db: Database, document_id: int) -> tuple[dict[str, Any], str]:
+    """What a DMP call about the report's manifests needs: the site and the patient, not the report's content."""
+    with db.session() as s:
+        doc = s.get_one(Document, document_id)
+        return structure_info(s, doc.structure_id), patient_cx_of(doc)
 
 
 async def publish(source: DrimboxSource, document_id: int, attempt: int, now: datetime) -> dict[str, Any]:
@@ -229,13 +237,13 @@ def _previous(db: Database, report: _Report, study_uid: str, ids: KosIds) -> str
 async def withdraw(source: DrimboxSource, document_id: int) -> dict[str, Any]:
     """The manifests of a report the DMP no longer holds are deleted from it too (ITI-57, as the feed deletes):
     an exam whose report is gone is not offered to other DRIMboxes."""
-    report = await asyncio.to_thread(_load, source.db, document_id)
+    structure, patient_cx = await asyncio.to_thread(_site_and_patient, source.db, document_id)
     sops = await asyncio.to_thread(_published_for, source.db, document_id)
     for sop in sops:
         try:
-            target = await source.dmp.find(report.structure, report.patient_cx, sop)
+            target = await source.dmp.find(structure, patient_cx, sop)
             if target is not None:
-                await source.dmp.delete(report.structure, target)
+                await source.dmp.delete(structure, target)
         except DmpUnavailableError as exc:
             raise RetryableError(str(exc)) from exc
         except DmpRejectedError as exc:
