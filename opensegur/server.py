@@ -623,9 +623,7 @@ class Platform:
         source = DrimboxSource(self.db, pacs, dmp, s.drimbox_wado_url, s.oid_root)
         handlers.update(make_drimbox_handlers(source))
         psc = endpoints.get("psc") or {}
-        url = s.drimbox_psc_introspection_url or (
-            f"{psc['issuer']}/protocol/openid-connect/token/introspect" if psc else None
-        )
+        url = s.drimbox_psc_introspection_url or psc.get("introspection")
         client_id = s.drimbox_psc_client_id or psc.get("client_id")
         secret = s.drimbox_psc_client_secret.get_secret_value() if s.drimbox_psc_client_secret else None
         secret = secret or psc.get("client_secret")

@@ -374,6 +374,7 @@ class PscSandbox:
         return {
             "issuer": self.issuer,
             "discovery": f"{self.issuer}/.well-known/openid-configuration",
+            "introspection": self.metadata()["introspection_endpoint"],
             "client_id": self.client_id,
             "client_secret": self.client_secret,
             "users": [
