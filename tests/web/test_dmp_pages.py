@@ -43,6 +43,7 @@ from opensegur.store import jobs
 from opensegur.store.models import Account, AuditEvent, Document, Job, Patient
 from opensegur.web.app import create_app
 from opensegur.web.deps import get_directory, get_dmp
+from opensegur.web.documents import dtm_fr
 from tests.actors import act_as
 from tests.annuaire.conftest import BASE as ANNUAIRE
 from tests.annuaire.conftest import sandbox_app
@@ -219,10 +220,8 @@ async def test_a_doctor_sees_the_status_and_two_years_of_documents_and_can_widen
     assert 'id="derniere-consultation"' in whole.text and ">Nouveau<" not in whole.text
     # Listed by the act's date, the one the search bounds; put online last week, which the row says too.
     tardif = _text(whole).split("CR tardif")[0].rsplit("<tr", 1)[1]
-    act, online = (
-        dt.datetime.strptime(d[:8], "%Y%m%d").strftime("%d/%m/%Y")
-        for d in (late.service_start_time, late.creation_time)
-    )
+    # The days as the page shows them: in Paris, which is the next day for an hour or two after 22:00 UTC.
+    act, online = (dtm_fr(d).split(" ")[0] for d in (late.service_start_time, late.creation_time))
     assert "Date de l'acte" in _text(whole) and act in tardif and f"mis en ligne le {online}" in tardif
     # A document added after the last visit is marked for this doctor.
     await _feed(sandbox, pki, p, CR_BIO_N3.read_bytes(), _recent(-1), "CR arrivé depuis")
