@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     drimbox_psc_introspection_url: str | None = None
     drimbox_psc_client_id: str | None = None
     drimbox_psc_client_secret: SecretStr | None = None
+    # DRIMbox consumer: where the exams retrieved from other hospitals' DRIMboxes are kept (default: imagerie/ in
+    # the data directory), how much of them, and how long after they were last looked at.
+    drimbox_cache_dir: Path | None = None
+    drimbox_cache_max_mb: int = Field(default=20_000, ge=10)
+    drimbox_cache_days: float = Field(default=14.0, gt=0)
+    drimbox_remote_timeout_s: float = 60.0
     # Login sessions: idle and absolute expiry; cookies marked Secure when the platform is reached over HTTPS.
     session_idle_s: int = 30 * 60
     session_absolute_s: int = 12 * 3600

@@ -17,6 +17,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ from opensegur.connectors.dmp_client import (
 )
 from opensegur.connectors.dpi_mllp import MllpDpiSender
 from opensegur.connectors.dpi_zam import MllpZamSender
+from opensegur.connectors.drimbox_client import DrimboxClient
 from opensegur.connectors.insi_client import InsiClient, InsiUnavailable
 from opensegur.connectors.pacs import PacsClient, PacsEndpoint
 from opensegur.connectors.psc_introspection import TokenIntrospector
@@ -50,6 +52,8 @@ from opensegur.flows.dmp_feed import (
     make_zam_handler,
 )
 from opensegur.flows.dmp_prefetch import JOB_DMP_PREFETCH, make_prefetch_handler
+from opensegur.flows.drimbox_cache import ImageCache
+from opensegur.flows.drimbox_consumer import DrimboxConsumer
 from opensegur.flows.drimbox_serving import DrimboxServing
 from opensegur.flows.drimbox_source import DrimboxSource, request_manifest
 from opensegur.flows.drimbox_source import make_handlers as make_drimbox_handlers
@@ -189,6 +193,7 @@ class Runtime:
     hospital: HospitalConfig | None = None  # the configuration directory in force (replaced on reload)
     dmp_consult: DmpConsultPort | None = None  # None: no DMP configured, the DMP tab says so
     drimbox: DrimboxServing | None = None  # None: no PACS, no images served to other DRIMboxes
+    drimbox_consumer: DrimboxConsumer | None = None  # None: no DMP, no exams of other hospitals to retrieve
 
 
 SANDBOX_MSS_PASSWORD = "bac-a-sable-mssante"  # every sandbox mailbox's password (login: its address)
@@ -274,6 +279,7 @@ class Platform:
         self._dmp_client: DmpClient | None = None
         self._drimbox: DrimboxServing | None = None
         self._introspector: TokenIntrospector | None = None
+        self._consumer: DrimboxConsumer | None = None
         self._warm: asyncio.Task[None] | None = None
         self._validator: CdaValidator | None = None
         self._annuaire_client: AnnuaireClient | None = None
@@ -383,6 +389,16 @@ class Platform:
             handlers[JOB_DELIVER] = make_deliver_handler(
                 self.db, self._dmp_client, self._wire_drimbox(self._dmp_client, handlers, endpoints)
             )
+            self._consumer = DrimboxConsumer(
+                self._dmp_client,
+                DrimboxClient(timeout=s.drimbox_remote_timeout_s),
+                ImageCache(
+                    self.db,
+                    s.drimbox_cache_dir or s.data_dir / "imagerie",
+                    max_bytes=s.drimbox_cache_max_mb * 1024 * 1024,
+                    max_age=timedelta(days=s.drimbox_cache_days),
+                ),
+            )
         else:
             log.warning("no DMP endpoint configured: documents are validated but not delivered")
         self._wire_annuaire(endpoints)
@@ -412,6 +428,7 @@ class Platform:
             hospital=hospital,
             dmp_consult=self._dmp_client,
             drimbox=self._drimbox,
+            drimbox_consumer=self._consumer,
         )
         await workers.start()
         if not listen:
@@ -801,6 +818,8 @@ class Platform:
             await self._dmp_client.aclose()
         if self._introspector is not None:
             await self._introspector.aclose()
+        if self._consumer is not None:
+            await self._consumer.aclose()
         if self._warm is not None:
             await asyncio.gather(self._warm, return_exceptions=True)
         if self._validator is not None:

@@ -320,12 +320,14 @@ class DmpClient:
         since: datetime | None,
         until: datetime | None = None,
         type_codes: Sequence[Coded] | None = None,
+        event_codes: Sequence[Coded] | None = None,
         with_deprecated: bool = False,
     ) -> list[DocumentMetadata]:
         body = xds.build_find_documents(
             patient_cx,
             (xds.STATUS_APPROVED, xds.STATUS_DEPRECATED) if with_deprecated else (xds.STATUS_APPROVED,),
             type_codes=type_codes,
+            event_codes=event_codes,
             # PDSM4DMP: the first search is bounded on the acts' date (serviceStartTime), not on the documents'.
             service_start_time_from=since.strftime("%Y%m%d%H%M%S") if since else None,
             service_start_time_to=until.strftime("%Y%m%d%H%M%S") if until else None,

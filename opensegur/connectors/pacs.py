@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -28,6 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from opensegur.flows.drimbox_ports import PacsError, PacsQueryError, PacsUnavailable, RetrievedInstance
+from opensegur.imaging.wado import AS_STORED
 
 __all__ = ["PacsClient", "PacsEndpoint"]
 
@@ -180,8 +181,8 @@ class PacsClient:
 
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        for sop_class in classes[:127]:  # 128 presentation contexts at most, one taken by C-GET
-            ae.add_requested_context(sop_class, list(transfer_syntaxes))
+        for sop_class, syntaxes in storage_contexts(classes, transfer_syntaxes):
+            ae.add_requested_context(sop_class, syntaxes)
         roles: list[Any] = [build_role(sop_class, scp_role=True) for sop_class in classes[:127]]
         assoc = ae.associate(
             self.endpoint.host,
@@ -230,6 +231,19 @@ class PacsClient:
             # After an abort, pynetdicom's C-GET loop still waits out its DIMSE timeout: the thread is left to
             # end on its own, it holds nothing the caller reads.
             worker.join(timeout=1.0)
+
+
+def storage_contexts(classes: list[str], transfer_syntaxes: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """The presentation contexts that receive the series (127 at most: 128 in all, one taken by the C-GET). The
+    acceptor picks one transfer syntax per context; for AS_STORED each syntax gets a context of its own, so that
+    the PACS finds among the accepted ones the syntax the instance is stored in and sends it untouched."""
+    named = [s for s in transfer_syntaxes if s != AS_STORED]
+    if AS_STORED in transfer_syntaxes:
+        every = named + [s for s in ALL_TRANSFER_SYNTAXES if s not in named]
+        if len(classes) * len(every) <= 127:
+            return [(c, [s]) for c in classes for s in every]
+        named = every
+    return [(c, named) for c in classes[:127]]
 
 
 def _query(level: str, *, keys: tuple[str, ...], **unique: str) -> Dataset:

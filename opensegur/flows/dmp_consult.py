@@ -139,6 +139,7 @@ class DmpConsultPort(Protocol):
         since: datetime | None,
         until: datetime | None = None,
         type_codes: Sequence[Coded] | None = None,
+        event_codes: Sequence[Coded] | None = None,
         with_deprecated: bool = False,
     ) -> list[DocumentMetadata]: ...
 

@@ -1,13 +1,16 @@
-"""What the DRIMbox flows need of the outside, as small interfaces: the PACS (DIMSE) and Pro Santé Connect's
-token introspection; with the PACS's two ways of failing. The connectors implement them."""
+"""What the DRIMbox flows need of the outside, as small interfaces: the PACS (DIMSE), Pro Santé Connect's token
+introspection and the DRIMboxes of other hospitals (WADO-RS); with their ways of failing. The connectors
+implement them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from pydicom.dataset import Dataset
+
+from opensegur.imaging.wado import Part
 
 __all__ = [
     "IntrospectionPort",
@@ -16,6 +19,9 @@ __all__ = [
     "PacsPort",
     "PacsQueryError",
     "PacsUnavailable",
+    "RemoteDrimboxPort",
+    "RemoteRefused",
+    "RemoteUnavailable",
     "RetrievedInstance",
 ]
 
@@ -60,3 +66,24 @@ class IntrospectionPort(Protocol):
     async def subject(self, token: str) -> str | None:
         """The professional (``sub``) of an active Pro Santé Connect token, else None."""
         ...
+
+
+class RemoteUnavailable(Exception):
+    """The other DRIMbox did not answer, failed, or stopped mid-transfer: retry later."""
+
+
+class RemoteRefused(Exception):
+    """The other DRIMbox refused the request (token, manifest, series): asking again will not help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RemoteDrimboxPort(Protocol):
+    def retrieve_series(self, url: str, token: str, kos_sop_instance_uid: str) -> AsyncGenerator[Part, None]:
+        """The instances of the series at ``url`` as they arrive, in the transfer syntax the source stores them
+        in. Raises RemoteUnavailable or RemoteRefused, the former also after some parts were handed over."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -399,6 +400,29 @@ class ImagingManifest(Base):
     entry_uuid: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="published")  # published, replaced, withdrawn
     published_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ImagingFetch(Base):
+    """An exam of another hospital this DRIMbox's consumer retrieved, or is retrieving, into its image cache: one
+    per KOS manifest. Its status follows ``flows.drimbox_cache.FETCH_TRANSITIONS``; only a complete one is shown."""
+
+    __tablename__ = "imaging_fetch"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    kos_sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)  # the manifest's DMP uniqueId
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    source: Mapped[str | None] = mapped_column(String(200))  # the source DRIMbox's host
+    status: Mapped[str] = mapped_column(String(16))
+    instances_expected: Mapped[int] = mapped_column(Integer, default=0)
+    instances_done: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(String(500))
+    requested_by: Mapped[str] = mapped_column(String(100))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)  # the retrieval's last progress
+    completed_at: Mapped[datetime | None] = mapped_column()
+    last_access_at: Mapped[datetime] = mapped_column(default=utcnow)  # last looked at: the purge's order
 
 
 class DmpListing(Base):

@@ -10,9 +10,10 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from opensegur.connectors.pacs import PacsClient
+from opensegur.connectors.pacs import PacsClient, storage_contexts
 from opensegur.flows.drimbox_ports import PacsUnavailable
 from opensegur.imaging.study import study_from_matches
+from opensegur.imaging.wado import AS_STORED
 from tests.pacs import mr_image, orthanc
 
 pytestmark = pytest.mark.requirement("IMG-DRIMBOX-SOURCE")
@@ -93,3 +94,17 @@ def test_a_series_is_retrieved_instance_by_instance_in_an_offered_transfer_synta
         assert next(partial).data[128:132] == b"DICM"
         partial.close()
         assert len(list(client.retrieve_series(STUDY, series, [ImplicitVRLittleEndian]))) == 5
+
+
+def test_as_stored_gives_each_transfer_syntax_a_context_so_the_pacs_need_not_transcode() -> None:
+    mr = "1.2.840.10008.5.1.4.1.1.4"
+    contexts = storage_contexts([mr], [AS_STORED])
+    assert all(len(syntaxes) == 1 for _cls, syntaxes in contexts) and len(contexts) > 10
+    assert (mr, ["1.2.840.10008.1.2.4.50"]) in contexts and (mr, [ExplicitVRLittleEndian]) in contexts
+    # A named syntax keeps its rank; too many classes for one context per syntax share one each.
+    named = storage_contexts([mr], [ImplicitVRLittleEndian, AS_STORED])
+    assert named[0] == (mr, [ImplicitVRLittleEndian])
+    classes = [f"1.2.840.10008.5.1.4.1.1.{n}" for n in range(20)]
+    shared = storage_contexts(classes, [AS_STORED])
+    assert len(shared) == 20 and all(len(syntaxes) > 10 for _cls, syntaxes in shared)
+    assert storage_contexts([mr], [ExplicitVRLittleEndian]) == [(mr, [ExplicitVRLittleEndian])]

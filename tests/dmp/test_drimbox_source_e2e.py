@@ -3,122 +3,40 @@
 
 from __future__ import annotations
 
-import contextlib
 import email.parser
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pydicom
 import pytest
 from sqlalchemy import select
 
-from opensegur.flows.drimbox_source import JOB_DRIMBOX_PUBLISH
-from opensegur.imaging.report import read_imaging_report
-from opensegur.server import Runtime
-from opensegur.store.models import AuditEvent, ImagingManifest, Job
+from opensegur.store.models import AuditEvent, ImagingManifest
 from tests.dmp import helpers
-from tests.dmp.helpers import (
-    INS,
-    MDM_EXAMPLES,
-    cda_of,
-    inspect,
-    mdm,
-    new_number,
-    running_platform,
-    send_raw,
-    wait_for,
-)
+from tests.dmp.drimbox_sites import drimbox_site, exam, job_of, manifests
+from tests.dmp.helpers import inspect, mdm, new_number, send_raw, wait_for
 from tests.imaging.helpers import ANS_ACCEPT
-from tests.pacs import Pacs, mr_image, orthanc
 from tests.psc_tokens import psc_access_token
 
 pytestmark = pytest.mark.requirement("IMG-DRIMBOX-SOURCE")
 schematron_cache = helpers.schematron_cache
-WADO = "https://drimbox.chu-x.test/dicom-web"
-
-
-def _exam() -> tuple[str, str]:
-    """The study and accession number of the ANS MDM example's CR d'imagerie."""
-    report = read_imaging_report(cda_of(MDM_EXAMPLES["initial"].read_bytes()))
-    assert report.accession is not None and report.accession.extension
-    return report.study_instance_uid, report.accession.extension
-
-
-def _store_exam(pacs: Pacs, patient_id: str, accession: str) -> None:
-    study, _ = _exam()
-    pacs.store(
-        *(
-            mr_image(
-                study=study,
-                series=f"{study}.{s}",
-                sop=f"{study}.{s}.{i}",
-                patient_id=patient_id,
-                accession=accession,
-                series_number=s,
-                instance_number=i,
-            )
-            for s in (1, 2)
-            for i in (1, 2)
-        )
-    )
-
-
-def _settings(pacs: Pacs) -> dict[str, Any]:
-    return {
-        "pacs_host": pacs.endpoint.host,
-        "pacs_port": pacs.endpoint.port,
-        "pacs_aet": pacs.endpoint.called_aet,
-        "drimbox_aet": pacs.endpoint.calling_aet,
-        "drimbox_wado_url": WADO,
-    }
-
-
-def _job(rt: Runtime, kind: str = JOB_DRIMBOX_PUBLISH) -> Job | None:
-    """The latest job of ``kind``."""
-    with rt.db.session() as s:
-        job = s.scalar(select(Job).where(Job.kind == kind).order_by(Job.id.desc()).limit(1))
-        if job is not None:
-            s.expunge(job)
-        return job
-
-
-def _manifests(rt: Runtime) -> list[tuple[str, str]]:
-    with rt.db.session() as s:
-        return [
-            (m.sop_instance_uid, m.status)
-            for m in s.scalars(select(ImagingManifest).order_by(ImagingManifest.id))
-        ]
-
-
-@contextlib.asynccontextmanager
-async def _drimbox(
-    tmp_path: Path, schematron_cache: Path, patient_id: str = INS
-) -> AsyncIterator[tuple[Runtime, str]]:
-    """A platform with a DRIMbox source on a PACS holding the ANS example's exam (two MR series of two images)
-    under ``patient_id``; the platform and the exam's study UID."""
-    study, accession = _exam()
-    with orthanc(tmp_path / "pacs") as pacs:
-        _store_exam(pacs, patient_id, accession)
-        async with running_platform(tmp_path / "platform", schematron_cache, **_settings(pacs)) as (rt, _dpi):
-            yield rt, study
 
 
 async def test_an_imaging_report_from_the_ris_publishes_its_manifest(
     tmp_path: Path, schematron_cache: Path
 ) -> None:
-    async with _drimbox(tmp_path, schematron_cache) as (rt, study):
+    study, _ = exam()
+    async with drimbox_site(tmp_path, schematron_cache) as (rt, _pacs):
         number = new_number()
         assert (await send_raw(rt, mdm("initial", number))).code == "AA"
 
         async def published() -> bool:
-            job = _job(rt)
+            job = job_of(rt)
             return job is not None and job.status == "done"
 
         await wait_for(published)
-        job = _job(rt)
+        job = job_of(rt)
         assert job is not None and job.result["series"] == 2 and job.result["instances"] == 4
         with rt.db.session() as s:
             manifest = s.scalars(select(ImagingManifest)).one()
@@ -134,10 +52,10 @@ async def test_an_imaging_report_from_the_ris_publishes_its_manifest(
         assert (await send_raw(rt, mdm("replacement", corrected, parent=number))).code == "AA"
 
         async def two() -> bool:
-            return len(_manifests(rt)) == 2 and _manifests(rt)[1][1] == "published"
+            return len(manifests(rt)) == 2 and manifests(rt)[1][1] == "published"
 
         await wait_for(two)
-        (_, old_status), (second, _) = _manifests(rt)
+        (_, old_status), (second, _) = manifests(rt)
         assert old_status == "replaced"
         statuses = {
             e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
@@ -148,7 +66,7 @@ async def test_an_imaging_report_from_the_ris_publishes_its_manifest(
         assert (await send_raw(rt, mdm("deletion", corrected, parent=number))).code == "AA"
 
         async def withdrawn() -> bool:
-            return _manifests(rt)[1][1] == "withdrawn"
+            return manifests(rt)[1][1] == "withdrawn"
 
         await wait_for(withdrawn)
         statuses = {
@@ -160,15 +78,15 @@ async def test_an_imaging_report_from_the_ris_publishes_its_manifest(
 async def test_images_of_another_patient_keep_the_manifest_back(
     tmp_path: Path, schematron_cache: Path
 ) -> None:
-    async with _drimbox(tmp_path, schematron_cache, "IPP-AUTRE") as (rt, _study):
+    async with drimbox_site(tmp_path, schematron_cache, "IPP-AUTRE") as (rt, _pacs):
         assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
 
         async def ended() -> bool:
-            job = _job(rt)
+            job = job_of(rt)
             return job is not None and job.status == "dead"
 
         await wait_for(ended)
-        job = _job(rt)
+        job = job_of(rt)
         assert job is not None and "n'est pas celui du compte rendu" in (job.last_error or "")
         assert not [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
 
@@ -176,14 +94,15 @@ async def test_images_of_another_patient_keep_the_manifest_back(
 async def test_another_drimbox_retrieves_a_published_series_with_a_psc_token(
     tmp_path: Path, schematron_cache: Path
 ) -> None:
-    async with _drimbox(tmp_path, schematron_cache) as (rt, study):
+    study, _ = exam()
+    async with drimbox_site(tmp_path, schematron_cache) as (rt, _pacs):
         assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
 
         async def published() -> bool:
-            return bool(_manifests(rt)) and _manifests(rt)[0][1] == "published"
+            return bool(manifests(rt)) and manifests(rt)[0][1] == "published"
 
         await wait_for(published)
-        [(kos, _status)] = _manifests(rt)
+        [(kos, _status)] = manifests(rt)
         token = await psc_access_token(rt.endpoints["psc"])
         base = f"http://127.0.0.1:{rt.http_port}/dicom-web/studies/{study}/series"
         headers = {"Authorization": f"Bearer {token}", "KOS-SOPInstanceUID": kos, "Accept": ANS_ACCEPT}

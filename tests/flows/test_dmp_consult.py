@@ -42,10 +42,13 @@ class _Port:
         since: datetime | None,
         until: datetime | None = None,
         type_codes: Sequence[Coded] | None = None,
+        event_codes: Sequence[Coded] | None = None,
         with_deprecated: bool = False,
     ) -> list[DocumentMetadata]:
         self.searches.append(since)
-        self.asked.append({"until": until, "types": type_codes, "deprecated": with_deprecated})
+        self.asked.append(
+            {"until": until, "types": type_codes, "events": event_codes, "deprecated": with_deprecated}
+        )
         return self.docs
 
     async def get_document(

@@ -1,0 +1,72 @@
+"""The DRIMboxes of other hospitals, as this DRIMbox's consumer asks them for a series (WADO-RS, DRIM-M): the
+professional's Pro Santé Connect token as bearer, the manifest in ``KOS-SOPInstanceUID``, the instances in the
+transfer syntax the source stores them in, read one at a time as they stream in."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import httpx
+
+from opensegur.flows.drimbox_ports import RemoteRefused, RemoteUnavailable
+from opensegur.imaging.wado import AS_STORED, MalformedMultipart, MultipartReader, Part
+
+__all__ = ["DrimboxClient"]
+
+ACCEPT = f'multipart/related; type="application/dicom"; transfer-syntax={AS_STORED}'
+MAX_INSTANCE = 2 * 1024 * 1024 * 1024  # a multi-frame instance may be large; beyond, a source is misbehaving
+
+
+class DrimboxClient:
+    def __init__(
+        self,
+        *,
+        timeout: float = 60.0,
+        verify: bool | str = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        # One client, its connections kept: a study is several series from the same source.
+        self._http = httpx.AsyncClient(timeout=timeout, verify=verify, transport=transport)
+
+    async def retrieve_series(
+        self, url: str, token: str, kos_sop_instance_uid: str
+    ) -> AsyncGenerator[Part, None]:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "KOS-SOPInstanceUID": kos_sop_instance_uid,
+            "Accept": ACCEPT,
+        }
+        try:
+            async with self._http.stream("GET", url, headers=headers) as response:
+                if response.status_code >= 500 or response.status_code == 429:
+                    raise RemoteUnavailable(f"DRIMbox distant : HTTP {response.status_code}")
+                if response.status_code != 200:
+                    await response.aread()
+                    raise RemoteRefused(response.status_code, _reason(response))
+                try:
+                    reader = MultipartReader(response.headers.get("content-type", ""), max_part=MAX_INSTANCE)
+                except MalformedMultipart as exc:
+                    raise RemoteRefused(response.status_code, str(exc)) from exc
+                async for chunk in response.aiter_bytes():
+                    for part in reader.feed(chunk):
+                        yield part
+                reader.close()
+        except MalformedMultipart as exc:
+            raise RemoteUnavailable(f"DRIMbox distant : {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise RemoteUnavailable(
+                f"DRIMbox distant injoignable ou interrompu ({type(exc).__name__})"
+            ) from exc
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _reason(response: httpx.Response) -> str:
+    """The source's French reason (FastAPI's ``detail``), else the status."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    said = f" : {detail}" if isinstance(detail, str) else ""
+    return f"DRIMbox distant : refus HTTP {response.status_code}{said[:300]}"

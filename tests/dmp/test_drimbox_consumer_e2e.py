@@ -1,0 +1,179 @@
+"""Two hospitals side by side, sharing the sandbox DMP: site A's RIS sends an imaging report, its DRIMbox
+publishes the manifest; site B's DRIMbox consumer finds the exam in the DMP, retrieves the manifest and brings
+every instance from site A's DRIMbox over WADO-RS with a professional's Pro Santé Connect token — each instance
+with the very pixel data site A's PACS holds, a JPEG one still JPEG."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from opensegur.documents.metadata import Coded
+from opensegur.flows.dmp_consult import Consulter, patient_cx
+from opensegur.flows.drimbox_cache import FetchStatus, FetchView
+from opensegur.flows.drimbox_consumer import (
+    DrimboxConsumer,
+    FetchRefused,
+    ImagingSearch,
+    PatientRef,
+    find_exams,
+)
+from opensegur.security.pki import ensure_test_pki
+from opensegur.server import Runtime
+from opensegur.store.models import Patient, Structure
+from tests.dmp import helpers
+from tests.dmp.drimbox_sites import drimbox_site, exam, exam_images, manifests
+from tests.dmp.helpers import INS, mdm, new_number, running_platform, send_raw, wait_for
+from tests.psc_tokens import psc_access_token
+
+pytestmark = pytest.mark.requirement("IMG-DRIMBOX-CONSUMER")
+schematron_cache = helpers.schematron_cache
+
+INS_OID = "1.2.250.1.213.1.4.10"
+DOCTOR = Consulter(
+    "10000000017",
+    "Dr Test",
+    (Coded("10", "1.2.250.1.71.1.2.7", "Médecin"), Coded("SM44", "1.2.250.1.71.4.2.5", "Radio-diagnostic")),
+    "1750000028",
+)
+
+
+def _jpeg_instance(accession: str) -> Dataset:
+    """pydicom's JPEG baseline test image, made one more series of the exam: Orthanc keeps it JPEG."""
+    path = get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")
+    assert path is not None
+    ds = pydicom.dcmread(path)
+    study, _ = exam()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, f"{study}.3"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{study}.3.1"
+    ds.PatientID, ds.AccessionNumber, ds.Modality, ds.SeriesNumber = INS, accession, "MR", 3
+    return ds
+
+
+def _site_b_settings(a: Runtime) -> dict[str, object]:
+    """Site B reaches the DMP of site A's sandbox, as both reach the national DMP."""
+    dmp = a.endpoints["dmp"]
+    pki = ensure_test_pki(a.settings.data_dir / "sandbox" / "pki")
+    return {
+        "dmp_iti41_url": dmp["iti41"],
+        "dmp_iti18_url": dmp["iti18"],
+        "dmp_iti57_url": dmp["iti57"],
+        "dmp_iti43_url": dmp["iti43"],
+        "dmp_td02_url": dmp["td02"],
+        "dmp_signing_cert": str(pki.signing_cert),
+        "dmp_signing_key": str(pki.signing_key),
+    }
+
+
+def _local_patient(b: Runtime, ins: str = INS) -> PatientRef:
+    """Site B knows the patient by the same qualified INS."""
+    with b.db.session() as s:
+        structure = s.query(Structure).first()
+        assert structure is not None
+        p = Patient(
+            structure_id=structure.id,
+            ins_matricule=ins,
+            ins_oid=INS_OID,
+            birth_name="PAT-TROIS",
+            first_names="DOMINIQUE",
+            sex="F",
+            status="QUAL",
+        )
+        s.add(p)
+        s.flush()
+        return PatientRef(p.id, ins, patient_cx(ins, INS_OID))
+
+
+@contextlib.asynccontextmanager
+async def _two_sites(
+    tmp_path: Path, schematron_cache: Path
+) -> AsyncIterator[tuple[Runtime, Runtime, Dataset]]:
+    """Site A with its published manifest (two MR series and a JPEG one), and site B."""
+    _study, accession = exam()
+    jpeg = _jpeg_instance(accession)
+    async with drimbox_site(tmp_path / "a", schematron_cache, more=[jpeg]) as (a, _pacs):
+        assert (await send_raw(a, mdm("initial", new_number()))).code == "AA"
+
+        async def published() -> bool:
+            return bool(manifests(a)) and manifests(a)[0][1] == "published"
+
+        await wait_for(published)
+        async with running_platform(tmp_path / "b", schematron_cache, **_site_b_settings(a)) as (b, _dpi):
+            yield a, b, jpeg
+
+
+async def _retrieved(consumer: DrimboxConsumer, view: FetchView) -> FetchView:
+    async def ended() -> bool:
+        now = consumer.cache.get(view.id)
+        return now is not None and now.status != FetchStatus.FETCHING
+
+    await wait_for(ended)
+    ended_view = consumer.cache.get(view.id)
+    assert ended_view is not None
+    return ended_view
+
+
+async def test_site_b_retrieves_site_a_exam_with_the_pixel_data_of_site_a_pacs(
+    tmp_path: Path, schematron_cache: Path
+) -> None:
+    async with _two_sites(tmp_path, schematron_cache) as (a, b, jpeg):
+        consumer, dmp = b.drimbox_consumer, b.dmp_consult
+        assert consumer is not None and dmp is not None
+        patient = _local_patient(b)
+        [found] = await find_exams(dmp, DOCTOR, patient.cx, ImagingSearch())
+        study, accession = exam()
+        assert (found.study_instance_uid, found.accession) == (study, accession)
+        assert [m.code for m in found.modalities] == ["MR"] and found.kos == manifests(a)[0][0]
+        # The professional's criteria: the modality asked of the DMP, the accession filtered here.
+        assert await find_exams(dmp, DOCTOR, patient.cx, ImagingSearch(modality="CT")) == []
+        assert await find_exams(dmp, DOCTOR, patient.cx, ImagingSearch(accession="AUTRE")) == []
+
+        token = await psc_access_token(a.endpoints["psc"])
+        view = consumer.start(DOCTOR, patient, found.entry, token, "dr.test")
+        assert view.status == FetchStatus.FETCHING
+        done = await _retrieved(consumer, view)
+        assert done.status == FetchStatus.COMPLETE, done.error
+        assert (done.instances_expected, done.instances_done) == (5, 5)
+
+        files = consumer.cache.instances(found.kos)
+        received = {str(d.SOPInstanceUID): d for d in (pydicom.dcmread(f) for f in files)}
+        originals = {str(d.SOPInstanceUID): d for d in [*exam_images(INS, accession), jpeg]}
+        assert received.keys() == originals.keys()
+        for sop, original in originals.items():
+            assert received[sop].PixelData == original.PixelData, sop
+            assert received[sop].file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID, sop
+
+        # Asked again: the exam is in the cache, nothing is retrieved twice.
+        again = consumer.start(DOCTOR, patient, found.entry, token, "dr.test")
+        assert (again.id, again.status) == (view.id, FetchStatus.COMPLETE)
+        # Never under another patient of the site.
+        with pytest.raises(FetchRefused, match="autre patient"):
+            consumer.start(DOCTOR, _local_patient(b, "180012345678965"), found.entry, token, "dr.test")
+
+
+async def test_what_site_b_refuses_to_keep(tmp_path: Path, schematron_cache: Path) -> None:
+    async with _two_sites(tmp_path, schematron_cache) as (a, b, _jpeg):
+        consumer, dmp = b.drimbox_consumer, b.dmp_consult
+        assert consumer is not None and dmp is not None
+        patient = _local_patient(b)
+        [found] = await find_exams(dmp, DOCTOR, patient.cx, ImagingSearch())
+
+        # A token PSC does not know: site A refuses, site B says why and keeps nothing.
+        forged = await _retrieved(consumer, consumer.start(DOCTOR, patient, found.entry, "forged", "dr.test"))
+        assert forged.status == FetchStatus.FAILED and "Pro Santé Connect" in (forged.error or "")
+        assert consumer.cache.instances(found.kos) == []
+
+        # The exam, asked for under another local patient: refused before any image (by the DMP here, which knows
+        # the manifest is not this patient's; by the manifest's INS otherwise, tests/flows/test_drimbox_consumer).
+        other = _local_patient(b, "180012345678965")
+        token = await psc_access_token(a.endpoints["psc"])
+        refused = await _retrieved(consumer, consumer.start(DOCTOR, other, found.entry, token, "dr.test"))
+        assert refused.status == FetchStatus.FAILED and refused.patient_id == other.id
+        assert refused.instances_done == 0
+        assert consumer.cache.instances(found.kos) == []
