@@ -10,19 +10,13 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from functools import partial
-from typing import Annotated, Any, TypeVar
+from typing import Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from opensegur.connectors.annuaire_client import AnnuaireClient
-from opensegur.connectors.dmp_client import vihf_specialty
 from opensegur.content import jdv
 from opensegur.content.cda import CdaError, parse_cda
 from opensegur.content.narrative import EmbeddedFile, attachment, embedded_file, sections
@@ -30,31 +24,31 @@ from opensegur.flows.dmp_author_actions import AUTHOR_ACTIONS, act_as_author
 from opensegur.flows.dmp_consult import (
     CONSENT_LABELS,
     ConsultationRefused,
-    Consulter,
     DmpAccess,
     DmpConsultPort,
-    consulter_for,
-    patient_cx,
-    with_specialty,
 )
-from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
 from opensegur.flows.dmp_listing import KeptList, load_list, save_list
 from opensegur.flows.dmp_search import AlteredDocument, DmpSearch, DmpView, open_dmp, open_document
 from opensegur.flows.dmp_vaccinations import VaccinationRecord, vaccination_record
-from opensegur.security import access, audit
-from opensegur.security.actor import Actor
+from opensegur.security import audit
 from opensegur.security.matrix import Action
-from opensegur.store.models import AuditEvent, Document, Patient
+from opensegur.store.models import Document, Patient
 from opensegur.transactions.xds import RetrievedDocument
 from opensegur.web.deps import (
-    Directory,
-    Dmp,
-    PatientRefused,
     Rt,
     WebRuntime,
-    allow,
     ensure_patient,
-    matrix_of,
+)
+from opensegur.web.dmp_access import (
+    DMP_ERRORS,
+    ISO_DAY,
+    Call,
+    Consultant,
+    Target,
+    audit_dmp,
+    consult,
+    consultation,
+    dmp_error,
 )
 from opensegur.web.documents import dtm_fr
 from opensegur.web.flash import redirect_with_message
@@ -62,9 +56,7 @@ from opensegur.web.safety import DOCUMENT_CSP, attachment_headers
 from opensegur.web.templating import render
 
 router = APIRouter()
-_T = TypeVar("_T")
 
-Consultant = Annotated[Actor, Depends(allow(Action.DMP_CONSULT))]
 # A refusal for the patient's or the account's state (no consent, no qualified INS, no RPPS) is 409: 403 is the
 # matrix's answer, for who the user is.
 # A document from the DMP is the sender's content: shown in a sandboxed frame, never with our scripts or cookies.
@@ -75,160 +67,6 @@ _INERT = {
 }
 
 
-@dataclass
-class _Target:
-    patient: Patient
-    cx: str
-    consulter: Consulter
-    last_visit: datetime | None = None  # this professional's previous consultation of this patient's DMP
-
-
-async def _target(
-    rt: WebRuntime, directory: AnnuaireClient | None, actor: Actor, patient_id: int, path: str, what: str
-) -> _Target:
-    """The patient and the professional for one DMP call, or ConsultationRefused with the French reason (also
-    written in the audit trail)."""
-    target = await asyncio.to_thread(_local_target, rt, actor, patient_id, path, what)
-    detail = _mode_detail(target.consulter.purpose_of_use)
-    try:
-        target.consulter = await with_specialty(target.consulter, partial(vihf_specialty, directory))
-    except ConsultationRefused as exc:
-        await asyncio.to_thread(_audit, rt, actor, patient_id, what, {**detail, "refus": exc.reason})
-        raise
-    await asyncio.to_thread(_audit, rt, actor, patient_id, what, detail)
-    return target
-
-
-def _audit(rt: WebRuntime, actor: Actor, patient_id: int, what: str, detail: dict[str, str]) -> None:
-    with rt.db.session() as s:
-        audit.record(s, actor, what, patient_id, "dmp", detail or None)
-
-
-def _local_target(rt: WebRuntime, actor: Actor, patient_id: int, path: str, what: str) -> _Target:
-    """What the platform's own data decide: access, INS, consent, RPPS, profession, and the access mode — centre 15
-    for a role granted ``dmp.regulation`` on this patient, bris de glace outside the care relationship, else
-    normal. A refusal is audited in the transaction of the access check; a consultation, once the professional's
-    specialty is known too."""
-    with rt.db.session() as s:
-        p = s.get(Patient, patient_id)
-        if p is None:
-            raise HTTPException(404, "Patient inconnu")
-        mode = _mode(s, rt, actor, p.id, path)
-        try:
-            consulter = consulter_for(actor.roles, actor.rpps, actor.display_name, p, mode)
-        except ConsultationRefused as exc:
-            audit.record(s, actor, what, p.id, "dmp", {"refus": exc.reason, **_mode_detail(mode)})
-            refused = exc
-        else:
-            assert p.ins_matricule and p.ins_oid
-            last_visit = _last_visit(s, actor, p.id) if what == "consult_dmp" else None
-            s.expunge(p)
-            return _Target(p, patient_cx(p.ins_matricule, p.ins_oid), consulter, last_visit)
-    # Raised once the transaction committed, so the refusal stays in the audit trail.
-    raise refused
-
-
-def _mode(s: Session, rt: WebRuntime, actor: Actor, patient_id: int, path: str) -> str:
-    """The DMP's access mode of this consultation: centre 15 for a role granted ``dmp.regulation`` on this patient
-    (no care relationship needed), normal within the ``dmp.consult`` scopes, bris de glace when the actor broke
-    the glass on this patient; else PatientRefused (as ``ensure_patient``)."""
-    matrix = matrix_of(rt)
-    regulation = matrix.scopes(actor.assignments, Action.DMP_REGULATION)
-    if regulation and access.patient_allowed(s, regulation, patient_id):
-        return "centre_15"
-    if access.patient_allowed(s, matrix.scopes(actor.assignments, Action.DMP_CONSULT), patient_id):
-        return "normal"
-    if access.glass_broken(s, actor, patient_id, datetime.now(UTC)):
-        return "bris_de_glace"
-    raise PatientRefused(patient_id, Action.DMP_CONSULT, path)
-
-
-def _mode_detail(mode: str) -> dict[str, str]:
-    return {} if mode == "normal" else {"mode": mode}
-
-
-def _last_visit(s: Session, actor: Actor, patient_id: int) -> datetime | None:
-    """When this professional last consulted this DMP, from the audit trail (refusals do not count)."""
-    recent = s.scalars(
-        select(AuditEvent)
-        .where(
-            AuditEvent.action == "consult_dmp",
-            AuditEvent.patient_id == patient_id,
-            AuditEvent.actor == actor.name,
-        )
-        .order_by(AuditEvent.id.desc())
-        .limit(20)
-    )
-    at = next((e.at for e in recent if not (e.detail or {}).get("refus")), None)
-    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
-
-
-_ISO_DAY = r"^(\d{4}-\d{2}-\d{2})?$"
-_NO_DMP = "Aucun DMP n'est configuré sur cette plateforme (dmp_iti18_url, dmp_td02_url)"
-DMP_ERRORS = (DmpRejectedError, DmpUnavailableError)
-
-
-@dataclass(frozen=True)
-class _Call:
-    """What every DMP page needs: the request, the professional, and the platform's DMP and Annuaire Santé."""
-
-    request: Request
-    actor: Actor
-    rt: WebRuntime
-    dmp: DmpConsultPort | None
-    directory: AnnuaireClient | None
-
-
-async def _call(request: Request, actor: Consultant, rt: Rt, dmp: Dmp, directory: Directory) -> _Call:
-    # async: a plain function would be run in the thread pool for nothing
-    return _Call(request, actor, rt, dmp, directory)
-
-
-Call = Annotated[_Call, Depends(_call)]
-
-
-async def _consultation(
-    call: _Call, page: str, ctx: dict[str, Any], what: str
-) -> tuple[_Target, DmpConsultPort] | Response:
-    """The professional and the DMP for one consultation page, or the page that says why there is none (409: the
-    patient's or the account's state; 503: no DMP configured). Fills ``ctx`` with the patient."""
-    try:
-        target = await _target(
-            call.rt, call.directory, call.actor, ctx["patient_id"], call.request.url.path, what
-        )
-    except ConsultationRefused as exc:
-        return render(call.request, page, {**ctx, "refusal": exc.reason}, status_code=409)
-    ctx["p"] = target.patient
-    ctx["mode"] = target.consulter.purpose_of_use
-    if call.dmp is None:
-        return render(call.request, page, {**ctx, "error": _NO_DMP}, status_code=503)
-    return target, call.dmp
-
-
-async def _consult(
-    call: _Call,
-    page: str,
-    ctx: dict[str, Any],
-    what: str,
-    ask: Callable[[_Target, DmpConsultPort], Awaitable[_T]],
-) -> _T | Response:
-    """``ask`` of the DMP for this consultation page, or the page that says why not: refused or unconfigured (as
-    ``_consultation``), or the DMP's refusal or silence (502)."""
-    ready = await _consultation(call, page, ctx, what)
-    if isinstance(ready, Response):
-        return ready
-    try:
-        return await ask(*ready)
-    except DMP_ERRORS as exc:
-        return render(call.request, page, {**ctx, "error": _dmp_error(exc)}, status_code=502)
-
-
-def _dmp_error(exc: Exception) -> str:
-    if isinstance(exc, DmpRejectedError):
-        return f"Le DMP a refusé la demande ({exc.code}) : {exc.message}"
-    return f"Le DMP ne répond pas, réessayez dans un instant ({exc})"
-
-
 @router.get("/identites/{patient_id}/dmp", response_class=HTMLResponse, include_in_schema=False)
 async def page_dmp(
     call: Call,
@@ -237,8 +75,8 @@ async def page_dmp(
     versions: bool = Query(False, description="montrer aussi les versions remplacées"),
     type: str = Query("", max_length=64, description="typeCode (JDV_J07) du document"),
     # Strings: an empty date field of the form arrives as "du=".
-    du: str = Query("", pattern=_ISO_DAY, description="date de l'acte, à partir du (AAAA-MM-JJ)"),
-    au: str = Query("", pattern=_ISO_DAY, description="date de l'acte, jusqu'au (AAAA-MM-JJ)"),
+    du: str = Query("", pattern=ISO_DAY, description="date de l'acte, à partir du (AAAA-MM-JJ)"),
+    au: str = Query("", pattern=ISO_DAY, description="date de l'acte, jusqu'au (AAAA-MM-JJ)"),
     auteur: str = Query("", max_length=100, description="auteur, établissement ou spécialité"),
     visibilite: str = Query(
         "", pattern="^(|normale|MASQUE_PS|INVISIBLE_PATIENT|INVISIBLE_REPRESENTANTS_LEGAUX)$"
@@ -262,7 +100,7 @@ async def page_dmp(
         "types": types,
     }
 
-    async def ask(target: _Target, port: DmpConsultPort) -> DmpView:
+    async def ask(target: Target, port: DmpConsultPort) -> DmpView:
         kept = None if actualiser else await asyncio.to_thread(_kept_list, call.rt, target)
         view = await open_dmp(
             port, target.consulter, target.cx, search=search, last_visit=target.last_visit, kept=kept
@@ -272,7 +110,7 @@ async def page_dmp(
             await asyncio.to_thread(_keep_list, call.rt, target, view.to_keep, same)
         return view
 
-    view = await _consult(call, "patient_dmp.html", ctx, "consult_dmp", ask)
+    view = await consult(call, "patient_dmp.html", ctx, "consult_dmp", ask)
     if isinstance(view, Response):
         return view
     uids = [d.unique_id for d in view.documents]
@@ -280,12 +118,12 @@ async def page_dmp(
     return render(call.request, "patient_dmp.html", ctx)
 
 
-def _kept_list(rt: WebRuntime, target: _Target) -> KeptList | None:
+def _kept_list(rt: WebRuntime, target: Target) -> KeptList | None:
     with rt.db.session() as s:
         return load_list(s, target.patient.id, target.consulter.rpps)
 
 
-def _keep_list(rt: WebRuntime, target: _Target, kept: KeptList, same_documents: bool) -> None:
+def _keep_list(rt: WebRuntime, target: Target, kept: KeptList, same_documents: bool) -> None:
     with rt.db.session() as s:
         save_list(s, target.patient.id, target.consulter.rpps, kept, same_documents=same_documents)
 
@@ -320,11 +158,11 @@ async def page_dmp_document(
     request = call.request
     ctx: dict[str, Any] = {"request": request, "patient_id": patient_id, "uid": uid}
 
-    async def ask(target: _Target, port: DmpConsultPort) -> RetrievedDocument:
+    async def ask(target: Target, port: DmpConsultPort) -> RetrievedDocument:
         return await open_document(port, target.consulter, target.cx, uid)
 
     try:
-        doc = await _consult(call, "dmp_document.html", ctx, "open_dmp_document", ask)
+        doc = await consult(call, "dmp_document.html", ctx, "open_dmp_document", ask)
     except AlteredDocument as exc:
         return render(request, "dmp_document.html", {**ctx, "error": str(exc)}, status_code=502)
     if isinstance(doc, Response):
@@ -376,7 +214,7 @@ async def page_dmp_author_action(
     """The author of a document masks it, changes its visibility or deletes it (ITI-57); back to the list with
     what the DMP said. Audited with the document and the action, refused or not."""
     ctx: dict[str, Any] = {"request": call.request, "patient_id": patient_id}
-    ready = await _consultation(call, "patient_dmp.html", ctx, "consult_dmp_author_action")
+    ready = await consultation(call, "patient_dmp.html", ctx, "consult_dmp_author_action")
     if isinstance(ready, Response):
         return ready
     target, port = ready
@@ -387,8 +225,8 @@ async def page_dmp_author_action(
     except ConsultationRefused as exc:
         message = detail["refus"] = exc.reason
     except DMP_ERRORS as exc:
-        message = detail["refus"] = _dmp_error(exc)
-    await asyncio.to_thread(_audit, call.rt, call.actor, patient_id, "dmp_author_action", detail)
+        message = detail["refus"] = dmp_error(exc)
+    await asyncio.to_thread(audit_dmp, call.rt, call.actor, patient_id, "dmp_author_action", detail)
     return redirect_with_message(f"/identites/{patient_id}/dmp", message, call.actor)
 
 
@@ -398,10 +236,10 @@ async def page_dmp_access_history(call: Call, patient_id: int) -> Response:
     ctx: dict[str, Any] = {"request": call.request, "patient_id": patient_id}
     page = "patient_dmp_access.html"
 
-    async def ask(target: _Target, port: DmpConsultPort) -> list[DmpAccess] | None:
+    async def ask(target: Target, port: DmpConsultPort) -> list[DmpAccess] | None:
         return await port.access_history(target.consulter, target.cx)
 
-    accesses = await _consult(call, page, ctx, "consult_dmp_access_history", ask)
+    accesses = await consult(call, page, ctx, "consult_dmp_access_history", ask)
     if isinstance(accesses, Response):
         return accesses
     return render(call.request, page, {**ctx, "accesses": accesses})
@@ -446,10 +284,10 @@ async def page_dmp_vaccinations(
     ctx: dict[str, Any] = {"request": call.request, "patient_id": patient_id}
     page = "patient_vaccinations.html"
 
-    async def ask(target: _Target, port: DmpConsultPort) -> VaccinationRecord:
+    async def ask(target: Target, port: DmpConsultPort) -> VaccinationRecord:
         return await vaccination_record(port, target.consulter, target.cx)
 
-    record = await _consult(call, page, ctx, "consult_dmp_vaccinations", ask)
+    record = await consult(call, page, ctx, "consult_dmp_vaccinations", ask)
     if isinstance(record, Response):
         return record
     if format == "csv":
