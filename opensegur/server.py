@@ -68,6 +68,7 @@ from opensegur.hospital.model import HospitalConfig
 from opensegur.security.defaults import default_matrix
 from opensegur.security.matrix import Matrix
 from opensegur.security.pki import TestPki
+from opensegur.security.psc_delegation import PscDelegation
 from opensegur.security.sealer import ANCHOR_FILE, run_sealer
 from opensegur.store.db import Database
 from opensegur.transactions import hl7v2
@@ -194,6 +195,8 @@ class Runtime:
     dmp_consult: DmpConsultPort | None = None  # None: no DMP configured, the DMP tab says so
     drimbox: DrimboxServing | None = None  # None: no PACS, no images served to other DRIMboxes
     drimbox_consumer: DrimboxConsumer | None = None  # None: no DMP, no exams of other hospitals to retrieve
+    # The PSC tokens of the sessions opened through PSC, in memory only: the consumer asks in their name.
+    psc_delegation: PscDelegation = field(default_factory=PscDelegation)
 
 
 SANDBOX_MSS_PASSWORD = "bac-a-sable-mssante"  # every sandbox mailbox's password (login: its address)

@@ -139,7 +139,9 @@ class ImageCache:
         patient, whose INS the manifest will be checked against."""
         self.expire_stale()
         with self.db.session() as s:
-            row = s.scalar(select(ImagingFetch).where(ImagingFetch.kos_sop_instance_uid == kos).with_for_update())
+            row = s.scalar(
+                select(ImagingFetch).where(ImagingFetch.kos_sop_instance_uid == kos).with_for_update()
+            )
             if row is None:
                 row = ImagingFetch(
                     patient_id=patient_id,

@@ -83,6 +83,12 @@ class Exam:
     def kos(self) -> str:
         return self.entry.unique_id
 
+    @property
+    def institutions(self) -> list[str]:
+        """The authors' organisations, by name (XON.1): the hospital that did the exam."""
+        names = [xon.split("^", 1)[0] for author in self.entry.authors for xon in author.institutions]
+        return list(dict.fromkeys(n for n in names if n))
+
 
 def _reference(entry: DocumentMetadata, id_type: str) -> str | None:
     for ref in entry.reference_ids:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -160,6 +160,9 @@ class Identity:
     amr: tuple[str, ...]
     rpps: str | None
     login: str | None
+    # PSC's access token, for the calls made in the professional's name (``psc_delegation``); never stored.
+    access_token: str | None = field(default=None, repr=False)
+    expires_in: float | None = None
 
 
 def verify_id_token(
@@ -367,7 +370,14 @@ class OidcClient:
                 if not isinstance(body, dict) or body.get("sub") != claims["sub"]:
                     raise _invalid_token(provider.name, "userinfo sub mismatch")
                 userinfo = body
-        return identity_of(provider, claims, userinfo)
+        identity = identity_of(provider, claims, userinfo)
+        access = token.get("access_token")
+        expires_in = token.get("expires_in")
+        return replace(
+            identity,
+            access_token=access if isinstance(access, str) else None,
+            expires_in=float(expires_in) if isinstance(expires_in, int | float) else None,
+        )
 
 
 def _unreachable(provider: Provider, url: str) -> OidcRefused:

@@ -21,11 +21,13 @@ from sqlalchemy.orm import Session
 
 from opensegur.connectors.annuaire_client import AnnuaireClient
 from opensegur.flows.dmp_consult import DmpConsultPort
+from opensegur.flows.drimbox_consumer import DrimboxConsumer
 from opensegur.flows.drimbox_serving import DrimboxServing
 from opensegur.security import access, accounts, audit, sessions, tokens
 from opensegur.security.actor import Actor
 from opensegur.security.defaults import default_matrix
 from opensegur.security.matrix import STRONG_ACTIONS, Action, Matrix
+from opensegur.security.psc_delegation import PscDelegation
 from opensegur.store.models import Document, Patient, Structure
 
 if TYPE_CHECKING:
@@ -103,6 +105,22 @@ def get_drimbox(request: Request) -> DrimboxServing | None:
 
 
 Drimbox = Annotated[DrimboxServing | None, Depends(get_drimbox)]
+
+
+def get_consumer(request: Request) -> DrimboxConsumer | None:
+    """This DRIMbox's consumer (exams of other hospitals); None when no DMP is configured."""
+    return getattr(request.app.state.runtime, "drimbox_consumer", None)
+
+
+Consumer = Annotated[DrimboxConsumer | None, Depends(get_consumer)]
+
+
+def psc_delegation(request: Request) -> PscDelegation | None:
+    """The PSC tokens of the sessions opened through Pro Santé Connect; None on a runtime without them."""
+    return getattr(request.app.state.runtime, "psc_delegation", None)
+
+
+Delegation = Annotated[PscDelegation | None, Depends(psc_delegation)]
 
 
 def matrix_of(runtime: WebRuntime) -> Matrix:

@@ -6,13 +6,17 @@ with the very pixel data site A's PACS holds, a JPEG one still JPEG."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from sqlalchemy import select
 
 from opensegur.documents.metadata import Coded
 from opensegur.flows.dmp_consult import Consulter, patient_cx
@@ -24,9 +28,12 @@ from opensegur.flows.drimbox_consumer import (
     PatientRef,
     find_exams,
 )
+from opensegur.ops.demo import luhn_complete
 from opensegur.security.pki import ensure_test_pki
 from opensegur.server import Runtime
-from opensegur.store.models import Patient, Structure
+from opensegur.store.models import AuditEvent, Patient, Structure
+from opensegur.web.deps import CSRF_HEADER
+from tests.actors import EVERYONE, act_as
 from tests.dmp import helpers
 from tests.dmp.drimbox_sites import drimbox_site, exam, exam_images, manifests
 from tests.dmp.helpers import INS, mdm, new_number, running_platform, send_raw, wait_for
@@ -84,6 +91,7 @@ def _local_patient(b: Runtime, ins: str = INS) -> PatientRef:
             first_names="DOMINIQUE",
             sex="F",
             status="QUAL",
+            dmp_consent={"consultation_consent": "IC"},
         )
         s.add(p)
         s.flush()
@@ -177,3 +185,47 @@ async def test_what_site_b_refuses_to_keep(tmp_path: Path, schematron_cache: Pat
         assert refused.status == FetchStatus.FAILED and refused.patient_id == other.id
         assert refused.instances_done == 0
         assert consumer.cache.instances(found.kos) == []
+
+
+async def test_the_imaging_tab_lists_the_exam_and_brings_its_images_in_the_doctors_name(
+    tmp_path: Path, schematron_cache: Path
+) -> None:
+    async with _two_sites(tmp_path, schematron_cache) as (a, b, _jpeg):
+        patient = _local_patient(b)
+        doctor = replace(EVERYONE, name="dr.reault", rpps=luhn_complete("1000000001"), session_id=4242)
+        act_as(b.app, doctor)
+        tab = f"http://127.0.0.1:{b.http_port}/identites/{patient.id}/dmp/imagerie"
+        async with httpx.AsyncClient(timeout=30, headers={CSRF_HEADER: "jeton-de-test"}) as http:
+            page = await http.get(tab)
+            assert page.status_code == 200, page.text
+            [kos] = re.findall(r'data-kos="([^"]+)"', page.text)
+            assert kos == manifests(a)[0][0] and "connexion-psc" in page.text
+            # Without a PSC session, the professional is sent to log in through PSC first.
+            asked = await http.post(f"{tab}/recuperer", data={"kos": kos})
+            assert asked.status_code == 303 and asked.headers["location"].startswith("/connexion/psc?retour=")
+
+            b.psc_delegation.keep(4242, await psc_access_token(a.endpoints["psc"]), 600)
+            asked = await http.post(f"{tab}/recuperer", data={"kos": kos})
+            assert (
+                asked.status_code == 303
+                and asked.headers["location"] == f"/identites/{patient.id}/dmp/imagerie"
+            )
+
+            async def shown() -> bool:
+                return "Images disponibles" in (await http.get(tab)).text
+
+            await wait_for(shown)
+            assert "5 image(s)" in (await http.get(tab)).text
+
+            assert 'id="aucun-examen"' in (await http.get(tab, params={"modalite": "CT"})).text
+            assert (await http.get(tab, params={"modalite": "<script>"})).status_code == 422
+            assert (await http.get(tab, params={"modalite": "ZZ"})).status_code == 422
+            unknown = await http.post(f"{tab}/recuperer", data={"kos": "1.2.250.1.999.12345"})
+            assert unknown.status_code == 303
+        with b.db.session() as s:
+            details = [
+                e.detail or {}
+                for e in s.scalars(select(AuditEvent).where(AuditEvent.action == "fetch_dmp_imaging"))
+            ]
+        assert [d.get("manifeste") for d in details] == [kos, "1.2.250.1.999.12345"]
+        assert "refus" not in details[0] and "plus) dans le DMP" in details[1]["refus"]

@@ -148,6 +148,15 @@ def test_psc_login_end_to_end(setup: Setup, browser: Browser) -> None:
     assert [e.actor for e in setup.audit("identity_link")] == ["dr.reault"]
     [login] = setup.audit("login")
     assert login.detail == {"method": "psc", "strong": True, "acr": "eidas1"}
+    # PSC's access token stays in memory for the session, to ask other DRIMboxes in the doctor's name; it is
+    # PSC's own, active at its introspection endpoint, and written nowhere.
+    token = setup.runtime.psc_delegation.token(session.id)
+    assert token is not None and token not in repr(session.__dict__) and token not in repr(login.detail)
+    psc = setup.psc.endpoints()
+    answer = httpx.post(
+        psc["introspection"], data={"token": token}, auth=(psc["client_id"], psc["client_secret"])
+    )
+    assert answer.json()["active"] is True
 
     # The next login finds the account by its linked sub; a new session, no new link.
     browser.http.cookies.clear()

@@ -26,6 +26,7 @@ from opensegur.content.validation import CdaValidator
 from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.flows.identity_gate import JOB_PROCESS
 from opensegur.ops.demo import load_demo, luhn_complete
+from opensegur.security.psc_delegation import PscDelegation
 from opensegur.server import Platform, Runtime
 from opensegur.store.db import Database
 from opensegur.store.models import AuditEvent, Job, Patient
@@ -70,6 +71,7 @@ class Offline:
     ready: bool = True
     mllp_port: int | None = None
     http_port: int | None = None
+    psc_delegation: PscDelegation = field(default_factory=PscDelegation)
 
 
 @pytest.fixture

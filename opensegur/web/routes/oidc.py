@@ -30,7 +30,7 @@ from opensegur.security.oidc import (
     find_account,
 )
 from opensegur.web.cookies import set_session_cookie
-from opensegur.web.deps import Rt, WebRuntime, client_address, public
+from opensegur.web.deps import Rt, WebRuntime, client_address, psc_delegation, public
 from opensegur.web.safety import local_redirect_target
 from opensegur.web.templating import render
 
@@ -248,7 +248,7 @@ async def _finish(request: Request, runtime: WebRuntime, name: ProviderName) -> 
     address = client_address(request)
     agent = request.headers.get("user-agent", "")[:300]
 
-    def _open() -> str | OidcRefused:
+    def _open() -> tuple[str, int] | OidcRefused:
         with runtime.db.session() as s:
             try:
                 account = find_account(s, identity)
@@ -263,7 +263,7 @@ async def _finish(request: Request, runtime: WebRuntime, name: ProviderName) -> 
                     actor_name=f"{name}:{identity.sub}"[:100],
                 )
                 return exc
-            secret, _ = sessions.open_session(
+            secret, row = sessions.open_session(
                 s,
                 account,
                 method=name,
@@ -278,13 +278,18 @@ async def _finish(request: Request, runtime: WebRuntime, name: ProviderName) -> 
             if identity.amr:
                 detail["amr"] = list(identity.amr)
             audit.record(s, None, "login", None, "connexion", detail, actor_name=account.login)
-            return secret
+            return secret, row.id
 
     outcome = await asyncio.to_thread(_open)
     if isinstance(outcome, OidcRefused):
         return _refusal(request, runtime, outcome, pending.retour)
+    secret, session_id = outcome
+    delegation = psc_delegation(request)
+    if name == "psc" and identity.access_token and delegation is not None:
+        # PSC's own lifetime, else a minute: the token is only ever used soon after the login.
+        delegation.keep(session_id, identity.access_token, identity.expires_in or 60.0)
     response = RedirectResponse(local_redirect_target(pending.retour, _DEFAULT_TARGET), status_code=303)
-    set_session_cookie(response, runtime, outcome)
+    set_session_cookie(response, runtime, secret)
     response.delete_cookie(FLOW_COOKIE, path=_FLOW_PATH)
     return response
 

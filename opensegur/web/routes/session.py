@@ -22,6 +22,7 @@ from opensegur.web.deps import (
     PENDING_METHOD,
     SESSION_COOKIE,
     AccessRefused,
+    Delegation,
     MaybeActor,
     Rt,
     check_csrf,
@@ -156,11 +157,18 @@ async def second_factor(
 
 @router.post("/deconnexion")
 async def logout(
-    request: Request, rt: Rt, actor: MaybeActor, _: LoginPage, partout: str = Form("")
+    request: Request,
+    rt: Rt,
+    actor: MaybeActor,
+    _: LoginPage,
+    delegation: Delegation,
+    partout: str = Form(""),
 ) -> Response:
     """Ends this session, or every session of the account (« se déconnecter partout »)."""
     if actor is not None and actor.session_id is not None:
         await check_csrf(request, actor)
+        if delegation is not None:
+            delegation.forget(actor.session_id)
 
         def _do() -> None:
             with rt.db.session() as s:
