@@ -589,6 +589,7 @@ class Platform:
         from opensegur.sandbox.annuaire import directory_mailboxes
         from opensegur.sandbox.app import create_sandbox_app
         from opensegur.sandbox.dmp.patients import PatientRegistry, default_patients
+        from opensegur.sandbox.drimbox import RemoteDrimbox
         from opensegur.sandbox.mssante import MssOperator
         from opensegur.sandbox.psc import PscSandbox
         from opensegur.security.pki import ensure_test_pki
@@ -606,6 +607,10 @@ class Platform:
         # Pro Santé Connect: its signing key is made once under the sandbox's data directory.
         psc = PscSandbox(data / "psc", f"{base}/psc")
         endpoints["psc"] = psc.endpoints()
+        # Another hospital's DRIMbox, with images of the demo DMP's imaging report.
+        drimbox = RemoteDrimbox(base, psc) if s.demo else None
+        if drimbox is not None:
+            endpoints["drimbox"] = drimbox.endpoints()
         # The demo's patients have a DMP, as a hospital's test patients have one on the DMP test platform.
         demo = demo_dmp_patients() if s.demo else []
         patients = PatientRegistry([*default_patients(), *demo]) if s.demo else None
@@ -618,6 +623,7 @@ class Platform:
                 psc=psc,
                 dmp_patients=patients,
                 dmp_demo_content=demo,
+                drimbox=drimbox,
             ),
             sock,
         )

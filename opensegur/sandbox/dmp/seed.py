@@ -22,17 +22,21 @@ from opensegur.sandbox.dmp.store import Caller, DmpStore
 from opensegur.transactions.ihe_ids import ASSOC_HAS_MEMBER
 from opensegur.transactions.xds import Association, ProvideAndRegister, SubmittedDocument
 
-__all__ = ["DEMO_DOCUMENTS", "DemoDocuments", "seed_demo_dmp"]
+__all__ = ["DEMO_DOCUMENTS", "IMAGING_REPORT", "DemoDocuments", "demo_file", "seed_demo_dmp"]
 
 _DIR = Path(__file__).with_name("demo_documents")
+IMAGING_REPORT = "IMG_CR_IMG_2024.01_CDA-R2-Niveau-1.xml"  # the exam the sandbox's remote DRIMbox has images of
 # (file, age in days, class code when the ANS type→class table ASS_X04, not in the kit, leaves it open)
 DEMO_DOCUMENTS: tuple[tuple[str, int, str | None], ...] = (
     ("BIO-CR-BIO_2024.01_TSH_1.xml", 20, None),
-    ("IMG_CR_IMG_2024.01_CDA-R2-Niveau-1.xml", 95, None),
+    (IMAGING_REPORT, 95, None),
     ("LDL-SES_2022.01.xml", 400, None),
     ("VAC-NOTE_2023.01.xml", 800, None),
     ("BIO-CR-BIO_2024.01_TSH_2.xml", 1100, None),
     ("VAC_2023.01.xml", 1500, "11"),  # Historique des vaccinations: a synthesis
+)
+IMAGING_REPORT = (
+    "IMG_CR_IMG_2024.01_CDA-R2-Niveau-1.xml"  # the exam the sandbox's remote DRIMbox has images of
 )
 _OID_ROOT = "1.2.250.1.999.70"  # the sandbox's arc for what it generates
 _SEEDER = Caller(
@@ -46,11 +50,15 @@ def _uid(matricule: str, index: int, kind: str) -> str:
     return f"{_OID_ROOT}.{1 if kind == 'doc' else 2}.{number}"
 
 
+def demo_file(name: str) -> bytes:
+    return (_DIR / name).read_bytes()
+
+
 class DemoDocuments:
     """The ANS example files, read and their CDA headers parsed once."""
 
     def __init__(self) -> None:
-        self.files = {name: (_DIR / name).read_bytes() for name, _age, _cls in DEMO_DOCUMENTS}
+        self.files = {name: demo_file(name) for name, _age, _cls in DEMO_DOCUMENTS}
         self.headers = {name: parse_cda(raw)[1] for name, raw in self.files.items()}
 
     def register(

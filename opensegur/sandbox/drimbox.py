@@ -1,0 +1,219 @@
+"""A remote DRIMbox: the DRIMbox of another hospital, for the demo and for other editors' CI.
+
+It does what a DRIMbox source does for the exams of the demo DMP's imaging report (the ANS example CR d'imagerie,
+a head CT): its KOS manifest is published in the sandbox DMP beside the report, naming this DRIMbox's WADO-RS
+address, and the series are served as a real source serves them — a Pro Santé Connect bearer token, introspected
+at the sandbox PSC, and a ``KOS-SOPInstanceUID`` naming a manifest it published that covers the series; anything
+else is refused as the platform's own source refuses it (401, 404, 406).
+
+The images are pydicom's CT test image (``CT_small.dcm``, distributed with pydicom under its MIT licence),
+renamed to the exam and the patient: two series of four instances, made when first asked for."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+import pydicom
+from fastapi import APIRouter, Header, HTTPException, Path
+from fastapi.responses import Response, StreamingResponse
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from opensegur.content.xds_metadata import document_metadata
+from opensegur.documents.metadata import SubmissionSetMetadata
+from opensegur.imaging.kos import KosIds, build_kos, kos_bytes
+from opensegur.imaging.report import read_imaging_report
+from opensegur.imaging.study import Study, study_from_matches
+from opensegur.imaging.uids import UID_MAX, UID_PATTERN
+from opensegur.imaging.wado import NotAcceptable, accepted_transfer_syntaxes, multipart_dicom
+from opensegur.imaging.xdsi import kos_metadata
+from opensegur.sandbox.dmp.patients import DmpPatient, DmpStatus
+from opensegur.sandbox.dmp.seed import DEMO_DOCUMENTS, IMAGING_REPORT, demo_file
+from opensegur.sandbox.dmp.store import Caller, DmpStore
+from opensegur.sandbox.psc import PscSandbox
+from opensegur.transactions.ihe_ids import ASSOC_HAS_MEMBER
+from opensegur.transactions.xds import Association, ProvideAndRegister, SubmittedDocument
+
+__all__ = ["RemoteDrimbox", "create_drimbox_router", "publish_demo_exams"]
+
+INSTITUTION = "CH démo distant (DRIMbox du bac à sable)"
+_OID_ROOT = "1.2.250.1.999.71"  # the remote DRIMbox's arc for the UIDs it makes
+_SERIES, _PER_SERIES = 2, 4
+_PUBLISHER = Caller("SANDBOX-DRIMBOX", INSTITUTION, "SANDBOX", "INDIRECTE", "normal", "")
+
+
+def _uid(*parts: str) -> str:
+    number = int(hashlib.sha256("/".join(parts).encode()).hexdigest()[:15], 16)
+    return f"{_OID_ROOT}.{number}"
+
+
+@dataclass(frozen=True)
+class _Exam:
+    study_instance_uid: str
+    patient_id: str  # the INS, as the images carry it
+    accession: str
+    series: tuple[str, ...]
+
+
+class RemoteDrimbox:
+    def __init__(self, base: str, psc: PscSandbox) -> None:
+        self.wado = f"{base.rstrip('/')}/drimbox/dicom-web"
+        self.psc = psc
+        self._exams: dict[str, _Exam] = {}  # by manifest SOP Instance UID
+        self._template: Dataset | None = None
+
+    def endpoints(self) -> dict[str, Any]:
+        return {"wado": self.wado, "institution": INSTITUTION}
+
+    # ---- the images ---------------------------------------------------------------------------------------------
+
+    def _image(self, exam: _Exam, series_index: int, number: int) -> Dataset:
+        if self._template is None:
+            path = get_testdata_file("CT_small.dcm")
+            assert path is not None
+            self._template = pydicom.dcmread(path)
+        ds = copy.deepcopy(self._template)  # a shallow copy would share, and rename, the template's elements
+        series = exam.series[series_index]
+        ds.SOPInstanceUID = _uid(series, str(number))
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(ds.SOPInstanceUID)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = exam.study_instance_uid, series
+        ds.PatientID, ds.AccessionNumber = exam.patient_id, exam.accession
+        ds.SeriesNumber, ds.InstanceNumber = series_index + 1, number
+        ds.SeriesDescription = f"Crâne — série {series_index + 1}"
+        return ds
+
+    def _study(self, exam: _Exam) -> Study:
+        return study_from_matches(
+            self._image(exam, s, n) for s in range(len(exam.series)) for n in range(1, _PER_SERIES + 1)
+        )
+
+    def series_instances(self, kos: str, study: str, series: str) -> list[bytes] | None:
+        """The instances of ``series`` when manifest ``kos`` covers it, as Part 10 files; else None."""
+        exam = self._exams.get(kos)
+        if exam is None or exam.study_instance_uid != study or series not in exam.series:
+            return None
+        index = exam.series.index(series)
+        out = []
+        for number in range(1, _PER_SERIES + 1):
+            buffer = io.BytesIO()
+            self._image(exam, index, number).save_as(buffer, enforce_file_format=True)
+            out.append(buffer.getvalue())
+        return out
+
+    # ---- the manifests ------------------------------------------------------------------------------------------
+
+    def publish(self, store: DmpStore, patient: DmpPatient, report_cda: bytes, when: datetime) -> str:
+        """The manifest of the exam ``report_cda`` reports on, registered in ``patient``'s DMP; its uniqueId."""
+        report = read_imaging_report(report_cda)
+        accession = report.accession.extension if report.accession and report.accession.extension else ""
+        study_uid = _uid(patient.matricule, report.study_instance_uid)
+        exam = _Exam(
+            study_uid, patient.matricule, accession, tuple(_uid(study_uid, str(s)) for s in range(_SERIES))
+        )
+        ids = KosIds(_uid(study_uid, "kos"), _uid(study_uid, "kos-series"))
+        self._exams[ids.sop_instance_uid] = exam
+        # The report as the images' hospital would have published it, under the patient's INS and this study.
+        report = dataclasses.replace(
+            report,
+            study_instance_uid=study_uid,
+            header=dataclasses.replace(
+                report.header,
+                patient=dataclasses.replace(
+                    report.header.patient, ins_matricule=patient.matricule, ins_oid=patient.oid
+                ),
+            ),
+        )
+        study = self._study(exam)
+        content = kos_bytes(
+            build_kos(study, report, ids, wado_base=self.wado, institution=INSTITUTION, now=when.astimezone())
+        )
+        at = when.strftime("%Y%m%d%H%M%S")
+        entry = kos_metadata(
+            document_metadata(report.header, ipp=None, ipp_authority_oid=None, size=0, hash_sha1=""),
+            report,
+            study,
+            ids.sop_instance_uid,
+            content,
+        )
+        entry = dataclasses.replace(
+            entry,
+            patient_id=patient.cx,
+            source_patient_id=patient.cx,
+            creation_time=at,
+            service_start_time=at,
+            service_stop_time=at,
+            entry_uuid="Document01",
+        )
+        submission = SubmissionSetMetadata(
+            unique_id=_uid(study_uid, "set"),
+            source_id=_OID_ROOT,
+            patient_id=patient.cx,
+            content_type_code=entry.class_code,
+            submission_time=at,
+            authors=list(entry.authors[:1]),
+            title=entry.title,
+            entry_uuid="SubmissionSet01",
+        )
+        member = Association(
+            ASSOC_HAS_MEMBER, "SubmissionSet01", "Document01", "", {"SubmissionSetStatus": ["Original"]}
+        )
+        if not store.find_entries(unique_ids=[ids.sop_instance_uid]):
+            store.register(
+                ProvideAndRegister(submission, [SubmittedDocument(entry, content)], [member]),
+                dataclasses.replace(_PUBLISHER, patient_cx=patient.cx),
+                patient.matricule,
+            )
+        return ids.sop_instance_uid
+
+
+def publish_demo_exams(
+    drimbox: RemoteDrimbox, store: DmpStore, patients: Sequence[DmpPatient], now: datetime
+) -> list[str]:
+    """At each start: the manifest of the demo imaging report's exam for each open DMP of ``patients``, registered
+    once in the DMP and known again to the remote DRIMbox, which keeps its exams in memory only."""
+    age = next(days for name, days, _cls in DEMO_DOCUMENTS if name == IMAGING_REPORT)
+    report = demo_file(IMAGING_REPORT)
+    return [
+        drimbox.publish(store, p, report, now - timedelta(days=age))
+        for p in patients
+        if p.status == DmpStatus.OUVERT
+    ]
+
+
+_BEARER = {"WWW-Authenticate": 'Bearer realm="drimbox"'}
+
+
+def create_drimbox_router(drimbox: RemoteDrimbox) -> APIRouter:
+    router = APIRouter(tags=["sandbox DRIMbox"])
+
+    @router.get("/drimbox/dicom-web/studies/{study}/series/{series}")
+    async def retrieve_series(
+        study: Annotated[str, Path(pattern=UID_PATTERN, max_length=UID_MAX)],
+        series: Annotated[str, Path(pattern=UID_PATTERN, max_length=UID_MAX)],
+        kos: Annotated[str, Header(alias="KOS-SOPInstanceUID", max_length=64)] = "",
+        accept: Annotated[str | None, Header(max_length=4000)] = None,
+        authorization: Annotated[str, Header(max_length=8000)] = "",
+    ) -> Response:
+        scheme, _sep, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not drimbox.psc.introspect(token.strip()).get("active"):
+            raise HTTPException(401, "Jeton Pro Santé Connect absent, inactif ou expiré", headers=_BEARER)
+        try:
+            accepted_transfer_syntaxes(accept)
+        except NotAcceptable as exc:
+            raise HTTPException(406, str(exc)) from exc
+        instances = drimbox.series_instances(kos, study, series)
+        if instances is None:
+            raise HTTPException(404, "Série inconnue de ce DRIMbox ou non couverte par le manifeste")
+        # CT_small is Explicit VR Little Endian: what every DICOM reader takes, whatever was preferred.
+        content_type, body = multipart_dicom((data, "1.2.840.10008.1.2.1") for data in instances)
+        return StreamingResponse(body, media_type=content_type, headers={"Cache-Control": "no-store"})
+
+    return router
