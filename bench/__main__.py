@@ -9,6 +9,8 @@ Ratios, not absolute figures, are what we compare across machines:
   with the access decision bypassed (bench/auth.py says how and why).
 - DMP tab: a doctor opens the list of a patient's 200 DMP documents, then the first one, against the bare ITI-18
   and ITI-43 calls to the same sandbox (bench/dmp_tab.py says how).
+- DRIMbox images: an exam of another hospital brought into the image cache through the source DRIMbox and this
+  site's consumer, against the same series read from the PACS's own WADO-RS (bench/imaging.py says how).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import uvicorn
 
 from bench.auth import auth_data_parent, bench_auth
 from bench.dmp_tab import DOCUMENTS, bench_dmp_tab, median_figures
+from bench.imaging import SIZE, bench_imaging
 from opensegur.config import Settings
 from opensegur.connectors.insi_client import InsiClient
 from opensegur.server import Platform, bind
@@ -589,6 +592,33 @@ async def main(args: argparse.Namespace) -> None:
             f"(la liste fait aussi TD0.2, nu : {tab.td02_ms:,.0f} ms) ; premier document {tab.document_ms:,.0f} ms, "
             f"ITI-18 GetDocuments + ITI-43 nus {tab.get_retrieve_ms:,.0f} ms"
         )
+    if "imaging" in only:
+        with tempfile.TemporaryDirectory(dir=auth_data_parent()) as tmp:
+            img = await bench_imaging(Path(tmp), args.series, args.per_series, args.repeat)
+        label = (
+            f"Images DRIMbox d'un autre établissement, {img.instances} images {SIZE}×{SIZE} "
+            f"({img.megabytes:,.0f} Mo)"
+        )
+        rows.append(
+            (
+                f"{label} : source + consommateur jusqu'au cache (Mo/s)",
+                img.ours_mb_s,
+                "WADO-RS direct d'Orthanc",
+                img.base_mb_s,
+            )
+        )
+        rows.append(
+            (
+                f"{label} : source + consommateur jusqu'au cache (images/s)",
+                img.ours_instances_s,
+                "WADO-RS direct d'Orthanc",
+                img.base_instances_s,
+            )
+        )
+        notes.append(
+            f"{label} : première image reçue en {img.ours_first_ms:,.0f} ms par le DRIMbox source, "
+            f"{img.base_first_ms:,.0f} ms en WADO-RS direct d'Orthanc"
+        )
     if "insi" in only:
         insis = [await bench_insi(args.searches) for _ in range(args.repeat)]
         ours = statistics.median(i[0] for i in insis)
@@ -604,7 +634,7 @@ async def main(args: argparse.Namespace) -> None:
     (out / "latest.md").write_text(table + "\n", encoding="utf-8")
 
 
-FLOWS = ("identity", "dmp", "mss", "insi", "auth", "dmp_tab")
+FLOWS = ("identity", "dmp", "mss", "insi", "auth", "dmp_tab", "imaging")
 
 
 if __name__ == "__main__":
@@ -615,6 +645,8 @@ if __name__ == "__main__":
     parser.add_argument("--mails", type=int, default=300)
     parser.add_argument("--requests", type=int, default=240, help="per route and build (auth)")
     parser.add_argument("--openings", type=int, default=30, help="per page and round (dmp_tab)")
+    parser.add_argument("--series", type=int, default=4, help="series of the exam (imaging)")
+    parser.add_argument("--per-series", type=int, default=50, help="images per series (imaging)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", nargs="+", choices=FLOWS, help="measure only these flows")
     asyncio.run(main(parser.parse_args()))

@@ -1,5 +1,6 @@
-"""A real PACS for the tests: Debian's Orthanc, started on free loopback ports with an empty storage, and filled
-through its REST API with small DICOM images built here."""
+"""A real PACS for the tests and the bench: Debian's Orthanc, started on free loopback ports with an empty
+storage, and filled through its REST API with DICOM images built here; with its DICOMweb plugin
+(Debian's orthanc-dicomweb) when asked, as the bench's direct WADO-RS baseline."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tests.ports import free_port
 
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,16 @@ def orthanc(tmp: Path, calling_aet: str = "OPENSEGUR") -> Iterator[Pacs]:
         if os.environ.get("CI"):
             pytest.fail("Orthanc must be installed in CI (.ci/run installs it)")
         pytest.skip("Orthanc not installed")
+    with start_orthanc(tmp, calling_aet) as pacs:
+        yield pacs
+
+
+@contextmanager
+def start_orthanc(tmp: Path, calling_aet: str = "OPENSEGUR", *, dicomweb: bool = False) -> Iterator[Pacs]:
+    """Orthanc running until the block ends; its DICOMweb API under ``{http}/dicom-web`` with ``dicomweb``.
+    Raises RuntimeError when Orthanc (or the plugin) is not installed or does not start."""
+    if ORTHANC is None or (dicomweb and not DICOMWEB_PLUGIN.exists()):
+        raise RuntimeError("Orthanc (and orthanc-dicomweb for its WADO-RS) must be installed: apt install orthanc")
     http_port, dicom_port = free_port(), free_port()
     config = {
         "Name": "OpenSegurTests",
@@ -62,7 +74,7 @@ def orthanc(tmp: Path, calling_aet: str = "OPENSEGUR") -> Iterator[Pacs]:
         "DicomAlwaysAllowEcho": False,
         "DicomCheckModalityHost": True,
         "DicomModalities": {"opensegur": [calling_aet, "127.0.0.1", free_port()]},
-        "Plugins": [],
+        "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
     }
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "orthanc.json"
@@ -103,8 +115,9 @@ def mr_image(
     series_number: int = 1,
     instance_number: int = 1,
     modality: str = "MR",
+    size: int = 8,
 ) -> Dataset:
-    """An 8×8 MR image, enough for a PACS to index it."""
+    """A ``size``×``size`` MR image (8×8: enough for a PACS to index it); its pixels vary with the instance."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = UID(MR_IMAGE)
@@ -123,7 +136,8 @@ def mr_image(
     ds.ReferringPhysicianName = "DUPONT^Jean"
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, series_number, instance_number
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows = ds.Columns = 8
+    ds.Rows = ds.Columns = size
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = bytes(8 * 8 * 2)
+    pattern = bytes((instance_number + n) % 251 for n in range(251))
+    ds.PixelData = (pattern * (size * size * 2 // 251 + 1))[: size * size * 2]
     return ds
