@@ -56,7 +56,9 @@ def start_orthanc(tmp: Path, calling_aet: str = "OPENSEGUR", *, dicomweb: bool =
     """Orthanc running until the block ends; its DICOMweb API under ``{http}/dicom-web`` with ``dicomweb``.
     Raises RuntimeError when Orthanc (or the plugin) is not installed or does not start."""
     if ORTHANC is None or (dicomweb and not DICOMWEB_PLUGIN.exists()):
-        raise RuntimeError("Orthanc (and orthanc-dicomweb for its WADO-RS) must be installed: apt install orthanc")
+        raise RuntimeError(
+            "Orthanc (and orthanc-dicomweb for its WADO-RS) must be installed: apt install orthanc"
+        )
     http_port, dicom_port = free_port(), free_port()
     config = {
         "Name": "OpenSegurTests",

@@ -49,7 +49,9 @@ async def test_the_demo_exam_of_another_hospital_is_retrieved_from_the_sandbox_d
         files = rt.drimbox_consumer.cache.instances(exam.kos)
         assert len(files) == 8
         first = pydicom.dcmread(files[0])
-        assert first.PatientID == DE_LA_TOUR and first.Modality == "CT" and len(first.PixelData) == 128 * 128 * 2
+        assert (
+            first.PatientID == DE_LA_TOUR and first.Modality == "CT" and len(first.PixelData) == 128 * 128 * 2
+        )
 
         # What the remote DRIMbox refuses.
         url = f"{rt.endpoints['drimbox']['wado']}/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
