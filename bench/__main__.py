@@ -593,32 +593,28 @@ async def main(args: argparse.Namespace) -> None:
             f"ITI-18 GetDocuments + ITI-43 nus {tab.get_retrieve_ms:,.0f} ms"
         )
     if "imaging" in only:
-        with tempfile.TemporaryDirectory(dir=auth_data_parent()) as tmp:
-            img = await bench_imaging(Path(tmp), args.series, args.per_series, args.repeat)
-        label = (
-            f"Images DRIMbox d'un autre établissement, {img.instances} images {SIZE}×{SIZE} "
-            f"({img.megabytes:,.0f} Mo)"
-        )
-        rows.append(
-            (
-                f"{label} : source + consommateur jusqu'au cache (Mo/s)",
-                img.ours_mb_s,
-                "WADO-RS direct d'Orthanc",
-                img.base_mb_s,
+        for via_wado, how in ((True, "PACS lu en WADO-RS"), (False, "PACS lu en C-GET")):
+            with tempfile.TemporaryDirectory(dir=auth_data_parent()) as tmp:
+                img = await bench_imaging(
+                    Path(tmp), args.series, args.per_series, args.repeat, via_wado=via_wado
+                )
+            label = (
+                f"Images DRIMbox d'un autre établissement ({how}), {img.instances} images {SIZE}×{SIZE} "
+                f"({img.megabytes:,.0f} Mo) : source + consommateur jusqu'au cache"
             )
-        )
-        rows.append(
-            (
-                f"{label} : source + consommateur jusqu'au cache (images/s)",
-                img.ours_instances_s,
-                "WADO-RS direct d'Orthanc",
-                img.base_instances_s,
+            rows.append((f"{label} (Mo/s)", img.ours_mb_s, "WADO-RS direct d'Orthanc", img.base_mb_s))
+            rows.append(
+                (
+                    f"{label} (images/s)",
+                    img.ours_instances_s,
+                    "WADO-RS direct d'Orthanc",
+                    img.base_instances_s,
+                )
             )
-        )
-        notes.append(
-            f"{label} : première image reçue en {img.ours_first_ms:,.0f} ms par le DRIMbox source, "
-            f"{img.base_first_ms:,.0f} ms en WADO-RS direct d'Orthanc"
-        )
+            notes.append(
+                f"Images DRIMbox ({how}) : première image reçue en {img.ours_first_ms:,.0f} ms par le DRIMbox "
+                f"source, {img.base_first_ms:,.0f} ms en WADO-RS direct d'Orthanc"
+            )
     if "insi" in only:
         insis = [await bench_insi(args.searches) for _ in range(args.repeat)]
         ours = statistics.median(i[0] for i in insis)

@@ -3,9 +3,11 @@ DRIMbox (WADO-RS → C-GET from its PACS, streamed) and this site's consumer (WA
 manifest, files in the cache) — against the same series read straight from the PACS's own WADO-RS (Orthanc's
 DICOMweb plugin), in the same run, on the same machine.
 
-The source is a platform with the sandbox (its PSC introspects the token) and Debian's Orthanc as PACS; the exam is
-S series of K synthetic 512×512 16-bit images (512 KiB each). The manifest is registered in the source's tables
-and handed to the consumer as ITI-43 would: the DMP is not what is measured here (the DMP tab's bench is).
+The source is a platform with the sandbox (its PSC introspects the token) and Debian's Orthanc as PACS, in a process
+of its own (`opensegur serve --demo`), as it runs in the other hospital; the consumer runs in the bench's process.
+The exam is S series of K synthetic 512×512 16-bit images (512 KiB each). The manifest is registered in the
+source's tables and handed to the consumer as ITI-43 would: the DMP is not what is measured here (the DMP tab's
+bench is).
 Time to first image: from the request to the first instance received whole, through the source and straight from
 Orthanc.
 """
@@ -13,9 +15,14 @@ Orthanc.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import os
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +31,6 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from opensegur.config import Settings
 from opensegur.connectors.drimbox_client import ACCEPT, DrimboxClient
 from opensegur.connectors.pacs import PacsClient
 from opensegur.documents.metadata import Coded, DocumentMetadata
@@ -37,8 +43,8 @@ from opensegur.imaging.study import study_from_matches
 from opensegur.imaging.wado import MultipartReader
 from opensegur.imaging.xdsi import KOS_TYPE
 from opensegur.sandbox.dmp.seed import IMAGING_REPORT, demo_file
-from opensegur.server import Platform
-from opensegur.store.models import Document, ImagingManifest, Patient
+from opensegur.store.db import Database
+from opensegur.store.models import Document, ImagingManifest, Patient, Structure
 from opensegur.transactions.xds import RetrievedDocument
 from tests.pacs import Pacs, mr_image, start_orthanc
 from tests.ports import free_port
@@ -141,11 +147,11 @@ async def _read(http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> t
     return count, size, first
 
 
-def _manifest(rt: Any, pacs: Pacs, wado: str) -> tuple[bytes, PatientRef, int]:
+def _manifest(db: Database, pacs: Pacs, wado: str) -> tuple[bytes, PatientRef, int]:
     """The exam's manifest, registered as published by the source; its bytes, the patient and instance count."""
     matches = PacsClient(pacs.endpoint).find_instances(STUDY)
     study = study_from_matches(matches)
-    with rt.db.session() as s:
+    with db.session() as s:
         p = s.scalars(
             select(Patient).where(Patient.ins_matricule.is_not(None), Patient.status == "QUAL")
         ).first()
@@ -182,44 +188,110 @@ def _manifest(rt: Any, pacs: Pacs, wado: str) -> tuple[bytes, PatientRef, int]:
     return kos_bytes(kos), patient, study.instance_count
 
 
-async def bench_imaging(tmp: Path, series: int, per_series: int, rounds: int) -> ImagingFigures:
+@contextlib.asynccontextmanager
+async def _source(data_dir: Path, pacs: Pacs, port: int, wado: str, via_wado: bool) -> AsyncIterator[str]:
+    """The source DRIMbox's platform, serving on ``port``; its base URL once ready."""
+    env = {
+        **os.environ,
+        "OPENSEGUR_HTTP_PORT": str(port),
+        "OPENSEGUR_MLLP_PORT": "0",
+        "OPENSEGUR_PACS_HOST": pacs.endpoint.host,
+        "OPENSEGUR_PACS_PORT": str(pacs.endpoint.port),
+        "OPENSEGUR_PACS_AET": pacs.endpoint.called_aet,
+        "OPENSEGUR_DRIMBOX_AET": pacs.endpoint.calling_aet,
+        "OPENSEGUR_DRIMBOX_WADO_URL": wado,
+        "OPENSEGUR_LOG_LEVEL": "WARNING",
+    }
+    if via_wado:
+        env["OPENSEGUR_PACS_WADO_URL"] = f"{pacs.http}/dicom-web"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = (data_dir / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opensegur.cli", "serve", "--demo", "--data-dir", str(data_dir)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(timeout=2) as http:
+            for _ in range(600):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{base}/healthz")).status_code == 200:
+                        break
+                if proc.poll() is not None:
+                    raise SystemExit(
+                        f"the source platform stopped: {(data_dir / 'serve.log').read_text()[-2000:]}"
+                    )
+                await asyncio.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+async def bench_imaging(
+    tmp: Path, series: int, per_series: int, rounds: int, *, via_wado: bool
+) -> ImagingFigures:
+    """``via_wado``: the source reads the PACS's own WADO-RS (passed through) rather than C-GET."""
     port = free_port()
     wado = f"http://127.0.0.1:{port}/dicom-web"
     with start_orthanc(tmp / "pacs", dicomweb=True) as pacs:
-        platform = Platform(
-            Settings(
-                data_dir=tmp / "source",
-                demo=True,
-                http_port=port,
-                mllp_port=0,
-                pacs_host=pacs.endpoint.host,
-                pacs_port=pacs.endpoint.port,
-                pacs_aet=pacs.endpoint.called_aet,
-                drimbox_aet=pacs.endpoint.calling_aet,
-                drimbox_wado_url=wado,
-                log_level="WARNING",
-            )
-        )
-        rt = await platform.start()
-        try:
-            with rt.db.session() as s:
-                ins = s.scalars(select(Patient.ins_matricule).where(Patient.status == "QUAL")).first()
-            assert ins is not None
+        async with (
+            _source(tmp / "source", pacs, port, wado, via_wado) as base,
+            httpx.AsyncClient(timeout=120) as http,
+        ):
+            endpoints = (await http.get(f"{base}/sandbox/endpoints")).json()
+            # The source's database, as its own DRIMbox would have filled it on publishing the manifest.
+            source_db = Database(f"sqlite:///{tmp / 'source' / 'opensegur.db'}")
+            ins = await asyncio.to_thread(_patient_ins, source_db)
             await asyncio.to_thread(_load, pacs, ins, series, per_series)
-            kos, patient, instances = await asyncio.to_thread(_manifest, rt, pacs, wado)
-            token = await psc_access_token(rt.endpoints["psc"])
-            cache = ImageCache(rt.db, tmp / "cache", max_bytes=1 << 40, max_age=timedelta(days=1))
+            kos, patient, instances = await asyncio.to_thread(_manifest, source_db, pacs, wado)
+            source_db.dispose()
+            # The consumer's site: its own database and cache.
+            db = Database(f"sqlite:///{tmp / 'consumer.db'}")
+            db.migrate()
+            patient = await asyncio.to_thread(_consumer_patient, db, patient)
+            token = await psc_access_token(endpoints["psc"])
+            cache = ImageCache(db, tmp / "cache", max_bytes=1 << 40, max_age=timedelta(days=1))
             consumer = DrimboxConsumer(_Dmp(kos), DrimboxClient(), cache)  # type: ignore[arg-type]
             entry = _entry()
-            results = []
-            async with httpx.AsyncClient(timeout=120) as http:
-                for _ in range(rounds):
-                    results.append(await _round(http, consumer, patient, entry, token, pacs, wado, series))
+            results = [
+                await _round(http, consumer, patient, entry, token, pacs, wado, series) for _ in range(rounds)
+            ]
             megabytes = sum(p.stat().st_size for p in cache.instances(KOS)) / 1e6
             await consumer.aclose()
-        finally:
-            await platform.stop()
+            db.dispose()
     return ImagingFigures(megabytes, instances, results)
+
+
+def _patient_ins(db: Database) -> str:
+    with db.session() as s:
+        ins = s.scalars(select(Patient.ins_matricule).where(Patient.status == "QUAL")).first()
+    assert ins is not None
+    return ins
+
+
+def _consumer_patient(db: Database, source: PatientRef) -> PatientRef:
+    """The same patient, known to the consumer's site by the same INS."""
+    with db.session() as s:
+        site = Structure(
+            kind="EG", finess="750000028", name="CH consommateur", ipp_authority="CHC", settings={}
+        )
+        s.add(site)
+        s.flush()
+        p = Patient(
+            structure_id=site.id,
+            ins_matricule=source.ins,
+            birth_name="BENCH",
+            first_names="IMAGERIE",
+            sex="F",
+            status="QUAL",
+        )
+        s.add(p)
+        s.flush()
+        return PatientRef(p.id, source.ins, source.cx)
 
 
 def _entry() -> DocumentMetadata:

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     drimbox_aet: str = "OPENSEGUR"  # our AE title, as declared in the PACS
     drimbox_wado_url: str | None = None  # e.g. https://drimbox.chu-x.fr/dicom-web
     pacs_timeout_s: float = 30.0
+    # The PACS's own WADO-RS root, when it has one (e.g. http://pacs.ght.local:8042/dicom-web): the DRIMbox then
+    # streams the series other DRIMboxes ask for straight through from it, instead of C-GET.
+    pacs_wado_url: str | None = None
     # Pro Santé Connect introspection of the tokens other DRIMboxes present; with the sandbox on, the sandbox PSC's.
     drimbox_psc_introspection_url: str | None = None
     drimbox_psc_client_id: str | None = None

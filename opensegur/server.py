@@ -37,6 +37,7 @@ from opensegur.connectors.dpi_zam import MllpZamSender
 from opensegur.connectors.drimbox_client import DrimboxClient
 from opensegur.connectors.insi_client import InsiClient, InsiUnavailable
 from opensegur.connectors.pacs import PacsClient, PacsEndpoint
+from opensegur.connectors.pacs_wado import PacsWado
 from opensegur.connectors.psc_introspection import TokenIntrospector
 from opensegur.content.validation import CdaValidator
 from opensegur.documents.metadata import Coded
@@ -283,6 +284,7 @@ class Platform:
         self._drimbox: DrimboxServing | None = None
         self._introspector: TokenIntrospector | None = None
         self._consumer: DrimboxConsumer | None = None
+        self._pacs_wado: PacsWado | None = None
         self._warm: asyncio.Task[None] | None = None
         self._validator: CdaValidator | None = None
         self._annuaire_client: AnnuaireClient | None = None
@@ -655,7 +657,8 @@ class Platform:
         secret = secret or psc.get("client_secret")
         if url and client_id and secret:
             self._introspector = TokenIntrospector(url, client_id, secret)
-            self._drimbox = DrimboxServing(pacs, self._introspector)
+            self._pacs_wado = PacsWado(s.pacs_wado_url, timeout=s.pacs_timeout_s) if s.pacs_wado_url else None
+            self._drimbox = DrimboxServing(pacs, self._introspector, self._pacs_wado)
         else:
             log.warning("DRIMbox: no Pro Santé Connect introspection configured, images are not served")
         return request_manifest
@@ -829,6 +832,8 @@ class Platform:
             await self._introspector.aclose()
         if self._consumer is not None:
             await self._consumer.aclose()
+        if self._pacs_wado is not None:
+            await self._pacs_wado.aclose()
         if self._warm is not None:
             await asyncio.gather(self._warm, return_exceptions=True)
         if self._validator is not None:

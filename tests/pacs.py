@@ -42,12 +42,12 @@ class Pacs:
 
 
 @contextmanager
-def orthanc(tmp: Path, calling_aet: str = "OPENSEGUR") -> Iterator[Pacs]:
-    if ORTHANC is None:
+def orthanc(tmp: Path, calling_aet: str = "OPENSEGUR", *, dicomweb: bool = False) -> Iterator[Pacs]:
+    if ORTHANC is None or (dicomweb and not DICOMWEB_PLUGIN.exists()):
         if os.environ.get("CI"):
-            pytest.fail("Orthanc must be installed in CI (.ci/run installs it)")
-        pytest.skip("Orthanc not installed")
-    with start_orthanc(tmp, calling_aet) as pacs:
+            pytest.fail("Orthanc and its DICOMweb plugin must be installed in CI (.ci/run installs them)")
+        pytest.skip("Orthanc or its DICOMweb plugin not installed")
+    with start_orthanc(tmp, calling_aet, dicomweb=dicomweb) as pacs:
         yield pacs
 
 

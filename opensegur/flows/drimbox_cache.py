@@ -181,20 +181,20 @@ class ImageCache:
             row.instances_done, row.bytes, row.updated_at = 0, 0, utcnow()
             return row.attempts
 
-    def write(self, fetch_id: int, kos: str, series: str, sop: str, body: IO[bytes]) -> int:
-        """One instance into the retrieval's partial directory; its size. Counted in the row as progress."""
+    def write(self, kos: str, series: str, sop: str, body: IO[bytes]) -> int:
+        """One instance into the retrieval's partial directory; its size."""
         folder = self._partial(kos) / series
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{sop}.dcm"
         with target.open("wb") as out:
             shutil.copyfileobj(body, out, 1024 * 1024)
-        size = target.stat().st_size
+        return target.stat().st_size
+
+    def progress(self, fetch_id: int, instances_done: int, size: int) -> None:
+        """How far the retrieval's current attempt went: what the page shows, and the sign it is alive."""
         with self.db.session() as s:
             row = s.get_one(ImagingFetch, fetch_id)
-            row.instances_done += 1
-            row.bytes += size
-            row.updated_at = utcnow()
-        return size
+            row.instances_done, row.bytes, row.updated_at = instances_done, size, utcnow()
 
     def complete(self, fetch_id: int, kos: str) -> None:
         """The partial directory becomes the exam's, in one rename; then the cache is brought within bounds."""

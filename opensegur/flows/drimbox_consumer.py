@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
+from time import monotonic
 from urllib.parse import urlsplit
 
 import pydicom
@@ -51,6 +52,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3
+PROGRESS_EVERY_S = 0.5
 
 
 class FetchRefused(Exception):
@@ -213,9 +215,10 @@ class DrimboxConsumer:
         )
         for attempt in range(1, ATTEMPTS + 1):
             await asyncio.to_thread(self.cache.attempt, fetch_id)
+            progress = _Progress()
             try:
                 for series in manifest.series:
-                    await self._series(fetch_id, manifest, series, token)
+                    await self._series(fetch_id, manifest, series, token, progress)
                 break
             except RemoteUnavailable as exc:
                 if attempt == ATTEMPTS:
@@ -254,30 +257,52 @@ class DrimboxConsumer:
             )
         return manifest
 
-    async def _series(self, fetch_id: int, manifest: Manifest, series: SeriesRef, token: str) -> None:
+    async def _series(
+        self, fetch_id: int, manifest: Manifest, series: SeriesRef, token: str, progress: _Progress
+    ) -> None:
         expected = set(series.sop_instance_uids)
         received: set[str] = set()
         parts = self.remote.retrieve_series(series.retrieve_url, token, manifest.sop_instance_uid)
         try:
             async for part in parts:
                 with contextlib.closing(part.body):
-                    sop = await asyncio.to_thread(_checked, part, manifest, series, expected)
-                    await asyncio.to_thread(
-                        self.cache.write,
-                        fetch_id,
-                        manifest.sop_instance_uid,
-                        series.series_instance_uid,
-                        sop,
-                        part.body,
-                    )
+                    sop, size = await asyncio.to_thread(self._keep, part, manifest, series, expected)
                 received.add(sop)
+                progress.add(size)
+                if progress.due():
+                    await asyncio.to_thread(self.cache.progress, fetch_id, progress.done, progress.bytes)
         finally:
             await parts.aclose()
+        await asyncio.to_thread(self.cache.progress, fetch_id, progress.done, progress.bytes)
         missing = expected - received
         if missing:
             raise RemoteUnavailable(
                 f"DRIMbox distant : {len(missing)} instance(s) de la série {series.series_instance_uid} manquantes"
             )
+
+    def _keep(self, part: Part, manifest: Manifest, series: SeriesRef, expected: set[str]) -> tuple[str, int]:
+        """One received instance checked and written to the partial exam (one thread hop per instance)."""
+        sop = _checked(part, manifest, series, expected)
+        return sop, self.cache.write(manifest.sop_instance_uid, series.series_instance_uid, sop, part.body)
+
+
+@dataclass
+class _Progress:
+    """What a retrieval received so far; written to its row at most every ``PROGRESS_EVERY_S``, since a write
+    per instance would cost more than the instance."""
+
+    done: int = 0
+    bytes: int = 0
+    saved_at: float = field(default_factory=monotonic)
+
+    def add(self, size: int) -> None:
+        self.done, self.bytes = self.done + 1, self.bytes + size
+
+    def due(self) -> bool:
+        if monotonic() - self.saved_at < PROGRESS_EVERY_S:
+            return False
+        self.saved_at = monotonic()
+        return True
 
 
 def _checked(part: Part, manifest: Manifest, series: SeriesRef, expected: set[str]) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "PacsPort",
     "PacsQueryError",
     "PacsUnavailable",
+    "PacsWadoPort",
     "RemoteDrimboxPort",
     "RemoteRefused",
     "RemoteUnavailable",
@@ -56,6 +57,20 @@ class PacsPort(Protocol):
     def retrieve_series(
         self, study_instance_uid: str, series_instance_uid: str, transfer_syntaxes: Sequence[str]
     ) -> Iterator[RetrievedInstance]: ...
+
+
+class OpenedWadoSeries(Protocol):
+    content_type: str
+
+    def body(self) -> AsyncGenerator[bytes, None]: ...
+
+
+class PacsWadoPort(Protocol):
+    """The PACS's own WADO-RS, when it has one: a series streamed through as the PACS answers it."""
+
+    async def open_series(
+        self, study_instance_uid: str, series_instance_uid: str, transfer_syntaxes: Sequence[str]
+    ) -> OpenedWadoSeries | None: ...
 
 
 class IntrospectionUnavailable(Exception):

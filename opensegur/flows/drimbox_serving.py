@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from opensegur.flows.drimbox_ports import IntrospectionPort, PacsPort
+from opensegur.flows.drimbox_ports import IntrospectionPort, PacsPort, PacsWadoPort
 from opensegur.store.models import Document, ImagingManifest
 
 __all__ = ["DrimboxServing", "ServedSeries", "covering_manifest"]
@@ -24,6 +24,7 @@ __all__ = ["DrimboxServing", "ServedSeries", "covering_manifest"]
 class DrimboxServing:
     pacs: PacsPort
     introspector: IntrospectionPort
+    pacs_wado: PacsWadoPort | None = None  # the PACS's own WADO-RS: series streamed through instead of C-GET
 
 
 @dataclass(frozen=True)

@@ -81,13 +81,17 @@ async def drimbox_site(
     schematron_cache: Path,
     patient_id: str = INS,
     more: Iterable[Dataset] = (),
+    *,
+    via_wado: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[tuple[Runtime, Pacs]]:
     """A platform with a DRIMbox source on a PACS holding the ANS example's exam under ``patient_id`` (with
-    ``more`` instances); the platform and its PACS."""
+    ``more`` instances); the platform and its PACS. ``via_wado``: the source reads the PACS's own WADO-RS."""
     _study, accession = exam()
-    with orthanc(tmp_path / "pacs") as pacs:
+    with orthanc(tmp_path / "pacs", dicomweb=via_wado) as pacs:
         pacs.store(*exam_images(patient_id, accession), *more)
         settings = _settings(pacs, free_port()) | overrides
+        if via_wado:
+            settings["pacs_wado_url"] = f"{pacs.http}/dicom-web"
         async with running_platform(tmp_path / "platform", schematron_cache, **settings) as (rt, _dpi):
             yield rt, pacs

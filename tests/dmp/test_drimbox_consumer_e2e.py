@@ -100,12 +100,12 @@ def _local_patient(b: Runtime, ins: str = INS) -> PatientRef:
 
 @contextlib.asynccontextmanager
 async def _two_sites(
-    tmp_path: Path, schematron_cache: Path
+    tmp_path: Path, schematron_cache: Path, via_wado: bool = False
 ) -> AsyncIterator[tuple[Runtime, Runtime, Dataset]]:
     """Site A with its published manifest (two MR series and a JPEG one), and site B."""
     _study, accession = exam()
     jpeg = _jpeg_instance(accession)
-    async with drimbox_site(tmp_path / "a", schematron_cache, more=[jpeg]) as (a, _pacs):
+    async with drimbox_site(tmp_path / "a", schematron_cache, more=[jpeg], via_wado=via_wado) as (a, _pacs):
         assert (await send_raw(a, mdm("initial", new_number()))).code == "AA"
 
         async def published() -> bool:
@@ -127,10 +127,12 @@ async def _retrieved(consumer: DrimboxConsumer, view: FetchView) -> FetchView:
     return ended_view
 
 
+@pytest.mark.parametrize("via_wado", [False, True], ids=["source-c-get", "source-wado-rs"])
 async def test_site_b_retrieves_site_a_exam_with_the_pixel_data_of_site_a_pacs(
-    tmp_path: Path, schematron_cache: Path
+    tmp_path: Path, schematron_cache: Path, via_wado: bool
 ) -> None:
-    async with _two_sites(tmp_path, schematron_cache) as (a, b, jpeg):
+    """Site A's DRIMbox reads its PACS by C-GET, or streams its PACS's own WADO-RS answer through."""
+    async with _two_sites(tmp_path, schematron_cache, via_wado) as (a, b, jpeg):
         consumer, dmp = b.drimbox_consumer, b.dmp_consult
         assert consumer is not None and dmp is not None
         patient = _local_patient(b)

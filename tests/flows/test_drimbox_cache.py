@@ -32,7 +32,7 @@ def _cache(db: Database, tmp_path: Path, max_bytes: int = 10**9, days: float = 1
 def _complete(cache: ImageCache, patient: int, kos: str, size: int) -> int:
     view, run = cache.start(patient, kos, "dr.test")
     assert run
-    cache.write(view.id, kos, "1.2.3", f"{kos}.1", io.BytesIO(bytes(size)))
+    cache.progress(view.id, 1, cache.write(kos, "1.2.3", f"{kos}.1", io.BytesIO(bytes(size))))
     cache.complete(view.id, kos)
     return view.id
 
@@ -50,7 +50,7 @@ def test_an_exam_is_readable_only_once_complete(db: Database, tmp_path: Path) ->
     patient = add_patient(db)
     view, run = cache.start(patient, "1.9.1", "dr.test")
     assert run and view.status == FetchStatus.FETCHING
-    cache.write(view.id, "1.9.1", "1.2.3", "1.9.1.1", io.BytesIO(b"DICM"))
+    cache.write("1.9.1", "1.2.3", "1.9.1.1", io.BytesIO(b"DICM"))
     assert cache.instances("1.9.1") == []  # still under .partiel/
     # Asked twice while under way: one retrieval.
     again, run_again = cache.start(patient, "1.9.1", "dr.autre")
@@ -73,7 +73,7 @@ def test_a_failed_retrieval_starts_over_from_nothing(db: Database, tmp_path: Pat
     cache = _cache(db, tmp_path)
     patient = add_patient(db)
     view, _ = cache.start(patient, "1.9.3", "dr.test")
-    cache.write(view.id, "1.9.3", "1.2.3", "1.9.3.1", io.BytesIO(b"x" * 10))
+    cache.progress(view.id, 1, cache.write("1.9.3", "1.2.3", "1.9.3.1", io.BytesIO(b"x" * 10)))
     cache.fail(view.id, "1.9.3", "DRIMbox distant injoignable")
     failed = cache.get(view.id)
     assert failed is not None and failed.status == FetchStatus.FAILED and failed.error

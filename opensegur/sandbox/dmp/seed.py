@@ -25,7 +25,8 @@ from opensegur.transactions.xds import Association, ProvideAndRegister, Submitte
 __all__ = ["DEMO_DOCUMENTS", "IMAGING_REPORT", "DemoDocuments", "demo_file", "seed_demo_dmp"]
 
 _DIR = Path(__file__).with_name("demo_documents")
-IMAGING_REPORT = "IMG_CR_IMG_2024.01_CDA-R2-Niveau-1.xml"  # the exam the sandbox's remote DRIMbox has images of
+# The imaging report whose exam the sandbox's remote DRIMbox has images of.
+IMAGING_REPORT = "IMG_CR_IMG_2024.01_CDA-R2-Niveau-1.xml"
 # (file, age in days, class code when the ANS type→class table ASS_X04, not in the kit, leaves it open)
 DEMO_DOCUMENTS: tuple[tuple[str, int, str | None], ...] = (
     ("BIO-CR-BIO_2024.01_TSH_1.xml", 20, None),
@@ -35,9 +36,8 @@ DEMO_DOCUMENTS: tuple[tuple[str, int, str | None], ...] = (
     ("BIO-CR-BIO_2024.01_TSH_2.xml", 1100, None),
     ("VAC_2023.01.xml", 1500, "11"),  # Historique des vaccinations: a synthesis
 )
-IMAGING_REPORT = (
-    "IMG_CR_IMG_2024.01_CDA-R2-Niveau-1.xml"  # the exam the sandbox's remote DRIMbox has images of
-)
+# The imaging report whose exam the sandbox's remote DRIMbox has images of.
+IMAGING_REPORT = "IMG_CR_IMG_2024.01_CDA-R2-Niveau-1.xml"
 _OID_ROOT = "1.2.250.1.999.70"  # the sandbox's arc for what it generates
 _SEEDER = Caller(
     "SANDBOX-SEED", "Bac à sable DMP, contenu de démonstration", "SANDBOX", "INDIRECTE", "normal", ""

@@ -1,6 +1,7 @@
 """WADO-RS for the DRIMboxes of other hospitals: a series of an exam this DRIMbox published, streamed from the
-PACS. Who may ask is the flow's rule (``flows.drimbox_serving``): an active Pro Santé Connect token and a
-published manifest that covers the series; errors are JSON, in French, as for the API."""
+PACS — from its own WADO-RS when it has one (passed through), else by C-GET. Who may ask is the flow's rule
+(``flows.drimbox_serving``): an active Pro Santé Connect token and a published manifest that covers the series;
+errors are JSON, in French, as for the API."""
 
 from __future__ import annotations
 
@@ -80,6 +81,18 @@ async def retrieve_series(
         # Same answer for an unknown manifest, another exam's or an uncovered series: nothing to learn here.
         raise HTTPException(
             404, "Série inconnue de ce DRIMbox ou non couverte par le manifeste KOS-SOPInstanceUID"
+        )
+    if drimbox.pacs_wado is not None:
+        try:
+            opened = await drimbox.pacs_wado.open_series(study, series, syntaxes)
+        except PacsError as exc:
+            raise HTTPException(503, f"PACS indisponible, réessayez plus tard : {exc}") from exc
+        if opened is None:
+            raise HTTPException(404, "Les images de cette série ne sont plus dans le PACS")
+        await asyncio.to_thread(_audit, rt, sub, served, study, series)
+        # The PACS's own multipart answer, passed through as it streams in.
+        return StreamingResponse(
+            opened.body(), media_type=opened.content_type, headers={"Cache-Control": "no-store"}
         )
     instances = drimbox.pacs.retrieve_series(study, series, syntaxes)
     try:
