@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     # The PACS's own WADO-RS root, when it has one (e.g. http://pacs.ght.local:8042/dicom-web): the DRIMbox then
     # streams the series other DRIMboxes ask for straight through from it, instead of C-GET.
     pacs_wado_url: str | None = None
+    # Where the DRIMbox listens for what the PACS pushes (IOCM Rejection Notes, C-STORE from pacs_aet only).
+    drimbox_dicom_port: int | None = None
     # Pro Santé Connect introspection of the tokens other DRIMboxes present; with the sandbox on, the sandbox PSC's.
     drimbox_psc_introspection_url: str | None = None
     drimbox_psc_client_id: str | None = None

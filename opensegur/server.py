@@ -55,6 +55,7 @@ from opensegur.flows.dmp_feed import (
 from opensegur.flows.dmp_prefetch import JOB_DMP_PREFETCH, make_prefetch_handler
 from opensegur.flows.drimbox_cache import ImageCache
 from opensegur.flows.drimbox_consumer import DrimboxConsumer
+from opensegur.flows.drimbox_iocm import make_note_handler
 from opensegur.flows.drimbox_serving import DrimboxServing
 from opensegur.flows.drimbox_source import DrimboxSource, request_manifest
 from opensegur.flows.drimbox_source import make_handlers as make_drimbox_handlers
@@ -75,6 +76,7 @@ from opensegur.store.db import Database
 from opensegur.transactions import hl7v2
 from opensegur.transactions.insi import InsiContext, InsiResult, InsiTraitsQuery
 from opensegur.transactions.lps_mdm import MessageRoute
+from opensegur.transport.dicom_receiver import DicomReceiver
 from opensegur.transport.http_server import uvicorn_config
 from opensegur.transport.mllp import MllpFramingError, MllpServer, tls_server_context
 
@@ -285,6 +287,7 @@ class Platform:
         self._introspector: TokenIntrospector | None = None
         self._consumer: DrimboxConsumer | None = None
         self._pacs_wado: PacsWado | None = None
+        self._dicom_receiver: DicomReceiver | None = None
         self._warm: asyncio.Task[None] | None = None
         self._validator: CdaValidator | None = None
         self._annuaire_client: AnnuaireClient | None = None
@@ -650,6 +653,12 @@ class Platform:
         pacs = PacsClient(PacsEndpoint(s.pacs_host, s.pacs_port, s.pacs_aet, s.drimbox_aet, s.pacs_timeout_s))
         source = DrimboxSource(self.db, pacs, dmp, s.drimbox_wado_url, s.oid_root)
         handlers.update(make_drimbox_handlers(source))
+        if s.drimbox_dicom_port is not None and self._listen:
+            self._dicom_receiver = DicomReceiver(
+                s.host, s.drimbox_dicom_port, s.drimbox_aet, s.pacs_aet, make_note_handler(self.db)
+            )
+            port = self._dicom_receiver.start()
+            log.info("DRIMbox: receiving the PACS's IOCM notes on DICOM port %s", port)
         psc = endpoints.get("psc") or {}
         url = s.drimbox_psc_introspection_url or psc.get("introspection")
         client_id = s.drimbox_psc_client_id or psc.get("client_id")
@@ -834,6 +843,8 @@ class Platform:
             await self._consumer.aclose()
         if self._pacs_wado is not None:
             await self._pacs_wado.aclose()
+        if self._dicom_receiver is not None:
+            await asyncio.to_thread(self._dicom_receiver.stop)
         if self._warm is not None:
             await asyncio.gather(self._warm, return_exceptions=True)
         if self._validator is not None:

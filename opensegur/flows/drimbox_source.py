@@ -36,7 +36,7 @@ from opensegur.imaging.study import Study, StudyError, study_from_matches
 from opensegur.imaging.xdsi import ExamMismatch, check_exam, kos_metadata
 from opensegur.store import jobs
 from opensegur.store.db import Database
-from opensegur.store.models import Delivery, Document, ImagingManifest, Job, Payload, utcnow
+from opensegur.store.models import Delivery, Document, ImagingManifest, ImagingRejection, Job, Payload, utcnow
 from opensegur.transactions.xdm import cx_identifier
 
 __all__ = [
@@ -142,7 +142,23 @@ def _site_and_patient(db: Database, document_id: int) -> tuple[dict[str, Any], s
         return structure_info(s, doc.structure_id), patient_cx_of(doc)
 
 
-async def publish(source: DrimboxSource, document_id: int, attempt: int, now: datetime) -> dict[str, Any]:
+def _rejected(db: Database, study_uid: str) -> set[str]:
+    """The exam's instances the PACS withdrew (IOCM): never in a manifest again."""
+    with db.session() as s:
+        return set(
+            s.scalars(
+                select(ImagingRejection.sop_instance_uid).where(
+                    ImagingRejection.study_instance_uid == study_uid
+                )
+            )
+        )
+
+
+async def publish(
+    source: DrimboxSource, document_id: int, attempt: int, now: datetime, revision: int | None = None
+) -> dict[str, Any]:
+    """The manifest of the report's exam in the DMP. ``revision``: a new manifest after an image change (the
+    job's id, stable across its retries, tells it from the report's first one)."""
     report = await asyncio.to_thread(_load, source.db, document_id)
     try:
         root, header = parse_cda(report.content)
@@ -153,6 +169,12 @@ async def publish(source: DrimboxSource, document_id: int, attempt: int, now: da
         matches = await asyncio.to_thread(source.pacs.find_instances, facts.study_instance_uid)
     except (PacsUnavailable, PacsQueryError) as exc:  # a PACS busy or restarting answers later
         raise RetryableError(str(exc)) from exc
+    rejected = await asyncio.to_thread(_rejected, source.db, facts.study_instance_uid)
+    kept = [m for m in matches if str(m.get("SOPInstanceUID", "")) not in rejected]
+    if matches and not kept:
+        # Every image of the exam was withdrawn by the PACS: so is the manifest.
+        return {"rejected": len(rejected), **(await withdraw(source, document_id))}
+    matches = kept
     if not matches:
         raise RetryableError(f"Le PACS n'a pas encore d'image de l'examen {facts.study_instance_uid}")
     try:
@@ -160,9 +182,10 @@ async def publish(source: DrimboxSource, document_id: int, attempt: int, now: da
         check_exam(facts, study, _ipp(report.entry))
     except (StudyError, ExamMismatch) as exc:
         raise PermanentError(f"Manifeste non publié : {exc}") from exc
+    suffix = f".{revision}" if revision is not None else ""
     ids = KosIds(
-        f"{source.oid_root}.{ARC_KOS}.{report.document_id}",
-        f"{source.oid_root}.{ARC_KOS_SERIES}.{report.document_id}",
+        f"{source.oid_root}.{ARC_KOS}.{report.document_id}{suffix}",
+        f"{source.oid_root}.{ARC_KOS_SERIES}.{report.document_id}{suffix}",
     )
     try:
         if attempt > 1:
@@ -274,7 +297,10 @@ def _withdrawn(db: Database, sop: str) -> None:
 def make_handlers(source: DrimboxSource) -> dict[str, Handler]:
     async def publish_job(job: Job) -> dict[str, Any]:
         # The manifest's dates in the hospital's zone, as the ANS samples (+0100 / +0200).
-        return await publish(source, int(job.args["document_id"]), job.attempts, utcnow().astimezone(PARIS))
+        revision = job.id if job.args.get("change") else None  # an image change (IOCM): a new manifest
+        return await publish(
+            source, int(job.args["document_id"]), job.attempts, utcnow().astimezone(PARIS), revision
+        )
 
     async def withdraw_job(job: Job) -> dict[str, Any]:
         return await withdraw(source, int(job.args["document_id"]))

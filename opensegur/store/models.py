@@ -402,6 +402,19 @@ class ImagingManifest(Base):
     published_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ImagingRejection(Base):
+    """An instance the PACS withdrew (IOCM Rejection Note): left out of every manifest published after."""
+
+    __tablename__ = "imaging_rejection"
+    __table_args__ = (UniqueConstraint("study_instance_uid", "sop_instance_uid"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(16))  # CID 7011 code
+    note_sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ImagingFetch(Base):
     """An exam of another hospital this DRIMbox's consumer retrieved, or is retrieving, into its image cache: one
     per KOS manifest. Its status follows ``flows.drimbox_cache.FETCH_TRANSITIONS``; only a complete one is shown."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import io
 from pathlib import Path
@@ -10,13 +11,19 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import AE
 from sqlalchemy import select
 
+from opensegur.imaging.kos import KOS_SOP_CLASS
 from opensegur.store.models import AuditEvent, ImagingManifest
 from tests.dmp import helpers
 from tests.dmp.drimbox_sites import drimbox_site, exam, job_of, manifests
 from tests.dmp.helpers import inspect, mdm, new_number, send_raw, wait_for
 from tests.imaging.helpers import ANS_ACCEPT
+from tests.imaging.iocm_notes import rejection_note
+from tests.ports import free_port
 from tests.psc_tokens import psc_access_token
 
 pytestmark = pytest.mark.requirement("IMG-DRIMBOX-SOURCE")
@@ -134,3 +141,62 @@ async def test_another_drimbox_retrieves_a_published_series_with_a_psc_token(
                 assert "detail" in r.json()
             bad_uid = await http.get(f"{base}/..%2F..%2Fadmin", headers=headers)
             assert bad_uid.status_code in (404, 422)
+
+
+def _send_note(port: int, note: Dataset, calling_aet: str = "ORTHANC") -> int | None:
+    """A C-STORE of ``note`` to the DRIMbox, as the PACS sends it; the status, None if the association failed."""
+    ae = AE(ae_title=calling_aet)
+    ae.add_requested_context(KOS_SOP_CLASS, ImplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="OPENSEGUR")
+    if not assoc.is_established:
+        return None
+    try:
+        status = assoc.send_c_store(note)
+        return int(status.Status) if status else None
+    finally:
+        assoc.release()
+
+
+async def test_images_the_pacs_withdraws_leave_the_manifest(tmp_path: Path, schematron_cache: Path) -> None:
+    study, _ = exam()
+    port = free_port()
+    async with drimbox_site(tmp_path, schematron_cache, drimbox_dicom_port=port) as (rt, _pacs):
+        assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
+
+        async def published(count: int) -> bool:
+            return len(manifests(rt)) == count and manifests(rt)[-1][1] == "published"
+
+        await wait_for(lambda: published(1))
+        [(first, _)] = manifests(rt)
+
+        # The PACS withdraws series 2 (IOCM): a manifest of series 1 alone replaces the first.
+        note = rejection_note("1.2.250.1.999.77.1", study, {f"{study}.2": [f"{study}.2.1", f"{study}.2.2"]})
+        assert await asyncio.to_thread(_send_note, port, note) == 0x0000
+        await wait_for(lambda: published(2))
+        (_, old_status), (second, _) = manifests(rt)
+        assert old_status == "replaced"
+        with rt.db.session() as s:
+            row = s.scalars(select(ImagingManifest).where(ImagingManifest.sop_instance_uid == second)).one()
+            assert row.series_uids == [f"{study}.1"] and row.instances == 2
+        statuses = {
+            e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
+        }
+        assert statuses == {first: "Deprecated", second: "Approved"}
+
+        # What the DRIMbox does not take: another AE title, an object that is no rejection note.
+        assert await asyncio.to_thread(_send_note, port, note, "INCONNU") is None
+        manifest_kos = rejection_note("1.2.250.1.999.77.2", study, {f"{study}.1": [f"{study}.1.1"]}, "113030")
+        assert await asyncio.to_thread(_send_note, port, manifest_kos) == 0xC000
+
+        # Then series 1 too: no image left, the manifest leaves the DMP.
+        rest = rejection_note("1.2.250.1.999.77.3", study, {f"{study}.1": [f"{study}.1.1", f"{study}.1.2"]})
+        assert await asyncio.to_thread(_send_note, port, rest) == 0x0000
+
+        async def withdrawn() -> bool:
+            return manifests(rt)[-1][1] == "withdrawn"
+
+        await wait_for(withdrawn)
+        statuses = {
+            e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
+        }
+        assert statuses[second] == "Deleted"
