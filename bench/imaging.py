@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import statistics
 import subprocess
@@ -33,7 +32,7 @@ from sqlalchemy import select
 
 from opensegur.connectors.drimbox_client import ACCEPT, DrimboxClient
 from opensegur.connectors.pacs import PacsClient
-from opensegur.documents.metadata import Coded, DocumentMetadata
+from opensegur.documents.metadata import DocumentMetadata
 from opensegur.flows.dmp_consult import Consulter, patient_cx
 from opensegur.flows.drimbox_cache import FetchStatus, ImageCache
 from opensegur.flows.drimbox_consumer import DrimboxConsumer, PatientRef
@@ -41,11 +40,11 @@ from opensegur.imaging.kos import KosIds, build_kos, kos_bytes
 from opensegur.imaging.report import read_imaging_report
 from opensegur.imaging.study import study_from_matches
 from opensegur.imaging.wado import MultipartReader
-from opensegur.imaging.xdsi import KOS_TYPE
 from opensegur.sandbox.dmp.seed import IMAGING_REPORT, demo_file
 from opensegur.store.db import Database
 from opensegur.store.models import Document, ImagingManifest, Patient, Structure
 from opensegur.transactions.xds import RetrievedDocument
+from tests.flows.drimbox_fakes import entry as manifest_entry
 from tests.pacs import Pacs, mr_image, start_orthanc
 from tests.ports import free_port
 from tests.psc_tokens import psc_access_token
@@ -157,17 +156,7 @@ def _manifest(db: Database, pacs: Pacs, wado: str) -> tuple[bytes, PatientRef, i
         ).first()
         assert p is not None and p.ins_matricule and p.ins_oid
         patient = PatientRef(p.id, p.ins_matricule, patient_cx(p.ins_matricule, p.ins_oid))
-        report = read_imaging_report(demo_file(IMAGING_REPORT))
-        report = dataclasses.replace(
-            report,
-            study_instance_uid=STUDY,
-            header=dataclasses.replace(
-                report.header,
-                patient=dataclasses.replace(
-                    report.header.patient, ins_matricule=p.ins_matricule, ins_oid=p.ins_oid
-                ),
-            ),
-        )
+        report = read_imaging_report(demo_file(IMAGING_REPORT)).about(STUDY, p.ins_matricule, p.ins_oid)
         document = Document(structure_id=p.structure_id, source="hl7", kind="initial", unique_id="bench")
         s.add(document)
         s.flush()
@@ -256,7 +245,7 @@ async def bench_imaging(
             token = await psc_access_token(endpoints["psc"])
             cache = ImageCache(db, tmp / "cache", max_bytes=1 << 40, max_age=timedelta(days=1))
             consumer = DrimboxConsumer(_Dmp(kos), DrimboxClient(), cache)  # type: ignore[arg-type]
-            entry = _entry()
+            entry = manifest_entry(KOS)
             results = [
                 await _round(http, consumer, patient, entry, token, pacs, wado, series) for _ in range(rounds)
             ]
@@ -292,24 +281,6 @@ def _consumer_patient(db: Database, source: PatientRef) -> PatientRef:
         s.add(p)
         s.flush()
         return PatientRef(p.id, source.ins, source.cx)
-
-
-def _entry() -> DocumentMetadata:
-    """The manifest's DMP entry, as ITI-18 would list it (only its uniqueId and repository are read)."""
-    unused = Coded("x", "1.2.3")
-    return DocumentMetadata(
-        unique_id=KOS,
-        patient_id="",
-        mime_type="application/dicom",
-        class_code=unused,
-        type_code=KOS_TYPE,
-        format_code=unused,
-        healthcare_facility_type_code=unused,
-        practice_setting_code=unused,
-        confidentiality_codes=[],
-        creation_time="20261206000000",
-        repository_unique_id="1.2.250.1.213.1.1.1.1",
-    )
 
 
 async def _round(

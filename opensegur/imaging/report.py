@@ -9,7 +9,7 @@ anatomique » (JDV_RegionAnatomique_CISIS)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lxml import etree
 
@@ -39,6 +39,14 @@ class ImagingReport:
     act: Coded | None = None
     modalities: list[Coded] = field(default_factory=list)
     regions: list[Coded] = field(default_factory=list)
+
+    def about(self, study_instance_uid: str, ins_matricule: str, ins_oid: str) -> ImagingReport:
+        """The same report on another exam and patient: the demo's and the bench's exams, made from the ANS
+        example."""
+        patient = replace(self.header.patient, ins_matricule=ins_matricule, ins_oid=ins_oid)
+        return replace(
+            self, study_instance_uid=study_instance_uid, header=replace(self.header, patient=patient)
+        )
 
 
 def _coded(el: etree._Element) -> Coded:

@@ -12,7 +12,6 @@ renamed to the exam and the patient: two series of four instances, made when fir
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import io
 from collections.abc import Sequence
@@ -28,7 +27,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from opensegur.content.xds_metadata import document_metadata
-from opensegur.documents.metadata import SubmissionSetMetadata
 from opensegur.imaging.kos import KosIds, build_kos, kos_bytes
 from opensegur.imaging.report import read_imaging_report
 from opensegur.imaging.study import Study, study_from_matches
@@ -36,11 +34,9 @@ from opensegur.imaging.uids import UID_MAX, UID_PATTERN
 from opensegur.imaging.wado import NotAcceptable, accepted_transfer_syntaxes, multipart_dicom
 from opensegur.imaging.xdsi import kos_metadata
 from opensegur.sandbox.dmp.patients import DmpPatient, DmpStatus
-from opensegur.sandbox.dmp.seed import DEMO_DOCUMENTS, IMAGING_REPORT, demo_file
+from opensegur.sandbox.dmp.seed import DEMO_DOCUMENTS, IMAGING_REPORT, demo_file, register_alone
 from opensegur.sandbox.dmp.store import Caller, DmpStore
 from opensegur.sandbox.psc import PscSandbox
-from opensegur.transactions.ihe_ids import ASSOC_HAS_MEMBER
-from opensegur.transactions.xds import Association, ProvideAndRegister, SubmittedDocument
 
 __all__ = ["RemoteDrimbox", "create_drimbox_router", "publish_demo_exams"]
 
@@ -121,21 +117,11 @@ class RemoteDrimbox:
         ids = KosIds(_uid(study_uid, "kos"), _uid(study_uid, "kos-series"))
         self._exams[ids.sop_instance_uid] = exam
         # The report as the images' hospital would have published it, under the patient's INS and this study.
-        report = dataclasses.replace(
-            report,
-            study_instance_uid=study_uid,
-            header=dataclasses.replace(
-                report.header,
-                patient=dataclasses.replace(
-                    report.header.patient, ins_matricule=patient.matricule, ins_oid=patient.oid
-                ),
-            ),
-        )
+        report = report.about(study_uid, patient.matricule, patient.oid)
         study = self._study(exam)
         content = kos_bytes(
             build_kos(study, report, ids, wado_base=self.wado, institution=INSTITUTION, now=when.astimezone())
         )
-        at = when.strftime("%Y%m%d%H%M%S")
         entry = kos_metadata(
             document_metadata(report.header, ipp=None, ipp_authority_oid=None, size=0, hash_sha1=""),
             report,
@@ -143,34 +129,11 @@ class RemoteDrimbox:
             ids.sop_instance_uid,
             content,
         )
-        entry = dataclasses.replace(
-            entry,
-            patient_id=patient.cx,
-            source_patient_id=patient.cx,
-            creation_time=at,
-            service_start_time=at,
-            service_stop_time=at,
-            entry_uuid="Document01",
-        )
-        submission = SubmissionSetMetadata(
-            unique_id=_uid(study_uid, "set"),
-            source_id=_OID_ROOT,
-            patient_id=patient.cx,
-            content_type_code=entry.class_code,
-            submission_time=at,
-            authors=list(entry.authors[:1]),
-            title=entry.title,
-            entry_uuid="SubmissionSet01",
-        )
-        member = Association(
-            ASSOC_HAS_MEMBER, "SubmissionSet01", "Document01", "", {"SubmissionSetStatus": ["Original"]}
-        )
         if not store.find_entries(unique_ids=[ids.sop_instance_uid]):
-            store.register(
-                ProvideAndRegister(submission, [SubmittedDocument(entry, content)], [member]),
-                dataclasses.replace(_PUBLISHER, patient_cx=patient.cx),
-                patient.matricule,
-            )
+            register_alone(
+                store, patient, entry, content, when, set_unique_id=_uid(study_uid, "set"), source_id=_OID_ROOT,
+                caller=_PUBLISHER, content_type_code=entry.class_code,
+            )  # fmt: skip
         return ids.sop_instance_uid
 
 

@@ -16,13 +16,20 @@ from pathlib import Path
 from opensegur.content import jdv
 from opensegur.content.cda import parse_cda
 from opensegur.content.xds_metadata import document_metadata
-from opensegur.documents.metadata import SubmissionSetMetadata
+from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata
 from opensegur.sandbox.dmp.patients import DmpPatient, DmpStatus
 from opensegur.sandbox.dmp.store import Caller, DmpStore
 from opensegur.transactions.ihe_ids import ASSOC_HAS_MEMBER
 from opensegur.transactions.xds import Association, ProvideAndRegister, SubmittedDocument
 
-__all__ = ["DEMO_DOCUMENTS", "IMAGING_REPORT", "DemoDocuments", "demo_file", "seed_demo_dmp"]
+__all__ = [
+    "DEMO_DOCUMENTS",
+    "IMAGING_REPORT",
+    "DemoDocuments",
+    "demo_file",
+    "register_alone",
+    "seed_demo_dmp",
+]
 
 _DIR = Path(__file__).with_name("demo_documents")
 # The imaging report whose exam the sandbox's remote DRIMbox has images of.
@@ -48,6 +55,51 @@ def _uid(matricule: str, index: int, kind: str) -> str:
     # Deterministic, so a second start finds the document already there.
     number = int(hashlib.sha256(f"{matricule}/{index}/{kind}".encode()).hexdigest()[:12], 16)
     return f"{_OID_ROOT}.{1 if kind == 'doc' else 2}.{number}"
+
+
+def register_alone(
+    store: DmpStore,
+    patient: DmpPatient,
+    entry: DocumentMetadata,
+    content: bytes,
+    when: datetime,
+    *,
+    set_unique_id: str,
+    source_id: str,
+    caller: Caller,
+    content_type_code: Coded,
+) -> None:
+    """``entry`` in ``patient``'s DMP, in a submission set of its own, about an act of ``when``, as its producer
+    would have sent it."""
+    at = when.strftime("%Y%m%d%H%M%S")
+    entry = dataclasses.replace(
+        entry,
+        patient_id=patient.cx,
+        source_patient_id=patient.cx,
+        creation_time=at,
+        service_start_time=at,
+        service_stop_time=at,
+        entry_uuid="Document01",
+        repository_unique_id=None,
+    )
+    ss = SubmissionSetMetadata(
+        unique_id=set_unique_id,
+        source_id=source_id,
+        patient_id=patient.cx,
+        content_type_code=content_type_code,
+        submission_time=at,
+        authors=list(entry.authors[:1]),
+        title=entry.title,
+        entry_uuid="SubmissionSet01",
+    )
+    member = Association(
+        ASSOC_HAS_MEMBER, "SubmissionSet01", "Document01", "", {"SubmissionSetStatus": ["Original"]}
+    )
+    store.register(
+        ProvideAndRegister(ss, [SubmittedDocument(entry, content)], [member]),
+        dataclasses.replace(caller, patient_cx=patient.cx),
+        patient.matricule,
+    )
 
 
 def demo_file(name: str) -> bytes:
@@ -77,7 +129,6 @@ class DemoDocuments:
         own, about an act of ``when``, with the metadata a producer would derive from its header."""
         name, _age, class_code = DEMO_DOCUMENTS[index % len(DEMO_DOCUMENTS)]
         content = self.files[name]
-        at = when.strftime("%Y%m%d%H%M%S")
         m = document_metadata(
             self.headers[name],
             ipp=None,
@@ -86,34 +137,16 @@ class DemoDocuments:
             hash_sha1=hashlib.sha1(content).hexdigest(),
             class_code=jdv.CLASS_CODES[class_code] if class_code else None,
         )
-        m = dataclasses.replace(
-            m,
-            unique_id=unique_id,
-            patient_id=patient.cx,
-            source_patient_id=patient.cx,
-            creation_time=at,
-            service_start_time=at,
-            service_stop_time=at,
-            entry_uuid="Document01",
-            repository_unique_id=None,
-        )
-        ss = SubmissionSetMetadata(
-            unique_id=set_unique_id,
+        register_alone(
+            store,
+            patient,
+            dataclasses.replace(m, unique_id=unique_id),
+            content,
+            when,
+            set_unique_id=set_unique_id,
             source_id=source_id,
-            patient_id=patient.cx,
+            caller=caller,
             content_type_code=jdv.content_type_code_for_patient_class("O") or m.class_code,
-            submission_time=at,
-            authors=list(m.authors[:1]),
-            title=m.title,
-            entry_uuid="SubmissionSet01",
-        )
-        member = Association(
-            ASSOC_HAS_MEMBER, "SubmissionSet01", "Document01", "", {"SubmissionSetStatus": ["Original"]}
-        )
-        store.register(
-            ProvideAndRegister(ss, [SubmittedDocument(m, content)], [member]),
-            dataclasses.replace(caller, patient_cx=patient.cx),
-            patient.matricule,
         )
         return unique_id
 
