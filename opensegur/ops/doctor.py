@@ -166,6 +166,10 @@ class ServiceUrls:
     dmp_registry: str | None
     psc_discovery: str | None
     annuaire: str | None
+    pacs_wado: str | None = None  # a QIDO-RS search of the PACS's own DICOMweb, when it has one
+    other_drimbox: str | None = (
+        None  # the sandbox's remote DRIMbox (the directory of DRIMboxes is not built yet)
+    )
 
     @classmethod
     def of(cls, settings: Settings, endpoints: dict[str, Any] | None = None) -> ServiceUrls:
@@ -178,6 +182,8 @@ class ServiceUrls:
             settings.dmp_iti18_url or (endpoints.get("dmp") or {}).get("iti18"),
             discovery or (endpoints.get("psc") or {}).get("discovery"),
             settings.annuaire_url or (endpoints.get("annuaire") or {}).get("url"),
+            f"{settings.pacs_wado_url.rstrip('/')}/studies?limit=1" if settings.pacs_wado_url else None,
+            (endpoints.get("drimbox") or {}).get("wado"),
         )
 
 
@@ -200,6 +206,23 @@ async def check_services(
                     "Vérifier drimbox_psc_introspection_url",
                 ),
                 _reachable(http, "Annuaire Santé", urls.annuaire, "Vérifier annuaire_url et la clé d'API"),
+                *(
+                    [_reachable(http, "PACS : WADO-RS", urls.pacs_wado, "Vérifier pacs_wado_url")]
+                    if urls.pacs_wado
+                    else []
+                ),
+                *(
+                    [
+                        _reachable(
+                            http,
+                            "DRIMbox distant (bac à sable)",
+                            urls.other_drimbox,
+                            "Redémarrer le bac à sable",
+                        )
+                    ]
+                    if urls.other_drimbox
+                    else []
+                ),
             )
         )
 

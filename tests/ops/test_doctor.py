@@ -90,6 +90,8 @@ async def test_the_national_services_answer_or_not(tmp_path: Path) -> None:
             return httpx.Response(503)
         if request.url.path.endswith("/.well-known/openid-configuration"):
             return httpx.Response(200, json={"issuer": "https://psc.test/realms/x"})
+        if request.url.host == "pacs.test" and request.url.params.get("limit") == "1":
+            return httpx.Response(200, json=[])
         raise httpx.ConnectError("refused", request=request)
 
     settings = Settings(
@@ -97,10 +99,14 @@ async def test_the_national_services_answer_or_not(tmp_path: Path) -> None:
         dmp_iti18_url="https://dmp.test/registry",
         drimbox_psc_introspection_url="https://psc.test/realms/x/protocol/openid-connect/token/introspect",
         annuaire_url="https://annuaire.test/fhir",
+        pacs_host="pacs.test",
+        drimbox_wado_url="https://drimbox.test/dicom-web",
+        pacs_wado_url="http://pacs.test:8042/dicom-web/",
     )
     checks = await check_services(settings, transport=httpx.MockTransport(answer))
-    assert [c.verdict for c in checks] == [Verdict.FAILED, Verdict.OK, Verdict.FAILED]
+    assert [c.verdict for c in checks] == [Verdict.FAILED, Verdict.OK, Verdict.FAILED, Verdict.OK]
     assert "503" in checks[0].detail and "ConnectError" in checks[2].detail
+    assert checks[3].link == "PACS : WADO-RS"
 
 
 def test_the_command_fails_only_on_a_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
