@@ -13,7 +13,14 @@ $(BIN)/opensegur: pyproject.toml
 
 install: $(BIN)/opensegur
 
-run: install
+# The OHIF viewer's prebuilt files (npm @ohif/app, pinned with its integrity in viewer/ohif.json), beside the Python
+# environment; without npm the platform runs without its viewer, and the viewer's page says so.
+OHIF := $(VENV)/share/ohif/dist/index.html
+
+$(OHIF): viewer/ohif.json $(BIN)/opensegur
+	if command -v npm >/dev/null; then $(BIN)/python -m opensegur.ops.viewer_install viewer/ohif.json $(VENV)/share/ohif/dist; fi
+
+run: install $(OHIF)
 	$(BIN)/opensegur serve --demo --data-dir var
 
 lint: install
@@ -26,7 +33,7 @@ OIDC_OP := tests/oidc_provider/node_modules/.package-lock.json
 $(OIDC_OP): tests/oidc_provider/package-lock.json
 	if command -v npm >/dev/null; then npm ci --prefix tests/oidc_provider --no-audit --no-fund --loglevel=error; fi
 
-test: lint $(OIDC_OP)
+test: lint $(OIDC_OP) $(OHIF)
 	$(BIN)/pytest -q
 
 bench: install

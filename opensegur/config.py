@@ -143,6 +143,8 @@ class Settings(BaseSettings):
     drimbox_cache_max_mb: int = Field(default=20_000, ge=10)
     drimbox_cache_days: float = Field(default=14.0, gt=0)
     drimbox_remote_timeout_s: float = 60.0
+    # The OHIF viewer's prebuilt files (make install puts them beside the Python environment: share/ohif/dist).
+    viewer_dir: Path | None = None
     # Login sessions: idle and absolute expiry; cookies marked Secure when the platform is reached over HTTPS.
     session_idle_s: int = 30 * 60
     session_absolute_s: int = 12 * 3600

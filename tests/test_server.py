@@ -25,6 +25,7 @@ from playwright.sync_api import Page
 from opensegur.flows.dmp_consult import patient_cx
 from opensegur.identity.ins import OID_NIR_TEST
 from opensegur.ops.demo_accounts import DEMO_ACCOUNTS, DemoAccount
+from opensegur.ops.viewer_install import viewer_dir
 from opensegur.security.pki import ensure_test_pki
 from opensegur.transport.mllp import send_message
 from tests.browser import CHROMIUM, FLAGS, browser_page, fresh_totp, log_in, screenshot
@@ -655,3 +656,44 @@ def test_a_doctor_consults_the_dmp_in_a_real_browser_and_a_secretary_may_not(ser
             (f"%/identites/{patient_id}/dmp%",),
         ).fetchone()
     assert denied == 1
+
+
+@pytest.mark.requirement("IMG-DRIMBOX-CONSUMER")
+def test_a_doctor_retrieves_another_hospitals_exam_and_sees_it_in_the_viewer(served: Served) -> None:
+    """Through the pages, as dr.reault logged in with Pro Santé Connect: the imaging tab lists the demo DMP's CT of
+    another hospital, « Récupérer les images » brings it from the sandbox's remote DRIMbox, and OHIF shows its
+    first image from this platform's DICOMweb."""
+    if not (viewer_dir() / "index.html").is_file():
+        if os.environ.get("CI"):
+            pytest.fail("the OHIF viewer must be installed in CI (make test installs it with npm)")
+        pytest.skip("OHIF viewer not installed (npm absent)")
+    found = served.web.get(f"{served.http}/api/v1/patients", params={"ins": "218089913400712"}).json()
+    patient = found["items"][0]
+    with browser_page() as page:
+        page.goto(f"{served.http}/connexion")
+        page.click("text=Se connecter avec Pro Santé Connect")
+        page.fill("input[name=login]", "pierre.reault")
+        page.fill("input[name=password]", "psc-pierre.reault-2026")
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{served.http}/identites")
+        page.goto(f"{served.http}/identites/{patient['id']}")
+        page.click("text=Imagerie du patient dans d'autres établissements")
+        assert "Tomodensitométrie" in page.locator("#examens-imagerie").inner_text()
+        page.click("text=Récupérer les images")
+        deadline = time.monotonic() + 60
+        while "Images disponibles" not in page.locator("#examens-imagerie").inner_text():
+            assert time.monotonic() < deadline, page.locator("#examens-imagerie").inner_text()
+            time.sleep(1)
+            page.reload()
+        screenshot(page, "imagerie-examen-recupere.png")
+        frames: list[int] = []
+        page.on("response", lambda r: frames.append(r.status) if "/frames/" in r.url else None)
+        page.goto(served.http + page.locator("text=Ouvrir dans la visionneuse").get_attribute("href"))
+        page.wait_for_selector("text=Crâne — série 1", timeout=60_000)
+        page.wait_for_function("() => document.querySelector('canvas') !== null", timeout=60_000)
+        deadline = time.monotonic() + 30
+        while 200 not in frames and time.monotonic() < deadline:
+            page.wait_for_timeout(250)
+        assert 200 in frames and all(status == 200 for status in frames), frames
+        shot = screenshot(page, "visionneuse-premiere-image.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000

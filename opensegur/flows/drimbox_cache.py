@@ -249,6 +249,20 @@ class ImageCache:
             row = s.get(ImagingFetch, fetch_id)
             return FetchView.of(row) if row is not None else None
 
+    def complete_study(self, study_instance_uid: str) -> FetchView | None:
+        """The latest complete retrieval of the exam ``study_instance_uid``: what the viewer shows."""
+        with self.db.session() as s:
+            row = s.scalar(
+                select(ImagingFetch)
+                .where(
+                    ImagingFetch.study_instance_uid == study_instance_uid,
+                    ImagingFetch.status == FetchStatus.COMPLETE,
+                )
+                .order_by(ImagingFetch.completed_at.desc())
+                .limit(1)
+            )
+            return FetchView.of(row) if row is not None else None
+
     def instances(self, kos: str) -> list[Path]:
         """The files of a complete exam, series by series."""
         folder = self.exam_dir(kos)

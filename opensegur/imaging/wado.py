@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -28,6 +28,7 @@ __all__ = [
     "Part",
     "accepted_transfer_syntaxes",
     "multipart_dicom",
+    "multipart_parts",
 ]
 
 _DICOM = "application/dicom"
@@ -98,15 +99,30 @@ def multipart_dicom(
 ) -> tuple[str, Iterator[bytes]]:
     """The Content-Type and the body of a multipart/related answer, written part by part from ``parts``
     (Part 10 bytes, transfer syntax)."""
+    return _multipart(
+        ((data, f"{_DICOM}; transfer-syntax={syntax}") for data, syntax in parts), _DICOM, boundary
+    )
+
+
+def multipart_parts(
+    parts: Sequence[tuple[bytes, str]], boundary: str | None = None
+) -> tuple[str, Iterator[bytes]]:
+    """The same for parts of any media type (bytes, the part's Content-Type): frames of pixel data (§8.7.3.3)."""
+    media = parts[0][1].split(";", 1)[0].strip() if parts else "application/octet-stream"
+    return _multipart(iter(parts), media, boundary)
+
+
+def _multipart(
+    parts: Iterator[tuple[bytes, str]], media: str, boundary: str | None
+) -> tuple[str, Iterator[bytes]]:
     boundary = boundary or secrets.token_hex(16)
-    content_type = f'multipart/related; type="{_DICOM}"; boundary={boundary}'
+    content_type = f'multipart/related; type="{media}"; boundary={boundary}'
 
     def body() -> Iterator[bytes]:
-        for data, syntax in parts:
-            yield (
-                f"--{boundary}\r\nContent-Type: {_DICOM}; transfer-syntax={syntax}\r\n"
-                f"Content-Length: {len(data)}\r\n\r\n"
-            ).encode("ascii")
+        for data, part_type in parts:
+            yield f"--{boundary}\r\nContent-Type: {part_type}\r\nContent-Length: {len(data)}\r\n\r\n".encode(
+                "ascii"
+            )
             yield data
             yield b"\r\n"
         yield f"--{boundary}--\r\n".encode("ascii")

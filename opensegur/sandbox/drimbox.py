@@ -83,6 +83,7 @@ class RemoteDrimbox:
         ds.StudyInstanceUID, ds.SeriesInstanceUID = exam.study_instance_uid, series
         ds.PatientID, ds.AccessionNumber = exam.patient_id, exam.accession
         ds.SeriesNumber, ds.InstanceNumber = series_index + 1, number
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: the template's Latin-1 has no « — »
         ds.SeriesDescription = f"Crâne — série {series_index + 1}"
         return ds
 

@@ -39,6 +39,7 @@ from opensegur.web.routes import (
     readiness,
     scim,
     session,
+    viewer,
     webauthn,
 )
 from opensegur.web.templating import render
@@ -62,6 +63,9 @@ ROUTERS = (
     scim.router,
     webauthn.router,
     dicomweb.router,
+    viewer.router,
+    # Last: the viewer's code is built to load from the site's root, after every route of the platform.
+    viewer.root_files,
 )
 
 

@@ -70,6 +70,8 @@ def test_every_route_declares_exactly_one_policy(offline: Offline) -> None:
         "/",
         "/api/moi/cles",
         "/api/moi/cles/options",
+        # The OHIF viewer's configuration (no patient data; its DICOMweb needs dmp.consult).
+        "/app-config.js",
         "/connexion",
         "/connexion",
         "/connexion/cle/options",
@@ -86,11 +88,15 @@ def test_every_route_declares_exactly_one_policy(offline: Offline) -> None:
         "/docs-assets/{name}",
         "/fhir/metadata",
         "/healthz",
+        # The viewer's code; no service worker is installed.
+        "/init-service-worker.js",
         "/moi/cles",
         "/moi/cles/{key_id}/renommer",
         "/moi/cles/{key_id}/revoquer",
         "/sandbox/endpoints",
         "/static/{name}",
+        # Last route: the OHIF viewer's files at the site's root, and only them.
+        "/{name:path}",
     ], public
 
 
