@@ -41,6 +41,7 @@ from opensegur.imaging.report import read_imaging_report
 from opensegur.imaging.study import study_from_matches
 from opensegur.imaging.wado import MultipartReader
 from opensegur.sandbox.dmp.seed import IMAGING_REPORT, demo_file
+from opensegur.security.drimbox_directory import DrimboxDirectory, TrustedDrimbox
 from opensegur.store.db import Database
 from opensegur.store.models import Document, ImagingManifest, Patient, Structure
 from opensegur.transactions.xds import RetrievedDocument
@@ -244,7 +245,8 @@ async def bench_imaging(
             patient = await asyncio.to_thread(_consumer_patient, db, patient)
             token = await psc_access_token(endpoints["psc"])
             cache = ImageCache(db, tmp / "cache", max_bytes=1 << 40, max_age=timedelta(days=1))
-            consumer = DrimboxConsumer(_Dmp(kos), DrimboxClient(), cache)  # type: ignore[arg-type]
+            trusted = DrimboxDirectory((TrustedDrimbox("BENCH-SOURCE", wado),))
+            consumer = DrimboxConsumer(_Dmp(kos), DrimboxClient(), cache, lambda: trusted)  # type: ignore[arg-type]
             entry = manifest_entry(KOS)
             results = [
                 await _round(http, consumer, patient, entry, token, pacs, wado, series) for _ in range(rounds)

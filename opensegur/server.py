@@ -68,6 +68,7 @@ from opensegur.hospital.apply import ApplyResult, load_and_apply
 from opensegur.hospital.loader import ConfigInvalid, ConfigProblem, load_directory
 from opensegur.hospital.model import HospitalConfig
 from opensegur.security.defaults import default_matrix
+from opensegur.security.drimbox_directory import file_loader
 from opensegur.security.matrix import Matrix
 from opensegur.security.pki import TestPki
 from opensegur.security.psc_delegation import PscDelegation
@@ -209,6 +210,7 @@ SANDBOX_MSS_PASSWORD = "bac-a-sable-mssante"  # every sandbox mailbox's password
 class SandboxHandle:
     pki: TestPki
     endpoints: dict[str, Any]
+    drimbox_directory: Path | None = None  # the sandbox's signed list of DRIMboxes (signed by its PKI)
 
 
 @dataclass
@@ -336,9 +338,12 @@ class Platform:
                 Path(s.dmp_ca) if s.dmp_ca else None,
             )
         mss = _MssWiring.from_settings(s)
+        directory = (s.drimbox_directory_file, s.drimbox_directory_signer)
         if s.sandbox_on and listen:
             sandbox = await self.start_sandbox(hospital=hospital)
             endpoints = sandbox.endpoints
+            if s.drimbox_directory_file is None and sandbox.drimbox_directory is not None:
+                directory = (sandbox.drimbox_directory, sandbox.pki.signing_cert)
             insi_url = insi_url or endpoints["insi"]["url"]
             if not dmp_urls.iti41:
                 dmp = endpoints["dmp"]
@@ -406,6 +411,7 @@ class Platform:
                     max_bytes=s.drimbox_cache_max_mb * 1024 * 1024,
                     max_age=timedelta(days=s.drimbox_cache_days),
                 ),
+                file_loader(*directory),
             )
         else:
             log.warning("no DMP endpoint configured: documents are validated but not delivered")
@@ -614,8 +620,11 @@ class Platform:
         endpoints["psc"] = psc.endpoints()
         # Another hospital's DRIMbox, with images of the demo DMP's imaging report.
         drimbox = RemoteDrimbox(base, psc) if s.demo else None
+        directory = None
         if drimbox is not None:
             endpoints["drimbox"] = drimbox.endpoints()
+            directory = data / "drimbox" / "liste-blanche.xml"
+            await asyncio.to_thread(drimbox.write_directory, directory, pki)
         # The demo's patients have a DMP, as a hospital's test patients have one on the DMP test platform.
         demo = demo_dmp_patients() if s.demo else []
         patients = PatientRegistry([*default_patients(), *demo]) if s.demo else None
@@ -632,7 +641,7 @@ class Platform:
             ),
             sock,
         )
-        return SandboxHandle(pki, endpoints)
+        return SandboxHandle(pki, endpoints, directory)
 
     async def run_sandbox_forever(self) -> None:
         """`opensegur sandbox`: the simulators alone, for another editor's CI or a platform on another host."""

@@ -11,6 +11,7 @@ fails.
 
 What is checked before anything is kept:
 - the manifest names this patient's INS: never another patient's images under this patient;
+- every DRIMbox it sends us to is in the ANS's signed list of DRIMboxes (``security.drimbox_directory``);
 - every instance received is one the manifest lists, of its study and series;
 - every instance the manifest lists arrived: only then is the exam complete (``drimbox_cache``).
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from time import monotonic
@@ -38,9 +39,11 @@ from opensegur.flows.drimbox_ports import RemoteDrimboxPort, RemoteRefused, Remo
 from opensegur.imaging.manifest import Manifest, ManifestError, SeriesRef, read_manifest
 from opensegur.imaging.wado import Part
 from opensegur.imaging.xdsi import ACCESSION, JDV_MODALITIES, JDV_REGIONS, KOS_TYPE, STUDY
+from opensegur.security.drimbox_directory import DirectoryError, DrimboxDirectory
 
 __all__ = [
     "ATTEMPTS",
+    "DirectoryLoader",
     "DrimboxConsumer",
     "Exam",
     "FetchRefused",
@@ -145,11 +148,16 @@ class PatientRef:
     cx: str
 
 
+DirectoryLoader = Callable[[], DrimboxDirectory]
+
+
 @dataclass
 class DrimboxConsumer:
     dmp: DmpConsultPort
     remote: RemoteDrimboxPort
     cache: ImageCache
+    # The ANS list of trusted DRIMboxes, read again for each retrieval (the ANS updates it); raises DirectoryError.
+    directory: DirectoryLoader
     backoff_s: float = 2.0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -160,23 +168,22 @@ class DrimboxConsumer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.remote.aclose()
 
-    def start(
+    async def start(
         self,
         consulter: Consulter,
         patient: PatientRef,
         entry: DocumentMetadata,
         token: str,
         requested_by: str,
-        on_done: Callable[[FetchView], Awaitable[None]] | None = None,
     ) -> FetchView:
         """Starts the retrieval of ``entry``'s exam in the background, unless it is complete or under way; the
         retrieval as it stands. Raises FetchRefused for an exam kept under another patient."""
         try:
-            view, run = self.cache.start(patient.id, entry.unique_id, requested_by)
+            view, run = await asyncio.to_thread(self.cache.start, patient.id, entry.unique_id, requested_by)
         except OtherPatient as exc:
             raise FetchRefused("Cet examen est rattaché à un autre patient de l'établissement") from exc
         if run:
-            task = asyncio.create_task(self._run(view.id, consulter, patient, entry, token, on_done))
+            task = asyncio.create_task(self._run(view.id, consulter, patient, entry, token))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return view
@@ -188,7 +195,6 @@ class DrimboxConsumer:
         patient: PatientRef,
         entry: DocumentMetadata,
         token: str,
-        on_done: Callable[[FetchView], Awaitable[None]] | None,
     ) -> None:
         try:
             await self.fetch(fetch_id, consulter, patient, entry, token)
@@ -199,16 +205,13 @@ class DrimboxConsumer:
             await asyncio.to_thread(
                 self.cache.fail, fetch_id, entry.unique_id, "Erreur interne pendant la récupération"
             )
-        if on_done is not None:
-            view = await asyncio.to_thread(self.cache.get, fetch_id)
-            if view is not None:
-                await on_done(view)
 
     async def fetch(
         self, fetch_id: int, consulter: Consulter, patient: PatientRef, entry: DocumentMetadata, token: str
     ) -> None:
         """The retrieval itself: the exam complete in the cache, or FetchRefused with the reason."""
         manifest = await self._manifest(consulter, patient, entry)
+        await asyncio.to_thread(self._check_trusted, manifest)
         source = urlsplit(manifest.series[0].retrieve_url).netloc
         await asyncio.to_thread(
             self.cache.describe, fetch_id, manifest.study_instance_uid, source, manifest.instance_count
@@ -231,6 +234,19 @@ class DrimboxConsumer:
                     ) from exc
                 raise FetchRefused(str(exc)) from exc
         await asyncio.to_thread(self.cache.complete, fetch_id, manifest.sop_instance_uid)
+
+    def _check_trusted(self, manifest: Manifest) -> None:
+        """Every DRIMbox the manifest sends us to is in the ANS's list, before any of them is asked."""
+        try:
+            directory = self.directory()
+        except DirectoryError as exc:
+            raise FetchRefused(f"{exc} — aucune image n'est demandée sans liste blanche des DRIMbox") from exc
+        for series in manifest.series:
+            if directory.trusted(series.retrieve_url) is None:
+                host = urlsplit(series.retrieve_url).netloc
+                raise FetchRefused(
+                    f"Le DRIMbox {host} n'est pas dans la liste blanche des DRIMbox : aucune image demandée"
+                )
 
     async def _manifest(self, consulter: Consulter, patient: PatientRef, entry: DocumentMetadata) -> Manifest:
         if not entry.repository_unique_id:

@@ -22,6 +22,7 @@ from cryptography import x509
 from opensegur.config import Settings
 from opensegur.connectors.pacs import PacsClient, PacsEndpoint
 from opensegur.flows.drimbox_ports import PacsError
+from opensegur.security.drimbox_directory import DirectoryError, file_loader
 
 __all__ = ["Check", "ServiceUrls", "Verdict", "check_certificates", "check_pacs", "diagnose", "render"]
 
@@ -129,6 +130,21 @@ def check_certificates(settings: Settings, now: datetime | None = None) -> list[
     return checks
 
 
+def check_directory(settings: Settings) -> Check:
+    """The ANS's list of trusted DRIMboxes: present, signed by the configured signer, how many DRIMboxes."""
+    link = "Liste blanche des DRIMbox"
+    if settings.drimbox_directory_file is None:
+        why = "drimbox_directory_file absent : le consommateur DRIMbox ne demande aucune image"
+        if settings.sandbox_on:
+            why = "non configurée : la plateforme utilise celle du bac à sable"
+        return Check(link, Verdict.ABSENT, why)
+    try:
+        directory = file_loader(settings.drimbox_directory_file, settings.drimbox_directory_signer)()
+    except DirectoryError as exc:
+        return Check(link, Verdict.FAILED, str(exc), "Télécharger la liste blanche signée de l'ANS")
+    return Check(link, Verdict.OK, f"signée, {len(directory.entries)} DRIMbox")
+
+
 def check_mllp(settings: Settings) -> Check:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     try:
@@ -234,6 +250,7 @@ async def diagnose(
     checks = [await asyncio.to_thread(check_mllp, settings)] if with_listener else []
     checks += await asyncio.to_thread(check_pacs, settings)
     checks += await check_services(settings, ServiceUrls.of(settings, endpoints))
+    checks.append(await asyncio.to_thread(check_directory, settings))
     checks += check_certificates(settings)
     return checks
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,6 +38,8 @@ from opensegur.sandbox.dmp.patients import DmpPatient, DmpStatus
 from opensegur.sandbox.dmp.seed import DEMO_DOCUMENTS, IMAGING_REPORT, demo_file, register_alone
 from opensegur.sandbox.dmp.store import Caller, DmpStore
 from opensegur.sandbox.psc import PscSandbox
+from opensegur.security.drimbox_directory import TrustedDrimbox, sign_directory
+from opensegur.security.pki import TestPki
 
 __all__ = ["RemoteDrimbox", "create_drimbox_router", "publish_demo_exams"]
 
@@ -68,6 +71,13 @@ class RemoteDrimbox:
 
     def endpoints(self) -> dict[str, Any]:
         return {"wado": self.wado, "institution": INSTITUTION}
+
+    def write_directory(self, path: pathlib.Path, pki: TestPki) -> None:
+        """The sandbox's list of trusted DRIMboxes — this one —, signed by its PKI as the ANS signs the national
+        list: what the demo platform's consumer checks before asking for images."""
+        entry = TrustedDrimbox("SANDBOX-DRIMBOX", self.wado, "ANS (bac à sable)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(sign_directory([entry], pki.signing_key.read_bytes(), pki.signing_cert.read_bytes()))
 
     # ---- the images ---------------------------------------------------------------------------------------------
 

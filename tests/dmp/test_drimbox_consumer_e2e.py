@@ -29,6 +29,7 @@ from opensegur.flows.drimbox_consumer import (
     find_exams,
 )
 from opensegur.ops.demo import luhn_complete
+from opensegur.security.drimbox_directory import TrustedDrimbox, sign_directory
 from opensegur.security.pki import ensure_test_pki
 from opensegur.server import Runtime
 from opensegur.store.models import AuditEvent, Patient, Structure
@@ -64,10 +65,20 @@ def _jpeg_instance(accession: str) -> Dataset:
 
 
 def _site_b_settings(a: Runtime) -> dict[str, object]:
-    """Site B reaches the DMP of site A's sandbox, as both reach the national DMP."""
+    """Site B reaches the DMP of site A's sandbox, as both reach the national DMP, and trusts site A's DRIMbox
+    through a list signed as the ANS signs its own."""
     dmp = a.endpoints["dmp"]
     pki = ensure_test_pki(a.settings.data_dir / "sandbox" / "pki")
+    ans = ensure_test_pki(a.settings.data_dir.parent / "ans")
+    directory = a.settings.data_dir.parent / "liste-blanche.xml"
+    assert a.settings.drimbox_wado_url is not None
+    site_a = TrustedDrimbox("DB-SITE-A", a.settings.drimbox_wado_url, "Site A")
+    directory.write_bytes(
+        sign_directory([site_a], ans.signing_key.read_bytes(), ans.signing_cert.read_bytes())
+    )
     return {
+        "drimbox_directory_file": str(directory),
+        "drimbox_directory_signer": str(ans.signing_cert),
         "dmp_iti41_url": dmp["iti41"],
         "dmp_iti18_url": dmp["iti18"],
         "dmp_iti57_url": dmp["iti57"],
@@ -145,7 +156,7 @@ async def test_site_b_retrieves_site_a_exam_with_the_pixel_data_of_site_a_pacs(
         assert await find_exams(dmp, DOCTOR, patient.cx, ImagingSearch(accession="AUTRE")) == []
 
         token = await psc_access_token(a.endpoints["psc"])
-        view = consumer.start(DOCTOR, patient, found.entry, token, "dr.test")
+        view = await consumer.start(DOCTOR, patient, found.entry, token, "dr.test")
         assert view.status == FetchStatus.FETCHING
         done = await _retrieved(consumer, view)
         assert done.status == FetchStatus.COMPLETE, done.error
@@ -160,11 +171,11 @@ async def test_site_b_retrieves_site_a_exam_with_the_pixel_data_of_site_a_pacs(
             assert received[sop].file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID, sop
 
         # Asked again: the exam is in the cache, nothing is retrieved twice.
-        again = consumer.start(DOCTOR, patient, found.entry, token, "dr.test")
+        again = await consumer.start(DOCTOR, patient, found.entry, token, "dr.test")
         assert (again.id, again.status) == (view.id, FetchStatus.COMPLETE)
         # Never under another patient of the site.
         with pytest.raises(FetchRefused, match="autre patient"):
-            consumer.start(DOCTOR, _local_patient(b, "180012345678965"), found.entry, token, "dr.test")
+            await consumer.start(DOCTOR, _local_patient(b, "180012345678965"), found.entry, token, "dr.test")
 
 
 async def test_what_site_b_refuses_to_keep(tmp_path: Path, schematron_cache: Path) -> None:
@@ -175,7 +186,9 @@ async def test_what_site_b_refuses_to_keep(tmp_path: Path, schematron_cache: Pat
         [found] = await find_exams(dmp, DOCTOR, patient.cx, ImagingSearch())
 
         # A token PSC does not know: site A refuses, site B says why and keeps nothing.
-        forged = await _retrieved(consumer, consumer.start(DOCTOR, patient, found.entry, "forged", "dr.test"))
+        forged = await _retrieved(
+            consumer, await consumer.start(DOCTOR, patient, found.entry, "forged", "dr.test")
+        )
         assert forged.status == FetchStatus.FAILED and "Pro Santé Connect" in (forged.error or "")
         assert consumer.cache.instances(found.kos) == []
 
@@ -183,7 +196,9 @@ async def test_what_site_b_refuses_to_keep(tmp_path: Path, schematron_cache: Pat
         # the manifest is not this patient's; by the manifest's INS otherwise, tests/flows/test_drimbox_consumer).
         other = _local_patient(b, "180012345678965")
         token = await psc_access_token(a.endpoints["psc"])
-        refused = await _retrieved(consumer, consumer.start(DOCTOR, other, found.entry, token, "dr.test"))
+        refused = await _retrieved(
+            consumer, await consumer.start(DOCTOR, other, found.entry, token, "dr.test")
+        )
         assert refused.status == FetchStatus.FAILED and refused.patient_id == other.id
         assert refused.instances_done == 0
         assert consumer.cache.instances(found.kos) == []

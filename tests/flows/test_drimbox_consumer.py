@@ -11,9 +11,16 @@ import pytest
 
 from opensegur.documents.metadata import Coded
 from opensegur.flows.dmp_consult import Consulter
-from opensegur.flows.drimbox_cache import FetchStatus, FetchView, ImageCache
-from opensegur.flows.drimbox_consumer import ATTEMPTS, DrimboxConsumer, FetchRefused, PatientRef
+from opensegur.flows.drimbox_cache import FetchStatus, ImageCache
+from opensegur.flows.drimbox_consumer import (
+    ATTEMPTS,
+    DirectoryLoader,
+    DrimboxConsumer,
+    FetchRefused,
+    PatientRef,
+)
 from opensegur.flows.drimbox_ports import RemoteRefused
+from opensegur.security.drimbox_directory import DirectoryError, DrimboxDirectory, TrustedDrimbox
 from opensegur.store.db import Database
 from tests.flows.drimbox_fakes import KOS_UID, SERIES, WADO, FakeDmp, FakeRemote, cut_short, entry, instance
 from tests.flows.test_mss_inbound import add_patient
@@ -24,11 +31,18 @@ pytestmark = pytest.mark.requirement("IMG-DRIMBOX-CONSUMER")
 DOCTOR = Consulter("10000000017", "Dr Test", (Coded("10", "1.2.250.1.71.1.2.7", "Médecin"),), "1750000028")
 
 
+TRUSTED = DrimboxDirectory((TrustedDrimbox("DB-CHU-Y", WADO),))
+
+
 def _consumer(
-    db: Database, tmp_path: Path, remote: FakeRemote, dmp: FakeDmp | None = None
+    db: Database,
+    tmp_path: Path,
+    remote: FakeRemote,
+    dmp: FakeDmp | None = None,
+    directory: DirectoryLoader = lambda: TRUSTED,
 ) -> DrimboxConsumer:
     cache = ImageCache(db, tmp_path / "cache", max_bytes=10**9, max_age=timedelta(days=1))
-    return DrimboxConsumer(dmp or FakeDmp(), remote, cache, backoff_s=0)  # type: ignore[arg-type]
+    return DrimboxConsumer(dmp or FakeDmp(), remote, cache, directory, backoff_s=0)  # type: ignore[arg-type]
 
 
 def _patient(db: Database, ins: str = PATIENT_INS) -> PatientRef:
@@ -134,18 +148,40 @@ async def test_a_retrieval_in_the_background_ends_failed_with_its_reason(
 ) -> None:
     remote = FakeRemote(script={1: lambda s: [b"not dicom"]})
     consumer = _consumer(sqlite_db, tmp_path, remote)
-    ended: list[FetchView] = []
-
-    async def on_done(view: FetchView) -> None:
-        ended.append(view)
-
-    view = consumer.start(DOCTOR, _patient(sqlite_db), entry(), "token", "dr.test", on_done)
+    view = await consumer.start(DOCTOR, _patient(sqlite_db), entry(), "token", "dr.test")
     assert view.status == FetchStatus.FETCHING
     for _ in range(200):
-        if ended:
+        done = consumer.cache.get(view.id)
+        if done is not None and done.status != FetchStatus.FETCHING:
             break
         await asyncio.sleep(0.01)
-    [done] = ended
-    assert done.status == FetchStatus.FAILED and "pas du DICOM" in (done.error or "")
+    assert done is not None and done.status == FetchStatus.FAILED and "pas du DICOM" in (done.error or "")
     await consumer.aclose()
     assert remote.closed
+
+
+def _no_list() -> DrimboxDirectory:
+    raise DirectoryError("Signature de la liste blanche invalide")
+
+
+@pytest.mark.parametrize(
+    ("directory", "reason"),
+    [
+        (
+            lambda: DrimboxDirectory((TrustedDrimbox("AUTRE", "https://drimbox.autre.test"),)),
+            "pas dans la liste",
+        ),
+        (_no_list, "sans liste blanche"),
+    ],
+    ids=["unlisted", "no valid list"],
+)
+async def test_no_drimbox_outside_the_ans_list_is_asked(
+    sqlite_db: Database, tmp_path: Path, directory: DirectoryLoader, reason: str
+) -> None:
+    remote = FakeRemote()
+    consumer = _consumer(sqlite_db, tmp_path, remote, directory=directory)
+    patient = _patient(sqlite_db)
+    view, _ = consumer.cache.start(patient.id, KOS_UID, "dr.test")
+    with pytest.raises(FetchRefused, match=reason):
+        await consumer.fetch(view.id, DOCTOR, patient, entry(), "token")
+    assert remote.calls == []

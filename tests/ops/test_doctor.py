@@ -16,7 +16,17 @@ from cryptography.x509.oid import NameOID
 
 from opensegur.cli import main
 from opensegur.config import Settings
-from opensegur.ops.doctor import Verdict, check_certificates, check_mllp, check_pacs, check_services, render
+from opensegur.ops.doctor import (
+    Verdict,
+    check_certificates,
+    check_directory,
+    check_mllp,
+    check_pacs,
+    check_services,
+    render,
+)
+from opensegur.security.drimbox_directory import TrustedDrimbox, sign_directory
+from opensegur.security.pki import ensure_test_pki
 from tests.pacs import orthanc
 
 pytestmark = pytest.mark.requirement("IMG-DEPLOYMENT-CHECK")
@@ -113,3 +123,19 @@ def test_the_command_fails_only_on_a_failure(tmp_path: Path, capsys: pytest.Capt
     assert main(["doctor", "--no-listener", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "NON CONFIGURÉ" in out and "0 en échec" in out
+
+
+def test_the_list_of_drimboxes_is_checked(tmp_path: Path) -> None:
+    ans = ensure_test_pki(tmp_path / "ans")
+    path = tmp_path / "liste-blanche.xml"
+    entry = TrustedDrimbox("DB-1", "https://db1.chu-y.fr/dicom-web")
+    path.write_bytes(sign_directory([entry], ans.signing_key.read_bytes(), ans.signing_cert.read_bytes()))
+    settings = Settings(
+        data_dir=tmp_path, drimbox_directory_file=path, drimbox_directory_signer=ans.signing_cert
+    )
+    assert check_directory(settings).verdict == Verdict.OK
+    other = ensure_test_pki(tmp_path / "other")
+    wrong = settings.model_copy(update={"drimbox_directory_signer": other.signing_cert})
+    failed = check_directory(wrong)
+    assert failed.verdict == Verdict.FAILED and "Signature" in failed.detail
+    assert check_directory(Settings(data_dir=tmp_path)).verdict == Verdict.ABSENT

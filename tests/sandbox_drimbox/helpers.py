@@ -30,7 +30,7 @@ async def retrieve_demo_exam(rt: Runtime) -> tuple[Exam, FetchView, str]:
     patient = demo_patient(rt)
     [exam] = await find_exams(rt.dmp_consult, DOCTOR, patient.cx, ImagingSearch(modality="CT"))
     token = await psc_access_token(rt.endpoints["psc"])
-    view = consumer.start(DOCTOR, patient, exam.entry, token, "dr.test")
+    view = await consumer.start(DOCTOR, patient, exam.entry, token, "dr.test")
 
     async def ended() -> bool:
         now = consumer.cache.get(view.id)

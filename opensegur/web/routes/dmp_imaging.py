@@ -131,7 +131,7 @@ async def page_dmp_imaging_fetch(
             raise FetchRefused("Ce manifeste d'imagerie n'est pas (ou plus) dans le DMP du patient")
         assert target.patient.ins_matricule is not None  # consultation() requires a qualified INS
         patient = PatientRef(target.patient.id, target.patient.ins_matricule, target.cx)
-        view = consumer.start(target.consulter, patient, entry, token, call.actor.name)
+        view = await consumer.start(target.consulter, patient, entry, token, call.actor.name)
         message = (
             "Images déjà disponibles sur ce site."
             if view.status == FetchStatus.COMPLETE
