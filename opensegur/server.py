@@ -55,6 +55,7 @@ from opensegur.flows.dmp_feed import (
 from opensegur.flows.dmp_prefetch import JOB_DMP_PREFETCH, make_prefetch_handler
 from opensegur.flows.drimbox_cache import ImageCache
 from opensegur.flows.drimbox_consumer import DrimboxConsumer
+from opensegur.flows.drimbox_import import JOB_DRIMBOX_IMPORT, make_import_handler
 from opensegur.flows.drimbox_iocm import make_note_handler
 from opensegur.flows.drimbox_serving import DrimboxServing
 from opensegur.flows.drimbox_source import DrimboxSource, request_manifest
@@ -413,6 +414,11 @@ class Platform:
                 ),
                 file_loader(*directory),
             )
+            if s.pacs_host:
+                # An exam of another hospital, from the cache into the site's PACS.
+                handlers[JOB_DRIMBOX_IMPORT] = make_import_handler(
+                    self._consumer.cache, PacsClient(self._pacs_endpoint())
+                )
         else:
             log.warning("no DMP endpoint configured: documents are validated but not delivered")
         self._wire_annuaire(endpoints)
@@ -650,6 +656,11 @@ class Platform:
         await self._wait_for_signal()
         await self.stop()
 
+    def _pacs_endpoint(self) -> PacsEndpoint:
+        s = self.settings
+        assert s.pacs_host is not None
+        return PacsEndpoint(s.pacs_host, s.pacs_port, s.pacs_aet, s.drimbox_aet, s.pacs_timeout_s)
+
     def _wire_drimbox(
         self, dmp: DmpClient, handlers: dict[str, Handler], endpoints: dict[str, Any]
     ) -> DeliveryHook | None:
@@ -659,7 +670,7 @@ class Platform:
         if not s.pacs_host:
             return None
         assert s.drimbox_wado_url is not None  # Settings requires it with pacs_host
-        pacs = PacsClient(PacsEndpoint(s.pacs_host, s.pacs_port, s.pacs_aet, s.drimbox_aet, s.pacs_timeout_s))
+        pacs = PacsClient(self._pacs_endpoint())
         source = DrimboxSource(self.db, pacs, dmp, s.drimbox_wado_url, s.oid_root)
         handlers.update(make_drimbox_handlers(source))
         if s.drimbox_dicom_port is not None and self._listen:

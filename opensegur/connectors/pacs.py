@@ -1,4 +1,5 @@
-"""The hospital's PACS over DICOM DIMSE (pynetdicom): C-ECHO, an exam's instances by C-FIND, a series by C-GET.
+"""The hospital's PACS over DICOM DIMSE (pynetdicom): C-ECHO, an exam's instances by C-FIND, a series by C-GET,
+instances by C-STORE (an exam of another hospital imported from the DRIMbox consumer's cache).
 
 The DRIMbox source asks the PACS which images an imaging report's exam holds before it builds the manifest. The
 query walks the Study Root model level by level — the study's series, then each series' instances — since a PACS
@@ -16,8 +17,10 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
 from pynetdicom.association import Association
@@ -80,6 +83,30 @@ class PacsClient:
             why = "refusée" if assoc.is_rejected else "interrompue" if assoc.is_aborted else "impossible"
             raise PacsUnavailable(f"PACS {self.endpoint} : association {why}")
         return assoc
+
+    def store(self, files: Sequence[Path]) -> int:
+        """C-STORE of ``files`` (DICOM Part 10) to the PACS, on one association; how many it took. Raises
+        PacsUnavailable, or PacsQueryError on the first instance the PACS refuses."""
+        if not files:
+            return 0
+        ae = self._ae()
+        for sop_class, syntaxes in _store_contexts(files):
+            ae.add_requested_context(sop_class, syntaxes)
+        assoc = ae.associate(self.endpoint.host, self.endpoint.port, ae_title=self.endpoint.called_aet)
+        if not assoc.is_established:
+            raise PacsUnavailable(f"PACS {self.endpoint} : association refusée pour le C-STORE")
+        stored = 0
+        try:
+            for path in files:
+                status = assoc.send_c_store(path)
+                if not status:
+                    raise PacsUnavailable(f"PACS {self.endpoint} : pas de réponse au C-STORE")
+                if status.Status not in (0x0000, 0xB000, 0xB007, 0xB006):  # success, or a warning
+                    raise PacsQueryError(f"PACS {self.endpoint} : C-STORE refusé ({_status(status)})")
+                stored += 1
+        finally:
+            assoc.release()
+        return stored
 
     def echo(self) -> None:
         """C-ECHO: the PACS answers this AE title."""
@@ -231,6 +258,18 @@ class PacsClient:
             # After an abort, pynetdicom's C-GET loop still waits out its DIMSE timeout: the thread is left to
             # end on its own, it holds nothing the caller reads.
             worker.join(timeout=1.0)
+
+
+def _store_contexts(files: Sequence[Path]) -> list[tuple[str, list[str]]]:
+    """One presentation context per SOP class, with the transfer syntaxes the files are in (as stored: the
+    PACS receives them untouched)."""
+    by_class: dict[str, set[str]] = {}
+    for path in files:
+        meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
+        by_class.setdefault(str(meta.MediaStorageSOPClassUID), set()).add(str(meta.TransferSyntaxUID))
+    if len(by_class) > 128:
+        raise PacsQueryError("Plus de 128 classes SOP dans l'examen : import impossible en une association")
+    return [(sop_class, sorted(syntaxes)) for sop_class, syntaxes in by_class.items()]
 
 
 def storage_contexts(classes: list[str], transfer_syntaxes: Sequence[str]) -> list[tuple[str, list[str]]]:

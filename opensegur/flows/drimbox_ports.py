@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from pydicom.dataset import Dataset
@@ -57,6 +58,8 @@ class PacsPort(Protocol):
     def retrieve_series(
         self, study_instance_uid: str, series_instance_uid: str, transfer_syntaxes: Sequence[str]
     ) -> Iterator[RetrievedInstance]: ...
+
+    def store(self, files: Sequence[Path]) -> int: ...
 
 
 class OpenedWadoSeries(Protocol):

@@ -6,10 +6,12 @@ with the very pixel data site A's PACS holds, a JPEG one still JPEG."""
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -38,6 +40,7 @@ from tests.actors import EVERYONE, act_as
 from tests.dmp import helpers
 from tests.dmp.drimbox_sites import drimbox_site, exam, exam_images, manifests
 from tests.dmp.helpers import INS, mdm, new_number, running_platform, send_raw, wait_for
+from tests.pacs import orthanc
 from tests.psc_tokens import psc_access_token
 
 pytestmark = pytest.mark.requirement("IMG-DRIMBOX-CONSUMER")
@@ -111,9 +114,10 @@ def _local_patient(b: Runtime, ins: str = INS) -> PatientRef:
 
 @contextlib.asynccontextmanager
 async def _two_sites(
-    tmp_path: Path, schematron_cache: Path, via_wado: bool = False
+    tmp_path: Path, schematron_cache: Path, via_wado: bool = False, **site_b: Any
 ) -> AsyncIterator[tuple[Runtime, Runtime, Dataset]]:
-    """Site A with its published manifest (two MR series and a JPEG one), and site B."""
+    """Site A with its published manifest (two MR series and a JPEG one), and site B (``site_b``: more of its
+    settings)."""
     _study, accession = exam()
     jpeg = _jpeg_instance(accession)
     async with drimbox_site(tmp_path / "a", schematron_cache, more=[jpeg], via_wado=via_wado) as (a, _pacs):
@@ -123,7 +127,8 @@ async def _two_sites(
             return bool(manifests(a)) and manifests(a)[0][1] == "published"
 
         await wait_for(published)
-        async with running_platform(tmp_path / "b", schematron_cache, **_site_b_settings(a)) as (b, _dpi):
+        settings = _site_b_settings(a) | site_b
+        async with running_platform(tmp_path / "b", schematron_cache, **settings) as (b, _dpi):
             yield a, b, jpeg
 
 
@@ -246,3 +251,50 @@ async def test_the_imaging_tab_lists_the_exam_and_brings_its_images_in_the_docto
             ]
         assert [d.get("manifeste") for d in details] == [kos, "1.2.250.1.999.12345"]
         assert "refus" not in details[0] and "plus) dans le DMP" in details[1]["refus"]
+
+
+async def test_site_b_imports_the_retrieved_exam_into_its_own_pacs(
+    tmp_path: Path, schematron_cache: Path
+) -> None:
+    with orthanc(tmp_path / "b-pacs", calling_aet="DRIMBOX_B") as b_pacs:
+        pacs = {
+            "pacs_host": b_pacs.endpoint.host,
+            "pacs_port": b_pacs.endpoint.port,
+            "pacs_aet": b_pacs.endpoint.called_aet,
+            "drimbox_aet": "DRIMBOX_B",
+            "drimbox_wado_url": "https://drimbox-b.test/dicom-web",
+        }
+        async with _two_sites(tmp_path, schematron_cache, **pacs) as (a, b, jpeg):
+            consumer, dmp = b.drimbox_consumer, b.dmp_consult
+            assert consumer is not None and dmp is not None
+            patient = _local_patient(b)
+            [found] = await find_exams(dmp, DOCTOR, patient.cx, ImagingSearch())
+            token = await psc_access_token(a.endpoints["psc"])
+            done = await _retrieved(
+                consumer, await consumer.start(DOCTOR, patient, found.entry, token, "dr.test")
+            )
+            assert done.status == FetchStatus.COMPLETE
+            act_as(b.app, replace(EVERYONE, name="dr.reault", rpps=luhn_complete("1000000001"), session_id=7))
+            tab = f"http://127.0.0.1:{b.http_port}/identites/{patient.id}/dmp/imagerie"
+            async with httpx.AsyncClient(timeout=30, headers={CSRF_HEADER: "jeton-de-test"}) as http:
+                assert "Importer dans le PACS du site" in (await http.get(tab)).text
+                asked = await http.post(f"{tab}/importer", data={"kos": found.kos})
+                assert asked.status_code == 303
+                unknown = await http.post(f"{tab}/importer", data={"kos": "1.2.250.1.999.4242"})
+                assert unknown.status_code == 404
+
+                async def imported() -> bool:
+                    return len((await http.get(f"{b_pacs.http}/instances")).json()) == 5
+
+                await wait_for(imported)
+                # The JPEG instance reaches site B's PACS as JPEG, its pixels untouched.
+                jpeg_id = (
+                    await http.post(
+                        f"{b_pacs.http}/tools/find",
+                        json={"Level": "Instance", "Query": {"SOPInstanceUID": str(jpeg.SOPInstanceUID)}},
+                    )
+                ).json()[0]
+                stored = await http.get(f"{b_pacs.http}/instances/{jpeg_id}/file")
+                kept = pydicom.dcmread(io.BytesIO(stored.content))
+                assert kept.file_meta.TransferSyntaxUID == jpeg.file_meta.TransferSyntaxUID
+                assert kept.PixelData == jpeg.PixelData

@@ -18,10 +18,22 @@ from fastapi.responses import HTMLResponse, Response
 from opensegur.content.jdv import load_value_set
 from opensegur.flows.dmp_consult import DmpConsultPort
 from opensegur.flows.drimbox_cache import FetchStatus, FetchView
-from opensegur.flows.drimbox_consumer import Exam, FetchRefused, ImagingSearch, PatientRef, find_exams
+from opensegur.flows.drimbox_consumer import (
+    DrimboxConsumer,
+    Exam,
+    FetchRefused,
+    ImagingSearch,
+    PatientRef,
+    find_exams,
+)
+from opensegur.flows.drimbox_import import request_import
 from opensegur.imaging.uids import UID_MAX, UID_PATTERN
 from opensegur.imaging.xdsi import JDV_MODALITIES, JDV_REGIONS, KOS_TYPE
-from opensegur.web.deps import Consumer, Delegation
+from opensegur.security import audit
+from opensegur.security.actor import Actor
+from opensegur.security.matrix import Action
+from opensegur.store.models import Patient
+from opensegur.web.deps import Consumer, Delegation, WebRuntime, ensure_patient
 from opensegur.web.dmp_access import (
     DMP_ERRORS,
     ISO_DAY,
@@ -78,6 +90,7 @@ async def page_dmp_imaging(
         "regions": regions,
         "consumer": consumer is not None,
         "psc_token": delegation is not None and delegation.token(call.actor.session_id) is not None,
+        "pacs": bool(call.rt.settings.pacs_host),
     }
 
     async def ask(target: Target, port: DmpConsultPort) -> list[Exam]:
@@ -143,3 +156,35 @@ async def page_dmp_imaging_fetch(
         message = detail["refus"] = dmp_error(exc)
     await asyncio.to_thread(audit_dmp, call.rt, call.actor, patient_id, "fetch_dmp_imaging", detail)
     return redirect_with_message(back, message, call.actor)
+
+
+def _queue_import(
+    rt: WebRuntime, actor: Actor, consumer: DrimboxConsumer, patient_id: int, kos: str, path: str
+) -> str:
+    """The import job of the patient's complete exam ``kos``, in the transaction of its audit entry; what to say."""
+    exams = consumer.cache.for_patient(patient_id)
+    fetch = exams.get(kos)
+    if fetch is None or fetch.status != FetchStatus.COMPLETE:
+        raise HTTPException(404, "Examen absent du cache d'images de ce patient : récupérez-le d'abord")
+    with rt.db.session() as s:
+        ensure_patient(s, rt, actor, Action.DMP_CONSULT, patient_id, path)
+        patient = s.get_one(Patient, patient_id)
+        request_import(s, fetch, patient.structure_id)
+        audit.record(s, actor, "import_dmp_imaging", patient_id, "imagerie", {"manifeste": kos})
+    return "Import dans le PACS du site demandé : les images y seront dans quelques instants."
+
+
+@router.post("/identites/{patient_id}/dmp/imagerie/importer", include_in_schema=False)
+async def page_dmp_imaging_import(
+    call: Call,
+    consumer: Consumer,
+    patient_id: int,
+    kos: str = Form(pattern=UID_PATTERN, max_length=UID_MAX),
+) -> Response:
+    """Imports a retrieved exam into this site's PACS (C-STORE, a durable job)."""
+    if consumer is None or not call.rt.settings.pacs_host:
+        raise HTTPException(409, "Aucun PACS n'est configuré sur ce site (pacs_host) : import impossible")
+    message = await asyncio.to_thread(
+        _queue_import, call.rt, call.actor, consumer, patient_id, kos, call.request.url.path
+    )
+    return redirect_with_message(_tab(patient_id), message, call.actor)
