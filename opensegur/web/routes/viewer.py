@@ -57,7 +57,7 @@ def _dist(rt: WebRuntime) -> FsPath:
     return FsPath(configured) if configured else viewer_dir()
 
 
-def _config(request: Request) -> str:
+def _config() -> str:
     root = f"{BASENAME}/dicom-web"
     config: dict[str, Any] = {
         "routerBasename": BASENAME,
@@ -99,8 +99,8 @@ def _config(request: Request) -> str:
 
 
 @router.get("/app-config.js")
-async def viewer_config(_: Code, request: Request) -> Response:
-    return Response(_config(request), media_type="text/javascript", headers=_HEADERS)
+async def viewer_config(_: Code) -> Response:
+    return Response(_config(), media_type="text/javascript", headers=_HEADERS)
 
 
 @router.get("/init-service-worker.js")
