@@ -263,7 +263,9 @@ class DrimboxConsumer:
             manifest = await asyncio.to_thread(read_manifest, document.content)
         except ManifestError as exc:
             raise FetchRefused(str(exc)) from exc
-        if manifest.patient_id != patient.ins:
+        # The matricule and, when the manifest gives it, the OID that qualifies it (a NIR and a NIA may share digits).
+        oid = f"&{manifest.patient_id_oid}&" if manifest.patient_id_oid else ""
+        if manifest.patient_id != patient.ins or oid not in patient.cx:
             raise FetchRefused(
                 "Le manifeste ne désigne pas ce patient (INS différent) : aucune image récupérée"
             )

@@ -185,3 +185,19 @@ async def test_no_drimbox_outside_the_ans_list_is_asked(
     with pytest.raises(FetchRefused, match=reason):
         await consumer.fetch(view.id, DOCTOR, patient, entry(), "token")
     assert remote.calls == []
+
+
+async def test_a_manifest_naming_the_ins_under_another_oid_brings_no_image(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    remote = FakeRemote()
+    consumer = _consumer(sqlite_db, tmp_path, remote)
+    patient = _patient(sqlite_db)
+    # The same digits, qualified by the NIA's OID rather than the NIR's.
+    nia = PatientRef(
+        patient.id, patient.ins, patient.cx.replace("1.2.250.1.213.1.4.10", "1.2.250.1.213.1.4.9")
+    )
+    view, _ = consumer.cache.start(nia.id, KOS_UID, "dr.test")
+    with pytest.raises(FetchRefused, match="ne désigne pas ce patient"):
+        await consumer.fetch(view.id, DOCTOR, nia, entry(), "token")
+    assert remote.calls == []
