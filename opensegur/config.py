@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     # The PACS's own WADO-RS root, when it has one (e.g. http://pacs.ght.local:8042/dicom-web): the DRIMbox then
     # streams the series other DRIMboxes ask for straight through from it, instead of C-GET.
     pacs_wado_url: str | None = None
+    # A folder watched for HL7 v2 messages written as files (teleradiology, a PACS writing its reports): each goes
+    # through the MLLP intake, then to traites/ or refuses/ with its ACK beside it.
+    hl7_drop_dir: Path | None = None
+    hl7_drop_interval_s: float = Field(default=2.0, gt=0)
     # Where the DRIMbox listens for what the PACS pushes (IOCM Rejection Notes, C-STORE from pacs_aet only).
     drimbox_dicom_port: int | None = None
     # Pro Santé Connect introspection of the tokens other DRIMboxes present; with the sandbox on, the sandbox PSC's.

@@ -18,6 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +80,7 @@ from opensegur.transactions import hl7v2
 from opensegur.transactions.insi import InsiContext, InsiResult, InsiTraitsQuery
 from opensegur.transactions.lps_mdm import MessageRoute
 from opensegur.transport.dicom_receiver import DicomReceiver
+from opensegur.transport.drop_folder import Answer, DropFolder
 from opensegur.transport.http_server import uvicorn_config
 from opensegur.transport.mllp import MllpFramingError, MllpServer, tls_server_context
 
@@ -207,6 +209,11 @@ class Runtime:
 SANDBOX_MSS_PASSWORD = "bac-a-sable-mssante"  # every sandbox mailbox's password (login: its address)
 
 
+def _drop_answer(intake: Hl7Intake, raw: bytes) -> Answer:
+    result = intake.handle(raw)
+    return Answer(result.ack, result.ack_code == "AA")
+
+
 @dataclass
 class SandboxHandle:
     pki: TestPki
@@ -298,6 +305,8 @@ class Platform:
         self._mailbox_reader: Any = None
         self._mss_stop = asyncio.Event()
         self._mss_poller: asyncio.Task[None] | None = None
+        self._drop_stop = asyncio.Event()
+        self._drop_watcher: asyncio.Task[None] | None = None
         self.runtime: Runtime | None = None
         self._stopped = asyncio.Event()
         self._sealer_stop = asyncio.Event()
@@ -458,6 +467,10 @@ class Platform:
             return rt
         # One sealer per serving process (several hosts on PostgreSQL take turns on an advisory lock).
         self._sealer = asyncio.create_task(run_sealer(self.db, s.data_dir / ANCHOR_FILE, self._sealer_stop))
+        if s.hl7_drop_dir is not None:
+            # Reports written as files (teleradiology, the PACS): the same intake as MLLP.
+            drop = DropFolder(s.hl7_drop_dir, partial(_drop_answer, intake))
+            self._drop_watcher = asyncio.create_task(drop.watch(self._drop_stop, s.hl7_drop_interval_s))
         if self._mailbox_reader is not None and mss.mailboxes:
             self._mss_poller = asyncio.create_task(
                 mss_inbound.run_poller(
@@ -834,6 +847,9 @@ class Platform:
             self.runtime.ready = False
         if self.mllp is not None:
             await self.mllp.stop()
+        self._drop_stop.set()
+        if self._drop_watcher is not None:
+            await asyncio.gather(self._drop_watcher, return_exceptions=True)
         # No mail is fetched while the workers shut down; an IDLE in progress is broken rather than waited for.
         self._mss_stop.set()
         if self._mailbox_reader is not None:

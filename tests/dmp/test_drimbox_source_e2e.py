@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import io
+import os
+import time
 from pathlib import Path
 
 import httpx
@@ -200,3 +202,33 @@ async def test_images_the_pacs_withdraws_leave_the_manifest(tmp_path: Path, sche
             e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
         }
         assert statuses[second] == "Deleted"
+
+
+async def test_a_report_written_as_a_file_reaches_the_dmp_and_publishes_its_manifest(
+    tmp_path: Path, schematron_cache: Path
+) -> None:
+    """A teleradiology platform or the PACS leaves the report's HL7 message in the drop folder: the same path."""
+    depot = tmp_path / "depot"
+    depot.mkdir()
+    async with drimbox_site(tmp_path, schematron_cache, hl7_drop_dir=depot, hl7_drop_interval_s=0.2) as (
+        rt,
+        _,
+    ):
+        message = depot / "cr-teleradiologie.hl7"
+        message.write_bytes(mdm("initial", new_number()))
+        os.utime(message, (time.time() - 60, time.time() - 60))  # written a while ago: settled
+        (depot / "illisible.hl7").write_bytes(b"pas un message HL7")
+        os.utime(depot / "illisible.hl7", (time.time() - 60, time.time() - 60))
+
+        async def acknowledged() -> bool:
+            return (depot / "traites" / "cr-teleradiologie.hl7.ack").exists()
+
+        await wait_for(acknowledged)
+        assert b"MSA|AA|" in (depot / "traites" / "cr-teleradiologie.hl7.ack").read_bytes()
+        assert b"MSA|AR|" in (depot / "refuses" / "illisible.hl7.ack").read_bytes()
+
+        async def published() -> bool:
+            return bool(manifests(rt)) and manifests(rt)[0][1] == "published"
+
+        await wait_for(published)
+        assert [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
