@@ -39,6 +39,11 @@ def xcn_id(xcn: str | None) -> str | None:
     return value or None
 
 
+def xon_name(xon: str) -> str:
+    """The organisation's name of an authorInstitution XON (first component)."""
+    return xon.split("^", 1)[0]
+
+
 def xon_id(xon: str) -> str | None:
     """idNat_Struct of an authorInstitution XON (tenth component)."""
     parts = xon.split("^")

@@ -31,7 +31,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from opensegur.content.jdv import load_value_set
-from opensegur.documents.metadata import Coded, DocumentMetadata
+from opensegur.documents.metadata import Coded, DocumentMetadata, xon_name
 from opensegur.flows.dmp_consult import Consulter, DmpConsultPort
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
 from opensegur.flows.drimbox_cache import FetchView, ImageCache, OtherPatient
@@ -91,7 +91,7 @@ class Exam:
     @property
     def institutions(self) -> list[str]:
         """The authors' organisations, by name (XON.1): the hospital that did the exam."""
-        names = [xon.split("^", 1)[0] for author in self.entry.authors for xon in author.institutions]
+        names = [xon_name(xon) for author in self.entry.authors for xon in author.institutions]
         return list(dict.fromkeys(n for n in names if n))
 
 

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from opensegur.documents.metadata import XdsAuthor
+from opensegur.documents.metadata import XdsAuthor, xon_name
 from opensegur.flows.dmp_feed import STATUS_LABELS
 from opensegur.security import audit
 from opensegur.security.actor import Actor
@@ -104,7 +104,7 @@ def author_fr(author: XdsAuthor) -> str:
     name = " ".join(
         x for x in (person[2] if len(person) > 2 else "", person[1] if len(person) > 1 else "") if x
     )
-    institution = author.institutions[0].split("^", 1)[0] if author.institutions else ""
+    institution = xon_name(author.institutions[0]) if author.institutions else ""
     if name and institution:
         return f"{name} ({institution})"
     return name or institution or "—"
