@@ -263,10 +263,15 @@ class ImageCache:
             )
             return FetchView.of(row) if row is not None else None
 
-    def instances(self, kos: str) -> list[Path]:
-        """The files of a complete exam, series by series."""
+    def instances(self, kos: str, series: str | None = None) -> list[Path]:
+        """The files of a complete exam, series by series; or of one of its series."""
         folder = self.exam_dir(kos)
-        return sorted(folder.glob("*/*.dcm")) if folder.is_dir() else []
+        return sorted(folder.glob(f"{series or '*'}/*.dcm")) if folder.is_dir() else []
+
+    def instance(self, kos: str, series: str, sop: str) -> Path | None:
+        """One file of a complete exam (``series`` and ``sop`` are UIDs: digits and dots only)."""
+        path = self.exam_dir(kos) / series / f"{sop}.dcm"
+        return path if path.is_file() else None
 
     # ---- bounds -----------------------------------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from opensegur.flows.drimbox_cache import FetchView
+from opensegur.flows.drimbox_cache import FetchView, ImageCache
+from opensegur.flows.drimbox_consumer import DrimboxConsumer
 from opensegur.imaging.dicom_json import FrameError, frame, instance_metadata, series_json, study_json
 from opensegur.imaging.uids import UID_MAX, UID_PATTERN
 from opensegur.imaging.wado import multipart_parts
@@ -122,17 +123,18 @@ async def viewer_asset(_: Code, rt: Rt, name: str) -> Response:
 
 
 def _exam(
-    rt: WebRuntime, consumer: Any, actor: Actor, study: str, path: str
-) -> tuple[FetchView, list[FsPath]]:
-    """The cached exam ``study`` if the professional may see its patient; else 404 (no such exam) or the refusal."""
+    rt: WebRuntime, consumer: DrimboxConsumer | None, actor: Actor, study: str, path: str
+) -> tuple[FetchView, ImageCache]:
+    """The cached exam ``study`` and the cache it is in, if the professional may see its patient; else 404 (no
+    such exam) or the refusal."""
     if consumer is None:
         raise HTTPException(404, "Aucun examen d'un autre établissement sur ce site")
-    view: FetchView | None = consumer.cache.complete_study(study)
+    view = consumer.cache.complete_study(study)
     if view is None:
         raise HTTPException(404, "Examen absent du cache d'images de ce site")
     with rt.db.session() as s:
         ensure_patient(s, rt, actor, Action.DMP_CONSULT, view.patient_id, path)
-    return view, consumer.cache.instances(view.kos_sop_instance_uid)
+    return view, consumer.cache
 
 
 def _dicom_json(body: Any) -> Response:
@@ -152,7 +154,8 @@ async def qido_studies(
     if not study:
         return _dicom_json([])
     try:
-        view, paths = await asyncio.to_thread(_exam, rt, consumer, actor, study, request.url.path)
+        view, cache = await asyncio.to_thread(_exam, rt, consumer, actor, study, request.url.path)
+        paths = await asyncio.to_thread(cache.instances, view.kos_sop_instance_uid)
     except HTTPException as exc:
         if exc.status_code == 404:
             return _dicom_json([])
@@ -169,20 +172,17 @@ async def qido_studies(
 
 @router.get(BASENAME + "/dicom-web/studies/{study}/series")
 async def qido_series(actor: Viewer, rt: Rt, consumer: Consumer, request: Request, study: Uid) -> Response:
-    _view, paths = await asyncio.to_thread(_exam, rt, consumer, actor, study, request.url.path)
+    view, cache = await asyncio.to_thread(_exam, rt, consumer, actor, study, request.url.path)
+    paths = await asyncio.to_thread(cache.instances, view.kos_sop_instance_uid)
     return _dicom_json(await asyncio.to_thread(series_json, paths))
-
-
-def _of_series(paths: list[FsPath], series: str) -> list[FsPath]:
-    return [p for p in paths if p.parent.name == series]
 
 
 @router.get(BASENAME + "/dicom-web/studies/{study}/series/{series}/metadata")
 async def wado_metadata(
     actor: Viewer, rt: Rt, consumer: Consumer, request: Request, study: Uid, series: Uid
 ) -> Response:
-    _view, paths = await asyncio.to_thread(_exam, rt, consumer, actor, study, request.url.path)
-    chosen = _of_series(paths, series)
+    view, cache = await asyncio.to_thread(_exam, rt, consumer, actor, study, request.url.path)
+    chosen = await asyncio.to_thread(cache.instances, view.kos_sop_instance_uid, series)
     if not chosen:
         raise HTTPException(404, "Série absente de cet examen")
     return _dicom_json(await asyncio.to_thread(instance_metadata, chosen))
@@ -199,8 +199,9 @@ async def wado_frames(
     instance: Uid,
     frames: Annotated[str, Path(pattern=r"^\d{1,5}(,\d{1,5}){0,99}$")],
 ) -> Response:
-    _view, paths = await asyncio.to_thread(_exam, rt, consumer, actor, study, request.url.path)
-    path = next((p for p in _of_series(paths, series) if p.stem == instance), None)
+    view, cache = await asyncio.to_thread(_exam, rt, consumer, actor, study, request.url.path)
+    # The one file asked for, not a listing of the exam: the viewer asks for frames by the hundred.
+    path = cache.instance(view.kos_sop_instance_uid, series, instance)
     if path is None:
         raise HTTPException(404, "Instance absente de cette série")
     try:
