@@ -16,7 +16,7 @@ from opensegur.flows.drimbox_source import JOB_DRIMBOX_PUBLISH
 from opensegur.imaging.report import read_imaging_report
 from opensegur.server import Runtime
 from opensegur.store.models import ImagingManifest, Job
-from tests.dmp.helpers import INS, MDM_EXAMPLES, cda_of, running_platform
+from tests.dmp.helpers import INS, MDM_EXAMPLES, cda_of, inspect, running_platform
 from tests.pacs import Pacs, mr_image, orthanc
 from tests.ports import free_port
 
@@ -73,6 +73,16 @@ def manifests(rt: Runtime) -> list[tuple[str, str]]:
             (m.sop_instance_uid, m.status)
             for m in s.scalars(select(ImagingManifest).order_by(ImagingManifest.id))
         ]
+
+
+async def kos_entries(rt: Runtime) -> list[dict[str, Any]]:
+    """The KOS manifests the sandbox DMP holds for the RIS example's patient."""
+    return [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
+
+
+async def kos_statuses(rt: Runtime) -> dict[str, str]:
+    """Each manifest's DMP status (Approved, Deprecated, Deleted), by uniqueId."""
+    return {e["uniqueId"]: e["status"] for e in await kos_entries(rt)}
 
 
 @contextlib.asynccontextmanager

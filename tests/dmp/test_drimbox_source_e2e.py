@@ -21,8 +21,8 @@ from sqlalchemy import select
 from opensegur.imaging.kos import KOS_SOP_CLASS
 from opensegur.store.models import AuditEvent, ImagingManifest
 from tests.dmp import helpers
-from tests.dmp.drimbox_sites import drimbox_site, exam, job_of, manifests
-from tests.dmp.helpers import inspect, mdm, new_number, send_raw, wait_for
+from tests.dmp.drimbox_sites import drimbox_site, exam, job_of, kos_entries, kos_statuses, manifests
+from tests.dmp.helpers import mdm, new_number, send_raw, wait_for
 from tests.imaging.helpers import ANS_ACCEPT
 from tests.imaging.iocm_notes import rejection_note
 from tests.ports import free_port
@@ -51,7 +51,7 @@ async def test_an_imaging_report_from_the_ris_publishes_its_manifest(
             manifest = s.scalars(select(ImagingManifest)).one()
             assert manifest.study_instance_uid == study and manifest.status == "published"
             assert manifest.series_uids == [f"{study}.1", f"{study}.2"] and manifest.entry_uuid
-        kos = [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
+        kos = await kos_entries(rt)
         assert [e["uniqueId"] for e in kos] == [manifest.sop_instance_uid]
         assert kos[0]["mimeType"] == "application/dicom" and kos[0]["classCode"]["code"] == "31"
 
@@ -66,9 +66,7 @@ async def test_an_imaging_report_from_the_ris_publishes_its_manifest(
         await wait_for(two)
         (_, old_status), (second, _) = manifests(rt)
         assert old_status == "replaced"
-        statuses = {
-            e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
-        }
+        statuses = await kos_statuses(rt)
         assert statuses == {first: "Deprecated", second: "Approved"}
 
         # The RIS deletes the report: its manifest leaves the DMP too.
@@ -78,9 +76,7 @@ async def test_an_imaging_report_from_the_ris_publishes_its_manifest(
             return manifests(rt)[1][1] == "withdrawn"
 
         await wait_for(withdrawn)
-        statuses = {
-            e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
-        }
+        statuses = await kos_statuses(rt)
         assert statuses[second] == "Deleted"
 
 
@@ -97,7 +93,7 @@ async def test_images_of_another_patient_keep_the_manifest_back(
         await wait_for(ended)
         job = job_of(rt)
         assert job is not None and "n'est pas celui du compte rendu" in (job.last_error or "")
-        assert not [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
+        assert not await kos_entries(rt)
 
 
 async def test_another_drimbox_retrieves_a_published_series_with_a_psc_token(
@@ -180,9 +176,7 @@ async def test_images_the_pacs_withdraws_leave_the_manifest(tmp_path: Path, sche
         with rt.db.session() as s:
             row = s.scalars(select(ImagingManifest).where(ImagingManifest.sop_instance_uid == second)).one()
             assert row.series_uids == [f"{study}.1"] and row.instances == 2
-        statuses = {
-            e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
-        }
+        statuses = await kos_statuses(rt)
         assert statuses == {first: "Deprecated", second: "Approved"}
 
         # What the DRIMbox does not take: another AE title, an object that is no rejection note.
@@ -198,9 +192,7 @@ async def test_images_the_pacs_withdraws_leave_the_manifest(tmp_path: Path, sche
             return manifests(rt)[-1][1] == "withdrawn"
 
         await wait_for(withdrawn)
-        statuses = {
-            e["uniqueId"]: e["status"] for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"
-        }
+        statuses = await kos_statuses(rt)
         assert statuses[second] == "Deleted"
 
 
@@ -231,4 +223,4 @@ async def test_a_report_written_as_a_file_reaches_the_dmp_and_publishes_its_mani
             return bool(manifests(rt)) and manifests(rt)[0][1] == "published"
 
         await wait_for(published)
-        assert [e for e in await inspect(rt) if e["typeCode"]["code"] == "IMG-KOS"]
+        assert await kos_entries(rt)
