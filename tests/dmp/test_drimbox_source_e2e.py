@@ -213,7 +213,12 @@ async def test_a_report_written_as_a_file_reaches_the_dmp_and_publishes_its_mani
         os.utime(depot / "illisible.hl7", (time.time() - 60, time.time() - 60))
 
         async def acknowledged() -> bool:
-            return (depot / "traites" / "cr-teleradiologie.hl7.ack").exists()
+            # Both files, which a round may take in two: the first can be handled before the second is written.
+            answered = (
+                depot / "traites" / "cr-teleradiologie.hl7.ack",
+                depot / "refuses" / "illisible.hl7.ack",
+            )
+            return all(ack.exists() for ack in answered)
 
         await wait_for(acknowledged)
         assert b"MSA|AA|" in (depot / "traites" / "cr-teleradiologie.hl7.ack").read_bytes()
