@@ -147,10 +147,12 @@ class Settings(BaseSettings):
     drimbox_cache_max_mb: int = Field(default=20_000, ge=10)
     drimbox_cache_days: float = Field(default=14.0, gt=0)
     drimbox_remote_timeout_s: float = 60.0
-    # The ANS's signed list of trusted DRIMboxes, and the certificate it is signed with: no other DRIMbox is asked
-    # for images. With the sandbox and none set, the sandbox's own list (its remote DRIMbox), signed by its PKI.
+    # The ANS's signed list of trusted DRIMboxes, the IGC-Santé CA certificate(s) its signer chains to, and the
+    # signer's name: no other DRIMbox is asked for images. With the sandbox and none set, the sandbox's own list
+    # (its remote DRIMbox), signed by its PKI.
     drimbox_directory_file: Path | None = None
-    drimbox_directory_signer: Path | None = None
+    drimbox_directory_ca: Path | None = None
+    drimbox_directory_signer_cn: str = "Liste Blanche DRIM-M"
     # The OHIF viewer's prebuilt files (make install puts them beside the Python environment: share/ohif/dist).
     viewer_dir: Path | None = None
     # Login sessions: idle and absolute expiry; cookies marked Secure when the platform is reached over HTTPS.
@@ -184,10 +186,10 @@ class Settings(BaseSettings):
                 "DRIMbox : pacs_host demande drimbox_wado_url, l'adresse WADO-RS où les autres DRIMbox "
                 "récupèrent les images"
             )
-        if (self.drimbox_directory_file is None) != (self.drimbox_directory_signer is None):
+        if (self.drimbox_directory_file is None) != (self.drimbox_directory_ca is None):
             raise ValueError(
-                "DRIMbox : la liste blanche (drimbox_directory_file) se configure avec le certificat de son "
-                "signataire (drimbox_directory_signer), l'un ne va pas sans l'autre"
+                "DRIMbox : la liste blanche (drimbox_directory_file) se configure avec l'autorité de l'IGC-Santé "
+                "de son signataire (drimbox_directory_ca), l'un ne va pas sans l'autre"
             )
         return self
 

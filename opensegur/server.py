@@ -72,7 +72,7 @@ from opensegur.hospital.model import HospitalConfig
 from opensegur.security.defaults import default_matrix
 from opensegur.security.drimbox_directory import file_loader
 from opensegur.security.matrix import Matrix
-from opensegur.security.pki import TestPki
+from opensegur.security.pki import TestPki, common_name_of, load_certificate
 from opensegur.security.psc_delegation import PscDelegation
 from opensegur.security.sealer import ANCHOR_FILE, run_sealer
 from opensegur.store.db import Database
@@ -348,12 +348,13 @@ class Platform:
                 Path(s.dmp_ca) if s.dmp_ca else None,
             )
         mss = _MssWiring.from_settings(s)
-        directory = (s.drimbox_directory_file, s.drimbox_directory_signer)
+        directory = (s.drimbox_directory_file, s.drimbox_directory_ca, s.drimbox_directory_signer_cn)
         if s.sandbox_on and listen:
             sandbox = await self.start_sandbox(hospital=hospital)
             endpoints = sandbox.endpoints
             if s.drimbox_directory_file is None and sandbox.drimbox_directory is not None:
-                directory = (sandbox.drimbox_directory, sandbox.pki.signing_cert)
+                signer = common_name_of(load_certificate(sandbox.pki.signing_cert.read_bytes()))
+                directory = (sandbox.drimbox_directory, sandbox.pki.ca_cert, signer)
             insi_url = insi_url or endpoints["insi"]["url"]
             if not dmp_urls.iti41:
                 dmp = endpoints["dmp"]

@@ -139,10 +139,16 @@ def check_directory(settings: Settings) -> Check:
             why = "non configurée : la plateforme utilise celle du bac à sable"
         return Check(link, Verdict.ABSENT, why)
     try:
-        directory = file_loader(settings.drimbox_directory_file, settings.drimbox_directory_signer)()
+        directory = file_loader(
+            settings.drimbox_directory_file,
+            settings.drimbox_directory_ca,
+            settings.drimbox_directory_signer_cn,
+        )()
     except DirectoryError as exc:
         return Check(link, Verdict.FAILED, str(exc), "Télécharger la liste blanche signée de l'ANS")
-    return Check(link, Verdict.OK, f"signée, {len(directory.entries)} DRIMbox")
+    return Check(
+        link, Verdict.OK, f"signée, générée le {directory.generated or '?'}, {len(directory.entries)} DRIMbox"
+    )
 
 
 def check_mllp(settings: Settings) -> Check:

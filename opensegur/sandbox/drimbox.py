@@ -80,7 +80,8 @@ class RemoteDrimbox:
         list: what the demo platform's consumer checks before asking for images."""
         entry = TrustedDrimbox("SANDBOX-DRIMBOX", self.wado, "ANS (bac à sable)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(sign_directory([entry], pki.signing_key.read_bytes(), pki.signing_cert.read_bytes()))
+        signed = sign_directory([entry], pki.signing_key.read_bytes(), [pki.signing_cert.read_bytes()])
+        path.write_bytes(signed)
 
     # ---- the images ---------------------------------------------------------------------------------------------
 

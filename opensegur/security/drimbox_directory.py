@@ -1,32 +1,32 @@
 """The directory of trusted DRIMboxes — the ANS « liste blanche » — as the consumer checks it before asking any
 other DRIMbox for images: a signed XML file, one ``Domaine`` per DRIMbox.
 
-The elements are those the ANS describes for its test list (DRIM-M_DATA, « Liste blanche TEST »): ``Identifiant``,
-``db`` (the DRIMbox's address), ``Denomination``, ``DNCertificatOperateur``, ``SupportContact``, ``DateMAJ``.
-⚠ The signature's exact form is not published beside it: this reads an enveloped XML-DSig (RSA-SHA256 or -SHA512,
-the usual form of a signed ANS XML file) and checks it against the signer's certificate the hospital configures
-— the ANS's. A list that is unsigned, signed by another key, altered after signing, or that declares a DOCTYPE
-is refused whole: a consumer then asks no DRIMbox at all rather than any.
+The format is the ANS's test list (DRIM-M_DATA, « Liste blanche TEST »): ``ListeBlancheDRIM-M`` in the namespace
+``https://github.com/ansforge/DRIM-M_DATA``, ``versionFormat`` 1.x, ``DateDeGeneration``, then per ``Domaine``:
+``Identifiant``, ``db`` (the DRIMbox's host), ``vi`` (its viewer's host), ``Denomination``,
+``DNCertificatOperateur``, ``SupportContact``, ``DateMAJ``. It is signed in XAdES-BASELINE-B, enveloped
+(``security.enveloped_signature``), by a certificate named « Liste Blanche DRIM-M » of the IGC-Santé. A list that
+is unsigned, signed by anyone else, altered after signing, or that declares a DOCTYPE is refused whole: a
+consumer then asks no DRIMbox at all rather than any.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import datetime as dt
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from lxml import etree
-from signxml import SignatureConfiguration, XMLSigner, XMLVerifier
-from signxml.algorithms import DigestAlgorithm, SignatureMethod
-from signxml.exceptions import InvalidInput, InvalidSignature
 
-from opensegur.security.pki import PkiError, load_certificate, load_private_key
+from opensegur.security.enveloped_signature import EnvelopedSignatureError, sign_enveloped, verify_enveloped
 
 __all__ = [
+    "ANS_SIGNER_CN",
     "DirectoryError",
+    "DirectoryTrust",
     "DrimboxDirectory",
     "TrustedDrimbox",
     "file_loader",
@@ -34,7 +34,8 @@ __all__ = [
     "sign_directory",
 ]
 
-NS_DS = "http://www.w3.org/2000/09/xmldsig#"
+NS_LIST = "https://github.com/ansforge/DRIM-M_DATA"
+ANS_SIGNER_CN = "Liste Blanche DRIM-M"
 MAX_BYTES = 5 * 1024 * 1024  # the national list is a few hundred entries
 
 
@@ -50,6 +51,7 @@ class TrustedDrimbox:
     certificate_dn: str = ""
     support_contact: str = ""
     updated: str = ""  # DateMAJ, as written
+    viewer: str = ""  # ``vi``: the host of the DRIMbox's viewer
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -64,6 +66,7 @@ def _host_port(url: str) -> tuple[str, int]:
 @dataclass(frozen=True)
 class DrimboxDirectory:
     entries: tuple[TrustedDrimbox, ...]
+    generated: str = ""  # DateDeGeneration, as written
 
     def trusted(self, url: str) -> TrustedDrimbox | None:
         """The listed DRIMbox at ``url``'s host and port, else None."""
@@ -74,6 +77,7 @@ class DrimboxDirectory:
 _FIELDS = {
     "Identifiant": "identifier",
     "db": "address",
+    "vi": "viewer",
     "Denomination": "denomination",
     "DNCertificatOperateur": "certificate_dn",
     "SupportContact": "support_contact",
@@ -93,63 +97,66 @@ def _parse(data: bytes) -> etree._Element:
         raise DirectoryError(f"Liste blanche illisible : {exc}") from exc
 
 
-def read_directory(data: bytes, signer_cert_pem: bytes) -> DrimboxDirectory:
-    """The DRIMboxes of the signed list ``data``, once its signature is checked against ``signer_cert_pem``.
-    Raises DirectoryError."""
+@dataclass(frozen=True)
+class DirectoryTrust:
+    """Who may sign the list: a certificate named ``signer_cn`` chaining to one of ``ca_pem``'s (the IGC-Santé)."""
+
+    ca_pem: bytes
+    signer_cn: str = ANS_SIGNER_CN
+
+
+def read_directory(data: bytes, trust: DirectoryTrust, *, at: dt.datetime | None = None) -> DrimboxDirectory:
+    """The DRIMboxes of the signed list ``data``, once its signature is checked. Raises DirectoryError."""
     root = _parse(data)
-    if root.find(f"{{{NS_DS}}}Signature") is None:
-        raise DirectoryError("Liste blanche non signée : refusée")
+    if root.tag != f"{{{NS_LIST}}}ListeBlancheDRIM-M":
+        raise DirectoryError(
+            f"Ce fichier n'est pas une liste blanche DRIM-M de l'ANS (racine {etree.QName(root).localname})"
+        )
+    if not root.get("versionFormat", "").startswith("1."):
+        raise DirectoryError(f"Liste blanche au format {root.get('versionFormat')!r} : format 1.x attendu")
     try:
-        signer = load_certificate(signer_cert_pem)
-    except PkiError as exc:
-        raise DirectoryError(f"Certificat du signataire de la liste blanche illisible : {exc}") from exc
-    config = SignatureConfiguration(
-        signature_methods=frozenset({SignatureMethod.RSA_SHA256, SignatureMethod.RSA_SHA512}),
-        digest_algorithms=frozenset({DigestAlgorithm.SHA256, DigestAlgorithm.SHA512}),
-    )
-    try:
-        result = XMLVerifier().verify(root, x509_cert=signer, expect_config=config, validate_schema=False)
-    except (InvalidSignature, InvalidInput) as exc:
-        raise DirectoryError(f"Signature de la liste blanche invalide : {exc}") from exc
-    assert not isinstance(result, list)
-    signed = result.signed_xml  # only what the signature covers is read
-    if signed is None:
-        raise DirectoryError("La signature ne couvre pas la liste blanche")
+        signed = verify_enveloped(root, trust.ca_pem, trust.signer_cn, at=at).root
+    except EnvelopedSignatureError as exc:
+        raise DirectoryError(f"Liste blanche refusée : {exc}") from exc
     entries = []
-    for domain in signed.iter("{*}Domaine"):
-        values = {attr: (domain.findtext(f"{{*}}{tag}") or "").strip() for tag, attr in _FIELDS.items()}
+    for domain in signed.iterfind(f"{{{NS_LIST}}}ListeDomaines/{{{NS_LIST}}}Domaine"):
+        values = {
+            attr: (domain.findtext(f"{{{NS_LIST}}}{tag}") or "").strip() for tag, attr in _FIELDS.items()
+        }
         if not values["identifier"] or not values["address"]:
             raise DirectoryError("Liste blanche : un domaine sans Identifiant ou sans adresse (db)")
         entries.append(TrustedDrimbox(**values))
-    return DrimboxDirectory(tuple(entries))
+    return DrimboxDirectory(tuple(entries), (signed.findtext(f"{{{NS_LIST}}}DateDeGeneration") or "").strip())
 
 
-def file_loader(file: Path | None, signer: Path | None) -> Callable[[], DrimboxDirectory]:
+def file_loader(
+    file: Path | None, ca_file: Path | None, signer_cn: str = ANS_SIGNER_CN
+) -> Callable[[], DrimboxDirectory]:
     """Reads the list from ``file`` each time it is called, so that the ANS's updates apply without a restart."""
 
     def load() -> DrimboxDirectory:
-        if file is None or signer is None:
+        if file is None or ca_file is None:
             raise DirectoryError(
-                "Aucune liste blanche des DRIMbox n'est configurée (drimbox_directory_file, drimbox_directory_signer)"
+                "Aucune liste blanche des DRIMbox n'est configurée (drimbox_directory_file, drimbox_directory_ca)"
             )
         try:
-            return read_directory(file.read_bytes(), signer.read_bytes())
+            return read_directory(file.read_bytes(), DirectoryTrust(ca_file.read_bytes(), signer_cn))
         except OSError as exc:
             raise DirectoryError(f"Liste blanche des DRIMbox illisible : {exc}") from exc
 
     return load
 
 
-def sign_directory(entries: list[TrustedDrimbox], key_pem: bytes, cert_pem: bytes) -> bytes:
-    """A signed list of ``entries``, as the sandbox publishes its own (and the tests theirs)."""
-    root = etree.Element("ListeBlanche", {"DateGeneration": date.today().isoformat()})
+def sign_directory(entries: Sequence[TrustedDrimbox], key_pem: bytes, cert_pems: Sequence[bytes]) -> bytes:
+    """A list of ``entries`` in the ANS's format and signature, as the sandbox publishes its own (and the tests
+    theirs). ``cert_pems``: the signer's certificate, then its chain."""
+    root = etree.Element(f"{{{NS_LIST}}}ListeBlancheDRIM-M", nsmap={None: NS_LIST}, versionFormat="1.0.0")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    etree.SubElement(root, f"{{{NS_LIST}}}DateDeGeneration").text = now
+    domains = etree.SubElement(root, f"{{{NS_LIST}}}ListeDomaines")
     for entry in entries:
-        domain = etree.SubElement(root, "Domaine")
+        domain = etree.SubElement(domains, f"{{{NS_LIST}}}Domaine")
         for tag, attr in _FIELDS.items():
-            etree.SubElement(domain, tag).text = getattr(entry, attr)
-    key = load_private_key(key_pem)
-    assert isinstance(key, RSAPrivateKey)
-    signed = XMLSigner(
-        signature_algorithm=SignatureMethod.RSA_SHA256, digest_algorithm=DigestAlgorithm.SHA256
-    ).sign(root, key=key, cert=[cert_pem.decode()])
-    return etree.tostring(signed, xml_declaration=True, encoding="UTF-8")
+            etree.SubElement(domain, f"{{{NS_LIST}}}{tag}").text = getattr(entry, attr)
+    sign_enveloped(root, key_pem, cert_pems, signature_id=f"id-{uuid.uuid4().hex}")
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")

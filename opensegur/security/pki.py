@@ -34,6 +34,7 @@ __all__ = [
     "PkiError",
     "TestPki",
     "certificate_chain_pem",
+    "common_name_of",
     "client_ssl_context",
     "ensure_test_pki",
     "load_certificate",
@@ -328,6 +329,11 @@ def load_private_key(pem: bytes, password: bytes | None = None) -> PrivateKeyTyp
 def certificate_chain_pem(pki: TestPki) -> bytes:
     """Signing certificate followed by its issuer: what a signature's KeyInfo/SigningCertificate should carry."""
     return pki.signing_cert.read_bytes() + pki.ca_cert.read_bytes()
+
+
+def common_name_of(cert: x509.Certificate) -> str:
+    values = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(values[0].value) if values else ""
 
 
 def structure_id_of(cert: x509.Certificate) -> str | None:

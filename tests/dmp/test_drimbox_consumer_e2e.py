@@ -32,7 +32,7 @@ from opensegur.flows.drimbox_consumer import (
 )
 from opensegur.ops.demo import luhn_complete
 from opensegur.security.drimbox_directory import TrustedDrimbox, sign_directory
-from opensegur.security.pki import ensure_test_pki
+from opensegur.security.pki import common_name_of, ensure_test_pki, load_certificate
 from opensegur.server import Runtime
 from opensegur.store.models import AuditEvent, Patient, Structure
 from opensegur.web.deps import CSRF_HEADER
@@ -77,11 +77,12 @@ def _site_b_settings(a: Runtime) -> dict[str, object]:
     assert a.settings.drimbox_wado_url is not None
     site_a = TrustedDrimbox("DB-SITE-A", a.settings.drimbox_wado_url, "Site A")
     directory.write_bytes(
-        sign_directory([site_a], ans.signing_key.read_bytes(), ans.signing_cert.read_bytes())
+        sign_directory([site_a], ans.signing_key.read_bytes(), [ans.signing_cert.read_bytes()])
     )
     return {
         "drimbox_directory_file": str(directory),
-        "drimbox_directory_signer": str(ans.signing_cert),
+        "drimbox_directory_ca": str(ans.ca_cert),
+        "drimbox_directory_signer_cn": common_name_of(load_certificate(ans.signing_cert.read_bytes())),
         "dmp_iti41_url": dmp["iti41"],
         "dmp_iti18_url": dmp["iti18"],
         "dmp_iti57_url": dmp["iti57"],

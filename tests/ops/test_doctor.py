@@ -26,7 +26,7 @@ from opensegur.ops.doctor import (
     render,
 )
 from opensegur.security.drimbox_directory import TrustedDrimbox, sign_directory
-from opensegur.security.pki import ensure_test_pki
+from opensegur.security.pki import common_name_of, ensure_test_pki, load_certificate
 from tests.pacs import orthanc
 
 pytestmark = pytest.mark.requirement("IMG-DEPLOYMENT-CHECK")
@@ -129,13 +129,23 @@ def test_the_list_of_drimboxes_is_checked(tmp_path: Path) -> None:
     ans = ensure_test_pki(tmp_path / "ans")
     path = tmp_path / "liste-blanche.xml"
     entry = TrustedDrimbox("DB-1", "https://db1.chu-y.fr/dicom-web")
-    path.write_bytes(sign_directory([entry], ans.signing_key.read_bytes(), ans.signing_cert.read_bytes()))
+    path.write_bytes(sign_directory([entry], ans.signing_key.read_bytes(), [ans.signing_cert.read_bytes()]))
+    signer = common_name_of(load_certificate(ans.signing_cert.read_bytes()))
     settings = Settings(
-        data_dir=tmp_path, drimbox_directory_file=path, drimbox_directory_signer=ans.signing_cert
+        data_dir=tmp_path,
+        drimbox_directory_file=path,
+        drimbox_directory_ca=ans.ca_cert,
+        drimbox_directory_signer_cn=signer,
     )
-    assert check_directory(settings).verdict == Verdict.OK
+    ok = check_directory(settings)
+    assert ok.verdict == Verdict.OK and "1 DRIMbox" in ok.detail
     other = ensure_test_pki(tmp_path / "other")
-    wrong = settings.model_copy(update={"drimbox_directory_signer": other.signing_cert})
+    wrong = settings.model_copy(update={"drimbox_directory_ca": other.ca_cert})
     failed = check_directory(wrong)
-    assert failed.verdict == Verdict.FAILED and "Signature" in failed.detail
+    assert failed.verdict == Verdict.FAILED and "non reconnu" in failed.detail
+    # The ANS's own signer is expected unless told otherwise.
+    default = check_directory(
+        settings.model_copy(update={"drimbox_directory_signer_cn": "Liste Blanche DRIM-M"})
+    )
+    assert default.verdict == Verdict.FAILED and "Signataire inattendu" in default.detail
     assert check_directory(Settings(data_dir=tmp_path)).verdict == Verdict.ABSENT
