@@ -153,6 +153,18 @@ class Settings(BaseSettings):
     drimbox_directory_file: Path | None = None
     drimbox_directory_ca: Path | None = None
     drimbox_directory_signer_cn: str = "Liste Blanche DRIM-M"
+    # Mutual TLS between DRIMboxes, with the DRIMbox's operator certificate (IGC-Santé, the DN the list gives).
+    # Served: the WADO-RS of other DRIMboxes on its own port, in TLS, a client certificate from drimbox_tls_client_ca
+    # required, its subject that of a listed DRIMbox; the plain port then serves no image.
+    drimbox_tls_port: int | None = None
+    drimbox_tls_cert: Path | None = None
+    drimbox_tls_key: Path | None = None
+    drimbox_tls_client_ca: Path | None = None
+    # Asked: the consumer presents this certificate, trusts drimbox_remote_ca (else the system's authorities) and
+    # checks the other DRIMbox's certificate is the one the list names.
+    drimbox_client_cert: Path | None = None
+    drimbox_client_key: Path | None = None
+    drimbox_remote_ca: Path | None = None
     # The OHIF viewer's prebuilt files (make install puts them beside the Python environment: share/ohif/dist).
     viewer_dir: Path | None = None
     # Login sessions: idle and absolute expiry; cookies marked Secure when the platform is reached over HTTPS.
@@ -191,6 +203,19 @@ class Settings(BaseSettings):
                 "DRIMbox : la liste blanche (drimbox_directory_file) se configure avec l'autorité de l'IGC-Santé "
                 "de son signataire (drimbox_directory_ca), l'un ne va pas sans l'autre"
             )
+        mutual = (
+            self.drimbox_tls_port,
+            self.drimbox_tls_cert,
+            self.drimbox_tls_key,
+            self.drimbox_tls_client_ca,
+        )
+        if any(v is not None for v in mutual) and any(v is None for v in mutual):
+            raise ValueError(
+                "DRIMbox : le TLS mutuel se configure entier (drimbox_tls_port, drimbox_tls_cert, drimbox_tls_key, "
+                "drimbox_tls_client_ca)"
+            )
+        if (self.drimbox_client_cert is None) != (self.drimbox_client_key is None):
+            raise ValueError("DRIMbox : drimbox_client_cert et drimbox_client_key vont ensemble")
         return self
 
     @property

@@ -35,7 +35,7 @@ from opensegur.connectors.dmp_client import (
 )
 from opensegur.connectors.dpi_mllp import MllpDpiSender
 from opensegur.connectors.dpi_zam import MllpZamSender
-from opensegur.connectors.drimbox_client import DrimboxClient
+from opensegur.connectors.drimbox_client import DrimboxClient, remote_tls
 from opensegur.connectors.insi_client import InsiClient, InsiUnavailable
 from opensegur.connectors.pacs import PacsClient, PacsEndpoint
 from opensegur.connectors.pacs_wado import PacsWado
@@ -81,7 +81,7 @@ from opensegur.transactions.insi import InsiContext, InsiResult, InsiTraitsQuery
 from opensegur.transactions.lps_mdm import MessageRoute
 from opensegur.transport.dicom_receiver import DicomReceiver
 from opensegur.transport.drop_folder import Answer, DropFolder
-from opensegur.transport.http_server import uvicorn_config
+from opensegur.transport.http_server import ClientTls, uvicorn_config
 from opensegur.transport.mllp import MllpFramingError, MllpServer, tls_server_context
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,7 @@ class Runtime:
     ready: bool = False
     mllp_port: int | None = None
     http_port: int | None = None
+    drimbox_tls_port: int | None = None  # the WADO-RS for other DRIMboxes in mutual TLS, when configured
     app: Any = None  # the ASGI application serving HTTP (tests override its dependencies)
     # Re-reads and applies the configuration directory (the admin page's « Recharger »); None without a directory.
     reload_config: Callable[[str], Awaitable[ApplyResult | None]] | None = None
@@ -364,6 +365,7 @@ class Platform:
             if credentials is None:
                 credentials = DmpCredentials(sandbox.pki.signing_cert, sandbox.pki.signing_key)
             mss = mss.with_sandbox(endpoints)
+        self._directory = file_loader(*directory)
         if s.demo and listen and self._demo_people_fit():
             from opensegur.ops.demo import load_demo
 
@@ -415,14 +417,17 @@ class Platform:
             )
             self._consumer = DrimboxConsumer(
                 self._dmp_client,
-                DrimboxClient(timeout=s.drimbox_remote_timeout_s),
+                DrimboxClient(
+                    timeout=s.drimbox_remote_timeout_s,
+                    verify=remote_tls(s.drimbox_client_cert, s.drimbox_client_key, s.drimbox_remote_ca),
+                ),
                 ImageCache(
                     self.db,
                     s.drimbox_cache_dir or s.data_dir / "imagerie",
                     max_bytes=s.drimbox_cache_max_mb * 1024 * 1024,
                     max_age=timedelta(days=s.drimbox_cache_days),
                 ),
-                file_loader(*directory),
+                self._directory,
             )
             if s.pacs_host:
                 # An exam of another hospital, from the cache into the site's PACS.
@@ -526,7 +531,7 @@ class Platform:
         await self.mllp.start()
         rt.mllp_port = self.mllp.port
 
-        from opensegur.web.app import create_app
+        from opensegur.web.app import DRIMBOX_ROUTERS, create_app
 
         sock = bind(s.host, s.http_port)
         rt.http_port = sock.getsockname()[1]
@@ -534,6 +539,15 @@ class Platform:
             rt.reload_config = self.reload_config
         rt.app = create_app(rt)
         await self._serve_http(rt.app, sock)
+        if s.drimbox_tls_port is not None and rt.drimbox is not None:
+            assert s.drimbox_tls_cert and s.drimbox_tls_key and s.drimbox_tls_client_ca  # Settings checks it
+            tls_sock = bind(s.host, s.drimbox_tls_port)
+            rt.drimbox_tls_port = tls_sock.getsockname()[1]
+            # Only the WADO-RS for other DRIMboxes on this port: no page, no API.
+            drimbox_app = create_app(rt, routers=DRIMBOX_ROUTERS)
+            mutual = ClientTls(s.drimbox_tls_cert, s.drimbox_tls_key, s.drimbox_tls_client_ca)
+            await self._serve_http(drimbox_app, tls_sock, tls=mutual)
+            log.info("DRIMbox: WADO-RS in mutual TLS on port %s", rt.drimbox_tls_port)
         rt.ready = True
         log.info("OpenSégur ready: http://%s:%s  mllp %s:%s", s.host, rt.http_port, s.host, rt.mllp_port)
         return rt
@@ -701,7 +715,8 @@ class Platform:
         if url and client_id and secret:
             self._introspector = TokenIntrospector(url, client_id, secret)
             self._pacs_wado = PacsWado(s.pacs_wado_url, timeout=s.pacs_timeout_s) if s.pacs_wado_url else None
-            self._drimbox = DrimboxServing(pacs, self._introspector, self._pacs_wado)
+            callers = self._directory if s.drimbox_tls_port is not None else None
+            self._drimbox = DrimboxServing(pacs, self._introspector, self._pacs_wado, callers)
         else:
             log.warning("DRIMbox: no Pro Santé Connect introspection configured, images are not served")
         return request_manifest
@@ -829,11 +844,12 @@ class Platform:
         if self._warm is not None:
             await self._warm
 
-    async def _serve_http(self, app: Any, sock: socket.socket) -> None:
+    async def _serve_http(self, app: Any, sock: socket.socket, *, tls: ClientTls | None = None) -> None:
         config = uvicorn_config(
             app,
             max_connections=self.settings.http_max_connections,
             header_timeout_s=self.settings.http_header_timeout_s,
+            tls=tls,
         )
         server = _Uvicorn(config)
         self._servers.append(server)

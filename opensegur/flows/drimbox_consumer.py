@@ -39,7 +39,7 @@ from opensegur.flows.drimbox_ports import RemoteDrimboxPort, RemoteRefused, Remo
 from opensegur.imaging.manifest import Manifest, ManifestError, SeriesRef, read_manifest
 from opensegur.imaging.wado import Part
 from opensegur.imaging.xdsi import ACCESSION, JDV_MODALITIES, JDV_REGIONS, KOS_TYPE, STUDY
-from opensegur.security.drimbox_directory import DirectoryError, DrimboxDirectory
+from opensegur.security.drimbox_directory import DirectoryError, DrimboxDirectory, TrustedDrimbox
 
 __all__ = [
     "ATTEMPTS",
@@ -211,7 +211,7 @@ class DrimboxConsumer:
     ) -> None:
         """The retrieval itself: the exam complete in the cache, or FetchRefused with the reason."""
         manifest = await self._manifest(consulter, patient, entry)
-        await asyncio.to_thread(self._check_trusted, manifest)
+        operators = await asyncio.to_thread(self._check_trusted, manifest)
         source = urlsplit(manifest.series[0].retrieve_url).netloc
         await asyncio.to_thread(
             self.cache.describe, fetch_id, manifest.study_instance_uid, source, manifest.instance_count
@@ -221,7 +221,8 @@ class DrimboxConsumer:
             progress = _Progress()
             try:
                 for series in manifest.series:
-                    await self._series(fetch_id, manifest, series, token, progress)
+                    operator = operators[series.retrieve_url].certificate_dn
+                    await self._series(fetch_id, manifest, series, token, progress, operator)
                 break
             except RemoteUnavailable as exc:
                 if attempt == ATTEMPTS:
@@ -235,18 +236,23 @@ class DrimboxConsumer:
                 raise FetchRefused(str(exc)) from exc
         await asyncio.to_thread(self.cache.complete, fetch_id, manifest.sop_instance_uid)
 
-    def _check_trusted(self, manifest: Manifest) -> None:
-        """Every DRIMbox the manifest sends us to is in the ANS's list, before any of them is asked."""
+    def _check_trusted(self, manifest: Manifest) -> dict[str, TrustedDrimbox]:
+        """Every DRIMbox the manifest sends us to is in the ANS's list, before any of them is asked: the listed
+        DRIMbox of each RetrieveURL."""
         try:
             directory = self.directory()
         except DirectoryError as exc:
             raise FetchRefused(f"{exc} — aucune image n'est demandée sans liste blanche des DRIMbox") from exc
+        operators = {}
         for series in manifest.series:
-            if directory.trusted(series.retrieve_url) is None:
+            listed = directory.trusted(series.retrieve_url)
+            if listed is None:
                 host = urlsplit(series.retrieve_url).netloc
                 raise FetchRefused(
                     f"Le DRIMbox {host} n'est pas dans la liste blanche des DRIMbox : aucune image demandée"
                 )
+            operators[series.retrieve_url] = listed
+        return operators
 
     async def _manifest(self, consulter: Consulter, patient: PatientRef, entry: DocumentMetadata) -> Manifest:
         if not entry.repository_unique_id:
@@ -276,11 +282,19 @@ class DrimboxConsumer:
         return manifest
 
     async def _series(
-        self, fetch_id: int, manifest: Manifest, series: SeriesRef, token: str, progress: _Progress
+        self,
+        fetch_id: int,
+        manifest: Manifest,
+        series: SeriesRef,
+        token: str,
+        progress: _Progress,
+        operator_dn: str,
     ) -> None:
         expected = set(series.sop_instance_uids)
         received: set[str] = set()
-        parts = self.remote.retrieve_series(series.retrieve_url, token, manifest.sop_instance_uid)
+        parts = self.remote.retrieve_series(
+            series.retrieve_url, token, manifest.sop_instance_uid, operator_dn
+        )
         try:
             async for part in parts:
                 with contextlib.closing(part.body):

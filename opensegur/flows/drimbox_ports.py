@@ -99,9 +99,12 @@ class RemoteRefused(Exception):
 
 
 class RemoteDrimboxPort(Protocol):
-    def retrieve_series(self, url: str, token: str, kos_sop_instance_uid: str) -> AsyncGenerator[Part, None]:
+    def retrieve_series(
+        self, url: str, token: str, kos_sop_instance_uid: str, operator_dn: str = ""
+    ) -> AsyncGenerator[Part, None]:
         """The instances of the series at ``url`` as they arrive, in the transfer syntax the source stores them
-        in. Raises RemoteUnavailable or RemoteRefused, the former also after some parts were handed over."""
+        in; over HTTPS, from a server whose certificate is ``operator_dn`` when the list names one. Raises
+        RemoteUnavailable or RemoteRefused, the former also after some parts were handed over."""
         ...
 
     async def aclose(self) -> None: ...

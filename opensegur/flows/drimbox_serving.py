@@ -1,5 +1,7 @@
 """Flow: this DRIMbox serves the images of the exams it published to the DRIMboxes of other hospitals
-(WADO-RS, DRIM-M). A caller is let in on three conditions, each checked before the PACS is asked:
+(WADO-RS, DRIM-M). A caller is let in on these conditions, each checked before the PACS is asked:
+- with mutual TLS configured, a client certificate whose subject is a listed DRIMbox's operator certificate
+  (the ANS's list, ``DNCertificatOperateur``): any other caller, or one without certificate, is refused (403);
 - an active Pro Santé Connect token (``Authorization: Bearer``), introspected at PSC: a professional asks;
 - the ``KOS-SOPInstanceUID`` header names a manifest this DRIMbox published and still stands by;
 - that manifest covers the requested study and series: a caller cannot walk the PACS from one manifest.
@@ -9,15 +11,21 @@ inactive token (401). Each retrieval is written in the audit trail with the prof
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opensegur.flows.drimbox_ports import IntrospectionPort, PacsPort, PacsWadoPort
+from opensegur.security.drimbox_directory import DirectoryError, DrimboxDirectory
 from opensegur.store.models import Document, ImagingManifest
 
-__all__ = ["DrimboxServing", "ServedSeries", "covering_manifest"]
+__all__ = ["CallerRefused", "DrimboxServing", "ServedSeries", "covering_manifest", "listed_caller"]
+
+
+class CallerRefused(Exception):
+    """The calling DRIMbox is not one of the list: the French reason."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,26 @@ class DrimboxServing:
     pacs: PacsPort
     introspector: IntrospectionPort
     pacs_wado: PacsWadoPort | None = None  # the PACS's own WADO-RS: series streamed through instead of C-GET
+    # With mutual TLS: the ANS's list, read afresh at each call, that every caller's certificate must be in.
+    callers: Callable[[], DrimboxDirectory] | None = None
+
+
+def listed_caller(serving: DrimboxServing, certificate_name: str | None) -> str | None:
+    """The listed DRIMbox (its Identifiant) whose certificate the caller presented; None when mutual TLS is not
+    configured. Raises CallerRefused."""
+    if serving.callers is None:
+        return None
+    if certificate_name is None:
+        raise CallerRefused(
+            "Certificat client requis : les images ne sont servies qu'aux DRIMbox de la liste blanche, en TLS mutuel"
+        )
+    try:
+        caller = serving.callers().operated_by(certificate_name)
+    except DirectoryError as exc:
+        raise CallerRefused(f"{exc} — aucune image n'est servie sans liste blanche des DRIMbox") from exc
+    if caller is None:
+        raise CallerRefused("Le certificat de l'appelant n'est celui d'aucun DRIMbox de la liste blanche")
+    return caller.identifier
 
 
 @dataclass(frozen=True)

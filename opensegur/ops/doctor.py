@@ -89,9 +89,11 @@ def _certificate_paths(settings: Settings) -> Iterable[tuple[str, str]]:
         ("Certificat de la BAL applicative MSSanté", settings.mss_client_cert),
         ("Certificat TLS client INSi", settings.insi_client_cert),
         ("Certificat TLS du serveur MLLP", settings.mllp_tls_cert),
+        ("Certificat du DRIMbox (TLS mutuel, serveur)", settings.drimbox_tls_cert),
+        ("Certificat du DRIMbox (TLS mutuel, client)", settings.drimbox_client_cert),
     ):
         if path:
-            yield label, path
+            yield label, str(path)
 
 
 def check_certificates(settings: Settings, now: datetime | None = None) -> list[Check]:

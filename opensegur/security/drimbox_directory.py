@@ -13,6 +13,7 @@ consumer then asks no DRIMbox at all rather than any.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "TrustedDrimbox",
     "file_loader",
     "read_directory",
+    "same_name",
     "sign_directory",
 ]
 
@@ -57,6 +59,27 @@ class TrustedDrimbox:
     def host_port(self) -> tuple[str, int]:
         return _host_port(self.address if "//" in self.address else f"https://{self.address}")
 
+    def operates(self, certificate_name: str) -> bool:
+        """Whether a certificate whose subject is ``certificate_name`` (RFC 4514) is this DRIMbox's operator
+        certificate, as the list names it (``DNCertificatOperateur``)."""
+        return bool(self.certificate_dn) and same_name(self.certificate_dn, certificate_name)
+
+
+def same_name(a: str, b: str) -> bool:
+    """Whether two distinguished names, written as the list writes them or as RFC 4514, name the same subject."""
+    return _dn(a) == _dn(b)
+
+
+def _dn(text: str) -> frozenset[tuple[str, str]]:
+    """A distinguished name as a set of (attribute, value): the list writes it CN first, a certificate's subject
+    may come in any order, and values compare without case or surrounding spaces."""
+    pairs = []
+    for rdn in re.split(r"(?<!\\)[,+]", text):
+        name, sep, value = rdn.partition("=")
+        if sep:
+            pairs.append((name.strip().upper(), re.sub(r"\\(.)", r"\1", value).strip().casefold()))
+    return frozenset(pairs)
+
 
 def _host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
@@ -72,6 +95,10 @@ class DrimboxDirectory:
         """The listed DRIMbox at ``url``'s host and port, else None."""
         wanted = _host_port(url)
         return next((e for e in self.entries if e.host_port == wanted), None)
+
+    def operated_by(self, certificate_name: str) -> TrustedDrimbox | None:
+        """The listed DRIMbox whose operator certificate has the subject ``certificate_name``, else None."""
+        return next((e for e in self.entries if e.operates(certificate_name)), None)
 
 
 _FIELDS = {

@@ -7,9 +7,10 @@ this module.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from urllib.parse import quote
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -67,6 +68,8 @@ ROUTERS = (
     # Last: the viewer's code is built to load from the site's root, after every route of the platform.
     viewer.root_files,
 )
+# The listener in mutual TLS that other DRIMboxes call.
+DRIMBOX_ROUTERS = (dicomweb.router,)
 
 
 def _wants_page(request: Request) -> bool:
@@ -74,7 +77,7 @@ def _wants_page(request: Request) -> bool:
     return not path.startswith(("/api/", "/fhir", "/docs", "/dicom-web/"))
 
 
-def create_app(runtime: WebRuntime) -> FastAPI:
+def create_app(runtime: WebRuntime, routers: Sequence[APIRouter] = ROUTERS) -> FastAPI:
     app = FastAPI(
         title="OpenSégur",
         version=__version__,
@@ -150,7 +153,7 @@ def create_app(runtime: WebRuntime) -> FastAPI:
             status_code=exc.status,
         )
 
-    for router in ROUTERS:
+    for router in routers:
         app.include_router(router)
     return app
 

@@ -107,6 +107,17 @@ def get_drimbox(request: Request) -> DrimboxServing | None:
 Drimbox = Annotated[DrimboxServing | None, Depends(get_drimbox)]
 
 
+def get_client_certificate(request: Request) -> str | None:
+    """The subject (RFC 4514) of the certificate the client presented in mutual TLS, as the HTTP listener tells it
+    (ASGI TLS extension); None over plain HTTP."""
+    tls = request.scope.get("extensions", {}).get("tls") or {}
+    name = tls.get("client_cert_name")
+    return name if isinstance(name, str) else None
+
+
+ClientCertificate = Annotated[str | None, Depends(get_client_certificate)]
+
+
 def get_consumer(request: Request) -> DrimboxConsumer | None:
     """This DRIMbox's consumer (exams of other hospitals); None when no DMP is configured."""
     return getattr(request.app.state.runtime, "drimbox_consumer", None)

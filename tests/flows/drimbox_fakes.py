@@ -108,7 +108,9 @@ class FakeRemote:
     calls: list[tuple[str, str, str]] = field(default_factory=list)
     closed: bool = False
 
-    async def retrieve_series(self, url: str, token: str, kos: str) -> AsyncGenerator[Part, None]:
+    async def retrieve_series(
+        self, url: str, token: str, kos: str, operator_dn: str = ""
+    ) -> AsyncGenerator[Part, None]:
         self.calls.append((url, token, kos))
         series = url.rsplit("/", 1)[-1]
         plan = self.script.get(len(self.calls))

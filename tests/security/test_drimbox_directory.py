@@ -201,3 +201,15 @@ def test_the_list_is_read_again_from_its_file(ans: TestPki, tmp_path: Path) -> N
     assert len(load().entries) == 2
     with pytest.raises(DirectoryError, match="configurée"):
         file_loader(None, None)()
+
+
+def test_a_caller_is_known_by_its_operator_certificate() -> None:
+    directory = read_directory(ANS_LIST, ANS_TRUST, at=ANS_DAY)
+    # A certificate's subject as RFC 4514 writes it, attributes in another order and case.
+    subject = "C=FR,ST=Paris (75),O=Agence du numerique en sante,OU=318751275100020,CN=DB3.test.mesimagesmedicales.fr"
+    found = directory.operated_by(subject)
+    assert found is not None and found.identifier == "3"
+    assert directory.operated_by(subject.replace("OU=318751275100020", "OU=300000001831981")) is None
+    assert directory.operated_by(subject + ",L=Paris") is None  # one attribute more is another subject
+    assert directory.operated_by("") is None
+    assert not TrustedDrimbox("X", "x.test").operates("")  # a domain without DN is nobody's

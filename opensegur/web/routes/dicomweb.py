@@ -13,11 +13,11 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path
 from fastapi.responses import Response, StreamingResponse
 
 from opensegur.flows.drimbox_ports import IntrospectionUnavailable, PacsError
-from opensegur.flows.drimbox_serving import ServedSeries, covering_manifest
+from opensegur.flows.drimbox_serving import CallerRefused, ServedSeries, covering_manifest, listed_caller
 from opensegur.imaging.uids import UID_MAX, UID_PATTERN
 from opensegur.imaging.wado import NotAcceptable, accepted_transfer_syntaxes, multipart_dicom
 from opensegur.security import audit
-from opensegur.web.deps import Drimbox, Rt, WebRuntime, public
+from opensegur.web.deps import ClientCertificate, Drimbox, Rt, WebRuntime, public
 
 router = APIRouter(tags=["DRIMbox"])
 
@@ -25,7 +25,8 @@ Peer = Annotated[
     None,
     Depends(
         public(
-            "WADO-RS entre DRIMbox : jeton Pro Santé Connect introspecté et manifeste publié, vérifiés ici"
+            "WADO-RS entre DRIMbox : certificat de la liste blanche (TLS mutuel), jeton Pro Santé Connect "
+            "introspecté et manifeste publié, vérifiés ici"
         )
     ),
 ]
@@ -37,7 +38,12 @@ def _covering(rt: WebRuntime, kos: str, study: str, series: str) -> ServedSeries
         return covering_manifest(s, kos, study, series)
 
 
-def _audit(rt: WebRuntime, sub: str, served: ServedSeries, study: str, series: str) -> None:
+def _audit(
+    rt: WebRuntime, sub: str, caller: str | None, served: ServedSeries, study: str, series: str
+) -> None:
+    detail = {"manifeste": served.manifest_sop, "examen": study, "serie": series}
+    if caller is not None:
+        detail["drimbox"] = caller
     with rt.db.session() as s:
         audit.record(
             s,
@@ -45,7 +51,7 @@ def _audit(rt: WebRuntime, sub: str, served: ServedSeries, study: str, series: s
             "drimbox_retrieve",
             served.patient_id,
             "drimbox",
-            {"manifeste": served.manifest_sop, "examen": study, "serie": series},
+            detail,
             actor_name=f"psc:{sub}"[:100],
         )
 
@@ -55,6 +61,7 @@ async def retrieve_series(
     _: Peer,
     rt: Rt,
     drimbox: Drimbox,
+    certificate: ClientCertificate,
     study: Annotated[str, Path(pattern=UID_PATTERN, max_length=UID_MAX)],
     series: Annotated[str, Path(pattern=UID_PATTERN, max_length=UID_MAX)],
     kos: Annotated[str, Header(alias="KOS-SOPInstanceUID", max_length=64)] = "",
@@ -63,6 +70,10 @@ async def retrieve_series(
 ) -> Response:
     if drimbox is None:
         raise HTTPException(404, "Cette plateforme ne sert pas d'images (aucun PACS configuré)")
+    try:
+        caller = await asyncio.to_thread(listed_caller, drimbox, certificate)
+    except CallerRefused as exc:
+        raise HTTPException(403, str(exc)) from exc
     scheme, _sep, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise HTTPException(401, "Jeton Pro Santé Connect requis (Authorization: Bearer)", headers=_BEARER)
@@ -89,7 +100,7 @@ async def retrieve_series(
             raise HTTPException(503, f"PACS indisponible, réessayez plus tard : {exc}") from exc
         if opened is None:
             raise HTTPException(404, "Les images de cette série ne sont plus dans le PACS")
-        await asyncio.to_thread(_audit, rt, sub, served, study, series)
+        await asyncio.to_thread(_audit, rt, sub, caller, served, study, series)
         # The PACS's own multipart answer, passed through as it streams in.
         return StreamingResponse(
             opened.body(), media_type=opened.content_type, headers={"Cache-Control": "no-store"}
@@ -101,7 +112,7 @@ async def retrieve_series(
         raise HTTPException(503, f"PACS indisponible, réessayez plus tard : {exc}") from exc
     if first is None:
         raise HTTPException(404, "Les images de cette série ne sont plus dans le PACS")
-    await asyncio.to_thread(_audit, rt, sub, served, study, series)
+    await asyncio.to_thread(_audit, rt, sub, caller, served, study, series)
     content_type, body = multipart_dicom(
         (i.data, i.transfer_syntax) for i in itertools.chain([first], instances)
     )
