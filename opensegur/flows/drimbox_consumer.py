@@ -65,13 +65,14 @@ class FetchRefused(Exception):
 @dataclass(frozen=True)
 class ImagingSearch:
     """The professional's criteria. The modality is asked of the DMP (eventCodeList); the region, which shares
-    that list and would be OR-ed with it, and the accession number filter the answer here."""
+    that list and would be OR-ed with it, the accession number and the study filter the answer here."""
 
     modality: str = ""  # JDV_ModaliteAcquisition_CISIS code, e.g. MR
     region: str = ""  # JDV_RegionAnatomique_CISIS code
     act_from: date | None = None
     act_to: date | None = None
     accession: str = ""
+    study: str = ""  # the exam's Study Instance UID, as a report names it (documentationOf/serviceEvent/id)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ async def find_exams(
         exams = [e for e in exams if any(r.code == search.region for r in e.regions)]
     if search.accession:
         exams = [e for e in exams if e.accession == search.accession.strip()]
+    if search.study:
+        exams = [e for e in exams if e.study_instance_uid == search.study]
     return sorted(exams, key=lambda e: e.entry.act_time or "", reverse=True)
 
 

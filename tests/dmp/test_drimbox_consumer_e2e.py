@@ -6,6 +6,7 @@ with the very pixel data site A's PACS holds, a JPEG one still JPEG."""
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import re
 from collections.abc import AsyncIterator
@@ -223,6 +224,23 @@ async def test_the_imaging_tab_lists_the_exam_and_brings_its_images_in_the_docto
             assert page.status_code == 200, page.text
             [kos] = re.findall(r'data-kos="([^"]+)"', page.text)
             assert kos == manifests(a)[0][0] and "connexion-psc" in page.text
+            # From the report's row in the DMP tab to its exam, in one click.
+            # (The whole DMP: the ANS example's exam is older than the default two years.)
+            dmp_tab = await http.get(f"http://127.0.0.1:{b.http_port}/identites/{patient.id}/dmp?tout=1")
+            [link] = re.findall(r'href="([^"]+)" class="images-examen"', dmp_tab.text)
+            followed = await http.get(f"http://127.0.0.1:{b.http_port}{html.unescape(link)}")
+            study, _ = exam()
+            assert followed.status_code == 303
+            assert followed.headers["location"] == f"/identites/{patient.id}/dmp/imagerie?etude={study}"
+            exam_page = await http.get(tab, params={"etude": study})
+            assert re.findall(r'data-kos="([^"]+)"', exam_page.text) == [kos]
+            assert 'id="examen-du-compte-rendu"' in exam_page.text
+            assert 'id="aucun-examen"' in (await http.get(tab, params={"etude": "1.2.3.4"})).text
+            assert (await http.get(tab, params={"etude": "1.2.<b>"})).status_code == 422
+            # The manifest itself is no report: said on the page.
+            not_a_report = await http.get(f"{tab}/examen", params={"compte_rendu": kos})
+            assert not_a_report.status_code == 422
+            assert "n'est pas un compte rendu d'imagerie" in html.unescape(not_a_report.text)
             # Without a PSC session, the professional is sent to log in through PSC first.
             asked = await http.post(f"{tab}/recuperer", data={"kos": kos})
             assert asked.status_code == 303 and asked.headers["location"].startswith("/connexion/psc?retour=")

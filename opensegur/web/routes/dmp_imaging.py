@@ -13,10 +13,12 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, HTTPException, Query
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from opensegur.content.cda import CdaError
 from opensegur.content.jdv import load_value_set
 from opensegur.flows.dmp_consult import DmpConsultPort
+from opensegur.flows.dmp_search import AlteredDocument, open_document
 from opensegur.flows.drimbox_cache import FetchStatus, FetchView
 from opensegur.flows.drimbox_consumer import (
     DrimboxConsumer,
@@ -27,12 +29,15 @@ from opensegur.flows.drimbox_consumer import (
     find_exams,
 )
 from opensegur.flows.drimbox_import import request_import
-from opensegur.imaging.uids import UID_MAX, UID_PATTERN
+from opensegur.imaging.report import ImagingReportError, read_imaging_report
+from opensegur.imaging.uids import UID_MAX, UID_PATTERN, is_uid
 from opensegur.imaging.xdsi import JDV_MODALITIES, JDV_REGIONS, KOS_TYPE
 from opensegur.security import audit
 from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action
+from opensegur.security.psc_delegation import PscDelegation
 from opensegur.store.models import Patient
+from opensegur.transactions.xds import RetrievedDocument
 from opensegur.web.deps import Consumer, Delegation, WebRuntime, ensure_patient
 from opensegur.web.dmp_access import (
     DMP_ERRORS,
@@ -57,6 +62,25 @@ def _tab(patient_id: int) -> str:
     return f"/identites/{patient_id}/dmp/imagerie"
 
 
+def _context(
+    call: Call,
+    patient_id: int,
+    search: ImagingSearch,
+    consumer: DrimboxConsumer | None,
+    delegation: PscDelegation | None,
+) -> dict[str, Any]:
+    return {
+        "request": call.request,
+        "patient_id": patient_id,
+        "search": search,
+        "modalities": load_value_set(JDV_MODALITIES).codes,
+        "regions": load_value_set(JDV_REGIONS).codes,
+        "consumer": consumer is not None,
+        "psc_token": delegation is not None and delegation.token(call.actor.session_id) is not None,
+        "pacs": bool(call.rt.settings.pacs_host),
+    }
+
+
 @router.get("/identites/{patient_id}/dmp/imagerie", response_class=HTMLResponse, include_in_schema=False)
 async def page_dmp_imaging(
     call: Call,
@@ -70,6 +94,9 @@ async def page_dmp_imaging(
     du: str = Query("", pattern=ISO_DAY, description="date de l'examen, à partir du (AAAA-MM-JJ)"),
     au: str = Query("", pattern=ISO_DAY, description="date de l'examen, jusqu'au (AAAA-MM-JJ)"),
     accession: str = Query("", max_length=64, description="numéro d'accession de l'examen"),
+    etude: str = Query(
+        "", max_length=UID_MAX, description="l'examen (Study Instance UID) dont un compte rendu envoie ici"
+    ),
 ) -> Response:
     modalities, regions = load_value_set(JDV_MODALITIES).codes, load_value_set(JDV_REGIONS).codes
     if modalite and modalite not in modalities:
@@ -81,17 +108,10 @@ async def page_dmp_imaging(
     act_from, act_to = (date.fromisoformat(d) if d else None for d in (du, au))
     if act_from and act_to and act_from > act_to:
         raise HTTPException(422, "La date de début de la recherche est après sa date de fin")
-    search = ImagingSearch(modalite, region, act_from, act_to, accession.strip())
-    ctx: dict[str, Any] = {
-        "request": call.request,
-        "patient_id": patient_id,
-        "search": search,
-        "modalities": modalities,
-        "regions": regions,
-        "consumer": consumer is not None,
-        "psc_token": delegation is not None and delegation.token(call.actor.session_id) is not None,
-        "pacs": bool(call.rt.settings.pacs_host),
-    }
+    if etude and not is_uid(etude):
+        raise HTTPException(422, "Identifiant d'examen (Study Instance UID) invalide")
+    search = ImagingSearch(modalite, region, act_from, act_to, accession.strip(), etude)
+    ctx = _context(call, patient_id, search, consumer, delegation)
 
     async def ask(target: Target, port: DmpConsultPort) -> list[Exam]:
         return await find_exams(port, target.consulter, target.cx, search)
@@ -107,6 +127,44 @@ async def page_dmp_imaging(
         fetches = await asyncio.to_thread(consumer.cache.for_patient, patient_id)
     under_way = any(f.status == FetchStatus.FETCHING for f in fetches.values())
     return render(call.request, PAGE, {**ctx, "exams": exams, "fetches": fetches, "under_way": under_way})
+
+
+@router.get("/identites/{patient_id}/dmp/imagerie/examen", include_in_schema=False)
+async def page_dmp_report_images(
+    call: Call,
+    consumer: Consumer,
+    delegation: Delegation,
+    patient_id: int,
+    compte_rendu: str = Query(
+        min_length=1, max_length=128, description="uniqueId du compte rendu d'imagerie"
+    ),
+) -> Response:
+    """From an imaging report of the DMP to its exam's images: the report is read (ITI-43) for the exam it
+    documents, then the imaging tab shows that exam, to retrieve or open in one more click."""
+    ctx = _context(call, patient_id, ImagingSearch(), consumer, delegation)
+
+    async def ask(target: Target, port: DmpConsultPort) -> RetrievedDocument:
+        return await open_document(port, target.consulter, target.cx, compte_rendu)
+
+    try:
+        doc = await consult(call, PAGE, ctx, "open_dmp_document", ask)
+    except AlteredDocument as exc:
+        return render(call.request, PAGE, {**ctx, "error": str(exc)}, status_code=502)
+    if isinstance(doc, Response):
+        return doc
+    if "xml" not in doc.mime_type:
+        why = f"ce document ({doc.mime_type}) n'est pas un compte rendu d'imagerie CDA"
+        return render(
+            call.request, PAGE, {**ctx, "error": f"Examen introuvable depuis ce compte rendu : {why}"}, 422
+        )
+    try:
+        report = await asyncio.to_thread(read_imaging_report, doc.content)
+    except (CdaError, ImagingReportError) as exc:
+        why = exc.message_fr if isinstance(exc, CdaError) else str(exc)
+        return render(
+            call.request, PAGE, {**ctx, "error": f"Examen introuvable depuis ce compte rendu : {why}"}, 422
+        )
+    return RedirectResponse(f"{_tab(patient_id)}?etude={report.study_instance_uid}", status_code=303)
 
 
 @router.post("/identites/{patient_id}/dmp/imagerie/recuperer", include_in_schema=False)
