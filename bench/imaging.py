@@ -205,9 +205,11 @@ async def _source(data_dir: Path, pacs: Pacs, port: int, wado: str, via_wado: bo
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(timeout=2) as http:
-            for _ in range(600):
+            for _ in range(1500):
+                # Ready, and done compiling its schematrons: else that compilation shares the cores with the run.
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{base}/healthz")).status_code == 200:
+                    health = await http.get(f"{base}/healthz")
+                    if health.status_code == 200 and health.json().get("validation") != "warming":
                         break
                 if proc.poll() is not None:
                     raise SystemExit(

@@ -196,6 +196,8 @@ class Runtime:
     mllp_port: int | None = None
     http_port: int | None = None
     drimbox_tls_port: int | None = None  # the WADO-RS for other DRIMboxes in mutual TLS, when configured
+    # None: this process validates nothing; else whether the schematrons are compiled (the supervision sees it).
+    validation_warm: bool | None = None
     app: Any = None  # the ASGI application serving HTTP (tests override its dependencies)
     # Re-reads and applies the configuration directory (the admin page's « Recharger »); None without a directory.
     reload_config: Callable[[str], Awaitable[ApplyResult | None]] | None = None
@@ -208,6 +210,18 @@ class Runtime:
 
 
 SANDBOX_MSS_PASSWORD = "bac-a-sable-mssante"  # every sandbox mailbox's password (login: its address)
+
+
+def _warming(rt: Runtime, validator: CdaValidator) -> asyncio.Task[None]:
+    """Compiles the schematrons in the background; the runtime says when they are ready."""
+    rt.validation_warm = False
+    task = asyncio.create_task(asyncio.to_thread(validator.warm_up))
+
+    def done(t: asyncio.Task[None]) -> None:
+        rt.validation_warm = not t.cancelled() and t.exception() is None
+
+    task.add_done_callback(done)
+    return task
 
 
 def _drop_answer(intake: Hl7Intake, raw: bytes) -> Answer:
@@ -467,7 +481,7 @@ class Platform:
         )
         await workers.start()
         if not listen:
-            self._warm = asyncio.create_task(asyncio.to_thread(validator.warm_up))
+            self._warm = _warming(rt, validator)
             rt.ready = True
             log.info("OpenSégur worker ready: %s job workers on %s", s.workers, s.public_dict()["db_url"])
             return rt
@@ -492,7 +506,7 @@ class Platform:
         if s.workers:
             # Compile the schematrons while the rest starts: the first document must not pay for it. Without
             # workers here (`opensegur worker` processes run the jobs), nothing in this process validates.
-            self._warm = asyncio.create_task(asyncio.to_thread(validator.warm_up))
+            self._warm = _warming(rt, validator)
 
         async def handle(raw: bytes) -> bytes:
             result = await asyncio.to_thread(intake.handle, raw)

@@ -31,7 +31,11 @@ async def healthz(
 ) -> JSONResponse:
     if not getattr(rt, "ready", True):
         return JSONResponse({"status": "starting"}, status_code=503)
-    return JSONResponse({"status": "ok", "mllp_port": getattr(rt, "mllp_port", None)})
+    warm = getattr(rt, "validation_warm", None)
+    validation = "none" if warm is None else "warm" if warm else "warming"
+    return JSONResponse(
+        {"status": "ok", "mllp_port": getattr(rt, "mllp_port", None), "validation": validation}
+    )
 
 
 @router.get("/sandbox/endpoints", tags=["sandbox"])
