@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     # The PACS's own WADO-RS root, when it has one (e.g. http://pacs.ght.local:8042/dicom-web): the DRIMbox then
     # streams the series other DRIMboxes ask for straight through from it, instead of C-GET.
     pacs_wado_url: str | None = None
+    # How an exam of another hospital is imported into the PACS: C-STORE, or STOW-RS to pacs_wado_url.
+    pacs_import: Literal["c-store", "stow-rs"] = "c-store"
     # A folder watched for HL7 v2 messages written as files (teleradiology, a PACS writing its reports): each goes
     # through the MLLP intake, then to traites/ or refuses/ with its ACK beside it.
     hl7_drop_dir: Path | None = None
@@ -202,6 +204,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "DRIMbox : la liste blanche (drimbox_directory_file) se configure avec l'autorité de l'IGC-Santé "
                 "de son signataire (drimbox_directory_ca), l'un ne va pas sans l'autre"
+            )
+        if self.pacs_import == "stow-rs" and not self.pacs_wado_url:
+            raise ValueError(
+                "DRIMbox : pacs_import = stow-rs demande pacs_wado_url, l'adresse DICOMweb du PACS"
             )
         mutual = (
             self.drimbox_tls_port,

@@ -38,6 +38,7 @@ from opensegur.connectors.dpi_zam import MllpZamSender
 from opensegur.connectors.drimbox_client import DrimboxClient, remote_tls
 from opensegur.connectors.insi_client import InsiClient, InsiUnavailable
 from opensegur.connectors.pacs import PacsClient, PacsEndpoint
+from opensegur.connectors.pacs_stow import PacsStow
 from opensegur.connectors.pacs_wado import PacsWado
 from opensegur.connectors.psc_introspection import TokenIntrospector
 from opensegur.content.validation import CdaValidator
@@ -58,6 +59,7 @@ from opensegur.flows.drimbox_cache import ImageCache
 from opensegur.flows.drimbox_consumer import DrimboxConsumer
 from opensegur.flows.drimbox_import import JOB_DRIMBOX_IMPORT, make_import_handler
 from opensegur.flows.drimbox_iocm import make_note_handler
+from opensegur.flows.drimbox_ports import PacsStorePort
 from opensegur.flows.drimbox_serving import DrimboxServing
 from opensegur.flows.drimbox_source import DrimboxSource, request_manifest
 from opensegur.flows.drimbox_source import make_handlers as make_drimbox_handlers
@@ -445,9 +447,11 @@ class Platform:
             )
             if s.pacs_host:
                 # An exam of another hospital, from the cache into the site's PACS.
-                handlers[JOB_DRIMBOX_IMPORT] = make_import_handler(
-                    self._consumer.cache, PacsClient(self._pacs_endpoint())
-                )
+                store: PacsStorePort = PacsClient(self._pacs_endpoint())
+                if s.pacs_import == "stow-rs":
+                    assert s.pacs_wado_url is not None  # Settings requires it
+                    store = PacsStow(s.pacs_wado_url, timeout=s.pacs_timeout_s * 4)
+                handlers[JOB_DRIMBOX_IMPORT] = make_import_handler(self._consumer.cache, store)
         else:
             log.warning("no DMP endpoint configured: documents are validated but not delivered")
         self._wire_annuaire(endpoints)

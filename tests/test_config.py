@@ -17,8 +17,18 @@ from opensegur.config import Settings
         ({"drimbox_directory_file": "l.xml"}, "drimbox_directory_ca"),
         ({"drimbox_tls_port": 8443, "drimbox_tls_cert": "c.pem"}, "TLS mutuel se configure entier"),
         ({"drimbox_client_cert": "c.pem"}, "vont ensemble"),
+        (
+            {"pacs_host": "p", "drimbox_wado_url": "https://d/dicom-web", "pacs_import": "stow-rs"},
+            "pacs_wado_url",
+        ),
     ],
-    ids=["pacs without wado url", "list without authority", "half mutual tls", "certificate without key"],
+    ids=[
+        "pacs without wado url",
+        "list without authority",
+        "half mutual tls",
+        "certificate without key",
+        "stow without dicomweb",
+    ],
 )
 def test_a_half_drimbox_configuration_is_refused(
     tmp_path: Path, given: dict[str, object], reason: str

@@ -1,5 +1,6 @@
-"""Flow: an exam of another hospital, once in the image cache, imported into this site's PACS (C-STORE) when a
-professional asks — so that it is read beside the site's own exams, with the PACS's tools.
+"""Flow: an exam of another hospital, once in the image cache, imported into this site's PACS (C-STORE, or STOW-RS
+for a PACS configured so) when a professional asks — so that it is read beside the site's own exams, with the
+PACS's tools.
 
 A durable job (``drimbox.import``), queued by the imaging tab: it needs no professional's token (the PACS trusts
 this DRIMbox's AE title), so it outlives the session and the process; a PACS that does not answer is retried, one
@@ -13,7 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from opensegur.flows.drimbox_cache import FetchView, ImageCache
-from opensegur.flows.drimbox_ports import PacsPort, PacsQueryError, PacsUnavailable
+from opensegur.flows.drimbox_ports import PacsQueryError, PacsStorePort, PacsUnavailable
 from opensegur.flows.worker import Handler, PermanentError, RetryableError
 from opensegur.store import jobs
 from opensegur.store.models import Job
@@ -35,7 +36,7 @@ def request_import(s: Session, fetch: FetchView, structure_id: int | None) -> in
     )
 
 
-def make_import_handler(cache: ImageCache, pacs: PacsPort) -> Handler:
+def make_import_handler(cache: ImageCache, pacs: PacsStorePort) -> Handler:
     async def import_job(job: Job) -> dict[str, Any]:
         files = await asyncio.to_thread(cache.instances, str(job.args["manifest"]))
         if not files:

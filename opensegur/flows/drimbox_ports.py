@@ -62,6 +62,14 @@ class PacsPort(Protocol):
     def store(self, files: Sequence[Path]) -> int: ...
 
 
+class PacsStorePort(Protocol):
+    """Where an exam of another hospital is imported: the site's PACS by C-STORE, or by STOW-RS. Blocking."""
+
+    def store(self, files: Sequence[Path]) -> int:
+        """Stores every file; the number stored. Raises PacsUnavailable (retry) or PacsQueryError (refused)."""
+        ...
+
+
 class OpenedWadoSeries(Protocol):
     content_type: str
 

@@ -12,6 +12,7 @@ import secrets
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -28,6 +29,7 @@ __all__ = [
     "Part",
     "accepted_transfer_syntaxes",
     "multipart_dicom",
+    "multipart_files",
     "multipart_parts",
 ]
 
@@ -102,6 +104,11 @@ def multipart_dicom(
     return _multipart(
         ((data, f"{_DICOM}; transfer-syntax={syntax}") for data, syntax in parts), _DICOM, boundary
     )
+
+
+def multipart_files(paths: Iterable[Path], boundary: str | None = None) -> tuple[str, Iterator[bytes]]:
+    """A STOW-RS request body of Part 10 files, each read only when its turn comes: memory holds one instance."""
+    return _multipart(((path.read_bytes(), _DICOM) for path in paths), _DICOM, boundary)
 
 
 def multipart_parts(

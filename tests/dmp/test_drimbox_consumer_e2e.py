@@ -272,17 +272,21 @@ async def test_the_imaging_tab_lists_the_exam_and_brings_its_images_in_the_docto
         assert "refus" not in details[0] and "plus) dans le DMP" in details[1]["refus"]
 
 
+@pytest.mark.parametrize("how", ["c-store", "stow-rs"])
 async def test_site_b_imports_the_retrieved_exam_into_its_own_pacs(
-    tmp_path: Path, schematron_cache: Path
+    tmp_path: Path, schematron_cache: Path, how: str
 ) -> None:
-    with orthanc(tmp_path / "b-pacs", calling_aet="DRIMBOX_B") as b_pacs:
+    with orthanc(tmp_path / "b-pacs", calling_aet="DRIMBOX_B", dicomweb=how == "stow-rs") as b_pacs:
         pacs = {
             "pacs_host": b_pacs.endpoint.host,
             "pacs_port": b_pacs.endpoint.port,
             "pacs_aet": b_pacs.endpoint.called_aet,
             "drimbox_aet": "DRIMBOX_B",
             "drimbox_wado_url": "https://drimbox-b.test/dicom-web",
+            "pacs_import": how,
         }
+        if how == "stow-rs":
+            pacs["pacs_wado_url"] = f"{b_pacs.http}/dicom-web"
         async with _two_sites(tmp_path, schematron_cache, **pacs) as (a, b, jpeg):
             consumer, dmp = b.drimbox_consumer, b.dmp_consult
             assert consumer is not None and dmp is not None
