@@ -229,9 +229,16 @@ async def test_the_imaging_tab_lists_the_exam_and_brings_its_images_in_the_docto
             dmp_tab = await http.get(f"http://127.0.0.1:{b.http_port}/identites/{patient.id}/dmp?tout=1")
             [link] = re.findall(r'href="([^"]+)" class="images-examen"', dmp_tab.text)
             followed = await http.get(f"http://127.0.0.1:{b.http_port}{html.unescape(link)}")
-            study, _ = exam()
+            study, accession = exam()
             assert followed.status_code == 303
-            assert followed.headers["location"] == f"/identites/{patient.id}/dmp/imagerie?etude={study}"
+            # By its accession number, as DRIM-M links a report to its manifest.
+            assert (
+                followed.headers["location"] == f"/identites/{patient.id}/dmp/imagerie?accession={accession}"
+            )
+            assert re.findall(
+                r'data-kos="([^"]+)"', (await http.get(tab, params={"accession": accession})).text
+            ) == [kos]
+            # A report without an accession number: by its study.
             exam_page = await http.get(tab, params={"etude": study})
             assert re.findall(r'data-kos="([^"]+)"', exam_page.text) == [kos]
             assert 'id="examen-du-compte-rendu"' in exam_page.text

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from datetime import date
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, HTTPException, Query
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -140,7 +140,8 @@ async def page_dmp_report_images(
     ),
 ) -> Response:
     """From an imaging report of the DMP to its exam's images: the report is read (ITI-43) for the exam it
-    documents, then the imaging tab shows that exam, to retrieve or open in one more click."""
+    documents — its accession number, else its Study Instance UID —, then the imaging tab shows that exam, to
+    retrieve or open in one more click."""
     ctx = _context(call, patient_id, ImagingSearch(), consumer, delegation)
 
     async def ask(target: Target, port: DmpConsultPort) -> RetrievedDocument:
@@ -164,7 +165,10 @@ async def page_dmp_report_images(
         return render(
             call.request, PAGE, {**ctx, "error": f"Examen introuvable depuis ce compte rendu : {why}"}, 422
         )
-    return RedirectResponse(f"{_tab(patient_id)}?etude={report.study_instance_uid}", status_code=303)
+    # The accession number first, as DRIM-M links a report to its manifest (referenceIdList); else the study.
+    accession = report.accession.extension if report.accession and report.accession.extension else ""
+    query = urlencode({"accession": accession} if accession else {"etude": report.study_instance_uid})
+    return RedirectResponse(f"{_tab(patient_id)}?{query}", status_code=303)
 
 
 @router.post("/identites/{patient_id}/dmp/imagerie/recuperer", include_in_schema=False)
