@@ -20,8 +20,10 @@ OHIF := $(VENV)/share/ohif/dist/index.html
 $(OHIF): viewer/ohif.json $(BIN)/opensegur
 	if command -v npm >/dev/null; then $(BIN)/python -m opensegur.ops.viewer_install viewer/ohif.json $(VENV)/share/ohif/dist; fi
 
+# The sandbox on a fixed port: the manifests its remote DRIMbox published in the demo DMP (kept in var/) name its
+# address, which must still answer after a restart.
 run: install $(OHIF)
-	$(BIN)/opensegur serve --demo --data-dir var
+	OPENSEGUR_SANDBOX_PORT=8001 $(BIN)/opensegur serve --demo --data-dir var
 
 lint: install
 	$(BIN)/ruff check opensegur tests bench
