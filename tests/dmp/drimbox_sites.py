@@ -16,7 +16,17 @@ from opensegur.flows.drimbox_source import JOB_DRIMBOX_PUBLISH
 from opensegur.imaging.report import read_imaging_report
 from opensegur.server import Runtime
 from opensegur.store.models import ImagingManifest, Job
-from tests.dmp.helpers import INS, MDM_EXAMPLES, cda_of, inspect, running_platform
+from tests.dmp.helpers import (
+    INS,
+    MDM_EXAMPLES,
+    cda_of,
+    inspect,
+    mdm,
+    new_number,
+    running_platform,
+    send_raw,
+    wait_for,
+)
 from tests.pacs import Pacs, mr_image, orthanc
 from tests.ports import free_port
 
@@ -73,6 +83,23 @@ def manifests(rt: Runtime) -> list[tuple[str, str]]:
             (m.sop_instance_uid, m.status)
             for m in s.scalars(select(ImagingManifest).order_by(ImagingManifest.id))
         ]
+
+
+async def first_manifest_published(rt: Runtime) -> None:
+    """Waits until the site's first manifest is published."""
+
+    async def published() -> bool:
+        return bool(manifests(rt)) and manifests(rt)[0][1] == "published"
+
+    await wait_for(published)
+
+
+async def publish_example(rt: Runtime) -> str:
+    """The RIS example's imaging report sent to the site; the SOP Instance UID of the manifest it published."""
+    assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
+    await first_manifest_published(rt)
+    [(kos, _status)] = manifests(rt)
+    return kos
 
 
 async def kos_entries(rt: Runtime) -> list[dict[str, Any]]:

@@ -39,8 +39,8 @@ from opensegur.store.models import AuditEvent, Patient, Structure
 from opensegur.web.deps import CSRF_HEADER
 from tests.actors import EVERYONE, act_as
 from tests.dmp import helpers
-from tests.dmp.drimbox_sites import drimbox_site, exam, exam_images, manifests
-from tests.dmp.helpers import INS, mdm, new_number, running_platform, send_raw, wait_for
+from tests.dmp.drimbox_sites import drimbox_site, exam, exam_images, manifests, publish_example
+from tests.dmp.helpers import INS, running_platform, wait_for
 from tests.pacs import orthanc
 from tests.psc_tokens import psc_access_token
 
@@ -123,12 +123,7 @@ async def _two_sites(
     _study, accession = exam()
     jpeg = _jpeg_instance(accession)
     async with drimbox_site(tmp_path / "a", schematron_cache, more=[jpeg], via_wado=via_wado) as (a, _pacs):
-        assert (await send_raw(a, mdm("initial", new_number()))).code == "AA"
-
-        async def published() -> bool:
-            return bool(manifests(a)) and manifests(a)[0][1] == "published"
-
-        await wait_for(published)
+        await publish_example(a)
         settings = _site_b_settings(a) | site_b
         async with running_platform(tmp_path / "b", schematron_cache, **settings) as (b, _dpi):
             yield a, b, jpeg

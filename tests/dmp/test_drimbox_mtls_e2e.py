@@ -16,8 +16,7 @@ from opensegur.security.drimbox_directory import TrustedDrimbox, sign_directory
 from opensegur.security.pki import TestPki, common_name_of, ensure_test_pki, load_certificate
 from opensegur.store.models import AuditEvent
 from tests.dmp import helpers
-from tests.dmp.drimbox_sites import drimbox_site, exam, manifests
-from tests.dmp.helpers import mdm, new_number, send_raw, wait_for
+from tests.dmp.drimbox_sites import drimbox_site, exam, publish_example
 from tests.imaging.helpers import ANS_ACCEPT
 from tests.ports import free_port
 from tests.psc_tokens import psc_access_token
@@ -60,13 +59,7 @@ async def test_images_are_served_in_mutual_tls_to_listed_drimboxes_only(
     study, _ = exam()
     async with drimbox_site(tmp_path, schematron_cache, **settings) as (rt, _pacs):
         assert rt.drimbox_tls_port == tls_port
-        assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
-
-        async def published() -> bool:
-            return bool(manifests(rt)) and manifests(rt)[0][1] == "published"
-
-        await wait_for(published)
-        [(kos, _status)] = manifests(rt)
+        kos = await publish_example(rt)
         token = await psc_access_token(rt.endpoints["psc"])
         headers = {"Authorization": f"Bearer {token}", "KOS-SOPInstanceUID": kos, "Accept": ANS_ACCEPT}
         path = f"/dicom-web/studies/{study}/series/{study}.1"

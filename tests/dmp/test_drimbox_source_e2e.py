@@ -21,7 +21,16 @@ from sqlalchemy import select
 from opensegur.imaging.kos import KOS_SOP_CLASS
 from opensegur.store.models import AuditEvent, ImagingManifest
 from tests.dmp import helpers
-from tests.dmp.drimbox_sites import drimbox_site, exam, job_of, kos_entries, kos_statuses, manifests
+from tests.dmp.drimbox_sites import (
+    drimbox_site,
+    exam,
+    first_manifest_published,
+    job_of,
+    kos_entries,
+    kos_statuses,
+    manifests,
+    publish_example,
+)
 from tests.dmp.helpers import mdm, new_number, send_raw, wait_for
 from tests.imaging.helpers import ANS_ACCEPT
 from tests.imaging.iocm_notes import rejection_note
@@ -101,13 +110,7 @@ async def test_another_drimbox_retrieves_a_published_series_with_a_psc_token(
 ) -> None:
     study, _ = exam()
     async with drimbox_site(tmp_path, schematron_cache) as (rt, _pacs):
-        assert (await send_raw(rt, mdm("initial", new_number()))).code == "AA"
-
-        async def published() -> bool:
-            return bool(manifests(rt)) and manifests(rt)[0][1] == "published"
-
-        await wait_for(published)
-        [(kos, _status)] = manifests(rt)
+        kos = await publish_example(rt)
         token = await psc_access_token(rt.endpoints["psc"])
         base = f"http://127.0.0.1:{rt.http_port}/dicom-web/studies/{study}/series"
         headers = {"Authorization": f"Bearer {token}", "KOS-SOPInstanceUID": kos, "Accept": ANS_ACCEPT}
@@ -224,8 +227,5 @@ async def test_a_report_written_as_a_file_reaches_the_dmp_and_publishes_its_mani
         assert b"MSA|AA|" in (depot / "traites" / "cr-teleradiologie.hl7.ack").read_bytes()
         assert b"MSA|AR|" in (depot / "refuses" / "illisible.hl7.ack").read_bytes()
 
-        async def published() -> bool:
-            return bool(manifests(rt)) and manifests(rt)[0][1] == "published"
-
-        await wait_for(published)
+        await first_manifest_published(rt)
         assert await kos_entries(rt)
