@@ -31,28 +31,33 @@ from opensegur.security.pki import (
     load_private_key,
     verify_certificate_chain,
 )
+from opensegur.security.xmldsig import (
+    C14N_EXC,
+    DS,
+    NS_DS,
+    NS_XADES,
+    RSA_SHA256,
+    SHA256,
+    TYPE_SIGNED_PROPERTIES,
+    XADES,
+    append_digest,
+    exclusive_c14n,
+    keyinfo_certificates,
+)
 
 __all__ = ["EnvelopedSignatureError", "SignedDocument", "sign_enveloped", "verify_enveloped"]
 
-NS_DS = "http://www.w3.org/2000/09/xmldsig#"
-NS_XADES = "http://uri.etsi.org/01903/v1.3.2#"
 NS_FILTER2 = "http://www.w3.org/2002/06/xmldsig-filter2"
-C14N_EXC = "http://www.w3.org/2001/10/xml-exc-c14n#"
 ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
-TYPE_SIGNED_PROPERTIES = "http://uri.etsi.org/01903#SignedProperties"
 _SUBTRACT_SIGNATURES = "/descendant::ds:Signature"
 _DIGESTS: dict[str, tuple[str, hashes.HashAlgorithm]] = {
-    "http://www.w3.org/2001/04/xmlenc#sha256": ("sha256", hashes.SHA256()),
+    SHA256: ("sha256", hashes.SHA256()),
     "http://www.w3.org/2001/04/xmlenc#sha512": ("sha512", hashes.SHA512()),
 }
 _SIGNATURE_METHODS: dict[str, hashes.HashAlgorithm] = {
-    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256": hashes.SHA256(),
+    RSA_SHA256: hashes.SHA256(),
     "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512": hashes.SHA512(),
 }
-_SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
-_RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
-_DS = f"{{{NS_DS}}}"
-_XA = f"{{{NS_XADES}}}"
 
 
 class EnvelopedSignatureError(Exception):
@@ -66,15 +71,11 @@ class SignedDocument:
     signing_time: dt.datetime | None
 
 
-def _c14n(el: etree._Element) -> bytes:
-    return etree.tostring(el, method="c14n", exclusive=True, with_comments=False)
-
-
 def _without_signature(root: etree._Element) -> etree._Element:
     """The document minus its ds:Signature — what both the enveloped transform and the ANS's subtract filter
     select when the document holds one signature."""
     copy = deepcopy(root)
-    sig = copy.find(f"{_DS}Signature")
+    sig = copy.find(f"{DS}Signature")
     assert sig is not None
     previous = sig.getprevious()
     if sig.tail:  # lxml drops the tail with the element: the text after the signature is not part of it
@@ -95,13 +96,13 @@ def _digest(method: etree._Element | None, data: bytes) -> bytes:
 
 def _claimed(ref: etree._Element) -> bytes:
     try:
-        return base64.b64decode(ref.findtext(f"{_DS}DigestValue") or "", validate=True)
+        return base64.b64decode(ref.findtext(f"{DS}DigestValue") or "", validate=True)
     except ValueError as exc:
         raise EnvelopedSignatureError("Empreinte illisible dans la signature") from exc
 
 
 def _document_transforms_ok(ref: etree._Element) -> bool:
-    transforms = ref.findall(f"{_DS}Transforms/{_DS}Transform")
+    transforms = ref.findall(f"{DS}Transforms/{DS}Transform")
     if len(transforms) != 2 or transforms[1].get("Algorithm") != C14N_EXC:
         return False
     first = transforms[0]
@@ -122,7 +123,7 @@ def _signed_properties(sig: etree._Element, uri: str) -> etree._Element:
     wanted = uri.removeprefix("#")
     found = [
         sp
-        for sp in sig.iterfind(f"{_DS}Object/{_XA}QualifyingProperties/{_XA}SignedProperties")
+        for sp in sig.iterfind(f"{DS}Object/{XADES}QualifyingProperties/{XADES}SignedProperties")
         if sp.get("Id") == wanted
     ]
     if len(found) != 1:
@@ -133,29 +134,30 @@ def _signed_properties(sig: etree._Element, uri: str) -> etree._Element:
 
 
 def _certificates(sig: etree._Element) -> list[x509.Certificate]:
-    texts = [
-        "".join((c.text or "").split())
-        for c in sig.iterfind(f"{_DS}KeyInfo/{_DS}X509Data/{_DS}X509Certificate")
-    ]
-    if not texts:
-        raise EnvelopedSignatureError("Signature sans certificat (KeyInfo/X509Certificate)")
     try:
-        return [load_certificate(base64.b64decode(t, validate=True)) for t in texts]
-    except (PkiError, ValueError) as exc:
+        certificates = keyinfo_certificates(sig)
+    except PkiError as exc:
         raise EnvelopedSignatureError(f"Certificat de la signature illisible : {exc}") from exc
+    if not certificates:
+        raise EnvelopedSignatureError("Signature sans certificat (KeyInfo/X509Certificate)")
+    return certificates
 
 
 def _check_signing_certificate(properties: etree._Element, signer: x509.Certificate) -> dt.datetime | None:
     """XAdES binds the signer's certificate into what is signed: its digest must be the certificate's."""
-    ssp = properties.find(f"{_XA}SignedSignatureProperties")
-    cert_digests = [] if ssp is None else ssp.findall(f"{_XA}SigningCertificateV2/{_XA}Cert/{_XA}CertDigest")
-    cert_digests += [] if ssp is None else ssp.findall(f"{_XA}SigningCertificate/{_XA}Cert/{_XA}CertDigest")
+    ssp = properties.find(f"{XADES}SignedSignatureProperties")
+    cert_digests = (
+        [] if ssp is None else ssp.findall(f"{XADES}SigningCertificateV2/{XADES}Cert/{XADES}CertDigest")
+    )
+    cert_digests += (
+        [] if ssp is None else ssp.findall(f"{XADES}SigningCertificate/{XADES}Cert/{XADES}CertDigest")
+    )
     der = signer.public_bytes(Encoding.DER)
-    if not any(_digest(d.find(f"{_DS}DigestMethod"), der) == _claimed(d) for d in cert_digests):
+    if not any(_digest(d.find(f"{DS}DigestMethod"), der) == _claimed(d) for d in cert_digests):
         raise EnvelopedSignatureError(
             "Le certificat signataire n'est pas celui que désignent les propriétés signées"
         )
-    text = ssp.findtext(f"{_XA}SigningTime") if ssp is not None else None
+    text = ssp.findtext(f"{XADES}SigningTime") if ssp is not None else None
     try:
         return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
     except ValueError as exc:
@@ -167,19 +169,19 @@ def verify_enveloped(
 ) -> SignedDocument:
     """The document ``root``, once its signature is checked: shape, digests, signature value, and a signer named
     ``signer_cn`` whose certificate chains to ``trusted_ca_pem`` at ``at``. Raises EnvelopedSignatureError."""
-    signatures = list(root.iter(f"{_DS}Signature"))
+    signatures = list(root.iter(f"{DS}Signature"))
     if not signatures:
         raise EnvelopedSignatureError("Document non signé")
     sig = signatures[0]
     if len(signatures) != 1 or sig.getparent() is not root:
         raise EnvelopedSignatureError("Une seule signature est admise, enveloppée à la racine du document")
-    signed_info = sig.find(f"{_DS}SignedInfo")
+    signed_info = sig.find(f"{DS}SignedInfo")
     if signed_info is None:
         raise EnvelopedSignatureError("Signature sans SignedInfo")
-    method = signed_info.find(f"{_DS}CanonicalizationMethod")
+    method = signed_info.find(f"{DS}CanonicalizationMethod")
     if method is None or method.get("Algorithm") != C14N_EXC or len(method):
         raise EnvelopedSignatureError("Canonicalisation refusée (C14N exclusive attendue)")
-    sig_method = signed_info.find(f"{_DS}SignatureMethod")
+    sig_method = signed_info.find(f"{DS}SignatureMethod")
     sig_hash = _SIGNATURE_METHODS.get(sig_method.get("Algorithm", "") if sig_method is not None else "")
     if sig_hash is None:
         raise EnvelopedSignatureError("Algorithme de signature refusé (RSA-SHA256 ou RSA-SHA512 attendu)")
@@ -188,18 +190,18 @@ def verify_enveloped(
     signer = certificates[0]
     document: etree._Element | None = None
     properties: etree._Element | None = None
-    for ref in signed_info.findall(f"{_DS}Reference"):
+    for ref in signed_info.findall(f"{DS}Reference"):
         uri = ref.get("URI")
         if uri == "" and document is None and _document_transforms_ok(ref):
             target = document = _without_signature(root)
         elif uri and uri.startswith("#") and ref.get("Type") == TYPE_SIGNED_PROPERTIES and properties is None:
             target = properties = _signed_properties(sig, uri)
-            transforms = ref.findall(f"{_DS}Transforms/{_DS}Transform")
+            transforms = ref.findall(f"{DS}Transforms/{DS}Transform")
             if [t.get("Algorithm") for t in transforms] not in ([], [C14N_EXC]):
                 raise EnvelopedSignatureError("Transformation refusée sur les propriétés signées")
         else:
             raise EnvelopedSignatureError(f"Référence de signature refusée : URI={uri!r}")
-        if _digest(ref.find(f"{_DS}DigestMethod"), _c14n(target)) != _claimed(ref):
+        if _digest(ref.find(f"{DS}DigestMethod"), exclusive_c14n(target)) != _claimed(ref):
             raise EnvelopedSignatureError("Document modifié après sa signature (empreinte différente)")
     if document is None:
         raise EnvelopedSignatureError("La signature ne couvre pas le document entier")
@@ -211,8 +213,8 @@ def verify_enveloped(
     if not isinstance(public_key, rsa.RSAPublicKey):
         raise EnvelopedSignatureError("Clé du signataire non RSA")
     try:
-        value = base64.b64decode("".join((sig.findtext(f"{_DS}SignatureValue") or "").split()), validate=True)
-        public_key.verify(value, _c14n(signed_info), padding.PKCS1v15(), sig_hash)
+        value = base64.b64decode("".join((sig.findtext(f"{DS}SignatureValue") or "").split()), validate=True)
+        public_key.verify(value, exclusive_c14n(signed_info), padding.PKCS1v15(), sig_hash)
     except (InvalidSignature, ValueError) as exc:
         raise EnvelopedSignatureError("Valeur de signature invalide") from exc
 
@@ -236,51 +238,48 @@ def sign_enveloped(
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ValueError("an RSA key is needed")
     certs = [load_certificate(pem) for pem in cert_pems]
-    sig = etree.SubElement(root, f"{_DS}Signature", nsmap={"ds": NS_DS}, Id=signature_id)
-    signed_info = etree.SubElement(sig, f"{_DS}SignedInfo")
-    etree.SubElement(signed_info, f"{_DS}CanonicalizationMethod", Algorithm=C14N_EXC)
-    etree.SubElement(signed_info, f"{_DS}SignatureMethod", Algorithm=_RSA_SHA256)
-    value = etree.SubElement(sig, f"{_DS}SignatureValue")
-    x509_data = etree.SubElement(etree.SubElement(sig, f"{_DS}KeyInfo"), f"{_DS}X509Data")
+    sig = etree.SubElement(root, f"{DS}Signature", nsmap={"ds": NS_DS}, Id=signature_id)
+    signed_info = etree.SubElement(sig, f"{DS}SignedInfo")
+    etree.SubElement(signed_info, f"{DS}CanonicalizationMethod", Algorithm=C14N_EXC)
+    etree.SubElement(signed_info, f"{DS}SignatureMethod", Algorithm=RSA_SHA256)
+    value = etree.SubElement(sig, f"{DS}SignatureValue")
+    x509_data = etree.SubElement(etree.SubElement(sig, f"{DS}KeyInfo"), f"{DS}X509Data")
     for cert in certs:
-        etree.SubElement(x509_data, f"{_DS}X509Certificate").text = base64.b64encode(
+        etree.SubElement(x509_data, f"{DS}X509Certificate").text = base64.b64encode(
             cert.public_bytes(Encoding.DER)
         ).decode()
     qualifying = etree.SubElement(
-        etree.SubElement(sig, f"{_DS}Object"),
-        f"{_XA}QualifyingProperties",
+        etree.SubElement(sig, f"{DS}Object"),
+        f"{XADES}QualifyingProperties",
         nsmap={"xades": NS_XADES},
         Target=f"#{signature_id}",
     )
-    properties = etree.SubElement(qualifying, f"{_XA}SignedProperties", Id=f"xades-{signature_id}")
-    ssp = etree.SubElement(properties, f"{_XA}SignedSignatureProperties")
-    etree.SubElement(ssp, f"{_XA}SigningTime").text = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    properties = etree.SubElement(qualifying, f"{XADES}SignedProperties", Id=f"xades-{signature_id}")
+    ssp = etree.SubElement(properties, f"{XADES}SignedSignatureProperties")
+    etree.SubElement(ssp, f"{XADES}SigningTime").text = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     cert_digest = etree.SubElement(
-        etree.SubElement(etree.SubElement(ssp, f"{_XA}SigningCertificateV2"), f"{_XA}Cert"),
-        f"{_XA}CertDigest",
+        etree.SubElement(etree.SubElement(ssp, f"{XADES}SigningCertificateV2"), f"{XADES}Cert"),
+        f"{XADES}CertDigest",
     )
-    _digest_elements(cert_digest, hashlib.sha256(certs[0].public_bytes(Encoding.DER)).digest())
+    append_digest(cert_digest, hashlib.sha256(certs[0].public_bytes(Encoding.DER)).digest())
 
-    document_ref = etree.SubElement(signed_info, f"{_DS}Reference", URI="")
-    transforms = etree.SubElement(document_ref, f"{_DS}Transforms")
-    subtract = etree.SubElement(transforms, f"{_DS}Transform", Algorithm=NS_FILTER2)
+    document_ref = etree.SubElement(signed_info, f"{DS}Reference", URI="")
+    transforms = etree.SubElement(document_ref, f"{DS}Transforms")
+    subtract = etree.SubElement(transforms, f"{DS}Transform", Algorithm=NS_FILTER2)
     xpath = etree.SubElement(
         subtract, f"{{{NS_FILTER2}}}XPath", nsmap={"dsig-filter2": NS_FILTER2}, Filter="subtract"
     )
     xpath.text = _SUBTRACT_SIGNATURES
-    etree.SubElement(transforms, f"{_DS}Transform", Algorithm=C14N_EXC)
-    _digest_elements(document_ref, hashlib.sha256(_c14n(_without_signature(root))).digest())
+    etree.SubElement(transforms, f"{DS}Transform", Algorithm=C14N_EXC)
+    append_digest(document_ref, hashlib.sha256(exclusive_c14n(_without_signature(root))).digest())
     properties_ref = etree.SubElement(
-        signed_info, f"{_DS}Reference", Type=TYPE_SIGNED_PROPERTIES, URI=f"#xades-{signature_id}"
+        signed_info, f"{DS}Reference", Type=TYPE_SIGNED_PROPERTIES, URI=f"#xades-{signature_id}"
     )
     etree.SubElement(
-        etree.SubElement(properties_ref, f"{_DS}Transforms"), f"{_DS}Transform", Algorithm=C14N_EXC
+        etree.SubElement(properties_ref, f"{DS}Transforms"), f"{DS}Transform", Algorithm=C14N_EXC
     )
-    _digest_elements(properties_ref, hashlib.sha256(_c14n(properties)).digest())
-    value.text = base64.b64encode(key.sign(_c14n(signed_info), padding.PKCS1v15(), hashes.SHA256())).decode()
+    append_digest(properties_ref, hashlib.sha256(exclusive_c14n(properties)).digest())
+    value.text = base64.b64encode(
+        key.sign(exclusive_c14n(signed_info), padding.PKCS1v15(), hashes.SHA256())
+    ).decode()
     return root
-
-
-def _digest_elements(parent: etree._Element, digest: bytes) -> None:
-    etree.SubElement(parent, f"{_DS}DigestMethod", Algorithm=_SHA256)
-    etree.SubElement(parent, f"{_DS}DigestValue").text = base64.b64encode(digest).decode()

@@ -29,11 +29,11 @@ from signxml.exceptions import InvalidInput, InvalidSignature
 from opensegur.documents.metadata import Coded
 from opensegur.security.pki import (
     PkiError,
-    load_certificate,
     load_certificates,
     load_private_key,
     verify_certificate_chain,
 )
+from opensegur.security.xmldsig import NS_DS, keyinfo_certificates
 from opensegur.transport.soap import SOAP12_NS
 
 __all__ = [
@@ -58,7 +58,6 @@ __all__ = [
 ]
 
 NS_SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
-NS_DS = "http://www.w3.org/2000/09/xmldsig#"
 NS_XSI = "http://www.w3.org/2001/XMLSchema-instance"
 NS_HL7 = "urn:hl7-org:v3"
 NS_WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
@@ -326,15 +325,12 @@ def verify_vihf(
     sig = assertion_el.find(f"{{{NS_DS}}}Signature")
     if sig is None:
         raise VihfError("VIHF_SIGNATURE", "the assertion is not signed")
-    certs_b64 = [
-        _text(c) for c in sig.iterfind(f"{{{NS_DS}}}KeyInfo/{{{NS_DS}}}X509Data/{{{NS_DS}}}X509Certificate")
-    ]
-    if not certs_b64:
-        raise VihfError("VIHF_CERTIFICAT", "no X509Certificate in the signature KeyInfo")
     try:
-        chain = [load_certificate(_b64pem(c)) for c in certs_b64]
+        chain = keyinfo_certificates(sig)
     except PkiError as exc:
         raise VihfError("VIHF_CERTIFICAT", str(exc)) from exc
+    if not chain:
+        raise VihfError("VIHF_CERTIFICAT", "no X509Certificate in the signature KeyInfo")
     leaf = chain[0]
     try:
         verify_certificate_chain(leaf, trusted_ca_pem, chain[1:], at=now)
@@ -459,9 +455,3 @@ def verify_vihf(
         signer=leaf,
         extra_attributes=extra,
     )
-
-
-def _b64pem(b64: str) -> bytes:
-    body = "".join(b64.split())
-    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-    return ("-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n").encode()

@@ -37,10 +37,22 @@ from signxml.xades import XAdESSignatureConfiguration, XAdESVerifier
 
 from opensegur.security.pki import (
     PkiError,
-    load_certificate,
     load_certificates,
     load_private_key,
     verify_certificate_chain,
+)
+from opensegur.security.xmldsig import (
+    C14N_EXC,
+    DS,
+    NS_DS,
+    NS_XADES,
+    RSA_SHA256,
+    SHA256,
+    TYPE_SIGNED_PROPERTIES,
+    XADES,
+    append_digest,
+    exclusive_c14n,
+    keyinfo_certificates,
 )
 
 __all__ = [
@@ -56,19 +68,11 @@ __all__ = [
     "verify_submission_set_signature",
 ]
 
-NS_DS = "http://www.w3.org/2000/09/xmldsig#"
-NS_XADES = "http://uri.etsi.org/01903/v1.3.2#"
 MANIFEST_ID = "IHEManifest"
 PURPOSE_OF_SIGNATURE = "1.2.840.10065.1.12.1.14"  # ASTM E1762 "Source"
-C14N_EXC = "http://www.w3.org/2001/10/xml-exc-c14n#"
 C14N_WITH_COMMENTS = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315#WithComments"
-SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
-RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
 ECDSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256"
 TYPE_MANIFEST = "http://www.w3.org/2000/09/xmldsig#Manifest"
-TYPE_SIGNED_PROPERTIES = "http://uri.etsi.org/01903#SignedProperties"
-_DS = f"{{{NS_DS}}}"
-_XA = f"{{{NS_XADES}}}"
 _DOCTYPE_RE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
@@ -117,15 +121,6 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _digest_el(parent: etree._Element, digest: bytes) -> None:
-    etree.SubElement(parent, f"{_DS}DigestMethod", Algorithm=SHA256)
-    etree.SubElement(parent, f"{_DS}DigestValue").text = _b64(digest)
-
-
-def _c14n(el: etree._Element) -> bytes:
-    return etree.tostring(el, method="c14n", exclusive=True, with_comments=False)
-
-
 def _fmt_time(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -152,54 +147,54 @@ def sign_submission_set(
     token = uuid.uuid4().hex
     sp_id, props_id = f"SignedProperties-{token}", f"SignatureProperties-{token}"
 
-    sig = etree.Element(f"{_DS}Signature", nsmap={"ds": NS_DS}, Id=signature_id)
-    signed_info = etree.SubElement(sig, f"{_DS}SignedInfo")
-    etree.SubElement(signed_info, f"{_DS}CanonicalizationMethod", Algorithm=C14N_EXC)
+    sig = etree.Element(f"{DS}Signature", nsmap={"ds": NS_DS}, Id=signature_id)
+    signed_info = etree.SubElement(sig, f"{DS}SignedInfo")
+    etree.SubElement(signed_info, f"{DS}CanonicalizationMethod", Algorithm=C14N_EXC)
     is_ec = isinstance(key, ec.EllipticCurvePrivateKey)
-    etree.SubElement(signed_info, f"{_DS}SignatureMethod", Algorithm=ECDSA_SHA256 if is_ec else RSA_SHA256)
-    sig_value = etree.SubElement(sig, f"{_DS}SignatureValue")
-    key_info = etree.SubElement(sig, f"{_DS}KeyInfo")
-    x509_data = etree.SubElement(key_info, f"{_DS}X509Data")
+    etree.SubElement(signed_info, f"{DS}SignatureMethod", Algorithm=ECDSA_SHA256 if is_ec else RSA_SHA256)
+    sig_value = etree.SubElement(sig, f"{DS}SignatureValue")
+    key_info = etree.SubElement(sig, f"{DS}KeyInfo")
+    x509_data = etree.SubElement(key_info, f"{DS}X509Data")
     for cert in certs:
         der = cert.public_bytes(Encoding.DER)
-        etree.SubElement(x509_data, f"{_DS}X509Certificate").text = _b64(der)
+        etree.SubElement(x509_data, f"{DS}X509Certificate").text = _b64(der)
 
-    qp_obj = etree.SubElement(sig, f"{_DS}Object")
+    qp_obj = etree.SubElement(sig, f"{DS}Object")
     qp = etree.SubElement(
-        qp_obj, f"{_XA}QualifyingProperties", nsmap={"xades": NS_XADES}, Target=f"#{signature_id}"
+        qp_obj, f"{XADES}QualifyingProperties", nsmap={"xades": NS_XADES}, Target=f"#{signature_id}"
     )
-    sp = etree.SubElement(qp, f"{_XA}SignedProperties", Id=sp_id)
-    ssp = etree.SubElement(sp, f"{_XA}SignedSignatureProperties")
-    etree.SubElement(ssp, f"{_XA}SigningTime").text = _fmt_time(signing_time)
-    signing_cert = etree.SubElement(ssp, f"{_XA}SigningCertificate")
+    sp = etree.SubElement(qp, f"{XADES}SignedProperties", Id=sp_id)
+    ssp = etree.SubElement(sp, f"{XADES}SignedSignatureProperties")
+    etree.SubElement(ssp, f"{XADES}SigningTime").text = _fmt_time(signing_time)
+    signing_cert = etree.SubElement(ssp, f"{XADES}SigningCertificate")
     for cert in certs:
-        cert_el = etree.SubElement(signing_cert, f"{_XA}Cert")
-        cert_digest = etree.SubElement(cert_el, f"{_XA}CertDigest")
-        _digest_el(cert_digest, cert.fingerprint(hashes.SHA256()))
-        issuer_serial = etree.SubElement(cert_el, f"{_XA}IssuerSerial")
-        etree.SubElement(issuer_serial, f"{_DS}X509IssuerName").text = cert.issuer.rfc4514_string()
-        etree.SubElement(issuer_serial, f"{_DS}X509SerialNumber").text = str(cert.serial_number)
-    policy = etree.SubElement(ssp, f"{_XA}SignaturePolicyIdentifier")
-    etree.SubElement(policy, f"{_XA}SignaturePolicyImplied")
+        cert_el = etree.SubElement(signing_cert, f"{XADES}Cert")
+        cert_digest = etree.SubElement(cert_el, f"{XADES}CertDigest")
+        append_digest(cert_digest, cert.fingerprint(hashes.SHA256()))
+        issuer_serial = etree.SubElement(cert_el, f"{XADES}IssuerSerial")
+        etree.SubElement(issuer_serial, f"{DS}X509IssuerName").text = cert.issuer.rfc4514_string()
+        etree.SubElement(issuer_serial, f"{DS}X509SerialNumber").text = str(cert.serial_number)
+    policy = etree.SubElement(ssp, f"{XADES}SignaturePolicyIdentifier")
+    etree.SubElement(policy, f"{XADES}SignaturePolicyImplied")
 
-    props_obj = etree.SubElement(sig, f"{_DS}Object")
-    props = etree.SubElement(props_obj, f"{_DS}SignatureProperties", Id=props_id)
+    props_obj = etree.SubElement(sig, f"{DS}Object")
+    props = etree.SubElement(props_obj, f"{DS}SignatureProperties", Id=props_id)
     purpose = etree.SubElement(
-        props, f"{_DS}SignatureProperty", Id="purposeOfSignature", Target=f"#{signature_id}"
+        props, f"{DS}SignatureProperty", Id="purposeOfSignature", Target=f"#{signature_id}"
     )
     purpose.text = PURPOSE_OF_SIGNATURE
 
-    manifest_obj = etree.SubElement(sig, f"{_DS}Object")
-    manifest = etree.SubElement(manifest_obj, f"{_DS}Manifest", Id=MANIFEST_ID)
+    manifest_obj = etree.SubElement(sig, f"{DS}Object")
+    manifest = etree.SubElement(manifest_obj, f"{DS}Manifest", Id=MANIFEST_ID)
     for doc in documents:
         digest, canonical = document_digest(doc.content, doc.mime_type)
-        ref = etree.SubElement(manifest, f"{_DS}Reference", URI=f"urn:oid:{doc.unique_id}")
+        ref = etree.SubElement(manifest, f"{DS}Reference", URI=f"urn:oid:{doc.unique_id}")
         if canonical:
-            transforms = etree.SubElement(ref, f"{_DS}Transforms")
-            etree.SubElement(transforms, f"{_DS}Transform", Algorithm=C14N_WITH_COMMENTS)
-        _digest_el(ref, digest)
-    ss_ref = etree.SubElement(manifest, f"{_DS}Reference", URI=f"urn:oid:{submission_set_unique_id}")
-    _digest_el(ss_ref, hashlib.sha256(submission_set_unique_id.encode()).digest())
+            transforms = etree.SubElement(ref, f"{DS}Transforms")
+            etree.SubElement(transforms, f"{DS}Transform", Algorithm=C14N_WITH_COMMENTS)
+        append_digest(ref, digest)
+    ss_ref = etree.SubElement(manifest, f"{DS}Reference", URI=f"urn:oid:{submission_set_unique_id}")
+    append_digest(ss_ref, hashlib.sha256(submission_set_unique_id.encode()).digest())
 
     # Digests are taken on the final tree (the elements already sit in their Signature context).
     for target, uri, ref_type in (
@@ -207,14 +202,14 @@ def sign_submission_set(
         (props, f"#{props_id}", None),
         (sp, f"#{sp_id}", TYPE_SIGNED_PROPERTIES),
     ):
-        ref = etree.SubElement(signed_info, f"{_DS}Reference", URI=uri)
+        ref = etree.SubElement(signed_info, f"{DS}Reference", URI=uri)
         if ref_type:
             ref.set("Type", ref_type)
-        transforms = etree.SubElement(ref, f"{_DS}Transforms")
-        etree.SubElement(transforms, f"{_DS}Transform", Algorithm=C14N_EXC)
-        _digest_el(ref, hashlib.sha256(_c14n(target)).digest())
+        transforms = etree.SubElement(ref, f"{DS}Transforms")
+        etree.SubElement(transforms, f"{DS}Transform", Algorithm=C14N_EXC)
+        append_digest(ref, hashlib.sha256(exclusive_c14n(target)).digest())
 
-    data = _c14n(signed_info)
+    data = exclusive_c14n(signed_info)
     if isinstance(key, rsa.RSAPrivateKey):
         raw_sig = key.sign(data, padding.PKCS1v15(), hashes.SHA256())
     elif isinstance(key, ec.EllipticCurvePrivateKey):
@@ -237,7 +232,7 @@ def _parse(signature_xml: bytes) -> etree._Element:
         root = etree.fromstring(signature_xml, parser=parser)
     except etree.XMLSyntaxError as exc:
         raise XadesError(f"signature is not well-formed XML: {exc}") from exc
-    if root.tag != f"{_DS}Signature":
+    if root.tag != f"{DS}Signature":
         raise XadesError(f"root element is {root.tag}, ds:Signature expected")
     return root
 
@@ -257,14 +252,13 @@ def verify_submission_set_signature(
     """
     now = now or dt.datetime.now(dt.UTC)
     root = _parse(signature_xml)
-    certs_b64 = [
-        "".join((c.text or "").split())
-        for c in root.iterfind(f"{_DS}KeyInfo/{_DS}X509Data/{_DS}X509Certificate")
-    ]
-    if not certs_b64:
+    try:
+        chain = keyinfo_certificates(root)
+    except PkiError as exc:
+        raise XadesError(f"untrusted signing certificate: {exc}") from exc
+    if not chain:
         raise XadesError("no X509Certificate in KeyInfo")
     try:
-        chain = [load_certificate(base64.b64decode(c)) for c in certs_b64]
         verify_certificate_chain(chain[0], trusted_ca_pem, chain[1:], at=now)
     except (PkiError, ValueError) as exc:
         raise XadesError(f"untrusted signing certificate: {exc}") from exc
@@ -285,26 +279,26 @@ def verify_submission_set_signature(
         raise XadesError(f"signature verification failed: {exc}") from exc
 
     manifests = [
-        r.signed_xml for r in results if r.signed_xml is not None and r.signed_xml.tag == f"{_DS}Manifest"
+        r.signed_xml for r in results if r.signed_xml is not None and r.signed_xml.tag == f"{DS}Manifest"
     ]
     if len(manifests) != 1 or manifests[0].get("Id") != MANIFEST_ID:
         raise XadesError(f"the signature does not cover exactly one ds:Manifest Id={MANIFEST_ID}")
     props = [
         r.signed_xml
         for r in results
-        if r.signed_xml is not None and r.signed_xml.tag == f"{_DS}SignatureProperties"
+        if r.signed_xml is not None and r.signed_xml.tag == f"{DS}SignatureProperties"
     ]
     purposes = [
-        p.text for sp in props for p in sp.iterfind(f"{_DS}SignatureProperty[@Id='purposeOfSignature']")
+        p.text for sp in props for p in sp.iterfind(f"{DS}SignatureProperty[@Id='purposeOfSignature']")
     ]
     if purposes != [PURPOSE_OF_SIGNATURE]:
         raise XadesError(f"purposeOfSignature must be {PURPOSE_OF_SIGNATURE}")
     signed_props = [
         r.signed_xml
         for r in results
-        if r.signed_xml is not None and r.signed_xml.tag == f"{_XA}SignedProperties"
+        if r.signed_xml is not None and r.signed_xml.tag == f"{XADES}SignedProperties"
     ]
-    signing_time_text = signed_props[0].findtext(f"{_XA}SignedSignatureProperties/{_XA}SigningTime")
+    signing_time_text = signed_props[0].findtext(f"{XADES}SignedSignatureProperties/{XADES}SigningTime")
     try:
         signing_time = dt.datetime.fromisoformat((signing_time_text or "").replace("Z", "+00:00"))
     except ValueError as exc:
@@ -313,12 +307,12 @@ def verify_submission_set_signature(
     expected: dict[str, SignedDocument | None] = {f"urn:oid:{d.unique_id}": d for d in documents}
     expected[f"urn:oid:{submission_set_unique_id}"] = None
     seen: list[str] = []
-    for ref in manifests[0].iterfind(f"{_DS}Reference"):
+    for ref in manifests[0].iterfind(f"{DS}Reference"):
         uri = ref.get("URI", "")
         if uri not in expected or uri in seen:
             raise XadesError(f"manifest references an unexpected or duplicated object {uri!r}")
         seen.append(uri)
-        method = ref.find(f"{_DS}DigestMethod")
+        method = ref.find(f"{DS}DigestMethod")
         if method is None or method.get("Algorithm") != SHA256:
             raise XadesError(f"manifest reference {uri}: SHA-256 digest expected")
         doc = expected[uri]
@@ -327,7 +321,7 @@ def verify_submission_set_signature(
         else:
             actual, _ = document_digest(doc.content, doc.mime_type)
         try:
-            claimed = base64.b64decode(ref.findtext(f"{_DS}DigestValue") or "", validate=True)
+            claimed = base64.b64decode(ref.findtext(f"{DS}DigestValue") or "", validate=True)
         except ValueError as exc:
             raise XadesError(f"manifest reference {uri}: invalid DigestValue") from exc
         if claimed != actual:
