@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from opensegur.imaging.kos import KOS_SOP_CLASS
-from opensegur.imaging.uids import is_uid
+from opensegur.imaging.uids import required_uid
 
 __all__ = ["REJECTION_REASONS", "Rejection", "RejectionError", "read_rejection"]
 
@@ -40,13 +40,6 @@ class Rejection:
         return REJECTION_REASONS[self.reason]
 
 
-def _uid(value: object, what: str) -> str:
-    text = str(value or "")
-    if not is_uid(text):
-        raise RejectionError(f"Note de rejet IOCM : {what} absent ou invalide")
-    return text
-
-
 def read_rejection(ds: Dataset) -> Rejection | None:
     """The Rejection Note ``ds`` is, or None for any other object (a KOS that is a manifest, an image…)."""
     if str(ds.get("SOPClassUID", "")) != KOS_SOP_CLASS:
@@ -59,15 +52,19 @@ def read_rejection(ds: Dataset) -> Rejection | None:
         return None
     instances: dict[str, set[str]] = {}
     for study in ds.get("CurrentRequestedProcedureEvidenceSequence") or []:
-        study_uid = _uid(study.get("StudyInstanceUID"), "examen")
+        study_uid = required_uid(study.get("StudyInstanceUID"), "Note de rejet IOCM : examen", RejectionError)
         for series in study.get("ReferencedSeriesSequence") or []:
             for ref in series.get("ReferencedSOPSequence") or []:
-                sop = _uid(ref.get("ReferencedSOPInstanceUID"), "instance rejetée")
+                sop = required_uid(
+                    ref.get("ReferencedSOPInstanceUID"),
+                    "Note de rejet IOCM : instance rejetée",
+                    RejectionError,
+                )
                 instances.setdefault(study_uid, set()).add(sop)
     if not instances:
         raise RejectionError("Note de rejet IOCM sans instance rejetée")
     return Rejection(
-        _uid(ds.get("SOPInstanceUID"), "identifiant de la note"),
+        required_uid(ds.get("SOPInstanceUID"), "Note de rejet IOCM : identifiant de la note", RejectionError),
         reason,
         {study: frozenset(sops) for study, sops in instances.items()},
     )

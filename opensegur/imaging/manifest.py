@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from opensegur.imaging.kos import KOS_SOP_CLASS
-from opensegur.imaging.uids import is_uid
+from opensegur.imaging.uids import required_uid
 
 __all__ = ["Manifest", "ManifestError", "SeriesRef", "read_manifest"]
 
@@ -48,13 +48,6 @@ class Manifest:
         return sum(len(s.sop_instance_uids) for s in self.series)
 
 
-def _uid(value: object, what: str) -> str:
-    text = str(value or "")
-    if not is_uid(text):
-        raise ManifestError(f"Manifeste KOS : {what} absent ou invalide")
-    return text
-
-
 def _url(value: object) -> str:
     url = str(value or "")
     parts = urlsplit(url)
@@ -74,12 +67,18 @@ def _accession(ds: Dataset) -> str:
 
 def _series(item: Dataset) -> SeriesRef:
     sops = tuple(
-        _uid(ref.get("ReferencedSOPInstanceUID"), "instance référencée")
+        required_uid(
+            ref.get("ReferencedSOPInstanceUID"), "Manifeste KOS : instance référencée", ManifestError
+        )
         for ref in item.get("ReferencedSOPSequence") or []
     )
     if not sops:
         raise ManifestError("Manifeste KOS : une série ne référence aucune instance")
-    return SeriesRef(_uid(item.get("SeriesInstanceUID"), "série"), _url(item.get("RetrieveURL")), sops)
+    return SeriesRef(
+        required_uid(item.get("SeriesInstanceUID"), "Manifeste KOS : série", ManifestError),
+        _url(item.get("RetrieveURL")),
+        sops,
+    )
 
 
 def read_manifest(data: bytes) -> Manifest:
@@ -98,14 +97,16 @@ def read_manifest(data: bytes) -> Manifest:
     evidence = ds.get("CurrentRequestedProcedureEvidenceSequence") or []
     if len(evidence) != 1:
         raise ManifestError("Manifeste KOS : il doit décrire exactement un examen")
-    study = _uid(evidence[0].get("StudyInstanceUID"), "examen (StudyInstanceUID)")
+    study = required_uid(
+        evidence[0].get("StudyInstanceUID"), "Manifeste KOS : examen (StudyInstanceUID)", ManifestError
+    )
     if str(ds.get("StudyInstanceUID") or study) != study:
         raise ManifestError("Manifeste KOS : l'examen référencé n'est pas celui du manifeste")
     series = tuple(_series(item) for item in evidence[0].get("ReferencedSeriesSequence") or [])
     if not series:
         raise ManifestError("Manifeste KOS : aucune série référencée")
     return Manifest(
-        _uid(ds.get("SOPInstanceUID"), "identifiant du manifeste"),
+        required_uid(ds.get("SOPInstanceUID"), "Manifeste KOS : identifiant du manifeste", ManifestError),
         patient_id,
         oid,
         study,
