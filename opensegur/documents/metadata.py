@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,16 @@ def xcn_id(xcn: str | None) -> str | None:
     """idNat_PS of an authorPerson XCN (first component)."""
     value = (xcn or "").split("^", 1)[0].strip()
     return value or None
+
+
+def cx_of_type(cxs: Sequence[str], id_type: str) -> str | None:
+    """The identifier (CX.1) of the first CX or CXi among ``cxs`` whose type code (the last component: CX.5, or a
+    referenceIdList CXi's type such as ``urn:ihe:iti:xds:2013:accession``) is ``id_type``."""
+    for cx in cxs:
+        value, *rest = cx.split("^")
+        if rest and rest[-1] == id_type and value:
+            return value
+    return None
 
 
 def xon_name(xon: str) -> str:

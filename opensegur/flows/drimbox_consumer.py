@@ -31,7 +31,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from opensegur.content.jdv import load_value_set
-from opensegur.documents.metadata import Coded, DocumentMetadata, xon_name
+from opensegur.documents.metadata import Coded, DocumentMetadata, cx_of_type, xon_name
 from opensegur.flows.dmp_consult import Consulter, DmpConsultPort
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
 from opensegur.flows.drimbox_cache import FetchView, ImageCache, OtherPatient
@@ -96,19 +96,11 @@ class Exam:
         return list(dict.fromkeys(n for n in names if n))
 
 
-def _reference(entry: DocumentMetadata, id_type: str) -> str | None:
-    for ref in entry.reference_ids:
-        value, *rest = ref.split("^")
-        if rest and rest[-1] == id_type and value:
-            return value
-    return None
-
-
 def _exam(entry: DocumentMetadata) -> Exam:
     return Exam(
         entry,
-        _reference(entry, ACCESSION),
-        _reference(entry, STUDY),
+        cx_of_type(entry.reference_ids, ACCESSION),
+        cx_of_type(entry.reference_ids, STUDY),
         tuple(c for c in entry.event_codes if c.scheme == JDV_MODALITIES),
         tuple(c for c in entry.event_codes if c.scheme == JDV_REGIONS),
     )

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opensegur.content.cda import CdaError, parse_cda
-from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
+from opensegur.documents.metadata import DocumentMetadata, cx_of_type, metadata_from_dict
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
 from opensegur.flows.dmp_feed import DmpPort, DmpRequest, document_with_content, patient_cx_of, structure_info
 from opensegur.flows.drimbox_ports import PacsPort, PacsQueryError, PacsUnavailable
@@ -37,7 +37,6 @@ from opensegur.imaging.xdsi import ExamMismatch, check_exam, kos_metadata
 from opensegur.store import jobs
 from opensegur.store.db import Database
 from opensegur.store.models import Delivery, Document, ImagingManifest, ImagingRejection, Job, Payload, utcnow
-from opensegur.transactions.xdm import cx_identifier
 
 __all__ = [
     "JOB_DRIMBOX_PUBLISH",
@@ -131,8 +130,7 @@ def _load(db: Database, document_id: int) -> _Report:
 
 def _ipp(entry: DocumentMetadata) -> str | None:
     """The producer's patient number, from the entry's sourcePatientId when it is an IPP (…^PI)."""
-    cx = entry.source_patient_id or ""
-    return cx_identifier(cx)[0] if cx.endswith("^PI") else None
+    return cx_of_type([entry.source_patient_id] if entry.source_patient_id else [], "PI")
 
 
 def _site_and_patient(db: Database, document_id: int) -> tuple[dict[str, Any], str]:
