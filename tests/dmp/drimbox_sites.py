@@ -1,6 +1,7 @@
 """A hospital with a DRIMbox source, as the imaging scenarios need one: a real PACS (Orthanc) holding the exam
 of the ANS RIS example's imaging report, and a platform with the sandbox that publishes its manifests and serves
-its images on a real address."""
+its images on a real address; and what a consumer site needs to read them: the DMP of that sandbox, a list of
+DRIMboxes naming the source, the patient known by the same INS."""
 
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
+from opensegur.documents.metadata import Coded
+from opensegur.flows.dmp_consult import Consulter, patient_cx
+from opensegur.flows.drimbox_consumer import PatientRef
 from opensegur.flows.drimbox_source import JOB_DRIMBOX_PUBLISH
 from opensegur.imaging.report import read_imaging_report
+from opensegur.security.drimbox_directory import TrustedDrimbox, sign_directory
+from opensegur.security.pki import common_name_of, ensure_test_pki, load_certificate
 from opensegur.server import Runtime
-from opensegur.store.models import ImagingManifest, Job
+from opensegur.store.models import ImagingManifest, Job, Patient, Structure
 from tests.dmp.helpers import (
     INS,
     MDM_EXAMPLES,
@@ -29,6 +35,14 @@ from tests.dmp.helpers import (
 )
 from tests.pacs import Pacs, mr_image, orthanc
 from tests.ports import free_port
+
+INS_OID = "1.2.250.1.213.1.4.10"
+DOCTOR = Consulter(
+    "10000000017",
+    "Dr Test",
+    (Coded("10", "1.2.250.1.71.1.2.7", "Médecin"), Coded("SM44", "1.2.250.1.71.4.2.5", "Radio-diagnostic")),
+    "1750000028",
+)
 
 
 def exam() -> tuple[str, str]:
@@ -132,3 +146,49 @@ async def drimbox_site(
             settings["pacs_wado_url"] = f"{pacs.http}/dicom-web"
         async with running_platform(tmp_path / "platform", schematron_cache, **settings) as (rt, _dpi):
             yield rt, pacs
+
+
+def consumer_settings(a: Runtime) -> dict[str, object]:
+    """A consumer site B's settings: it reaches the DMP of site A's sandbox, as both reach the national DMP, and
+    trusts site A's DRIMbox through a list signed as the ANS signs its own."""
+    dmp = a.endpoints["dmp"]
+    pki = ensure_test_pki(a.settings.data_dir / "sandbox" / "pki")
+    ans = ensure_test_pki(a.settings.data_dir.parent / "ans")
+    directory = a.settings.data_dir.parent / "liste-blanche.xml"
+    assert a.settings.drimbox_wado_url is not None
+    site_a = TrustedDrimbox("DB-SITE-A", a.settings.drimbox_wado_url, "Site A")
+    directory.write_bytes(
+        sign_directory([site_a], ans.signing_key.read_bytes(), [ans.signing_cert.read_bytes()])
+    )
+    return {
+        "drimbox_directory_file": str(directory),
+        "drimbox_directory_ca": str(ans.ca_cert),
+        "drimbox_directory_signer_cn": common_name_of(load_certificate(ans.signing_cert.read_bytes())),
+        "dmp_iti41_url": dmp["iti41"],
+        "dmp_iti18_url": dmp["iti18"],
+        "dmp_iti57_url": dmp["iti57"],
+        "dmp_iti43_url": dmp["iti43"],
+        "dmp_td02_url": dmp["td02"],
+        "dmp_signing_cert": str(pki.signing_cert),
+        "dmp_signing_key": str(pki.signing_key),
+    }
+
+
+def local_patient(b: Runtime, ins: str = INS) -> PatientRef:
+    """Site B knows the patient by the same qualified INS."""
+    with b.db.session() as s:
+        structure = s.query(Structure).first()
+        assert structure is not None
+        p = Patient(
+            structure_id=structure.id,
+            ins_matricule=ins,
+            ins_oid=INS_OID,
+            birth_name="PAT-TROIS",
+            first_names="DOMINIQUE",
+            sex="F",
+            status="QUAL",
+            dmp_consent={"consultation_consent": "IC"},
+        )
+        s.add(p)
+        s.flush()
+        return PatientRef(p.id, ins, patient_cx(ins, INS_OID))

@@ -21,39 +21,35 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from opensegur.documents.metadata import Coded
-from opensegur.flows.dmp_consult import Consulter, patient_cx
 from opensegur.flows.drimbox_cache import FetchStatus, FetchView
 from opensegur.flows.drimbox_consumer import (
     DrimboxConsumer,
     FetchRefused,
     ImagingSearch,
-    PatientRef,
     find_exams,
 )
 from opensegur.ops.demo import luhn_complete
-from opensegur.security.drimbox_directory import TrustedDrimbox, sign_directory
-from opensegur.security.pki import common_name_of, ensure_test_pki, load_certificate
 from opensegur.server import Runtime
-from opensegur.store.models import AuditEvent, Patient, Structure
+from opensegur.store.models import AuditEvent
 from opensegur.web.deps import CSRF_HEADER
 from tests.actors import EVERYONE, act_as
 from tests.dmp import helpers
-from tests.dmp.drimbox_sites import drimbox_site, exam, exam_images, manifests, publish_example
+from tests.dmp.drimbox_sites import (
+    DOCTOR,
+    consumer_settings,
+    drimbox_site,
+    exam,
+    exam_images,
+    local_patient,
+    manifests,
+    publish_example,
+)
 from tests.dmp.helpers import INS, running_platform, wait_for
 from tests.pacs import orthanc
 from tests.psc_tokens import psc_access_token
 
 pytestmark = pytest.mark.requirement("IMG-DRIMBOX-CONSUMER")
 schematron_cache = helpers.schematron_cache
-
-INS_OID = "1.2.250.1.213.1.4.10"
-DOCTOR = Consulter(
-    "10000000017",
-    "Dr Test",
-    (Coded("10", "1.2.250.1.71.1.2.7", "Médecin"), Coded("SM44", "1.2.250.1.71.4.2.5", "Radio-diagnostic")),
-    "1750000028",
-)
 
 
 def _jpeg_instance(accession: str) -> Dataset:
@@ -68,52 +64,6 @@ def _jpeg_instance(accession: str) -> Dataset:
     return ds
 
 
-def _site_b_settings(a: Runtime) -> dict[str, object]:
-    """Site B reaches the DMP of site A's sandbox, as both reach the national DMP, and trusts site A's DRIMbox
-    through a list signed as the ANS signs its own."""
-    dmp = a.endpoints["dmp"]
-    pki = ensure_test_pki(a.settings.data_dir / "sandbox" / "pki")
-    ans = ensure_test_pki(a.settings.data_dir.parent / "ans")
-    directory = a.settings.data_dir.parent / "liste-blanche.xml"
-    assert a.settings.drimbox_wado_url is not None
-    site_a = TrustedDrimbox("DB-SITE-A", a.settings.drimbox_wado_url, "Site A")
-    directory.write_bytes(
-        sign_directory([site_a], ans.signing_key.read_bytes(), [ans.signing_cert.read_bytes()])
-    )
-    return {
-        "drimbox_directory_file": str(directory),
-        "drimbox_directory_ca": str(ans.ca_cert),
-        "drimbox_directory_signer_cn": common_name_of(load_certificate(ans.signing_cert.read_bytes())),
-        "dmp_iti41_url": dmp["iti41"],
-        "dmp_iti18_url": dmp["iti18"],
-        "dmp_iti57_url": dmp["iti57"],
-        "dmp_iti43_url": dmp["iti43"],
-        "dmp_td02_url": dmp["td02"],
-        "dmp_signing_cert": str(pki.signing_cert),
-        "dmp_signing_key": str(pki.signing_key),
-    }
-
-
-def _local_patient(b: Runtime, ins: str = INS) -> PatientRef:
-    """Site B knows the patient by the same qualified INS."""
-    with b.db.session() as s:
-        structure = s.query(Structure).first()
-        assert structure is not None
-        p = Patient(
-            structure_id=structure.id,
-            ins_matricule=ins,
-            ins_oid=INS_OID,
-            birth_name="PAT-TROIS",
-            first_names="DOMINIQUE",
-            sex="F",
-            status="QUAL",
-            dmp_consent={"consultation_consent": "IC"},
-        )
-        s.add(p)
-        s.flush()
-        return PatientRef(p.id, ins, patient_cx(ins, INS_OID))
-
-
 @contextlib.asynccontextmanager
 async def _two_sites(
     tmp_path: Path, schematron_cache: Path, via_wado: bool = False, **site_b: Any
@@ -124,7 +74,7 @@ async def _two_sites(
     jpeg = _jpeg_instance(accession)
     async with drimbox_site(tmp_path / "a", schematron_cache, more=[jpeg], via_wado=via_wado) as (a, _pacs):
         await publish_example(a)
-        settings = _site_b_settings(a) | site_b
+        settings = consumer_settings(a) | site_b
         async with running_platform(tmp_path / "b", schematron_cache, **settings) as (b, _dpi):
             yield a, b, jpeg
 
@@ -148,7 +98,7 @@ async def test_site_b_retrieves_site_a_exam_with_the_pixel_data_of_site_a_pacs(
     async with _two_sites(tmp_path, schematron_cache, via_wado) as (a, b, jpeg):
         consumer, dmp = b.drimbox_consumer, b.dmp_consult
         assert consumer is not None and dmp is not None
-        patient = _local_patient(b)
+        patient = local_patient(b)
         [found] = await find_exams(dmp, DOCTOR, patient.cx, ImagingSearch())
         study, accession = exam()
         assert (found.study_instance_uid, found.accession) == (study, accession)
@@ -177,14 +127,14 @@ async def test_site_b_retrieves_site_a_exam_with_the_pixel_data_of_site_a_pacs(
         assert (again.id, again.status) == (view.id, FetchStatus.COMPLETE)
         # Never under another patient of the site.
         with pytest.raises(FetchRefused, match="autre patient"):
-            await consumer.start(DOCTOR, _local_patient(b, "180012345678965"), found.entry, token, "dr.test")
+            await consumer.start(DOCTOR, local_patient(b, "180012345678965"), found.entry, token, "dr.test")
 
 
 async def test_what_site_b_refuses_to_keep(tmp_path: Path, schematron_cache: Path) -> None:
     async with _two_sites(tmp_path, schematron_cache) as (a, b, _jpeg):
         consumer, dmp = b.drimbox_consumer, b.dmp_consult
         assert consumer is not None and dmp is not None
-        patient = _local_patient(b)
+        patient = local_patient(b)
         [found] = await find_exams(dmp, DOCTOR, patient.cx, ImagingSearch())
 
         # A token PSC does not know: site A refuses, site B says why and keeps nothing.
@@ -196,7 +146,7 @@ async def test_what_site_b_refuses_to_keep(tmp_path: Path, schematron_cache: Pat
 
         # The exam, asked for under another local patient: refused before any image (by the DMP here, which knows
         # the manifest is not this patient's; by the manifest's INS otherwise, tests/flows/test_drimbox_consumer).
-        other = _local_patient(b, "180012345678965")
+        other = local_patient(b, "180012345678965")
         token = await psc_access_token(a.endpoints["psc"])
         refused = await _retrieved(
             consumer, await consumer.start(DOCTOR, other, found.entry, token, "dr.test")
@@ -210,7 +160,7 @@ async def test_the_imaging_tab_lists_the_exam_and_brings_its_images_in_the_docto
     tmp_path: Path, schematron_cache: Path
 ) -> None:
     async with _two_sites(tmp_path, schematron_cache) as (a, b, _jpeg):
-        patient = _local_patient(b)
+        patient = local_patient(b)
         doctor = replace(EVERYONE, name="dr.reault", rpps=luhn_complete("1000000001"), session_id=4242)
         act_as(b.app, doctor)
         tab = f"http://127.0.0.1:{b.http_port}/identites/{patient.id}/dmp/imagerie"
@@ -292,7 +242,7 @@ async def test_site_b_imports_the_retrieved_exam_into_its_own_pacs(
         async with _two_sites(tmp_path, schematron_cache, **pacs) as (a, b, jpeg):
             consumer, dmp = b.drimbox_consumer, b.dmp_consult
             assert consumer is not None and dmp is not None
-            patient = _local_patient(b)
+            patient = local_patient(b)
             [found] = await find_exams(dmp, DOCTOR, patient.cx, ImagingSearch())
             token = await psc_access_token(a.endpoints["psc"])
             done = await _retrieved(
