@@ -34,11 +34,12 @@ class Pacs:
     endpoint: PacsEndpoint
 
     def store(self, *datasets: Dataset) -> None:
-        for ds in datasets:
-            out = io.BytesIO()
-            ds.save_as(out, enforce_file_format=True)
-            r = httpx.post(f"{self.http}/instances", content=out.getvalue(), timeout=30)
-            r.raise_for_status()
+        # One client for all: each httpx.post builds its own TLS context, about 10 ms — most of the bench's loading.
+        with httpx.Client(timeout=30) as http:
+            for ds in datasets:
+                out = io.BytesIO()
+                ds.save_as(out, enforce_file_format=True)
+                http.post(f"{self.http}/instances", content=out.getvalue()).raise_for_status()
 
 
 @contextmanager
