@@ -46,26 +46,24 @@ from opensegur.documents.metadata import Coded
 from opensegur.flows import mss_inbound, mss_outbound
 from opensegur.flows.dmp_consult import DmpConsultPort
 from opensegur.flows.dmp_feed import (
-    JOB_DELIVER,
-    JOB_ZAM,
     DeliveryHook,
     ProcessContext,
     make_deliver_handler,
     make_process_handler,
     make_zam_handler,
 )
-from opensegur.flows.dmp_prefetch import JOB_DMP_PREFETCH, make_prefetch_handler
+from opensegur.flows.dmp_prefetch import make_prefetch_handler
 from opensegur.flows.drimbox_cache import ImageCache
 from opensegur.flows.drimbox_consumer import DrimboxConsumer
-from opensegur.flows.drimbox_import import JOB_DRIMBOX_IMPORT, make_import_handler
+from opensegur.flows.drimbox_import import make_import_handler
 from opensegur.flows.drimbox_iocm import make_note_handler
 from opensegur.flows.drimbox_ports import PacsStorePort
 from opensegur.flows.drimbox_serving import DrimboxServing
 from opensegur.flows.drimbox_source import DrimboxSource, request_manifest
 from opensegur.flows.drimbox_source import make_handlers as make_drimbox_handlers
 from opensegur.flows.hl7_intake import Hl7Intake
-from opensegur.flows.identity_gate import JOB_PROCESS
-from opensegur.flows.qualification import JOB_INSI_SEARCH, InsiUnavailableError, make_insi_job_handler
+from opensegur.flows.jobs import JobKind
+from opensegur.flows.qualification import InsiUnavailableError, make_insi_job_handler
 from opensegur.flows.senders import SenderAllowlist
 from opensegur.flows.worker import Handler, RetryableError, WorkerPool
 from opensegur.hospital.apply import ApplyResult, load_and_apply
@@ -406,16 +404,16 @@ class Platform:
             verify=s.insi_ca or True,
         )
         insi = InsiAdapter(self._insi_client)
-        handlers: dict[str, Handler] = {JOB_INSI_SEARCH: make_insi_job_handler(self.db, insi)}
+        handlers: dict[str, Handler] = {JobKind.INSI_SEARCH: make_insi_job_handler(self.db, insi)}
         validator = self._validator = CdaValidator(
             (s.cache_dir or s.data_dir / "cache") / "schematron",
             processes=s.validation_processes,
             time_limit_s=s.validation_time_limit_s,
         )
         process_ctx = ProcessContext(self.db, validator, strict=s.validation_strict)
-        handlers[JOB_PROCESS] = make_process_handler(process_ctx)
+        handlers[JobKind.PROCESS] = make_process_handler(process_ctx)
         zam_endpoint = _endpoint(s.zam_endpoint)
-        handlers[JOB_ZAM] = make_zam_handler(self.db, MllpZamSender(zam_endpoint))
+        handlers[JobKind.ZAM] = make_zam_handler(self.db, MllpZamSender(zam_endpoint))
         if credentials is not None and dmp_urls.iti41:
             self._dmp_client = DmpClient(
                 dmp_urls,
@@ -428,7 +426,7 @@ class Platform:
                 ),
                 timeout=s.dmp_timeout_s,
             )
-            handlers[JOB_DELIVER] = make_deliver_handler(
+            handlers[JobKind.DELIVER] = make_deliver_handler(
                 self.db, self._dmp_client, self._wire_drimbox(self._dmp_client, handlers, endpoints)
             )
             self._consumer = DrimboxConsumer(
@@ -451,12 +449,12 @@ class Platform:
                 if s.pacs_import == "stow-rs":
                     assert s.pacs_wado_url is not None  # Settings requires it
                     store = PacsStow(s.pacs_wado_url, timeout=s.pacs_timeout_s * 4)
-                handlers[JOB_DRIMBOX_IMPORT] = make_import_handler(self._consumer.cache, store)
+                handlers[JobKind.DRIMBOX_IMPORT] = make_import_handler(self._consumer.cache, store)
         else:
             log.warning("no DMP endpoint configured: documents are validated but not delivered")
         self._wire_annuaire(endpoints)
         # Registered even without a DMP: an admission queues the job whatever the configuration says.
-        handlers[JOB_DMP_PREFETCH] = make_prefetch_handler(
+        handlers[JobKind.DMP_PREFETCH] = make_prefetch_handler(
             self.db, self._dmp_client, self._specialty, self._matrix
         )
         self._wire_mssante(mss, handlers, zam_endpoint, hospital)
@@ -776,7 +774,7 @@ class Platform:
             return Path(value) if value else None
 
         if zam_endpoint is not None:
-            handlers[mss_outbound.JOB_MSS_ZAM] = mss_outbound.make_mss_zam_handler(
+            handlers[JobKind.MSS_ZAM] = mss_outbound.make_mss_zam_handler(
                 self.db, MllpDpiSender(*zam_endpoint, timeout=s.dpi_timeout_s)
             )
         if not mss.smtp_host:
@@ -796,10 +794,8 @@ class Platform:
         )
         if mss.sender:
             cfg = mss_outbound.MssOutboundConfig(sender=mss.sender, nil=s.mssante_nil, source_oid=s.oid_root)
-            handlers[mss_outbound.JOB_MSS_SEND] = mss_outbound.make_mss_send_handler(self.db, mailer, cfg)
-            handlers[mss_outbound.JOB_MSS_APPOINTMENT] = mss_outbound.make_appointment_handler(
-                self.db, mailer, cfg
-            )
+            handlers[JobKind.MSS_SEND] = mss_outbound.make_mss_send_handler(self.db, mailer, cfg)
+            handlers[JobKind.MSS_APPOINTMENT] = mss_outbound.make_appointment_handler(self.db, mailer, cfg)
         if not mss.imap_host or not mss.mailboxes:
             return
         if mss.sender and mss.sender.lower() not in {box.lower() for box in mss.mailboxes}:
@@ -831,11 +827,11 @@ class Platform:
             mailbox_structures=self._mailbox_sites(hospital),
             forward_results_oru=s.dpi_forward_results_oru,
         )
-        handlers[mss_inbound.JOB_INTEGRATE] = mss_inbound.make_integrate_handler(ctx)
-        handlers[mss_inbound.JOB_TO_DPI] = mss_inbound.make_to_dpi_handler(ctx)
-        handlers[mss_inbound.JOB_MDN] = mss_inbound.make_mdn_handler(ctx)
+        handlers[JobKind.MSS_INTEGRATE] = mss_inbound.make_integrate_handler(ctx)
+        handlers[JobKind.MSS_TO_DPI] = mss_inbound.make_to_dpi_handler(ctx)
+        handlers[JobKind.MSS_MDN] = mss_inbound.make_mdn_handler(ctx)
         # Always registered: jobs queued while forwarding was on outlive a change of the setting.
-        handlers[mss_inbound.JOB_RESULTS_TO_DPI] = mss_inbound.make_results_to_dpi_handler(ctx)
+        handlers[JobKind.MSS_RESULTS_TO_DPI] = mss_inbound.make_results_to_dpi_handler(ctx)
 
     def _mailbox_sites(self, hospital: HospitalConfig | None) -> dict[str, int]:
         """Mailbox → site: the ``site`` of each mailbox in ``mssante.toml``, overridden by ``mss_mailbox_sites``.

@@ -30,7 +30,7 @@ from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
 from opensegur.flows.dmp_consult import patient_cx
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError, ExchangeRecord
 from opensegur.flows.identity_feed import find_or_create_from_pid, resolve_site
-from opensegur.flows.identity_gate import JOB_PROCESS
+from opensegur.flows.jobs import JobKind
 from opensegur.flows.worker import PermanentError, RetryableError
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.store import jobs
@@ -42,10 +42,6 @@ from opensegur.transactions.hl7v2 import Hl7Error
 
 log = logging.getLogger(__name__)
 
-JOB_DELIVER = "dmp.deliver"
-JOB_ZAM = "zam.send"
-# Handled by flows.mss_outbound; named here so a released or retried MSSanté delivery goes back to its own job.
-JOB_MSS_SEND = "mss.send"
 CDA_MAX_BYTES = 60 * 1024 * 1024
 
 # Flow-view statuses and their French labels (pages, API).
@@ -287,8 +283,8 @@ def accept_document(
     s.flush()
     jobs.enqueue(
         s,
-        JOB_PROCESS,
-        f"{JOB_PROCESS}:{doc.id}",
+        JobKind.PROCESS,
+        f"{JobKind.PROCESS}:{doc.id}",
         {"document_id": doc.id},
         structure_id=site.id,
         patient_id=patient.id,
@@ -511,8 +507,8 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
     if not doc.held:
         jobs.enqueue(
             s,
-            JOB_DELIVER,
-            f"{JOB_DELIVER}:{delivery.id}",
+            JobKind.DELIVER,
+            f"{JobKind.DELIVER}:{delivery.id}",
             {"delivery_id": delivery.id},
             structure_id=doc.structure_id,
             patient_id=doc.patient_id,
@@ -537,7 +533,7 @@ def hold(db: Database, document_id: int, actor: str) -> None:
 
 def _requeue_delivery(s: Session, doc: Document, d: Delivery) -> None:
     """A new job for a delivery a human released or retried: a fresh key, since the old job is done or dead."""
-    kind = JOB_DELIVER if d.destination == "DMP" else JOB_MSS_SEND
+    kind = JobKind.DELIVER if d.destination == "DMP" else JobKind.MSS_SEND
     jobs.enqueue(
         s,
         kind,
@@ -551,8 +547,8 @@ def _requeue_delivery(s: Session, doc: Document, d: Delivery) -> None:
 def _requeue_processing(s: Session, doc: Document) -> None:
     jobs.enqueue(
         s,
-        JOB_PROCESS,
-        f"{JOB_PROCESS}:{doc.id}:{utcnow().isoformat()}",
+        JobKind.PROCESS,
+        f"{JobKind.PROCESS}:{doc.id}:{utcnow().isoformat()}",
         {"document_id": doc.id},
         structure_id=doc.structure_id,
         patient_id=doc.patient_id,
@@ -773,8 +769,8 @@ def _wake_waiting(s: Session, parent: Delivery, doc: Document) -> None:
         child.status = "pending"
         jobs.enqueue(
             s,
-            JOB_DELIVER,
-            f"{JOB_DELIVER}:{child.id}:after:{parent.id}:{utcnow().isoformat()}",
+            JobKind.DELIVER,
+            f"{JobKind.DELIVER}:{child.id}:after:{parent.id}:{utcnow().isoformat()}",
             {"delivery_id": child.id},
             structure_id=child.document.structure_id,
             patient_id=child.document.patient_id,
@@ -803,8 +799,8 @@ def _enqueue_zam(s: Session, doc: Document, destination: str, ok: bool) -> None:
         return  # REST intake: no DPI waiting for an HL7 acknowledgement
     jobs.enqueue(
         s,
-        JOB_ZAM,
-        f"{JOB_ZAM}:{doc.id}:{destination}:{doc.status}",
+        JobKind.ZAM,
+        f"{JobKind.ZAM}:{doc.id}:{destination}:{doc.status}",
         {"document_id": doc.id, "destination": destination, "ok": ok},
         structure_id=doc.structure_id,
         patient_id=doc.patient_id,

@@ -36,6 +36,7 @@ from opensegur.flows.dmp_consult import (
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
 from opensegur.flows.dmp_listing import ORIGIN_ADMISSION, KeptList, save_list
 from opensegur.flows.dmp_search import open_dmp
+from opensegur.flows.jobs import JobKind
 from opensegur.flows.stays import ADMISSIONS
 from opensegur.flows.worker import Handler, RetryableError
 from opensegur.security import access, audit
@@ -46,9 +47,8 @@ from opensegur.store.db import Database
 from opensegur.store.models import Account, Job, Patient, Structure
 from opensegur.transactions.pam_fr import PamEvent
 
-__all__ = ["JOB_DMP_PREFETCH", "make_prefetch_handler", "request_prefetch"]
+__all__ = ["make_prefetch_handler", "request_prefetch"]
 
-JOB_DMP_PREFETCH = "dmp.prefetch"
 AUDIT_ACTOR = "prefetch"  # the audit trail's actor: the platform, on the doctor's behalf
 
 
@@ -62,9 +62,9 @@ def request_prefetch(session: Session, event: PamEvent, patient: Patient, site: 
     rpps = event.attending_rpps
     return jobs.enqueue(
         session,
-        JOB_DMP_PREFETCH,
+        JobKind.DMP_PREFETCH,
         # One per message: a message sent again is one job; a new admission message, a new list.
-        f"{JOB_DMP_PREFETCH}:{patient.id}:{site.id}:{event.header.control_id}",
+        f"{JobKind.DMP_PREFETCH}:{patient.id}:{site.id}:{event.header.control_id}",
         {"patient_id": patient.id, "rpps": rpps},
         structure_id=site.id,
         patient_id=patient.id,

@@ -15,21 +15,20 @@ from sqlalchemy.orm import Session
 
 from opensegur.flows.drimbox_cache import FetchView, ImageCache
 from opensegur.flows.drimbox_ports import PacsQueryError, PacsStorePort, PacsUnavailable
+from opensegur.flows.jobs import JobKind
 from opensegur.flows.worker import Handler, PermanentError, RetryableError
 from opensegur.store import jobs
 from opensegur.store.models import Job
 
-__all__ = ["JOB_DRIMBOX_IMPORT", "make_import_handler", "request_import"]
-
-JOB_DRIMBOX_IMPORT = "drimbox.import"
+__all__ = ["make_import_handler", "request_import"]
 
 
 def request_import(s: Session, fetch: FetchView, structure_id: int | None) -> int:
     """The import job of a complete exam (the same job if it was asked before)."""
     return jobs.enqueue(
         s,
-        JOB_DRIMBOX_IMPORT,
-        f"{JOB_DRIMBOX_IMPORT}:{fetch.kos_sop_instance_uid}",
+        JobKind.DRIMBOX_IMPORT,
+        f"{JobKind.DRIMBOX_IMPORT}:{fetch.kos_sop_instance_uid}",
         {"manifest": fetch.kos_sop_instance_uid},
         structure_id=structure_id,
         patient_id=fetch.patient_id,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from opensegur.flows.drimbox_source import JOB_DRIMBOX_PUBLISH
+from opensegur.flows.jobs import JobKind
 from opensegur.imaging.iocm import RejectionError, read_rejection
 from opensegur.store import jobs
 from opensegur.store.db import Database
@@ -61,8 +61,8 @@ def receive_note(db: Database, ds: Dataset) -> list[int]:
                 queued.append(
                     jobs.enqueue(
                         s,
-                        JOB_DRIMBOX_PUBLISH,
-                        f"{JOB_DRIMBOX_PUBLISH}:{document_id}:iocm:{rejection.note_sop_instance_uid}",
+                        JobKind.DRIMBOX_PUBLISH,
+                        f"{JobKind.DRIMBOX_PUBLISH}:{document_id}:iocm:{rejection.note_sop_instance_uid}",
                         {"document_id": document_id, "change": rejection.note_sop_instance_uid},
                         structure_id=structure_id,
                         patient_id=patient_id,

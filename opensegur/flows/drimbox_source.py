@@ -29,6 +29,7 @@ from opensegur.documents.metadata import DocumentMetadata, cx_of_type, metadata_
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
 from opensegur.flows.dmp_feed import DmpPort, DmpRequest, document_with_content, patient_cx_of, structure_info
 from opensegur.flows.drimbox_ports import PacsPort, PacsQueryError, PacsUnavailable
+from opensegur.flows.jobs import JobKind
 from opensegur.flows.worker import Handler, PermanentError, RetryableError
 from opensegur.imaging.kos import KosIds, build_kos, kos_bytes
 from opensegur.imaging.report import IMAGING_REPORT_CODE, ImagingReportError, imaging_facts
@@ -39,15 +40,11 @@ from opensegur.store.db import Database
 from opensegur.store.models import Delivery, Document, ImagingManifest, ImagingRejection, Job, Payload, utcnow
 
 __all__ = [
-    "JOB_DRIMBOX_PUBLISH",
-    "JOB_DRIMBOX_WITHDRAW",
     "DrimboxSource",
     "make_handlers",
     "request_manifest",
 ]
 
-JOB_DRIMBOX_PUBLISH = "drimbox.publish"
-JOB_DRIMBOX_WITHDRAW = "drimbox.withdraw"
 PARIS = ZoneInfo("Europe/Paris")
 ARC_KOS, ARC_KOS_SERIES = 20, 21  # under the editor's oid_root, beside the REST intake's arcs
 
@@ -68,8 +65,8 @@ def request_manifest(s: Session, delivery: Delivery, doc: Document) -> None:
         if published is not None:
             jobs.enqueue(
                 s,
-                JOB_DRIMBOX_WITHDRAW,
-                f"{JOB_DRIMBOX_WITHDRAW}:{report.id}",
+                JobKind.DRIMBOX_WITHDRAW,
+                f"{JobKind.DRIMBOX_WITHDRAW}:{report.id}",
                 {"document_id": report.id},
                 structure_id=doc.structure_id,
                 patient_id=doc.patient_id,
@@ -79,8 +76,8 @@ def request_manifest(s: Session, delivery: Delivery, doc: Document) -> None:
         return
     jobs.enqueue(
         s,
-        JOB_DRIMBOX_PUBLISH,
-        f"{JOB_DRIMBOX_PUBLISH}:{doc.id}",
+        JobKind.DRIMBOX_PUBLISH,
+        f"{JobKind.DRIMBOX_PUBLISH}:{doc.id}",
         {"document_id": doc.id},
         structure_id=doc.structure_id,
         patient_id=doc.patient_id,
@@ -303,4 +300,4 @@ def make_handlers(source: DrimboxSource) -> dict[str, Handler]:
     async def withdraw_job(job: Job) -> dict[str, Any]:
         return await withdraw(source, int(job.args["document_id"]))
 
-    return {JOB_DRIMBOX_PUBLISH: publish_job, JOB_DRIMBOX_WITHDRAW: withdraw_job}
+    return {JobKind.DRIMBOX_PUBLISH: publish_job, JobKind.DRIMBOX_WITHDRAW: withdraw_job}

@@ -5,10 +5,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from opensegur.flows.jobs import JobKind
 from opensegur.store import jobs
 from opensegur.store.models import Document, utcnow
-
-JOB_PROCESS = "document.process"
 
 
 def release_waiting_documents(s: Session, patient_id: int) -> int:
@@ -21,8 +20,8 @@ def release_waiting_documents(s: Session, patient_id: int) -> int:
         doc.status_reason = "Identité qualifiée : reprise du traitement"
         jobs.enqueue(
             s,
-            JOB_PROCESS,
-            f"{JOB_PROCESS}:{doc.id}:{utcnow().isoformat()}",
+            JobKind.PROCESS,
+            f"{JobKind.PROCESS}:{doc.id}:{utcnow().isoformat()}",
             {"document_id": doc.id},
             structure_id=doc.structure_id,
             patient_id=patient_id,

@@ -47,6 +47,7 @@ from opensegur.content.cda import CdaHeader, parse_cda
 from opensegur.content.crbio import LOINC_OID, extract_results, parse_ts
 from opensegur.content.jdv import VISIBILITY_CODES
 from opensegur.flows.dmp_feed import document_flags
+from opensegur.flows.jobs import JobKind
 from opensegur.flows.mssante_ports import (
     DpiSender,
     FetchedMail,
@@ -115,10 +116,6 @@ from opensegur.transactions.xdm import (
 
 log = logging.getLogger(__name__)
 
-JOB_INTEGRATE = "mss.integrate"
-JOB_TO_DPI = "mss.to_dpi"
-JOB_MDN = "mss.mdn"
-JOB_RESULTS_TO_DPI = "mss.results_to_dpi"
 SYSTEM_ACTOR = "mss-inbound"
 # Mail errors a person could act on (identity questions); every other MailError/XdmError means the mail is
 # unreadable or unsafe, so it is rejected outright.
@@ -233,8 +230,8 @@ def _headers(raw: bytes) -> Message:
 def _enqueue_mdn(s: Session, mail: Mail, code: str | None, manual: bool, key_suffix: str = "") -> None:
     jobs.enqueue(
         s,
-        JOB_MDN,
-        f"{JOB_MDN}:{mail.id}:{code or 'ok'}{key_suffix}",
+        JobKind.MSS_MDN,
+        f"{JobKind.MSS_MDN}:{mail.id}:{code or 'ok'}{key_suffix}",
         {"mail_id": mail.id, "code": code, "manual": manual},
         structure_id=mail.structure_id,
         patient_id=mail.patient_id,
@@ -309,7 +306,7 @@ def _store_one(s: Session, mailbox: str, fetched: FetchedMail) -> bool:
         return False  # another poller stored it between our read and our insert
     _audit(s, SYSTEM_ACTOR, "mss_receive", mail, None, mailbox=mailbox, status_after=mail.status)
     if mail.status == "received":
-        jobs.enqueue(s, JOB_INTEGRATE, f"{JOB_INTEGRATE}:{mail.id}", {"mail_id": mail.id})
+        jobs.enqueue(s, JobKind.MSS_INTEGRATE, f"{JobKind.MSS_INTEGRATE}:{mail.id}", {"mail_id": mail.id})
     elif mail.status == "rejected":
         _enqueue_mdn(s, mail, mail.mdn_code, False)
     return True
@@ -652,8 +649,8 @@ def _create_documents(
                 doc.flags = {**doc.flags, "lab_results": count}
         jobs.enqueue(
             s,
-            JOB_TO_DPI,
-            f"{JOB_TO_DPI}:{doc.id}",
+            JobKind.MSS_TO_DPI,
+            f"{JobKind.MSS_TO_DPI}:{doc.id}",
             {"document_id": doc.id},
             structure_id=doc.structure_id,
             patient_id=doc.patient_id,
@@ -940,8 +937,8 @@ async def send_to_dpi(ctx: MssInboundContext, document_id: int, attempt: int) ->
                 # After the document, so the DPI has it (and knows the patient) when its results come.
                 jobs.enqueue(
                     s,
-                    JOB_RESULTS_TO_DPI,
-                    f"{JOB_RESULTS_TO_DPI}:{doc.id}",
+                    JobKind.MSS_RESULTS_TO_DPI,
+                    f"{JobKind.MSS_RESULTS_TO_DPI}:{doc.id}",
                     {"document_id": doc.id},
                     structure_id=doc.structure_id,
                     patient_id=doc.patient_id,

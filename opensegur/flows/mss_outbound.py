@@ -46,8 +46,9 @@ from sqlalchemy.orm import Session
 from opensegur import __version__
 from opensegur.content.xds_metadata import MetadataError, submission_set_metadata
 from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
-from opensegur.flows.dmp_feed import JOB_MSS_SEND, document_with_content, set_status
+from opensegur.flows.dmp_feed import document_with_content, set_status
 from opensegur.flows.identity_feed import find_by_identifier, read_ins, resolve_site
+from opensegur.flows.jobs import JobKind
 from opensegur.flows.mssante_ports import DpiSender, MailSender, MailSendResult, MailUnavailableError
 from opensegur.flows.worker import PermanentError, RetryableError
 from opensegur.identity.rniv import IdentityStatus
@@ -96,9 +97,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DEST_PATIENT",
     "DEST_PS",
-    "JOB_MSS_APPOINTMENT",
-    "JOB_MSS_SEND",
-    "JOB_MSS_ZAM",
     "AcceptedAppointment",
     "MssOutboundConfig",
     "MssOutboundError",
@@ -115,8 +113,6 @@ __all__ = [
     "send_mss_zam",
 ]
 
-JOB_MSS_APPOINTMENT = "mss.appointment"
-JOB_MSS_ZAM = "mss.zam"
 DEST_PS = "MSSANTE_PS"
 DEST_PATIENT = "MSSANTE_PAT"
 _DEST_FLAGS = ((DEST_PS, "dest_mssante_ps"), (DEST_PATIENT, "dest_mssante_pat"))
@@ -214,8 +210,8 @@ def _new_mail(s: Session, doc: Document, d: Delivery, recipients: list[str], det
 def _enqueue_send(s: Session, doc: Document, d: Delivery, suffix: str = "") -> None:
     jobs.enqueue(
         s,
-        JOB_MSS_SEND,
-        f"{JOB_MSS_SEND}:{d.id}{suffix}",
+        JobKind.MSS_SEND,
+        f"{JobKind.MSS_SEND}:{d.id}{suffix}",
         {"delivery_id": d.id},
         structure_id=doc.structure_id,
         patient_id=doc.patient_id,
@@ -436,8 +432,8 @@ def _enqueue_zam(
     info = (mail.detail.get("recipients") or {}).get(_norm(recipient)) or {}
     jobs.enqueue(
         s,
-        JOB_MSS_ZAM,
-        f"{JOB_MSS_ZAM}:{mail.id}:{kind}:{_norm(recipient)}:{'Y' if ok else 'N'}",
+        JobKind.MSS_ZAM,
+        f"{JobKind.MSS_ZAM}:{mail.id}:{kind}:{_norm(recipient)}:{'Y' if ok else 'N'}",
         {
             "mail_id": mail.id,
             "kind": kind,
@@ -1009,8 +1005,8 @@ def _new_appointment_mail(
     s.flush()
     jobs.enqueue(
         s,
-        JOB_MSS_APPOINTMENT,
-        f"{JOB_MSS_APPOINTMENT}:{mail.id}",
+        JobKind.MSS_APPOINTMENT,
+        f"{JobKind.MSS_APPOINTMENT}:{mail.id}",
         {"mail_id": mail.id},
         structure_id=site_id,
         patient_id=patient.id,

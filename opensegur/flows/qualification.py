@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from opensegur.flows.identity_feed import close_alerts, merge_into, raise_alert
 from opensegur.flows.identity_gate import release_waiting_documents
+from opensegur.flows.jobs import JobKind
 from opensegur.flows.worker import PermanentError, RetryableError
 from opensegur.identity import rniv
 from opensegur.identity.errors import IdentityError
@@ -27,8 +28,6 @@ from opensegur.store.models import AuditEvent, IdentityEvent, Job, Patient, utcn
 from opensegur.transactions.insi import InsiResult, InsiTraitsQuery
 
 log = logging.getLogger(__name__)
-
-JOB_INSI_SEARCH = "insi.search"
 
 
 class InsiUnavailableError(Exception):
@@ -140,8 +139,8 @@ def _record_outage(db: Database, patient_id: int, error: str, actor: str) -> dic
             if pending is not None
             else jobs.enqueue(
                 s,
-                JOB_INSI_SEARCH,
-                f"{JOB_INSI_SEARCH}:{patient_id}:{utcnow().isoformat()}",
+                JobKind.INSI_SEARCH,
+                f"{JobKind.INSI_SEARCH}:{patient_id}:{utcnow().isoformat()}",
                 {"actor": actor},
                 structure_id=p.structure_id,
                 patient_id=patient_id,
@@ -163,7 +162,9 @@ def _record_outage(db: Database, patient_id: int, error: str, actor: str) -> dic
 def pending_search(s: Session, patient_id: int) -> Job | None:
     return s.scalar(
         select(Job).where(
-            Job.kind == JOB_INSI_SEARCH, Job.patient_id == patient_id, Job.status.in_(("pending", "running"))
+            Job.kind == JobKind.INSI_SEARCH,
+            Job.patient_id == patient_id,
+            Job.status.in_(("pending", "running")),
         )
     )
 

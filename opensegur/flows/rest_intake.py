@@ -38,7 +38,7 @@ from opensegur.content.jdv import (
 )
 from opensegur.flows.dmp_feed import document_flags
 from opensegur.flows.identity_feed import resolve_site
-from opensegur.flows.identity_gate import JOB_PROCESS
+from opensegur.flows.jobs import JobKind
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import OID_NIR, Ins
 from opensegur.identity.professionals import idnat_ps_from_rpps, parse_idnat_ps
@@ -608,8 +608,8 @@ def record_document(
     s.flush()
     jobs.enqueue(
         s,
-        JOB_PROCESS,
-        f"{JOB_PROCESS}:{doc.id}",
+        JobKind.PROCESS,
+        f"{JobKind.PROCESS}:{doc.id}",
         {"document_id": doc.id},
         structure_id=site.id,
         patient_id=patient.id,

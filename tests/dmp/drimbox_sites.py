@@ -16,7 +16,7 @@ from sqlalchemy import select
 from opensegur.documents.metadata import Coded
 from opensegur.flows.dmp_consult import Consulter, patient_cx
 from opensegur.flows.drimbox_consumer import PatientRef
-from opensegur.flows.drimbox_source import JOB_DRIMBOX_PUBLISH
+from opensegur.flows.jobs import JobKind
 from opensegur.imaging.report import read_imaging_report
 from opensegur.security.drimbox_directory import TrustedDrimbox, sign_directory
 from opensegur.security.pki import common_name_of, ensure_test_pki, load_certificate
@@ -81,7 +81,7 @@ def _settings(pacs: Pacs, http_port: int) -> dict[str, Any]:
     }
 
 
-def job_of(rt: Runtime, kind: str = JOB_DRIMBOX_PUBLISH) -> Job | None:
+def job_of(rt: Runtime, kind: str = JobKind.DRIMBOX_PUBLISH) -> Job | None:
     """The latest job of ``kind``."""
     with rt.db.session() as s:
         job = s.scalar(select(Job).where(Job.kind == kind).order_by(Job.id.desc()).limit(1))

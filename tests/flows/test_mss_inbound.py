@@ -15,11 +15,8 @@ from sqlalchemy import func, select
 
 from opensegur.connectors.mss_imap import ImapMailboxReader
 from opensegur.flows import mss_inbound
+from opensegur.flows.jobs import JobKind
 from opensegur.flows.mss_inbound import (
-    JOB_INTEGRATE,
-    JOB_MDN,
-    JOB_RESULTS_TO_DPI,
-    JOB_TO_DPI,
     InboundError,
     MailLimits,
     MssInboundContext,
@@ -161,10 +158,10 @@ def env(db: Database) -> Env:
     pool = WorkerPool(
         db,
         {
-            JOB_INTEGRATE: make_integrate_handler(ctx),
-            JOB_TO_DPI: make_to_dpi_handler(ctx),
-            JOB_MDN: make_mdn_handler(ctx),
-            JOB_RESULTS_TO_DPI: make_results_to_dpi_handler(ctx),
+            JobKind.MSS_INTEGRATE: make_integrate_handler(ctx),
+            JobKind.MSS_TO_DPI: make_to_dpi_handler(ctx),
+            JobKind.MSS_MDN: make_mdn_handler(ctx),
+            JobKind.MSS_RESULTS_TO_DPI: make_results_to_dpi_handler(ctx),
         },
         policy=RetryPolicy(max_attempts=5, base_s=0.0, max_s=0.0),
     )
@@ -455,7 +452,7 @@ async def test_mail_over_the_readers_limit_is_refused_from_its_headers(env: Env,
     await env.run()
     [mail] = env.mails()
     assert (mail.status, mail.mdn_code, mail.detail["size"]) == ("rejected", "906", 90_000_000)
-    assert "trop volumineux" in (mail.reason or "") and env.count(Job, Job.kind == JOB_INTEGRATE) == 0
+    assert "trop volumineux" in (mail.reason or "") and env.count(Job, Job.kind == JobKind.MSS_INTEGRATE) == 0
     [mdn] = env.mdns()
     assert mdn.error_code == "906" and mdn.original_message_id == mail.message_id
 
@@ -486,7 +483,7 @@ async def test_crash_between_store_and_mark_done_creates_no_duplicate(env: Env, 
     assert await env.poll() == 0
     assert env.reader.done == {(BOX, 1)}
     await env.run()
-    assert len(env.mails()) == 1 and env.count(Job, Job.kind == JOB_INTEGRATE) == 1
+    assert len(env.mails()) == 1 and env.count(Job, Job.kind == JobKind.MSS_INTEGRATE) == 1
     assert len(env.dpi.received) == 1
 
 
@@ -498,7 +495,7 @@ async def test_dpi_down_is_retried_and_nothing_is_lost(env: Env, cr_img: bytes) 
     for _ in range(3):
         await env.pool.run_once()
     with env.db.session() as s:
-        job = s.scalars(select(Job).where(Job.kind == JOB_TO_DPI)).one()
+        job = s.scalars(select(Job).where(Job.kind == JobKind.MSS_TO_DPI)).one()
         assert job.status == "pending" and job.attempts == 2 and "refused" in (job.last_error or "")
         assert "DPI injoignable" in (s.scalars(select(Document)).one().status_reason or "")
     assert env.smtp.sent == []
@@ -635,7 +632,7 @@ async def test_cr_bio_results_go_to_the_dpi_as_oru_after_the_document(env: Env) 
     assert [get_field(obx, 3) for obx in segments(message, "OBX")] == loincs
     assert get_field(segments(message, "OBR")[0], 4) == "11502-2"
     assert _oru_exchanges(env) == [("success", "Résultats de biologie intégrés par le DPI")]
-    assert env.count(Job, Job.kind == JOB_RESULTS_TO_DPI) == 1
+    assert env.count(Job, Job.kind == JobKind.MSS_RESULTS_TO_DPI) == 1
     assert env.mails()[0].status == "integrated" and env.mdns()[0].ok
 
 
@@ -644,14 +641,14 @@ async def test_no_oru_unless_configured_or_without_results(env: Env, cr_img: byt
     env.reader.deliver(document_mail(CR_BIO.read_bytes(), document_label="CR de biologie"))
     await env.poll()
     await env.run()
-    assert env.dpi.of_type("ORU") == [] and env.count(Job, Job.kind == JOB_RESULTS_TO_DPI) == 0
+    assert env.dpi.of_type("ORU") == [] and env.count(Job, Job.kind == JobKind.MSS_RESULTS_TO_DPI) == 0
 
     env.ctx.forward_results_oru = True
     env.reader.deliver(document_mail(cr_img))
     await env.poll()
     await env.run()
     assert len(env.dpi.of_type("MDM")) == 2
-    assert env.dpi.of_type("ORU") == [] and env.count(Job, Job.kind == JOB_RESULTS_TO_DPI) == 0
+    assert env.dpi.of_type("ORU") == [] and env.count(Job, Job.kind == JobKind.MSS_RESULTS_TO_DPI) == 0
 
 
 async def test_oru_waits_while_the_dpi_is_down(env: Env) -> None:
@@ -660,7 +657,7 @@ async def test_oru_waits_while_the_dpi_is_down(env: Env) -> None:
     for _ in range(5):  # integration, MDM, MDN and two ORU attempts
         await env.pool.run_once()
     with env.db.session() as s:
-        job = s.scalars(select(Job).where(Job.kind == JOB_RESULTS_TO_DPI)).one()
+        job = s.scalars(select(Job).where(Job.kind == JobKind.MSS_RESULTS_TO_DPI)).one()
         assert job.status == "pending" and job.attempts == 2 and "refused" in (job.last_error or "")
         assert "oru_ack" not in s.scalars(select(Document)).one().context
     assert [o for o, _ in _oru_exchanges(env)] == ["retry", "retry"]

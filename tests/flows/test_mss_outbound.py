@@ -22,11 +22,8 @@ from opensegur.content.validation import Finding
 from opensegur.flows import dmp_feed, mss_outbound
 from opensegur.flows.dmp_feed import ProcessContext, make_process_handler
 from opensegur.flows.hl7_intake import Hl7Intake
-from opensegur.flows.identity_gate import JOB_PROCESS
+from opensegur.flows.jobs import JobKind
 from opensegur.flows.mss_outbound import (
-    JOB_MSS_APPOINTMENT,
-    JOB_MSS_SEND,
-    JOB_MSS_ZAM,
     MssOutboundConfig,
     make_appointment_handler,
     make_mss_send_handler,
@@ -138,10 +135,10 @@ def rig(db: Database) -> Rig:
     load_demo(db)
     operator, dpi = FakeOperator(), FakeDpi()
     handlers: dict[str, Any] = {
-        JOB_PROCESS: make_process_handler(ProcessContext(db, NoFindings())),  # type: ignore[arg-type]
-        JOB_MSS_SEND: make_mss_send_handler(db, operator, CFG),
-        JOB_MSS_APPOINTMENT: make_appointment_handler(db, operator, CFG),
-        JOB_MSS_ZAM: make_mss_zam_handler(db, dpi),
+        JobKind.PROCESS: make_process_handler(ProcessContext(db, NoFindings())),  # type: ignore[arg-type]
+        JobKind.MSS_SEND: make_mss_send_handler(db, operator, CFG),
+        JobKind.MSS_APPOINTMENT: make_appointment_handler(db, operator, CFG),
+        JobKind.MSS_ZAM: make_mss_zam_handler(db, dpi),
     }
     pool = WorkerPool(db, handlers, policy=RetryPolicy(max_attempts=6, base_s=0.0, max_s=0.0))
     return Rig(db, Hl7Intake(db), operator, dpi, pool)
@@ -377,7 +374,7 @@ async def test_refused_recipient_fails_the_delivery_with_a_zam_error(rig: Rig) -
     [err] = z02.status.errors
     assert (err.code, err.system) == ("550", "SMTPERRORCODE")
     with rig.db.session() as s:
-        job = s.scalar(select(Job).where(Job.kind == JOB_MSS_SEND))
+        job = s.scalar(select(Job).where(Job.kind == JobKind.MSS_SEND))
         assert job is not None and job.status == "dead"
 
 
@@ -390,7 +387,7 @@ async def test_operator_down_then_back_sends_exactly_one_mail(rig: Rig) -> None:
     ps = deliveries(rig.db, uid(n))["MSSANTE_PS"]
     assert ps.status == "delivered" and ps.last_error is None
     with rig.db.session() as s:
-        job = s.scalar(select(Job).where(Job.kind == JOB_MSS_SEND))
+        job = s.scalar(select(Job).where(Job.kind == JobKind.MSS_SEND))
         assert job is not None and (job.status, job.attempts) == ("done", 3)
 
 
@@ -452,7 +449,9 @@ async def test_replacement_mail_waits_for_the_mail_it_replaces(rig: Rig) -> None
     packages = [read_xdm(attachment(msg, "IHE_XDM.ZIP")) for msg in rig.operator.mails()]
     assert [p.documents[0].metadata.unique_id for p in packages] == [uid(n), uid(m)]
     with rig.db.session() as s:
-        results = [j.result for j in s.scalars(select(Job).where(Job.kind == JOB_MSS_SEND).order_by(Job.id))]
+        results = [
+            j.result for j in s.scalars(select(Job).where(Job.kind == JobKind.MSS_SEND).order_by(Job.id))
+        ]
     assert any("waiting" in r for r in results)
 
 

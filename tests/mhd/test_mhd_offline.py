@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from opensegur.flows.identity_gate import JOB_PROCESS
+from opensegur.flows.jobs import JobKind
 from opensegur.security.tokens import create_token
 from opensegur.store.models import AuditEvent, Document, Job, Structure
 from opensegur.web.app import create_app
@@ -70,7 +70,7 @@ def issue(r: httpx.Response) -> dict[str, Any]:
 
 def processing_jobs(offline: Offline) -> int:
     with offline.db.session() as s:
-        return int(s.scalar(select(func.count()).select_from(Job).where(Job.kind == JOB_PROCESS)) or 0)
+        return int(s.scalar(select(func.count()).select_from(Job).where(Job.kind == JobKind.PROCESS)) or 0)
 
 
 # ---- PDF: accepted, stored, read back, resent safely ----------------------------------------------------------
@@ -101,7 +101,7 @@ async def test_pdf_bundle_is_stored_with_its_job_and_answered_per_entry(
         unique_id = doc.unique_id
         assert unique_id.startswith(f"{offline.settings.oid_root}.1.")  # the platform built the CDA
         assert doc.context["first_send"] is True
-        job = s.scalar(select(Job).where(Job.key == f"{JOB_PROCESS}:{doc_id}"))
+        job = s.scalar(select(Job).where(Job.key == f"{JobKind.PROCESS}:{doc_id}"))
         assert job is not None and job.patient_id == patient["id"]
     read = await fhir.get(f"/fhir/{location}")
     assert read.status_code == 200 and read.headers["content-type"].startswith(FHIR_JSON)

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from opensegur.connectors.dpi_mllp import MllpDpiSender
 from opensegur.connectors.mss_imap import ImapMailboxReader
 from opensegur.flows import mss_inbound
+from opensegur.flows.jobs import JobKind
 from opensegur.flows.mssante_ports import MailSendResult
 from opensegur.flows.worker import WorkerPool
 from opensegur.store.db import Database
@@ -114,9 +115,9 @@ async def test_cr_imagerie_from_dovecot_reaches_the_dpi_and_is_filed_on_the_serv
     pool = WorkerPool(
         db,
         {
-            mss_inbound.JOB_INTEGRATE: mss_inbound.make_integrate_handler(ctx),
-            mss_inbound.JOB_TO_DPI: mss_inbound.make_to_dpi_handler(ctx),
-            mss_inbound.JOB_MDN: mss_inbound.make_mdn_handler(ctx),
+            JobKind.MSS_INTEGRATE: mss_inbound.make_integrate_handler(ctx),
+            JobKind.MSS_TO_DPI: mss_inbound.make_to_dpi_handler(ctx),
+            JobKind.MSS_MDN: mss_inbound.make_mdn_handler(ctx),
         },
         policy=RetryPolicy(max_attempts=3, base_s=0.0, max_s=0.0),
     )

@@ -28,7 +28,8 @@ from opensegur.connectors.dmp_client import (
     vihf_specialty,
 )
 from opensegur.content import jdv
-from opensegur.flows.dmp_prefetch import JOB_DMP_PREFETCH, make_prefetch_handler
+from opensegur.flows.dmp_prefetch import make_prefetch_handler
+from opensegur.flows.jobs import JobKind
 from opensegur.flows.worker import RetryableError
 from opensegur.ops.demo import demo_dmp_patients, luhn_complete
 from opensegur.ops.demo_accounts import SITE_1
@@ -563,7 +564,7 @@ async def _run_prefetch(offline: Offline, dmp: DmpClient) -> list[dict[str, Any]
     results: list[dict[str, Any]] = []
     while True:
         with offline.db.session() as s:
-            job = jobs.claim(s, "test", [JOB_DMP_PREFETCH], 60)
+            job = jobs.claim(s, "test", [JobKind.DMP_PREFETCH], 60)
             if job is None:
                 return results
             s.expunge(job)

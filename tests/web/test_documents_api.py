@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from opensegur.content.validation import CdaValidator
 from opensegur.flows.dmp_feed import ProcessContext, process_document
-from opensegur.flows.identity_gate import JOB_PROCESS
+from opensegur.flows.jobs import JobKind
 from opensegur.server import Runtime
 from opensegur.store.models import AuditEvent, Document, Job
 from opensegur.transport.mllp import send_message
@@ -73,7 +73,7 @@ def process_jobs(offline: Offline, doc_id: int) -> int:
             s.scalar(
                 select(func.count())
                 .select_from(Job)
-                .where(Job.kind == JOB_PROCESS, Job.key.like(f"{JOB_PROCESS}:{doc_id}%"))
+                .where(Job.kind == JobKind.PROCESS, Job.key.like(f"{JobKind.PROCESS}:{doc_id}%"))
             )
             or 0
         )

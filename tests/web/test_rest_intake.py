@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from opensegur.config import Settings
 from opensegur.content.validation import CdaValidator
 from opensegur.flows.hl7_intake import Hl7Intake
-from opensegur.flows.identity_gate import JOB_PROCESS
+from opensegur.flows.jobs import JobKind
 from opensegur.ops.demo import load_demo, luhn_complete
 from opensegur.security.psc_delegation import PscDelegation
 from opensegur.server import Platform, Runtime
@@ -197,7 +197,7 @@ async def test_intake_stores_the_document_and_its_job_in_one_go(
     assert root == f"{offline.settings.oid_root}.1.{patient['site']}" and len(ext) == 16
     assert offline.workers.count == 1  # the workers are told at once, not at their next poll
     with offline.db.session() as s:
-        job = s.scalar(select(Job).where(Job.key == f"{JOB_PROCESS}:{body['id']}"))
+        job = s.scalar(select(Job).where(Job.key == f"{JobKind.PROCESS}:{body['id']}"))
         assert job is not None and job.args == {"document_id": body["id"]} and job.patient_id == patient["id"]
         audit = s.scalars(select(AuditEvent).where(AuditEvent.action == "submit_document")).all()
         assert [a.patient_id for a in audit] == [patient["id"]]
@@ -247,7 +247,7 @@ async def test_non_pdf_uploads_are_refused(
 
 async def _nothing_stored(offline: Offline) -> None:
     with offline.db.session() as s:
-        assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == JOB_PROCESS)) == 0
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == JobKind.PROCESS)) == 0
 
 
 async def test_over_limit_upload_is_refused_while_streaming(
