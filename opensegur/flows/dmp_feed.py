@@ -26,15 +26,18 @@ from opensegur.content.cda import CdaError, CdaHeader, parse_cda
 from opensegur.content.validation import CdaValidator, Finding
 from opensegur.content.validation import Source as FindingSource
 from opensegur.content.xds_metadata import MetadataError, document_metadata
+from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
 from opensegur.flows.dmp_consult import patient_cx
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError, ExchangeRecord
 from opensegur.flows.identity_feed import find_or_create_from_pid, resolve_site
 from opensegur.flows.jobs import JobKind
+from opensegur.flows.mss_outbound import plan_mss_deliveries
 from opensegur.flows.worker import PermanentError, RetryableError
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.store import jobs
 from opensegur.store.db import Database
+from opensegur.store.documents import document_with_content
 from opensegur.store.models import Delivery, Document, Exchange, Job, Patient, Payload, Structure, utcnow
 from opensegur.store.payloads import store_payload
 from opensegur.transactions.cda_hl7v2 import DocumentMessage
@@ -43,20 +46,6 @@ from opensegur.transactions.hl7v2 import Hl7Error
 log = logging.getLogger(__name__)
 
 CDA_MAX_BYTES = 60 * 1024 * 1024
-
-# Flow-view statuses and their French labels (pages, API).
-STATUS_LABELS = {
-    "received": "Reçu",
-    "validated": "Validé",
-    "waiting_identity": "En attente d'identité qualifiée",
-    "held": "Retenu",
-    "sending": "Envoi en cours",
-    "sent": "Envoyé",
-    "acknowledged": "Accusé",
-    "opposition": "Opposition du patient",
-    "rejected": "Rejeté",
-    "error": "Erreur",
-}
 
 
 @dataclass
@@ -90,24 +79,7 @@ class ZamPort(Protocol):
     ) -> None: ...
 
 
-def set_status(doc: Document, status: str, reason: str | None = None) -> None:
-    doc.status = status
-    doc.status_reason = reason
-
-
 # ---- intake (inside the transaction that stores the HL7 message, before the ACK) --------------------------
-
-
-def document_with_content(s: Session, structure_id: int, unique_id: str) -> Document | None:
-    """The initial or replacement document of a site that carries ``unique_id`` (what a T10 replaces, a T04
-    deletes): a deletion request shares the uniqueId but has no content of its own."""
-    return s.scalar(
-        select(Document).where(
-            Document.structure_id == structure_id,
-            Document.unique_id == unique_id,
-            Document.kind.in_(("initial", "replacement")),
-        )
-    )
 
 
 @dataclass
@@ -246,7 +218,7 @@ def accept_document(
         payload_sha256=digest,
         mime_type="text/xml",
         size=len(content),
-        status="received",
+        status=DocumentStatus.RECEIVED,
         held=False,
         findings=[],
         flags=document_flags(
@@ -323,7 +295,7 @@ def process_document(ctx: ProcessContext, document_id: int) -> str:
             # The DMP entry to delete is the patient's of the original document: its INS is the one to use.
             original = document_with_content(s, doc.structure_id, doc.unique_id)
             if original is None or not original.ins_matricule:
-                set_status(doc, "rejected", "Document à supprimer jamais envoyé au DMP")
+                set_status(doc, DocumentStatus.REJECTED, "Document à supprimer jamais envoyé au DMP")
                 _enqueue_zam(s, doc, "DMP", ok=False)
                 return doc.status
             doc.ins_matricule, doc.ins_oid = original.ins_matricule, original.ins_oid
@@ -348,16 +320,22 @@ def process_document(ctx: ProcessContext, document_id: int) -> str:
             ]
         doc.findings = [_finding_json(f) for f in findings]
         if _blocking(findings):
-            set_status(doc, "rejected", _blocking(findings)[0].message)
+            set_status(doc, DocumentStatus.REJECTED, _blocking(findings)[0].message)
             _enqueue_zam(s, doc, "DMP", ok=False)
             return doc.status
         assert header is not None
         if patient is None or patient.status != IdentityStatus.QUAL.value:
-            set_status(doc, "waiting_identity", "Identité du patient non qualifiée : envoi suspendu")
+            set_status(
+                doc, DocumentStatus.WAITING_IDENTITY, "Identité du patient non qualifiée : envoi suspendu"
+            )
             return doc.status
         # A first send has, by definition, no earlier copy of its uniqueId (intake refuses another content under it).
         if not doc.context.get("first_send") and _identical_already_delivered(s, doc):
-            set_status(doc, "acknowledged", "Contenu identique déjà présent dans le DMP : rien à renvoyer")
+            set_status(
+                doc,
+                DocumentStatus.ACKNOWLEDGED,
+                "Contenu identique déjà présent dans le DMP : rien à renvoyer",
+            )
             return doc.status
         try:
             metadata = document_metadata(
@@ -377,7 +355,7 @@ def process_document(ctx: ProcessContext, document_id: int) -> str:
             doc.findings = doc.findings + [
                 _finding_json(_finding("metadata", exc.code, exc.message_fr, exc.field or ""))
             ]
-            set_status(doc, "rejected", exc.message_fr)
+            set_status(doc, DocumentStatus.REJECTED, exc.message_fr)
             _enqueue_zam(s, doc, "DMP", ok=False)
             return doc.status
         doc.context = {**doc.context, "metadata": asdict(metadata)}
@@ -436,7 +414,7 @@ def _identical_already_delivered(s: Session, doc: Document) -> bool:
             Document.unique_id == doc.unique_id,
             Document.id != doc.id,
             Document.payload_sha256 == doc.payload_sha256,
-            Document.status.in_(("sent", "acknowledged")),
+            Document.status.in_((DocumentStatus.SENT, DocumentStatus.ACKNOWLEDGED)),
         )
     )
     return other is not None
@@ -458,11 +436,11 @@ def _ipp_authority(patient: Patient) -> str | None:
 
 
 _STATUS_OF_DELIVERY = {
-    "delivered": "sent",
-    "sending": "sending",
-    "waiting": "sending",
-    "failed": "error",
-    "dead": "error",
+    "delivered": DocumentStatus.SENT,
+    "sending": DocumentStatus.SENDING,
+    "waiting": DocumentStatus.SENDING,
+    "failed": DocumentStatus.ERROR,
+    "dead": DocumentStatus.ERROR,
 }
 
 
@@ -471,18 +449,16 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
     if doc.kind != "deletion":
         # A mail cannot be taken back: deletions concern the DMP only. MSSanté destinations do not wait for the DMP
         # and an opposition to the DMP feed does not stop them (independent exchanges, regles-gestion-mssante.md).
-        from opensegur.flows.mss_outbound import plan_mss_deliveries  # it builds on this module
-
         planned = plan_mss_deliveries(s, doc, update_status=not to_dmp)
         patient = s.get(Patient, doc.patient_id) if doc.patient_id else None
         if to_dmp and patient is not None and _opposed(patient):
-            set_status(doc, "opposition", "Le patient s'est opposé à l'alimentation de son DMP")
+            set_status(doc, DocumentStatus.OPPOSITION, "Le patient s'est opposé à l'alimentation de son DMP")
             _enqueue_zam(s, doc, "DMP", ok=False)
             return doc.status
         if planned and not to_dmp:
             return doc.status
     if not to_dmp:
-        set_status(doc, "validated", "Document non destiné au DMP")
+        set_status(doc, DocumentStatus.VALIDATED, "Document non destiné au DMP")
         return doc.status
     action = {"initial": "register", "replacement": "replace", "deletion": "delete"}[doc.kind]
     key = f"{doc.unique_id}:DMP:{action}"
@@ -490,8 +466,11 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
     if delivery is not None and delivery.status not in ("pending", "held"):
         # This job ran again (its lease expired after a crash, or a release re-queued it) while the delivery was
         # already on its way: the delivery tells where the document stands, never an earlier step.
-        if not (delivery.status == "delivered" and doc.status in ("sent", "acknowledged")):
-            set_status(doc, _STATUS_OF_DELIVERY.get(delivery.status, doc.status))
+        if not (
+            delivery.status == "delivered"
+            and doc.status in (DocumentStatus.SENT, DocumentStatus.ACKNOWLEDGED)
+        ):
+            set_status(doc, _STATUS_OF_DELIVERY.get(delivery.status, DocumentStatus(doc.status)))
         return doc.status
     if delivery is None:
         delivery = Delivery(
@@ -503,7 +482,7 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
         )
         s.add(delivery)
         s.flush()
-    set_status(doc, "held" if doc.held else "validated")
+    set_status(doc, DocumentStatus.HELD if doc.held else DocumentStatus.VALIDATED)
     if not doc.held:
         jobs.enqueue(
             s,
@@ -522,13 +501,13 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
 def hold(db: Database, document_id: int, actor: str) -> None:
     with db.session() as s:
         doc = s.get_one(Document, document_id)
-        if doc.status in ("sent", "acknowledged"):
+        if doc.status in (DocumentStatus.SENT, DocumentStatus.ACKNOWLEDGED):
             raise ValueError("Document déjà envoyé : il ne peut plus être retenu")
         doc.held = True
         for d in doc.deliveries:
             if d.status in ("pending", "failed", "waiting"):
                 d.status = "held"
-        set_status(doc, "held", f"Retenu par {actor}")
+        set_status(doc, DocumentStatus.HELD, f"Retenu par {actor}")
 
 
 def _requeue_delivery(s: Session, doc: Document, d: Delivery) -> None:
@@ -564,9 +543,9 @@ def release(db: Database, document_id: int, actor: str) -> None:
             d.status = "pending"
             _requeue_delivery(s, doc, d)
         if pending:
-            set_status(doc, "validated", f"Libéré par {actor}")
+            set_status(doc, DocumentStatus.VALIDATED, f"Libéré par {actor}")
         else:
-            set_status(doc, "received", f"Libéré par {actor}")
+            set_status(doc, DocumentStatus.RECEIVED, f"Libéré par {actor}")
             _requeue_processing(s, doc)
 
 
@@ -581,7 +560,7 @@ def retry(db: Database, document_id: int, actor: str) -> int:
                 _requeue_delivery(s, doc, d)
                 n += 1
         if n:
-            set_status(doc, "validated", f"Nouvel essai demandé par {actor}")
+            set_status(doc, DocumentStatus.VALIDATED, f"Nouvel essai demandé par {actor}")
         return n
 
 
@@ -660,11 +639,13 @@ async def deliver(
             elif waits:
                 # Never overtake the document this one refers to; its delivery wakes this one up.
                 d.status = "waiting"
-                set_status(doc, "validated", "En attente de l'envoi au DMP du document d'origine")
+                set_status(
+                    doc, DocumentStatus.VALIDATED, "En attente de l'envoi au DMP du document d'origine"
+                )
             else:
                 d.status = "sending"
                 d.submitted_at = utcnow()
-                set_status(doc, "sending")
+                set_status(doc, DocumentStatus.SENDING)
             s.flush()  # before expunging: the status marks above must reach the commit
             s.expunge_all()
             return d, doc, structure_info(s, doc.structure_id), data, parent, parent_entry_uuid
@@ -742,7 +723,7 @@ def _delivered(
         d.last_error = None
         _record(s, d, exchanges, outcome)
         doc = d.document
-        set_status(doc, "sent")
+        set_status(doc, DocumentStatus.SENT)
         _enqueue_zam(s, doc, d.destination, ok=True)
         if d.action in ("register", "replace"):
             _wake_waiting(s, d, doc)
@@ -786,7 +767,7 @@ def _failed(
         d.error_code, d.last_error = code, message
         _record(s, d, exchanges, "retry" if retryable else "rejected", f"{code}: {message}")
         doc = d.document
-        set_status(doc, "error", f"{code} : {message}")
+        set_status(doc, DocumentStatus.ERROR, f"{code} : {message}")
         if not retryable:
             _enqueue_zam(s, doc, d.destination, ok=False)
 
@@ -847,8 +828,8 @@ async def send_zam(db: Database, zam: ZamPort, document_id: int, destination: st
     def _ack() -> None:
         with db.session() as s:
             doc = s.get_one(Document, document_id)
-            if ok and doc.status == "sent":
-                set_status(doc, "acknowledged")
+            if ok and doc.status == DocumentStatus.SENT:
+                set_status(doc, DocumentStatus.ACKNOWLEDGED)
 
     await asyncio.to_thread(_ack)
 

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from opensegur.content.cda import CdaError, parse_cda
 from opensegur.documents.metadata import DocumentMetadata, cx_of_type, metadata_from_dict
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
-from opensegur.flows.dmp_feed import DmpPort, DmpRequest, document_with_content, patient_cx_of, structure_info
+from opensegur.flows.dmp_feed import DmpPort, DmpRequest, patient_cx_of, structure_info
 from opensegur.flows.drimbox_ports import PacsPort, PacsQueryError, PacsUnavailable
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.worker import Handler, PermanentError, RetryableError
@@ -37,6 +37,7 @@ from opensegur.imaging.study import Study, StudyError, study_from_matches
 from opensegur.imaging.xdsi import ExamMismatch, check_exam, kos_metadata
 from opensegur.store import jobs
 from opensegur.store.db import Database
+from opensegur.store.documents import document_with_content
 from opensegur.store.models import Delivery, Document, ImagingManifest, ImagingRejection, Job, Payload, utcnow
 
 __all__ = [

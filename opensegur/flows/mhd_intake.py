@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from opensegur.content.cda import CdaError, CdaHeader, Identifier, parse_cda
 from opensegur.content.jdv import JDV_TYPE_CODE, load_value_set
-from opensegur.flows.dmp_feed import CDA_MAX_BYTES, STATUS_LABELS, document_with_content
+from opensegur.documents.lifecycle import STATUS_LABELS, DocumentStatus
+from opensegur.flows.dmp_feed import CDA_MAX_BYTES
 from opensegur.flows.identity_feed import resolve_site
 from opensegur.flows.rest_intake import (
     RestIntakeError,
@@ -26,6 +27,7 @@ from opensegur.flows.rest_intake import (
     parse_metadata,
     record_document,
 )
+from opensegur.store.documents import document_with_content
 from opensegur.store.models import AuditEvent, Document, Patient, PatientIdentifier, Structure
 from opensegur.transactions.mhd import FhirError, ProvideBundle, SubmittedDocument, build_document_reference
 
@@ -424,12 +426,12 @@ def read_document_reference(s: Session, document_id: int, actor: str) -> dict[st
             Document.structure_id == doc.structure_id,
             Document.parent_unique_id == doc.unique_id,
             Document.kind == "replacement",
-            Document.status != "rejected",
+            Document.status != DocumentStatus.REJECTED,
         )
     )
     status: Literal["current", "superseded", "entered-in-error"] = (
         "entered-in-error"
-        if deleted is not None or doc.status == "rejected"
+        if deleted is not None or doc.status == DocumentStatus.REJECTED
         else "superseded"
         if newer is not None
         else "current"

@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 from opensegur.content.cda import CdaHeader, parse_cda
 from opensegur.content.crbio import LOINC_OID, extract_results, parse_ts
 from opensegur.content.jdv import VISIBILITY_CODES
+from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.flows.dmp_feed import document_flags
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.mssante_ports import (
@@ -907,8 +908,9 @@ async def send_to_dpi(ctx: MssInboundContext, document_id: int, attempt: int) ->
     def _final() -> None:
         with ctx.db.session() as s:
             doc = s.get_one(Document, document_id)
-            doc.status = "acknowledged" if ack.accepted else "rejected"
-            doc.status_reason = ack.reason_fr
+            set_status(
+                doc, DocumentStatus.ACKNOWLEDGED if ack.accepted else DocumentStatus.REJECTED, ack.reason_fr
+            )
             doc.context = {
                 **doc.context,
                 "dpi_control_id": control_id,

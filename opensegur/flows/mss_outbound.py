@@ -45,8 +45,8 @@ from sqlalchemy.orm import Session
 
 from opensegur import __version__
 from opensegur.content.xds_metadata import MetadataError, submission_set_metadata
+from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
-from opensegur.flows.dmp_feed import document_with_content, set_status
 from opensegur.flows.identity_feed import find_by_identifier, read_ins, resolve_site
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.mssante_ports import DpiSender, MailSender, MailSendResult, MailUnavailableError
@@ -54,6 +54,7 @@ from opensegur.flows.worker import PermanentError, RetryableError
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.store import jobs
 from opensegur.store.db import Database
+from opensegur.store.documents import document_with_content
 from opensegur.store.models import (
     AuditEvent,
     Delivery,
@@ -113,6 +114,8 @@ __all__ = [
     "send_mss_zam",
 ]
 
+# A document not yet validated (or refused) has nothing to send.
+_NOT_READY = (DocumentStatus.RECEIVED, DocumentStatus.REJECTED, DocumentStatus.WAITING_IDENTITY)
 DEST_PS = "MSSANTE_PS"
 DEST_PATIENT = "MSSANTE_PAT"
 _DEST_FLAGS = ((DEST_PS, "dest_mssante_ps"), (DEST_PATIENT, "dest_mssante_pat"))
@@ -271,7 +274,7 @@ def plan_mss_deliveries(s: Session, doc: Document, *, update_status: bool) -> bo
         if not doc.held:
             _enqueue_send(s, doc, d)
     if update_status and not progressed:
-        set_status(doc, "held" if doc.held else "validated")
+        set_status(doc, DocumentStatus.HELD if doc.held else DocumentStatus.VALIDATED)
     return True
 
 
@@ -299,7 +302,7 @@ def request_document_send(
         raise MssOutboundError("NOT_FOUND", "Document inconnu")
     if doc.kind == "deletion":
         raise MssOutboundError("NOT_SENDABLE", "Une demande de suppression ne s'envoie pas par messagerie")
-    if not doc.context.get("metadata") or doc.status in ("received", "rejected", "waiting_identity"):
+    if not doc.context.get("metadata") or doc.status in _NOT_READY:
         raise MssOutboundError(
             "NOT_VALIDATED", "Document non encore validé (ou rejeté) : il ne peut pas être envoyé"
         )
@@ -481,7 +484,7 @@ def _fail_delivery(
     mail.status, mail.reason = "failed", message
     doc = d.document
     if _document_only_for_mss(doc):
-        set_status(doc, "error", f"{code} : {message}")
+        set_status(doc, DocumentStatus.ERROR, f"{code} : {message}")
     addresses = mail.recipients or ([zam_address] if zam_address else [])
     for address in addresses:
         _set_recipient(mail, address, status="failed", code=code)
@@ -642,7 +645,7 @@ def _prepare_document_mail(db: Database, cfg: MssOutboundConfig, delivery_id: in
             d.status, d.error_code, d.last_error = "dead", UNCERTAIN, UNCERTAIN_TEXT
             _record_exchange(s, d, mail, "uncertain", UNCERTAIN_TEXT)
             if _document_only_for_mss(doc):
-                set_status(doc, "error", UNCERTAIN_TEXT)
+                set_status(doc, DocumentStatus.ERROR, UNCERTAIN_TEXT)
             return {"skipped": "uncertain", "mail_id": mail.id}
         if mail.status in _DONE and d.status != "pending":
             return {"skipped": f"mail {mail.status}"}
@@ -665,7 +668,7 @@ def _prepare_document_mail(db: Database, cfg: MssOutboundConfig, delivery_id: in
         mail.status, mail.reason = "sending", None
         d.status, d.submitted_at = "sending", utcnow()
         if _document_only_for_mss(doc):
-            set_status(doc, "sending")
+            set_status(doc, DocumentStatus.SENDING)
         return _Ready(mail.id, raw, envelope)
 
 
@@ -701,7 +704,7 @@ def _unavailable(db: Database, mail_id: int, message: str) -> None:
             d.status, d.error_code, d.last_error = "failed", "MSS_UNAVAILABLE", message
             _record_exchange(s, d, mail, "retry", message)
             if _document_only_for_mss(d.document):
-                set_status(d.document, "error", f"MSS_UNAVAILABLE : {message}")
+                set_status(d.document, DocumentStatus.ERROR, f"MSS_UNAVAILABLE : {message}")
 
 
 def _after_send(db: Database, mail_id: int, result: MailSendResult) -> dict[str, Any]:
@@ -730,13 +733,13 @@ def _after_send(db: Database, mail_id: int, result: MailSendResult) -> dict[str,
             d.status, d.delivered_at, d.error_code, d.last_error = "delivered", now, None, summary
             _record_exchange(s, d, mail, "success", summary)
             if _document_only_for_mss(doc):
-                set_status(doc, "sent")
+                set_status(doc, DocumentStatus.SENT)
         else:
             first = next(iter(refused.values()), "Destinataires refusés")
             d.status, d.error_code, d.last_error = "dead", _smtp_code(first, "554"), summary or first
             _record_exchange(s, d, mail, "rejected", summary)
             if _document_only_for_mss(doc):
-                set_status(doc, "error", f"Courriel refusé : {summary}")
+                set_status(doc, DocumentStatus.ERROR, f"Courriel refusé : {summary}")
         _wake_waiting(s, d)
         return {"mail_id": mail.id, "accepted": len(accepted), "refused": len(refused)}
 
@@ -876,13 +879,13 @@ def record_report(s: Session, raw: bytes, mailbox: str) -> bool:
             d.status, d.error_code = "dead", str(code)
             d.last_error = "Courriel non distribué ou non intégré par le destinataire"
             if _document_only_for_mss(d.document):
-                set_status(d.document, "error", d.last_error)
+                set_status(d.document, DocumentStatus.ERROR, d.last_error)
         elif d.status in ("dead", "sending") and d.error_code == UNCERTAIN:
             # The report proves the interrupted send did go out.
             d.status, d.error_code, d.last_error, d.delivered_at = "delivered", None, None, at
         only_mss = _document_only_for_mss(d.document)
         if only_mss and mail.status in ("delivered", "read") and d.document.status == "sent":
-            set_status(d.document, "acknowledged")
+            set_status(d.document, DocumentStatus.ACKNOWLEDGED)
     log.info("MSSanté report applied to mail %s: now %s", mail.id, mail.status)
     return True
 

@@ -36,6 +36,7 @@ from opensegur.content.jdv import (
     content_type_code_for_patient_class,
     load_value_set,
 )
+from opensegur.documents.lifecycle import DocumentStatus
 from opensegur.flows.dmp_feed import document_flags
 from opensegur.flows.identity_feed import resolve_site
 from opensegur.flows.jobs import JobKind
@@ -426,7 +427,7 @@ def _parent(s: Session, site: Structure, patient: Patient, replaces: str) -> tup
             "Le document à remplacer concerne un autre patient",
             "replaces",
         )
-    if parent.status == "rejected":
+    if parent.status == DocumentStatus.REJECTED:
         raise RestIntakeError(
             "conflict",
             "REPLACED_REJECTED",
@@ -438,7 +439,7 @@ def _parent(s: Session, site: Structure, patient: Patient, replaces: str) -> tup
             Document.structure_id == site.id,
             Document.parent_unique_id == replaces,
             Document.kind == "replacement",
-            Document.status != "rejected",
+            Document.status != DocumentStatus.REJECTED,
         )
     )
     if newer is not None:
@@ -589,7 +590,7 @@ def record_document(
         payload_sha256=store_payload(s, cda),
         mime_type="text/xml",
         size=len(cda),
-        status="received",
+        status=DocumentStatus.RECEIVED,
         held=False,
         findings=[],
         # Same keys as the HL7 path so that the flow reads every source alike; only the DMP is a destination here.

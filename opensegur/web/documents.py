@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
+from opensegur.documents.lifecycle import STATUS_LABELS, DocumentStatus
 from opensegur.documents.metadata import XdsAuthor, xon_name
-from opensegur.flows.dmp_feed import STATUS_LABELS
 from opensegur.security import audit
 from opensegur.security.actor import Actor
 from opensegur.store.models import Document, Exchange, Patient, Structure
@@ -55,7 +55,12 @@ STEPS = [
 _STEP_INDEX = {key: i for i, (key, _label) in enumerate(STEPS)}
 # Multipart boundaries, part headers and the metadata JSON on top of the PDF itself.
 ENVELOPE_ALLOWANCE = 256 * 1024
-HOLDABLE = ("received", "validated", "waiting_identity", "error")
+HOLDABLE = (
+    DocumentStatus.RECEIVED,
+    DocumentStatus.VALIDATED,
+    DocumentStatus.WAITING_IDENTITY,
+    DocumentStatus.ERROR,
+)
 _PARIS = ZoneInfo("Europe/Paris")
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from opensegur.content.cda import CdaHeader, parse_cda
 from opensegur.content.crbio import ABNORMAL_INTERPRETATIONS
-from opensegur.flows.dmp_feed import STATUS_LABELS
+from opensegur.documents.lifecycle import STATUS_LABELS
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.identity.traits import normalise_name
 from opensegur.store.models import Document, LabResult, Mail, Patient, Payload

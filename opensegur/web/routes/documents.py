@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from opensegur.documents.lifecycle import STATUS_LABELS
 from opensegur.flows import dmp_feed
-from opensegur.flows.dmp_feed import STATUS_LABELS
 from opensegur.flows.rest_intake import (
     DEFAULT_MAX_PDF_BYTES,
     RestIntakeError,
