@@ -43,6 +43,7 @@ from opensegur.connectors.pacs_wado import PacsWado
 from opensegur.connectors.psc_introspection import TokenIntrospector
 from opensegur.content.validation import CdaValidator
 from opensegur.documents.metadata import Coded
+from opensegur.errors import RetryLater
 from opensegur.flows import mss_inbound, mss_outbound
 from opensegur.flows.dmp_consult import DmpConsultPort
 from opensegur.flows.dmp_feed import (
@@ -65,7 +66,7 @@ from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.qualification import InsiUnavailableError, make_insi_job_handler
 from opensegur.flows.senders import SenderAllowlist
-from opensegur.flows.worker import Handler, RetryableError, WorkerPool
+from opensegur.flows.worker import Handler, WorkerPool
 from opensegur.hospital.apply import ApplyResult, load_and_apply
 from opensegur.hospital.loader import ConfigInvalid, ConfigProblem, load_directory
 from opensegur.hospital.model import HospitalConfig
@@ -296,7 +297,7 @@ class _NoDpi:
     """DpiSender when no DPI listener is configured: documents received by mail wait, visible, until one is."""
 
     async def send(self, message: bytes) -> bytes:
-        raise RetryableError("Aucun DPI configuré pour recevoir les documents MSSanté (dpi_mdm_endpoint)")
+        raise RetryLater("Aucun DPI configuré pour recevoir les documents MSSanté (dpi_mdm_endpoint)")
 
 
 class Platform:

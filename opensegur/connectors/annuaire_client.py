@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from opensegur.errors import OpenSegurError, RetryLater
 from opensegur.identity.directory import (
     EXT_EMAIL_TYPE,
     EXT_MAILBOX_METADATA,
@@ -53,7 +54,7 @@ _MAX_PAGES = 10
 _MIN_MAILBOX_QUERY = 3
 
 
-class AnnuaireError(Exception):
+class AnnuaireError(OpenSegurError):
     """The directory refused the request or answered something unusable. ``message`` is French, for users."""
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
@@ -62,7 +63,7 @@ class AnnuaireError(Exception):
         self.status_code = status_code
 
 
-class AnnuaireUnavailable(AnnuaireError):
+class AnnuaireUnavailable(AnnuaireError, RetryLater):
     """The directory could not be reached, timed out or failed on its side: the same call may succeed later."""
 
 

@@ -6,7 +6,7 @@ The ACK is returned whatever its code (AA/AE/AR): reading MSA and ERR belongs to
 
 from __future__ import annotations
 
-from opensegur.flows.worker import RetryableError
+from opensegur.errors import RetryLater
 from opensegur.transport.mllp import DEFAULT_MAX_BYTES, MllpFramingError, send_message
 
 __all__ = ["MllpDpiSender"]
@@ -27,4 +27,4 @@ class MllpDpiSender:
                 self.host, self.port, message, timeout=self.timeout, max_bytes=self.max_ack_bytes
             )
         except (OSError, TimeoutError, MllpFramingError) as exc:
-            raise RetryableError(f"DPI injoignable ({self.host}:{self.port}) : {exc!r}") from exc
+            raise RetryLater(f"DPI injoignable ({self.host}:{self.port}) : {exc!r}") from exc

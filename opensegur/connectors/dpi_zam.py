@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from opensegur.flows.worker import RetryableError
+from opensegur.errors import RetryLater
 from opensegur.transactions.zam import ZamError, ZamKind, ZamStatus, build_zam, original_header
 from opensegur.transport.mllp import MllpFramingError, send_message
 
@@ -82,6 +82,6 @@ class MllpZamSender:
         try:
             ack = await send_message(host, int(port), payload, timeout=self.timeout)
         except (OSError, TimeoutError, MllpFramingError) as exc:
-            raise RetryableError(f"DPI injoignable pour l'accusé métier : {exc}") from exc
+            raise RetryLater(f"DPI injoignable pour l'accusé métier : {exc}") from exc
         if b"MSA|AA" not in ack and b"MSA|CA" not in ack:
-            raise RetryableError("Le DPI n'a pas accepté l'accusé métier")
+            raise RetryLater("Le DPI n'a pas accepté l'accusé métier")

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import httpx
 
+from opensegur.errors import RetryLater
 from opensegur.transactions.insi import (
     ACTION_TRAITS,
     ACTION_VITALE,
@@ -26,7 +27,7 @@ from opensegur.transport.soap import SoapFaultError, SoapFormatError, SoapTransp
 __all__ = ["InsiClient", "InsiError", "InsiUnavailable", "traits_attempts"]
 
 
-class InsiUnavailable(Exception):
+class InsiUnavailable(RetryLater):
     """INSi could not be reached or did not answer in time; the same call may succeed later."""
 
     def __init__(self, message: str, *, retryable: bool = True, status_code: int | None = None) -> None:

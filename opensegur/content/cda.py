@@ -14,6 +14,7 @@ from typing import Literal
 from lxml import etree
 
 from opensegur.documents.metadata import Coded
+from opensegur.errors import OpenSegurError
 from opensegur.identity.ins import is_ins_oid
 
 __all__ = [
@@ -43,7 +44,7 @@ DEFAULT_MAX_ELEMENTS = 50_000
 _DOCTYPE_RE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
-class CdaError(ValueError):
+class CdaError(OpenSegurError, ValueError):
     """The payload is not a usable CDA R2 document. ``message_fr`` can be shown as-is to hospital staff."""
 
     def __init__(self, code: str, message_fr: str, xpath: str | None = None) -> None:

@@ -36,6 +36,7 @@ from lxml import etree
 
 from opensegur.content.cda import CDA_NS, CdaError, parse_untrusted
 from opensegur.content.jdv import CISIS_DIR
+from opensegur.errors import OpenSegurError
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins, is_ins_oid
 
@@ -86,7 +87,7 @@ class Finding:
     location: str | None = None
 
 
-class ValidationSetupError(RuntimeError):
+class ValidationSetupError(OpenSegurError, RuntimeError):
     """The vendored conformance kit or the Saxon runtime is unusable (a deployment problem, not a document one)."""
 
 

@@ -26,6 +26,7 @@ from opensegur.content.jdv import (
     load_value_set,
 )
 from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata, XdsAuthor
+from opensegur.errors import OpenSegurError
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins
 from opensegur.identity.professionals import OID_IDNAT_PS, OID_IDNAT_STRUCT
@@ -50,7 +51,7 @@ ENCOUNTER_ID_TYPE = "urn:ihe:iti:xds:2015:encounterId"
 _OID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 
 
-class MetadataError(ValueError):
+class MetadataError(OpenSegurError, ValueError):
     def __init__(self, code: str, message_fr: str, field: str | None = None) -> None:
         super().__init__(message_fr)
         self.code = code

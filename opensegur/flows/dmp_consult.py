@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from opensegur.documents.metadata import Coded, DocumentMetadata, xcn_id, xon_id
+from opensegur.errors import OpenSegurError
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.transactions.td02 import Td02Response
 from opensegur.transactions.xds import Association, RetrievedDocument
@@ -79,7 +80,7 @@ ACCESS_ACTIONS = {
 }
 
 
-class ConsultationRefused(Exception):
+class ConsultationRefused(OpenSegurError):
     """No DMP call may be made: the French reason, shown as is."""
 
     def __init__(self, reason: str) -> None:

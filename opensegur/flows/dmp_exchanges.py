@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opensegur.errors import OpenSegurError, RetryLater
+
 __all__ = ["DmpRejectedError", "DmpUnavailableError", "ExchangeRecord"]
 
 
@@ -21,7 +23,7 @@ class ExchangeRecord:
     duration_ms: int
 
 
-class DmpUnavailableError(Exception):
+class DmpUnavailableError(RetryLater):
     """Timeout, connection refused, HTTP 5xx without a registry answer: retry later."""
 
     def __init__(self, message: str, exchanges: list[ExchangeRecord] | None = None) -> None:
@@ -29,7 +31,7 @@ class DmpUnavailableError(Exception):
         self.exchanges = exchanges or []
 
 
-class DmpRejectedError(Exception):
+class DmpRejectedError(OpenSegurError):
     """The DMP answered with XDS errors: a retry would get the same answer."""
 
     def __init__(self, code: str, message: str, exchanges: list[ExchangeRecord] | None = None) -> None:

@@ -28,12 +28,13 @@ from opensegur.content.validation import Source as FindingSource
 from opensegur.content.xds_metadata import MetadataError, document_metadata
 from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
+from opensegur.errors import RetryLater
 from opensegur.flows.dmp_consult import patient_cx
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError, ExchangeRecord
 from opensegur.flows.identity_feed import find_or_create_from_pid, resolve_site
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.mss_outbound import plan_mss_deliveries
-from opensegur.flows.worker import PermanentError, RetryableError
+from opensegur.flows.worker import PermanentError
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.store import jobs
 from opensegur.store.db import Database
@@ -697,7 +698,7 @@ async def deliver(
             )
     except DmpUnavailableError as exc:
         await asyncio.to_thread(_failed, db, delivery_id, "DMP_UNAVAILABLE", str(exc), exc.exchanges, True)
-        raise RetryableError(str(exc)) from exc
+        raise RetryLater(str(exc)) from exc
     except DmpRejectedError as exc:
         await asyncio.to_thread(_failed, db, delivery_id, exc.code, exc.message, exc.exchanges, False)
         raise PermanentError(str(exc)) from exc

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from opensegur.errors import RetryLater
 from opensegur.flows.dmp_consult import (
     ConsultationRefused,
     Consulter,
@@ -38,7 +39,7 @@ from opensegur.flows.dmp_listing import ORIGIN_ADMISSION, KeptList, save_list
 from opensegur.flows.dmp_search import open_dmp
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.stays import ADMISSIONS
-from opensegur.flows.worker import Handler, RetryableError
+from opensegur.flows.worker import Handler
 from opensegur.security import access, audit
 from opensegur.security.accounts import actor_for_account
 from opensegur.security.matrix import Action, Matrix
@@ -141,7 +142,7 @@ def make_prefetch_handler(
         except ConsultationRefused as exc:
             return {"skipped": exc.reason}
         except DmpUnavailableError as exc:
-            raise RetryableError(f"DMP injoignable : {exc}") from exc
+            raise RetryLater(f"DMP injoignable : {exc}") from exc
         except DmpRejectedError as exc:  # the doctor's own opening will show the DMP's answer
             return {"skipped": f"refus du DMP ({exc.code})"}
         if view.to_keep is None:

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from opensegur.content import jdv
 from opensegur.documents.metadata import DocumentMetadata
+from opensegur.errors import OpenSegurError
 from opensegur.flows.dmp_author_actions import AUTHOR_ACTIONS, offered_actions
 from opensegur.flows.dmp_consult import EMERGENCY_MODES, Consulter, DmpConsultPort, is_author
 from opensegur.flows.dmp_listing import ORIGIN_CONSULTATION, KeptList, Refreshed, refresh
@@ -165,7 +166,7 @@ async def open_dmp(
     return view
 
 
-class AlteredDocument(Exception):
+class AlteredDocument(OpenSegurError):
     """What ITI-43 returned is not what the registry lists: shown to nobody, named to the professional."""
 
 

@@ -20,6 +20,7 @@ from typing import IO
 
 from sqlalchemy import func, select
 
+from opensegur.errors import OpenSegurError
 from opensegur.store.db import Database
 from opensegur.store.models import ImagingFetch, utcnow
 
@@ -60,11 +61,11 @@ class FetchEvent(StrEnum):
     FAIL = "fail"  # refused, or out of attempts; also a retrieval the process stopped in the middle of
 
 
-class InvalidFetchTransition(Exception):
+class InvalidFetchTransition(OpenSegurError):
     pass
 
 
-class OtherPatient(Exception):
+class OtherPatient(OpenSegurError):
     """The exam is in the cache under another patient of this site: never shown under this one."""
 
 

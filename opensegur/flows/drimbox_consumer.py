@@ -32,6 +32,7 @@ from pydicom.errors import InvalidDicomError
 
 from opensegur.content.jdv import load_value_set
 from opensegur.documents.metadata import Coded, DocumentMetadata, cx_of_type, xon_name
+from opensegur.errors import OpenSegurError
 from opensegur.flows.dmp_consult import Consulter, DmpConsultPort
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
 from opensegur.flows.drimbox_cache import FetchView, ImageCache, OtherPatient
@@ -58,7 +59,7 @@ ATTEMPTS = 3
 PROGRESS_EVERY_S = 0.5
 
 
-class FetchRefused(Exception):
+class FetchRefused(OpenSegurError):
     """The exam cannot be retrieved as asked: the French reason, shown to the professional."""
 
 

@@ -13,10 +13,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from opensegur.errors import RetryLater
 from opensegur.flows.drimbox_cache import FetchView, ImageCache
 from opensegur.flows.drimbox_ports import PacsQueryError, PacsStorePort, PacsUnavailable
 from opensegur.flows.jobs import JobKind
-from opensegur.flows.worker import Handler, PermanentError, RetryableError
+from opensegur.flows.worker import Handler, PermanentError
 from opensegur.store import jobs
 from opensegur.store.models import Job
 
@@ -43,7 +44,7 @@ def make_import_handler(cache: ImageCache, pacs: PacsStorePort) -> Handler:
         try:
             stored = await asyncio.to_thread(pacs.store, files)
         except PacsUnavailable as exc:
-            raise RetryableError(str(exc)) from exc
+            raise RetryLater(str(exc)) from exc
         except PacsQueryError as exc:
             raise PermanentError(str(exc)) from exc
         return {"instances": stored}

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from pydicom.dataset import Dataset
 
+from opensegur.errors import OpenSegurError, RetryLater
 from opensegur.imaging.wado import Part
 
 __all__ = [
@@ -28,11 +29,11 @@ __all__ = [
 ]
 
 
-class PacsError(Exception):
+class PacsError(OpenSegurError):
     """The PACS refused or failed the request: the French reason, for the operator."""
 
 
-class PacsUnavailable(PacsError):
+class PacsUnavailable(PacsError, RetryLater):
     """No association: the PACS is down, unreachable or refuses this AE title. Retry later."""
 
 
@@ -84,7 +85,7 @@ class PacsWadoPort(Protocol):
     ) -> OpenedWadoSeries | None: ...
 
 
-class IntrospectionUnavailable(Exception):
+class IntrospectionUnavailable(RetryLater):
     """PSC did not answer, or answered something unusable: the caller cannot be checked now (HTTP 503)."""
 
 
@@ -94,11 +95,11 @@ class IntrospectionPort(Protocol):
         ...
 
 
-class RemoteUnavailable(Exception):
+class RemoteUnavailable(RetryLater):
     """The other DRIMbox did not answer, failed, or stopped mid-transfer: retry later."""
 
 
-class RemoteRefused(Exception):
+class RemoteRefused(OpenSegurError):
     """The other DRIMbox refused the request (token, manifest, series): asking again will not help."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from opensegur.errors import OpenSegurError
 from opensegur.flows.drimbox_ports import IntrospectionPort, PacsPort, PacsWadoPort
 from opensegur.security.drimbox_directory import DirectoryError, DrimboxDirectory
 from opensegur.store.models import Document, ImagingManifest
@@ -24,7 +25,7 @@ from opensegur.store.models import Document, ImagingManifest
 __all__ = ["CallerRefused", "DrimboxServing", "ServedSeries", "covering_manifest", "listed_caller"]
 
 
-class CallerRefused(Exception):
+class CallerRefused(OpenSegurError):
     """The calling DRIMbox is not one of the list: the French reason."""
 
 

@@ -26,11 +26,12 @@ from sqlalchemy.orm import Session
 
 from opensegur.content.cda import CdaError, parse_cda
 from opensegur.documents.metadata import DocumentMetadata, cx_of_type, metadata_from_dict
+from opensegur.errors import RetryLater
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
 from opensegur.flows.dmp_feed import DmpPort, DmpRequest, patient_cx_of, structure_info
 from opensegur.flows.drimbox_ports import PacsPort, PacsQueryError, PacsUnavailable
 from opensegur.flows.jobs import JobKind
-from opensegur.flows.worker import Handler, PermanentError, RetryableError
+from opensegur.flows.worker import Handler, PermanentError
 from opensegur.imaging.kos import KosIds, build_kos, kos_bytes
 from opensegur.imaging.report import IMAGING_REPORT_CODE, ImagingReportError, imaging_facts
 from opensegur.imaging.study import Study, StudyError, study_from_matches
@@ -164,7 +165,7 @@ async def publish(
     try:
         matches = await asyncio.to_thread(source.pacs.find_instances, facts.study_instance_uid)
     except (PacsUnavailable, PacsQueryError) as exc:  # a PACS busy or restarting answers later
-        raise RetryableError(str(exc)) from exc
+        raise RetryLater(str(exc)) from exc
     rejected = await asyncio.to_thread(_rejected, source.db, facts.study_instance_uid)
     kept = [m for m in matches if str(m.get("SOPInstanceUID", "")) not in rejected]
     if matches and not kept:
@@ -172,7 +173,7 @@ async def publish(
         return {"rejected": len(rejected), **(await withdraw(source, document_id))}
     matches = kept
     if not matches:
-        raise RetryableError(f"Le PACS n'a pas encore d'image de l'examen {facts.study_instance_uid}")
+        raise RetryLater(f"Le PACS n'a pas encore d'image de l'examen {facts.study_instance_uid}")
     try:
         study = study_from_matches(matches)
         check_exam(facts, study, _ipp(report.entry))
@@ -200,7 +201,7 @@ async def publish(
         request = DmpRequest(report.structure, entry, kos, report.stay_class, previous if replaces else None)
         outcome = await source.dmp.register(request, replaces)
     except DmpUnavailableError as exc:
-        raise RetryableError(str(exc)) from exc
+        raise RetryLater(str(exc)) from exc
     except DmpRejectedError as exc:
         raise PermanentError(f"Le DMP a refusé le manifeste ({exc.code}) : {exc.message}") from exc
     await asyncio.to_thread(_record, source.db, report, ids, study, outcome.entry_uuid)
@@ -264,7 +265,7 @@ async def withdraw(source: DrimboxSource, document_id: int) -> dict[str, Any]:
             if target is not None:
                 await source.dmp.delete(structure, target)
         except DmpUnavailableError as exc:
-            raise RetryableError(str(exc)) from exc
+            raise RetryLater(str(exc)) from exc
         except DmpRejectedError as exc:
             raise PermanentError(
                 f"Le DMP a refusé le retrait du manifeste ({exc.code}) : {exc.message}"

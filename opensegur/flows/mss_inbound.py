@@ -47,6 +47,7 @@ from opensegur.content.cda import CdaHeader, parse_cda
 from opensegur.content.crbio import LOINC_OID, extract_results, parse_ts
 from opensegur.content.jdv import VISIBILITY_CODES
 from opensegur.documents.lifecycle import DocumentStatus, set_status
+from opensegur.errors import OpenSegurError, RetryLater
 from opensegur.flows.dmp_feed import document_flags
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.mssante_ports import (
@@ -57,7 +58,7 @@ from opensegur.flows.mssante_ports import (
     MailSender,
     MailUnavailableError,
 )
-from opensegur.flows.worker import PermanentError, RetryableError
+from opensegur.flows.worker import PermanentError
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins
 from opensegur.identity.rniv import IdentityStatus
@@ -168,7 +169,7 @@ class MssInboundContext:
     forward_results_oru: bool = False
 
 
-class InboundError(ValueError):
+class InboundError(OpenSegurError, ValueError):
     """A triage action that cannot be done. ``message_fr`` is shown to the user."""
 
     def __init__(self, code: str, message_fr: str) -> None:
@@ -859,25 +860,25 @@ async def _dpi_answer(
     ctx: MssInboundContext, message: bytes, control_id: str, retry: Callable[[str, bytes | None], None]
 ) -> tuple[LpsAck, bytes]:
     """Send one message to the DPI and read its ACK. What cannot count as the answer to this message (DPI down,
-    unreadable, another message's ACK) is recorded through ``retry`` and raised as RetryableError."""
+    unreadable, another message's ACK) is recorded through ``retry`` and raised as RetryLater."""
     try:
         response = await ctx.dpi.send(message)
-    except RetryableError as exc:
+    except RetryLater as exc:
         await asyncio.to_thread(retry, f"DPI injoignable, nouvel essai prévu : {exc}", None)
         raise
     try:
         ack = parse_lps_ack(response)
     except Hl7Error as exc:
         await asyncio.to_thread(retry, f"Réponse du DPI illisible : {exc.message}", response)
-        raise RetryableError(f"unreadable DPI acknowledgement ({exc.code})") from exc
+        raise RetryLater(f"unreadable DPI acknowledgement ({exc.code})") from exc
     if ack.control_id != control_id:
         await asyncio.to_thread(retry, "Accusé du DPI pour un autre message", response)
-        raise RetryableError("DPI acknowledgement for another message")
+        raise RetryLater("DPI acknowledgement for another message")
     return ack, response
 
 
 async def send_to_dpi(ctx: MssInboundContext, document_id: int, attempt: int) -> dict[str, Any]:
-    """The ``mss.to_dpi`` job: one MDM, one ACK. RetryableError while the DPI is unreachable."""
+    """The ``mss.to_dpi`` job: one MDM, one ACK. RetryLater while the DPI is unreachable."""
     endpoint = f"{ctx.endpoint.receiving_application}@{ctx.endpoint.receiving_facility}"
     control_id = f"MSS{document_id}-{attempt}"
 
@@ -903,7 +904,7 @@ async def send_to_dpi(ctx: MssInboundContext, document_id: int, attempt: int) ->
     ack, response = await _dpi_answer(ctx, message, control_id, _retry)
     if ack.code == "AR" and attempt < ctx.ar_attempts:
         await asyncio.to_thread(_retry, f"{ack.reason_fr} : nouvel essai prévu", response)
-        raise RetryableError("DPI rejected the message for a circumstantial reason (AR)")
+        raise RetryLater("DPI rejected the message for a circumstantial reason (AR)")
 
     def _final() -> None:
         with ctx.db.session() as s:
@@ -988,7 +989,7 @@ def _results_reason(ack: LpsAck) -> str:
 async def send_results_to_dpi(ctx: MssInboundContext, document_id: int, attempt: int) -> dict[str, Any]:
     """The ``mss.results_to_dpi`` job: one ORU^R01 with the document's results, one ACK.
 
-    RetryableError while the DPI is unreachable or answers AR (``ar_attempts`` times); a final refusal shows on
+    RetryLater while the DPI is unreachable or answers AR (``ar_attempts`` times); a final refusal shows on
     the document (reason and finding) and is audited.
     """
     endpoint = f"{ctx.endpoint.receiving_application}@{ctx.endpoint.receiving_facility}"
@@ -1019,7 +1020,7 @@ async def send_results_to_dpi(ctx: MssInboundContext, document_id: int, attempt:
     reason = _results_reason(ack)
     if ack.code == "AR" and attempt < ctx.ar_attempts:
         await asyncio.to_thread(_retry, f"{reason} : nouvel essai prévu", response)
-        raise RetryableError("DPI rejected the results for a circumstantial reason (AR)")
+        raise RetryLater("DPI rejected the results for a circumstantial reason (AR)")
 
     def _final() -> None:
         with ctx.db.session() as s:
@@ -1132,7 +1133,7 @@ async def send_mdn(ctx: MssInboundContext, mail_id: int, code: str | None, manua
     try:
         result = await ctx.mail_sender.send(raw_mdn, envelope)
     except MailUnavailableError as exc:
-        raise RetryableError(f"MSSanté operator unavailable for the MDN: {exc}") from exc
+        raise RetryLater(f"MSSanté operator unavailable for the MDN: {exc}") from exc
 
     def _record() -> None:
         with ctx.db.session() as s:

@@ -47,10 +47,11 @@ from opensegur import __version__
 from opensegur.content.xds_metadata import MetadataError, submission_set_metadata
 from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
+from opensegur.errors import OpenSegurError, RetryLater
 from opensegur.flows.identity_feed import find_by_identifier, read_ins, resolve_site
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.mssante_ports import DpiSender, MailSender, MailSendResult, MailUnavailableError
-from opensegur.flows.worker import PermanentError, RetryableError
+from opensegur.flows.worker import PermanentError
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.store import jobs
 from opensegur.store.db import Database
@@ -141,7 +142,7 @@ class MssOutboundConfig:
     vendor: str = "Projet OpenSégur (logiciel libre)"
 
 
-class MssOutboundError(Exception):
+class MssOutboundError(OpenSegurError):
     """A request the flow refuses. ``code`` is stable for programs, ``message_fr`` is shown to the user."""
 
     def __init__(self, code: str, message_fr: str) -> None:
@@ -691,7 +692,7 @@ async def _send(db: Database, mailer: MailSender, ready: _Ready) -> dict[str, An
             raise MailUnavailableError(later)
     except MailUnavailableError as exc:
         await asyncio.to_thread(_unavailable, db, ready.mail_id, str(exc))
-        raise RetryableError(f"Opérateur MSSanté injoignable : {exc}") from exc
+        raise RetryLater(f"Opérateur MSSanté injoignable : {exc}") from exc
     return await asyncio.to_thread(_after_send, db, ready.mail_id, result)
 
 
@@ -938,9 +939,7 @@ async def send_mss_zam(
     ack = await dpi.send(payload)
     code = _ack_code(ack)
     if code not in ("AA", "CA"):
-        raise RetryableError(
-            f"Le DPI n'a pas accepté l'accusé métier MSSanté ({code or 'réponse illisible'})"
-        )
+        raise RetryLater(f"Le DPI n'a pas accepté l'accusé métier MSSanté ({code or 'réponse illisible'})")
     return {"zam": kind, "ok": ok}
 
 

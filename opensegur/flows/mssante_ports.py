@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from opensegur.errors import RetryLater
 from opensegur.transactions.mss_mail import SmtpEnvelope
 
 
-class MailUnavailableError(Exception):
+class MailUnavailableError(RetryLater):
     """The operator could not be reached, timed out or answered 4xx for every recipient: retry later."""
 
 
@@ -62,5 +63,5 @@ class IdleMailboxReader(MailboxReader, Protocol):
 
 class DpiSender(Protocol):
     async def send(self, message: bytes) -> bytes:
-        """Send one HL7 v2 message to the DPI over MLLP and return its ACK (raises RetryableError when down)."""
+        """Send one HL7 v2 message to the DPI over MLLP and return its ACK (raises RetryLater when down)."""
         ...

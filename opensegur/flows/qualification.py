@@ -14,10 +14,11 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from opensegur.errors import RetryLater
 from opensegur.flows.identity_feed import close_alerts, merge_into, raise_alert
 from opensegur.flows.identity_gate import release_waiting_documents
 from opensegur.flows.jobs import JobKind
-from opensegur.flows.worker import PermanentError, RetryableError
+from opensegur.flows.worker import PermanentError
 from opensegur.identity import rniv
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins
@@ -30,7 +31,7 @@ from opensegur.transactions.insi import InsiResult, InsiTraitsQuery
 log = logging.getLogger(__name__)
 
 
-class InsiUnavailableError(Exception):
+class InsiUnavailableError(RetryLater):
     """Raised by an InsiPort when the teleservice cannot be reached (timeouts, 5xx): worth retrying."""
 
 
@@ -295,5 +296,5 @@ async def search_insi_for_job(db: Database, insi: InsiPort, patient_id: int, act
     try:
         result = await insi.search_by_traits(query)
     except InsiUnavailableError as exc:
-        raise RetryableError(str(exc)) from exc
+        raise RetryLater(str(exc)) from exc
     return await asyncio.to_thread(record_result, db, patient_id, result, actor)

@@ -37,6 +37,7 @@ from opensegur.content.jdv import (
     load_value_set,
 )
 from opensegur.documents.lifecycle import DocumentStatus
+from opensegur.errors import OpenSegurError
 from opensegur.flows.dmp_feed import document_flags
 from opensegur.flows.identity_feed import resolve_site
 from opensegur.flows.jobs import JobKind
@@ -71,7 +72,7 @@ ARC_DOCUMENT = 1
 ARC_SET = 2
 
 
-class RestIntakeError(ValueError):
+class RestIntakeError(OpenSegurError, ValueError):
     """A refusal the caller can act on. ``kind`` drives the HTTP status at the edge; ``message`` is French."""
 
     def __init__(self, kind: str, code: str, message: str, field_name: str | None = None) -> None:

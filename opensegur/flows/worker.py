@@ -10,6 +10,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from opensegur.errors import OpenSegurError, RetryLater
 from opensegur.logsafe import failure
 from opensegur.store import jobs
 from opensegur.store.db import Database
@@ -18,11 +19,7 @@ from opensegur.store.models import Job
 log = logging.getLogger(__name__)
 
 
-class RetryableError(Exception):
-    """A failure worth retrying later (remote service down, timeout)."""
-
-
-class PermanentError(Exception):
+class PermanentError(OpenSegurError):
     """A failure that no retry will fix: the job goes straight to the dead letters."""
 
 
@@ -124,7 +121,7 @@ class WorkerPool:
             result = await handler(job)
         except PermanentError as exc:
             await asyncio.to_thread(self._fail, job, str(exc), False)
-        except RetryableError as exc:
+        except RetryLater as exc:
             await asyncio.to_thread(self._fail, job, str(exc), True)
         except Exception as exc:  # an unexpected bug: keep the job visible and retryable
             log.error("job %s (%s) crashed: %s", job.id, job.kind, failure(exc))

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from opensegur.errors import OpenSegurError
 from opensegur.hospital.checks import check_references
 from opensegur.hospital.locate import PathPart, locate
 from opensegur.hospital.model import CONFIG_FILES, ConfigFile, HospitalConfig
@@ -38,7 +39,7 @@ class ConfigProblem:
         )
 
 
-class ConfigInvalid(Exception):
+class ConfigInvalid(OpenSegurError):
     def __init__(self, problems: Sequence[ConfigProblem]) -> None:
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = list(problems)

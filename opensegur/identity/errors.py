@@ -6,8 +6,10 @@ One exception type with a stable machine ``code`` (for logs, APIs, HL7 ACK/ERR m
 
 from __future__ import annotations
 
+from opensegur.errors import OpenSegurError
 
-class IdentityError(ValueError):
+
+class IdentityError(OpenSegurError, ValueError):
     """An identity rule was violated.
 
     Subclassing ``ValueError`` keeps it catchable by generic input-validation code (pydantic validators,

@@ -15,6 +15,8 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.uid import UID
 
+from opensegur.errors import OpenSegurError
+
 __all__ = ["FrameError", "frame", "instance_metadata", "series_json", "study_json"]
 
 # A frame of a compressed transfer syntax is sent with its codec's media type (PS3.18 §8.7.3.3.2).
@@ -31,7 +33,7 @@ _MEDIA = {
 }
 
 
-class FrameError(Exception):
+class FrameError(OpenSegurError):
     """No such frame in the instance."""
 
 

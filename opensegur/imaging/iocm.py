@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from opensegur.errors import OpenSegurError
 from opensegur.imaging.kos import KOS_SOP_CLASS
 from opensegur.imaging.uids import required_uid
 
@@ -25,7 +26,7 @@ REJECTION_REASONS = {
 }
 
 
-class RejectionError(Exception):
+class RejectionError(OpenSegurError):
     """A Rejection Note that cannot be acted on: the French reason, answered to the PACS."""
 
 

@@ -17,13 +17,14 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from opensegur.errors import OpenSegurError
 from opensegur.imaging.kos import KOS_SOP_CLASS
 from opensegur.imaging.uids import required_uid
 
 __all__ = ["Manifest", "ManifestError", "SeriesRef", "read_manifest"]
 
 
-class ManifestError(Exception):
+class ManifestError(OpenSegurError):
     """The DMP's document is not a KOS manifest a consumer can act on: the French reason."""
 
 

@@ -15,6 +15,7 @@ from lxml import etree
 
 from opensegur.content.cda import CdaHeader, Identifier, parse_cda
 from opensegur.documents.metadata import Coded
+from opensegur.errors import OpenSegurError
 from opensegur.imaging.uids import is_uid
 
 __all__ = ["IMAGING_REPORT_CODE", "ImagingReport", "ImagingReportError", "read_imaging_report"]
@@ -26,7 +27,7 @@ _MODALITY_QUALIFIER = "121139"
 _REGION_QUALIFIER = "39111-0"
 
 
-class ImagingReportError(Exception):
+class ImagingReportError(OpenSegurError):
     """Not an imaging report a DRIMbox can publish: the French reason."""
 
 

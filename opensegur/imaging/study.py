@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from opensegur.errors import OpenSegurError
+
 __all__ = ["Instance", "Series", "Study", "StudyError", "study_from_matches"]
 
 
-class StudyError(Exception):
+class StudyError(OpenSegurError):
     """The PACS's answer does not describe one exam: the French reason."""
 
 

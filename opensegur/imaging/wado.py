@@ -19,6 +19,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
+from opensegur.errors import OpenSegurError
 from opensegur.imaging.uids import is_uid
 
 __all__ = [
@@ -39,7 +40,7 @@ _DICOM = "application/dicom"
 AS_STORED = "*"
 
 
-class NotAcceptable(Exception):
+class NotAcceptable(OpenSegurError):
     """No media range of the Accept header is a DICOM instance this DRIMbox can send: HTTP 406."""
 
 
@@ -137,7 +138,7 @@ def _multipart(
     return content_type, body()
 
 
-class MalformedMultipart(Exception):
+class MalformedMultipart(OpenSegurError):
     """The answer is not a complete multipart/related body of DICOM instances: the French reason."""
 
 

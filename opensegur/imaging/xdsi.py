@@ -18,6 +18,7 @@ from dataclasses import replace
 from opensegur.content.jdv import class_code_for_type, load_value_set
 from opensegur.content.xds_metadata import cx
 from opensegur.documents.metadata import Coded, DocumentMetadata
+from opensegur.errors import OpenSegurError
 from opensegur.imaging.report import ImagingReport
 from opensegur.imaging.study import Study
 
@@ -51,7 +52,7 @@ ACCESSION, STUDY, ORDER = (
 STUDY_AUTHORITY = "1.2.3.4.5.6"
 
 
-class ExamMismatch(Exception):
+class ExamMismatch(OpenSegurError):
     """The report and the PACS do not describe the same exam of the same patient: no manifest is published."""
 
 

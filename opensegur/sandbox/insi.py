@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request, Response
 from lxml import etree
 from pydantic import BaseModel, Field
 
+from opensegur.errors import OpenSegurError
 from opensegur.sandbox.faults import FaultInjector
 from opensegur.transactions.insi import (
     ACTION_TRAITS,
@@ -282,7 +283,7 @@ _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _NUM13_RE = re.compile(r"^\d{5}(\d{2}|2[AB])\d{6}$")
 
 
-class _Reject(Exception):
+class _Reject(OpenSegurError):
     """A request the real service would refuse with a SOAP fault."""
 
     def __init__(

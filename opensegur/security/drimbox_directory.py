@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from lxml import etree
 
+from opensegur.errors import OpenSegurError
 from opensegur.security.enveloped_signature import EnvelopedSignatureError, sign_enveloped, verify_enveloped
 
 __all__ = [
@@ -41,7 +42,7 @@ ANS_SIGNER_CN = "Liste Blanche DRIM-M"
 MAX_BYTES = 5 * 1024 * 1024  # the national list is a few hundred entries
 
 
-class DirectoryError(Exception):
+class DirectoryError(OpenSegurError):
     """The list cannot be trusted: the French reason."""
 
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 
+from opensegur.errors import OpenSegurError
 from opensegur.security.pki import (
     PkiError,
     common_name_of,
@@ -60,7 +61,7 @@ _SIGNATURE_METHODS: dict[str, hashes.HashAlgorithm] = {
 }
 
 
-class EnvelopedSignatureError(Exception):
+class EnvelopedSignatureError(OpenSegurError):
     """The document is unsigned, not signed in the accepted shape, altered, or signed by an untrusted certificate."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from opensegur.errors import OpenSegurError
 
-class SecurityError(Exception):
+
+class SecurityError(OpenSegurError):
     """Root of the package's refusals; ``message`` is French and reveals nothing an attacker could use."""
 
     def __init__(self, message: str) -> None:

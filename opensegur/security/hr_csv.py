@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from opensegur.connectors.annuaire_client import AnnuaireClient
+from opensegur.errors import OpenSegurError
 from opensegur.hospital.model import HospitalConfig
 from opensegur.security.actor import Actor
 from opensegur.security.matrix import Assignment, Scope
@@ -63,7 +64,7 @@ class _Person:
     assignments: list[Assignment] = field(default_factory=list)
 
 
-class _DryRun(Exception):
+class _DryRun(OpenSegurError):
     """Raised inside the transaction of a simulation so that it is rolled back with everything it did."""
 
     def __init__(self, report: ProvisioningReport) -> None:

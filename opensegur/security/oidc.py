@@ -34,6 +34,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from opensegur.errors import OpenSegurError
 from opensegur.security import audit
 from opensegur.store.db import Database
 from opensegur.store.models import Account, AuthFlow
@@ -65,7 +66,7 @@ _TIMEOUT = httpx.Timeout(10.0)
 _LABELS = {"psc": "Pro Santé Connect", "sso": "la connexion établissement"}
 
 
-class OidcRefused(Exception):
+class OidcRefused(OpenSegurError):
     """A login refused: ``message`` is shown (French), ``reason`` goes to the audit trail."""
 
     def __init__(self, message: str, reason: str, status: int = 401) -> None:

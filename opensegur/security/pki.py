@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes, PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from opensegur.errors import OpenSegurError
+
 __all__ = [
     "CA_NAME",
     "DEFAULT_STRUCTURE_ID",
@@ -54,7 +56,7 @@ _MANIFEST_VERSION = 1
 _RENEW_MARGIN = dt.timedelta(days=30)
 
 
-class PkiError(Exception):
+class PkiError(OpenSegurError):
     """A certificate or key is unusable, or a certificate chain does not verify."""
 
 

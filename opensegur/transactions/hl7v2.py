@@ -35,6 +35,8 @@ from datetime import datetime
 
 import hl7
 
+from opensegur.errors import OpenSegurError
+
 __all__ = [
     "Hl7Error",
     "MessageHeader",
@@ -76,7 +78,7 @@ DEFAULT_FIELD_SEPARATOR = "|"
 DEFAULT_ENCODING_CHARACTERS = "^~\\&"
 
 
-class Hl7Error(Exception):
+class Hl7Error(OpenSegurError):
     """An HL7 error to report in an ERR segment.
 
     ``location`` uses "^" as component separator, whatever the message uses; build_ack translates it.

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from lxml import etree
 
+from opensegur.errors import OpenSegurError
 from opensegur.transport.soap import (
     SoapFaultError,
     SoapFormatError,
@@ -75,7 +76,7 @@ _NUM13_RE = re.compile(r"^\d{6}[A-Za-z0-9]\d{6}$")
 _KEY_RE = re.compile(r"^\d{2}$")
 
 
-class InsiError(Exception):
+class InsiError(OpenSegurError):
     """INSi answered with a SOAP fault, or a message could not be understood.
 
     ``code`` is the CNAM error code from ``siram:Erreur/@code`` (e.g. ``desir_550``, ``DESIR_560``) when the

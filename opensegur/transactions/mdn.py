@@ -30,6 +30,7 @@ from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from opensegur.errors import OpenSegurError
 from opensegur.transactions.mss_mail import InboundMail
 
 __all__ = [
@@ -63,7 +64,7 @@ _DEFAULT_MAX_BYTES = 40_000_000
 _SUBJECT_CODE_RE = re.compile(r"^\s*\[[^\]]*\]\s*\[(\d{3})\]")
 
 
-class MdnError(ValueError):
+class MdnError(OpenSegurError, ValueError):
     def __init__(self, code: str, message_fr: str) -> None:
         super().__init__(f"{code}: {message_fr}")
         self.code = code

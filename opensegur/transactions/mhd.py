@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from opensegur.content.jdv import JDV_CONFIDENTIALITY, JDV_TYPE_CODE, VISIBILITY_SCHEME, load_value_set
+from opensegur.errors import OpenSegurError
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins, is_ins_oid
 from opensegur.identity.professionals import OID_IDNAT_PS, OID_IDNAT_STRUCT
@@ -73,7 +74,7 @@ MHD_RECIPIENT = "https://profiles.ihe.net/ITI/MHD/CapabilityStatement/IHE.MHD.Do
 _BASE64_SPACE = re.compile(rb"\s+")
 
 
-class FhirError(Exception):
+class FhirError(OpenSegurError):
     """A refusal: HTTP ``status``, FHIR IssueType ``code``, French ``diagnostics``, FHIRPath ``expression``."""
 
     def __init__(self, status: int, code: str, diagnostics: str, expression: str | None = None) -> None:

@@ -41,6 +41,7 @@ from email.utils import format_datetime, getaddresses, make_msgid, parseaddr
 from zoneinfo import ZoneInfo
 
 from opensegur.content.cda import CdaError, CdaHeader, parse_cda
+from opensegur.errors import OpenSegurError
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import nir_key
 from opensegur.transactions.xdm import (
@@ -94,7 +95,7 @@ _STRUCTURAL_DEFECTS: tuple[type[MessageDefect], ...] = (
 )
 
 
-class MailError(ValueError):
+class MailError(OpenSegurError, ValueError):
     """A mail cannot be built or accepted. ``code`` is stable for programs, ``message_fr`` is shown to staff."""
 
     def __init__(self, code: str, message_fr: str) -> None:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from opensegur.errors import OpenSegurError
+
 __all__ = [
     "ACTION_TD02",
     "AUTHORISATIONS",
@@ -47,7 +49,7 @@ _T = f"{{{NS_TD02}}}"
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
-class Td02Error(ValueError):
+class Td02Error(OpenSegurError, ValueError):
     """A TD0.2 message does not follow the schema above."""
 
 

@@ -27,6 +27,7 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 from signxml.exceptions import InvalidInput, InvalidSignature
 
 from opensegur.documents.metadata import Coded
+from opensegur.errors import OpenSegurError
 from opensegur.security.pki import (
     PkiError,
     load_certificates,
@@ -114,7 +115,7 @@ _INS_CX_RE = re.compile(r"^(?P<ins>[0-9A-Za-z]{13,15})\^\^\^&(?P<oid>[0-9.]+)&IS
 _SAML = f"{{{NS_SAML}}}"
 
 
-class VihfError(Exception):
+class VihfError(OpenSegurError):
     """The VIHF is missing, malformed, unsigned or untrusted.
 
     Codes are the sandbox's own (the DMP guide's error codes are not public): ``VIHF_ABSENT``, ``VIHF_FORMAT``,

@@ -35,6 +35,7 @@ from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.exceptions import InvalidCertificate, InvalidDigest, InvalidInput, InvalidSignature
 from signxml.xades import XAdESSignatureConfiguration, XAdESVerifier
 
+from opensegur.errors import OpenSegurError
 from opensegur.security.pki import (
     PkiError,
     load_certificates,
@@ -76,7 +77,7 @@ TYPE_MANIFEST = "http://www.w3.org/2000/09/xmldsig#Manifest"
 _DOCTYPE_RE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
-class XadesError(Exception):
+class XadesError(OpenSegurError):
     """The submission-set signature is malformed, untrusted, or does not match the submitted content."""
 
 

@@ -38,6 +38,7 @@ from lxml import etree
 from opensegur.content.cda import CdaError, CdaHeader, parse_cda
 from opensegur.content.xds_metadata import cx
 from opensegur.documents.metadata import DocumentMetadata, SubmissionSetMetadata
+from opensegur.errors import OpenSegurError
 from opensegur.transactions.ebrim import normalize
 from opensegur.transactions.ihe_ids import (
     DE_CONFIDENTIALITY,
@@ -102,7 +103,7 @@ _R = f"{{{NS_RIM}}}"
 _LCM = f"{{{NS_LCM}}}"
 
 
-class XdmError(ValueError):
+class XdmError(OpenSegurError, ValueError):
     """The package is unusable or unsafe. ``code`` is stable for programs, ``message_fr`` is shown to staff."""
 
     def __init__(self, code: str, message_fr: str, path: str | None = None) -> None:

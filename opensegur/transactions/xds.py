@@ -24,6 +24,7 @@ from typing import Literal
 from lxml import etree
 
 from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata, XdsAuthor
+from opensegur.errors import OpenSegurError
 from opensegur.transactions.ebrim import NS_LCM, NS_RIM, normalize
 from opensegur.transactions.ihe_ids import (
     ASSOC_ALIASES,
@@ -168,7 +169,7 @@ _REQUIRED_PARAMS: dict[str, list[tuple[str, ...]]] = {
 }
 
 
-class XdsError(Exception):
+class XdsError(OpenSegurError):
     """A message violates XDS.b; ``code`` is the IHE error code a registry/repository would return."""
 
     def __init__(self, code: str, message: str, location: str = "") -> None:

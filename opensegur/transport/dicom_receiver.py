@@ -16,6 +16,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import KeyObjectSelectionDocumentStorage, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from opensegur.errors import OpenSegurError
+
 __all__ = ["DicomReceiver", "NotAccepted"]
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ CANNOT_UNDERSTAND = 0xC000  # the object is not one this receiver acts on, or is
 OUT_OF_RESOURCES = 0xA700  # the note could not be kept now: the PACS sends it again
 
 
-class NotAccepted(Exception):
+class NotAccepted(OpenSegurError):
     """The object is refused for a reason the sender must fix (answered 0xC000): the French reason."""
 
 

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
+from opensegur.errors import OpenSegurError, RetryLater
 from opensegur.transport.smtp import is_loopback, tls_client_context
 
 __all__ = [
@@ -56,11 +57,11 @@ _NEWS = (b"EXISTS", b"RECENT")
 log = logging.getLogger(__name__)
 
 
-class ImapError(Exception):
+class ImapError(OpenSegurError):
     """Base of the IMAP errors; messages name the server and the step, never a password."""
 
 
-class ImapUnavailableError(ImapError):
+class ImapUnavailableError(ImapError, RetryLater):
     """Connection refused or lost, timeout, TLS failure: drop the session and try again later."""
 
 

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from opensegur.errors import OpenSegurError
 from opensegur.logsafe import Throttled, failure
 
 __all__ = [
@@ -65,7 +66,7 @@ DEFAULT_MAX_PER_PEER = 50
 DEFAULT_RECEIVE_BUDGET = 128 * 1024 * 1024
 
 
-class MllpFramingError(Exception):
+class MllpFramingError(OpenSegurError):
     """``code`` is MLLP_NO_START, MLLP_TRUNCATED, MLLP_OVERSIZE or MLLP_BUSY (the listener's receive budget is
     spent: send again later); ``head`` the first bytes of the frame."""
 

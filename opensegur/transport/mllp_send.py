@@ -23,6 +23,7 @@ from typing import TextIO
 
 import hl7
 
+from opensegur.errors import OpenSegurError
 from opensegur.transactions.hl7v2 import Hl7Error, decode, get_field, segments
 from opensegur.transport.mllp import DEFAULT_MAX_BYTES, MllpFramingError, frame, read_frame
 
@@ -41,7 +42,7 @@ _CODE_LABELS = {
 _ACCEPTED = ("AA", "CA")
 
 
-class InputError(Exception):
+class InputError(OpenSegurError):
     """A file that cannot be sent; the message is for the operator, in French."""
 
 

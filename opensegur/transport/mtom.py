@@ -20,6 +20,7 @@ from typing import BinaryIO
 import httpx
 from lxml import etree
 
+from opensegur.errors import OpenSegurError
 from opensegur.transport.soap import (
     SoapFaultError,
     SoapFormatError,
@@ -47,7 +48,7 @@ _ROOT_CID = "root.message@opensegur"
 _TRANSFER_ENCODINGS = frozenset({"binary", "8bit", "7bit", "base64", "quoted-printable"})
 
 
-class MtomError(Exception):
+class MtomError(OpenSegurError):
     """The multipart/related message is malformed, unsafe or over the configured limits."""
 
 

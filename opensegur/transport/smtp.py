@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from opensegur.errors import OpenSegurError
 from opensegur.transactions.mss_mail import SmtpEnvelope
 
 __all__ = [
@@ -51,7 +52,7 @@ _MAIL_OPTION_EXTENSION = {
 _RCPT_OPTION_EXTENSION = {"NOTIFY": "dsn", "ORCPT": "dsn"}
 
 
-class SmtpError(Exception):
+class SmtpError(OpenSegurError):
     """The message was not accepted for any recipient."""
 
 

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 import httpx
 from lxml import etree
 
+from opensegur.errors import OpenSegurError
+
 __all__ = [
     "SOAP12_NS",
     "SOAP11_NS",
@@ -45,7 +47,7 @@ _S = f"{{{SOAP12_NS}}}"
 _DOCTYPE_RE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
-class SoapError(Exception):
+class SoapError(OpenSegurError):
     """Base class of every error raised by this module."""
 
 

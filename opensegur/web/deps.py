@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, and_, false, or_, select, true
 from sqlalchemy.orm import Session
 
 from opensegur.connectors.annuaire_client import AnnuaireClient
+from opensegur.errors import OpenSegurError
 from opensegur.flows.dmp_consult import DmpConsultPort
 from opensegur.flows.drimbox_consumer import DrimboxConsumer
 from opensegur.flows.drimbox_serving import DrimboxServing
@@ -58,7 +59,7 @@ class WebRuntime(Protocol):
     def workers(self) -> Workers: ...
 
 
-class AccessRefused(Exception):
+class AccessRefused(OpenSegurError):
     """No actor (401), or one the matrix refuses (403). Answered by the app in the caller's protocol: a login
     redirect for a page, JSON for the API, an OperationOutcome for FHIR."""
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from opensegur.documents.lifecycle import STATUS_LABELS, DocumentStatus
 from opensegur.documents.metadata import XdsAuthor, xon_name
+from opensegur.errors import OpenSegurError
 from opensegur.security import audit
 from opensegur.security.actor import Actor
 from opensegur.store.models import Document, Exchange, Patient, Structure
@@ -64,7 +65,7 @@ HOLDABLE = (
 _PARIS = ZoneInfo("Europe/Paris")
 
 
-class TooLarge(Exception):
+class TooLarge(OpenSegurError):
     pass
 
 

@@ -14,6 +14,7 @@ from lxml import etree
 from sqlalchemy import func, select
 
 from opensegur.connectors.mss_imap import ImapMailboxReader
+from opensegur.errors import RetryLater
 from opensegur.flows import mss_inbound
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.mss_inbound import (
@@ -30,7 +31,7 @@ from opensegur.flows.mss_inbound import (
     run_poller,
 )
 from opensegur.flows.mssante_ports import FetchedMail, IdleMailboxReader, MailSendResult, MailUnavailableError
-from opensegur.flows.worker import RetryableError, WorkerPool
+from opensegur.flows.worker import WorkerPool
 from opensegur.store.db import Database
 from opensegur.store.jobs import RetryPolicy
 from opensegur.store.models import (
@@ -102,7 +103,7 @@ class FakeDpi:
         msh_fields = message.split(b"\r", 1)[0].split(b"|")
         kind = msh_fields[8].split(b"^")[0].decode()
         if self.down or kind in self.down_types:
-            raise RetryableError("connection refused")
+            raise RetryLater("connection refused")
         self.received.append(message)
         control_id = msh_fields[9].decode()
         answer, error = self.answers.get(kind, (self.answer, self.error))

@@ -8,7 +8,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from opensegur.flows.worker import PermanentError, RetryableError, WorkerPool
+from opensegur.errors import RetryLater
+from opensegur.flows.dmp_exchanges import DmpUnavailableError
+from opensegur.flows.worker import PermanentError, WorkerPool
 from opensegur.store import jobs
 from opensegur.store.db import Database
 from opensegur.store.models import Job
@@ -57,7 +59,7 @@ async def test_the_loop_marks_every_job_done_with_its_result(db: Database) -> No
 async def test_failures_are_recorded_at_once(db: Database) -> None:
     async def handler(job: Job) -> dict[str, Any]:
         if job.args["key"] == "retry":
-            raise RetryableError("service down")
+            raise RetryLater("service down")
         raise PermanentError("refused")
 
     _enqueue(db, "retry", "dead")
@@ -72,6 +74,26 @@ async def test_failures_are_recorded_at_once(db: Database) -> None:
     rows = _jobs(db)
     assert rows["retry"].attempts == 1 and rows["retry"].last_error == "service down"
     assert rows["dead"].last_error == "refused"
+
+
+async def test_a_peer_unavailable_is_retried_as_such_not_as_a_crash(db: Database) -> None:
+    """A port's own "unavailable" (here the DMP's) is a RetryLater: kept pending with its reason, not logged as a
+    bug (whose recorded error starts with the exception's type)."""
+
+    async def handler(job: Job) -> dict[str, Any]:
+        raise DmpUnavailableError("DMP injoignable")
+
+    _enqueue(db, "dmp")
+    pool = WorkerPool(
+        db, {"work": handler}, concurrency=1, policy=jobs.RetryPolicy(base_s=60), idle_sleep_s=0.05
+    )
+    await pool.start()
+    try:
+        await _until(lambda: _jobs(db)["dmp"].attempts == 1)
+    finally:
+        await pool.stop()
+    row = _jobs(db)["dmp"]
+    assert (row.status, row.last_error) == ("pending", "DMP injoignable")
 
 
 async def test_stop_completes_the_job_that_just_finished(db: Database) -> None:

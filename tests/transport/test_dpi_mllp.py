@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from opensegur.connectors.dpi_mllp import MllpDpiSender
-from opensegur.flows.worker import RetryableError
+from opensegur.errors import RetryLater
 from opensegur.transport.mllp import MllpServer
 
 MDM = b"MSH|^~\\&|OPENSEGUR|CH|DPI|CH|20250101120000||MDM^T02^MDM_T02|MSG1|P|2.6\rEVN||20250101120000\r"
@@ -41,7 +41,7 @@ async def test_connection_refused_is_retryable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(RetryableError, match="DPI injoignable"):
+    with pytest.raises(RetryLater, match="DPI injoignable"):
         await MllpDpiSender("127.0.0.1", port, timeout=2).send(MDM)
 
 
@@ -53,7 +53,7 @@ async def test_no_ack_within_timeout_is_retryable() -> None:
     server = MllpServer(slow, "127.0.0.1", 0)
     await server.start()
     try:
-        with pytest.raises(RetryableError):
+        with pytest.raises(RetryLater):
             await MllpDpiSender("127.0.0.1", server.port, timeout=0.3).send(MDM)
     finally:
         await server.stop(timeout=0)
@@ -66,7 +66,7 @@ async def test_peer_closing_without_ack_is_retryable() -> None:
     server = MllpServer(crash, "127.0.0.1", 0)
     await server.start()
     try:
-        with pytest.raises(RetryableError):
+        with pytest.raises(RetryLater):
             await MllpDpiSender("127.0.0.1", server.port, timeout=5).send(MDM)
     finally:
         await server.stop()

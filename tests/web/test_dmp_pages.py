@@ -28,9 +28,9 @@ from opensegur.connectors.dmp_client import (
     vihf_specialty,
 )
 from opensegur.content import jdv
+from opensegur.errors import RetryLater
 from opensegur.flows.dmp_prefetch import make_prefetch_handler
 from opensegur.flows.jobs import JobKind
-from opensegur.flows.worker import RetryableError
 from opensegur.ops.demo import demo_dmp_patients, luhn_complete
 from opensegur.ops.demo_accounts import SITE_1
 from opensegur.sandbox.annuaire import SANDBOX_API_KEY
@@ -570,7 +570,7 @@ async def _run_prefetch(offline: Offline, dmp: DmpClient) -> list[dict[str, Any]
             s.expunge(job)
         try:
             results.append(await handler(job))
-        except RetryableError as exc:
+        except RetryLater as exc:
             with offline.db.session() as s:
                 status = jobs.fail(s, s.get(Job, job.id), str(exc), jobs.RetryPolicy())
             results.append({"retry": str(exc), "status": status})

@@ -33,6 +33,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from opensegur.errors import OpenSegurError
 from opensegur.identity.directory import fold
 from opensegur.sandbox.annuaire.fixtures import DirectoryData, load_directory
 
@@ -63,7 +64,7 @@ class _State:
     calls: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_CALLS_KEPT))
 
 
-class _BadRequest(Exception):
+class _BadRequest(OpenSegurError):
     pass
 
 

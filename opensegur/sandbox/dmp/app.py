@@ -43,6 +43,7 @@ from pydantic import BaseModel, Field
 
 from opensegur.content import jdv
 from opensegur.documents.metadata import Coded, DocumentMetadata, SubmissionSetMetadata
+from opensegur.errors import OpenSegurError
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins
 from opensegur.imaging.xdsi import KOS_FORMAT, KOS_MIME
@@ -303,7 +304,7 @@ class _Faults:
 # ------------------------------------------------------------------------------------------------- SOAP layer
 
 
-class _Fault(Exception):
+class _Fault(OpenSegurError):
     """Refuse the message with a SOAP fault (envelope or security problem)."""
 
     def __init__(self, subcode: str, reason: str, code: str = "Sender") -> None:

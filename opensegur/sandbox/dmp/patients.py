@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from opensegur.errors import OpenSegurError
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import OID_NIA, OID_NIA_TEST, OID_NIR, OID_NIR_TEST, TEST_OIDS, Ins, nir_key
 from opensegur.sandbox.insi import DEFAULT_IDENTITIES
@@ -46,7 +47,7 @@ class DmpStatus(StrEnum):
     INEXISTANT = "INEXISTANT"
 
 
-class PatientIdError(ValueError):
+class PatientIdError(OpenSegurError, ValueError):
     """The patientId is not an INS CX with a valid key and an INS OID (a metadata error, not an unknown patient)."""
 
 

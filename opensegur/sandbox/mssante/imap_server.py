@@ -38,6 +38,8 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, TypeVar
 
+from opensegur.errors import OpenSegurError
+
 __all__ = [
     "INBOX",
     "DEFAULT_FOLDERS",
@@ -67,7 +69,7 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 T = TypeVar("T")
 
 
-class StoreError(Exception):
+class StoreError(OpenSegurError):
     """Unknown mailbox or folder, bad name: ``code`` is an IMAP response code (``NONEXISTENT``, ``CANNOT``…)."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -378,21 +380,21 @@ def _from_ts(ts: float) -> datetime:
 # IMAP protocol
 
 
-class _Bad(Exception):
+class _Bad(OpenSegurError):
     """The command is malformed: answered ``BAD`` with this (ASCII) text."""
 
 
-class _No(Exception):
+class _No(OpenSegurError):
     def __init__(self, text: str, code: str | None = None) -> None:
         super().__init__(text)
         self.code = code
 
 
-class _Disconnect(Exception):
+class _Disconnect(OpenSegurError):
     pass
 
 
-class _TooLong(Exception):
+class _TooLong(OpenSegurError):
     def __init__(self, head: bytes) -> None:
         super().__init__("line too long")
         self.head = head

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
+from opensegur.errors import OpenSegurError
 from opensegur.flows.mhd_intake import accept_bundle, read_document_reference
 from opensegur.flows.rest_intake import DEFAULT_MAX_PDF_BYTES
 from opensegur.security.actor import Actor
@@ -39,7 +40,7 @@ _JSON_TYPES = ("application/fhir+json", "application/json")
 _CAPABILITY_DATE = "2026-11-26"
 
 
-class _TooLarge(Exception):
+class _TooLarge(OpenSegurError):
     pass
 
 

@@ -36,6 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opensegur.connectors.annuaire_client import AnnuaireClient
+from opensegur.errors import OpenSegurError
 from opensegur.hospital.apply import applied_config
 from opensegur.hospital.model import HospitalConfig
 from opensegur.security.actor import Actor
@@ -70,7 +71,7 @@ Count = Annotated[int, Query(alias="count", ge=-(2**31), le=2**31)]
 _MAX_BODY = 64 * 1024  # one user or one membership change; a larger body is no SCIM request of ours
 
 
-class ScimError(Exception):
+class ScimError(OpenSegurError):
     def __init__(self, status: int, detail: str, scim_type: str | None = None) -> None:
         super().__init__(detail)
         self.status = status
