@@ -64,7 +64,10 @@ class DropFolder:
     def _move(self, path: Path, where: str, ack: bytes) -> None:
         target = self.folder / where
         target.mkdir(exist_ok=True)
-        (target / f"{path.name}.ack").write_bytes(ack)
+        # Written aside then renamed: a sender polling for its .ack never reads one half written.
+        partial = target / f".{path.name}.ack.part"
+        partial.write_bytes(ack)
+        partial.replace(target / f"{path.name}.ack")
         path.replace(target / path.name)
 
     async def watch(self, stop: asyncio.Event, interval_s: float = 2.0) -> None:

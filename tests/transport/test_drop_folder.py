@@ -36,6 +36,8 @@ def test_each_message_is_handed_over_then_moved_with_its_ack(tmp_path: Path) -> 
         tmp_path / DONE / "cr.hl7"
     ).exists()
     assert (tmp_path / REFUSED / "bad.er7.ack").read_bytes() == b"MSA|AR|"
+    # The ACK is written aside and renamed whole: nothing else is left beside it.
+    assert sorted(p.name for p in (tmp_path / DONE).iterdir()) == ["cr.hl7", "cr.hl7.ack"]
     assert (tmp_path / "notes.pdf").exists() and (tmp_path / ".hidden.hl7").exists() and fresh.exists()
     # Once settled, the fresh file goes through too.
     assert drop.process_once(now=time.time() + 5) == [("fresh.hl7", True)]
