@@ -129,7 +129,7 @@ def _load(db: Database, document_id: int) -> _Report:
 
 def _ipp(entry: DocumentMetadata) -> str | None:
     """The producer's patient number, from the entry's sourcePatientId when it is an IPP (…^PI)."""
-    return cx_of_type([entry.source_patient_id] if entry.source_patient_id else [], "PI")
+    return cx_of_type((entry.source_patient_id or "",), "PI")
 
 
 def _site_and_patient(db: Database, document_id: int) -> tuple[dict[str, Any], str]:

@@ -15,7 +15,8 @@ from sqlalchemy import select
 
 from opensegur.documents.metadata import Coded
 from opensegur.flows.dmp_consult import Consulter, patient_cx
-from opensegur.flows.drimbox_consumer import PatientRef
+from opensegur.flows.drimbox_cache import FetchStatus, FetchView
+from opensegur.flows.drimbox_consumer import DrimboxConsumer, PatientRef
 from opensegur.flows.jobs import JobKind
 from opensegur.imaging.report import read_imaging_report
 from opensegur.security.drimbox_directory import TrustedDrimbox, sign_directory
@@ -192,3 +193,16 @@ def local_patient(b: Runtime, ins: str = INS) -> PatientRef:
         s.add(p)
         s.flush()
         return PatientRef(p.id, ins, patient_cx(ins, INS_OID))
+
+
+async def retrieved(consumer: DrimboxConsumer, view: FetchView) -> FetchView:
+    """The retrieval ``view`` started, once it has ended (complete or failed)."""
+
+    async def ended() -> bool:
+        now = consumer.cache.get(view.id)
+        return now is not None and now.status != FetchStatus.FETCHING
+
+    await wait_for(ended)
+    ended_view = consumer.cache.get(view.id)
+    assert ended_view is not None
+    return ended_view

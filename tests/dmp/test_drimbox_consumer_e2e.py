@@ -21,9 +21,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from opensegur.flows.drimbox_cache import FetchStatus, FetchView
+from opensegur.flows.drimbox_cache import FetchStatus
 from opensegur.flows.drimbox_consumer import (
-    DrimboxConsumer,
     FetchRefused,
     ImagingSearch,
     find_exams,
@@ -43,6 +42,7 @@ from tests.dmp.drimbox_sites import (
     local_patient,
     manifests,
     publish_example,
+    retrieved,
 )
 from tests.dmp.helpers import INS, running_platform, wait_for
 from tests.pacs import orthanc
@@ -79,17 +79,6 @@ async def _two_sites(
             yield a, b, jpeg
 
 
-async def _retrieved(consumer: DrimboxConsumer, view: FetchView) -> FetchView:
-    async def ended() -> bool:
-        now = consumer.cache.get(view.id)
-        return now is not None and now.status != FetchStatus.FETCHING
-
-    await wait_for(ended)
-    ended_view = consumer.cache.get(view.id)
-    assert ended_view is not None
-    return ended_view
-
-
 @pytest.mark.parametrize("via_wado", [False, True], ids=["source-c-get", "source-wado-rs"])
 async def test_site_b_retrieves_site_a_exam_with_the_pixel_data_of_site_a_pacs(
     tmp_path: Path, schematron_cache: Path, via_wado: bool
@@ -110,7 +99,7 @@ async def test_site_b_retrieves_site_a_exam_with_the_pixel_data_of_site_a_pacs(
         token = await psc_access_token(a.endpoints["psc"])
         view = await consumer.start(DOCTOR, patient, found.entry, token, "dr.test")
         assert view.status == FetchStatus.FETCHING
-        done = await _retrieved(consumer, view)
+        done = await retrieved(consumer, view)
         assert done.status == FetchStatus.COMPLETE, done.error
         assert (done.instances_expected, done.instances_done) == (5, 5)
 
@@ -138,7 +127,7 @@ async def test_what_site_b_refuses_to_keep(tmp_path: Path, schematron_cache: Pat
         [found] = await find_exams(dmp, DOCTOR, patient.cx, ImagingSearch())
 
         # A token PSC does not know: site A refuses, site B says why and keeps nothing.
-        forged = await _retrieved(
+        forged = await retrieved(
             consumer, await consumer.start(DOCTOR, patient, found.entry, "forged", "dr.test")
         )
         assert forged.status == FetchStatus.FAILED and "Pro Santé Connect" in (forged.error or "")
@@ -148,7 +137,7 @@ async def test_what_site_b_refuses_to_keep(tmp_path: Path, schematron_cache: Pat
         # the manifest is not this patient's; by the manifest's INS otherwise, tests/flows/test_drimbox_consumer).
         other = local_patient(b, "180012345678965")
         token = await psc_access_token(a.endpoints["psc"])
-        refused = await _retrieved(
+        refused = await retrieved(
             consumer, await consumer.start(DOCTOR, other, found.entry, token, "dr.test")
         )
         assert refused.status == FetchStatus.FAILED and refused.patient_id == other.id
@@ -245,7 +234,7 @@ async def test_site_b_imports_the_retrieved_exam_into_its_own_pacs(
             patient = local_patient(b)
             [found] = await find_exams(dmp, DOCTOR, patient.cx, ImagingSearch())
             token = await psc_access_token(a.endpoints["psc"])
-            done = await _retrieved(
+            done = await retrieved(
                 consumer, await consumer.start(DOCTOR, patient, found.entry, token, "dr.test")
             )
             assert done.status == FetchStatus.COMPLETE

@@ -37,7 +37,7 @@ from opensegur.imaging.report import read_imaging_report
 from opensegur.server import Runtime
 from opensegur.store.models import ImagingManifest
 from tests.dmp import helpers
-from tests.dmp.drimbox_sites import DOCTOR, consumer_settings, drimbox_site, local_patient
+from tests.dmp.drimbox_sites import DOCTOR, consumer_settings, drimbox_site, local_patient, retrieved
 from tests.dmp.helpers import INS, entries_for, running_platform, send_raw, wait_for
 from tests.pacs import mr_image
 from tests.psc_tokens import psc_access_token
@@ -175,15 +175,8 @@ async def _retrieve_all(consumer: DrimboxConsumer, b: Runtime, a: Runtime, exams
     for study, exam in published.items():
         entry = found[study]
         assert entry.accession == exam.accession and [m.code for m in entry.modalities] == [exam.modality]
-        view = await consumer.start(DOCTOR, patient, entry.entry, token, "dr.test")
-
-        async def ended(fetch_id: int = view.id) -> bool:
-            now = consumer.cache.get(fetch_id)
-            return now is not None and now.status != FetchStatus.FETCHING
-
-        await wait_for(ended)
-        done = consumer.cache.get(view.id)
-        assert done is not None and done.status == FetchStatus.COMPLETE, (exam.name, done and done.error)
+        done = await retrieved(consumer, await consumer.start(DOCTOR, patient, entry.entry, token, "dr.test"))
+        assert done.status == FetchStatus.COMPLETE, (exam.name, done.error)
         received = {
             str(d.SOPInstanceUID): d for d in map(pydicom.dcmread, consumer.cache.instances(entry.kos))
         }
