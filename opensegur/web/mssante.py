@@ -1,7 +1,7 @@
 """HTTP edge of MSSanté inbound mail and of the patient's clinical record: the triage of mails no rule could
 attach to a patient, the patient's documents (produced and received) and biology results, API and French pages.
 
-Business rules live in ``flows.mss_inbound`` (attach / reject); this module reads, ranks the patients a mail
+Business rules live in ``flows.mss_inbound.triage`` (attach / reject); this module reads, ranks the patients a mail
 may concern, maps errors to HTTP statuses and writes the audit trail of every read that shows patient data.
 The trend charts are inline SVG computed here: a handful of points needs no charting library nor any script.
 """

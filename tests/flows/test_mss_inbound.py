@@ -15,7 +15,6 @@ from sqlalchemy import func, select
 
 from opensegur.connectors.mss_imap import ImapMailboxReader
 from opensegur.errors import RetryLater
-from opensegur.flows import mss_inbound
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.mss_inbound import (
     InboundError,
@@ -27,6 +26,7 @@ from opensegur.flows.mss_inbound import (
     make_results_to_dpi_handler,
     make_to_dpi_handler,
     poll_mailbox,
+    polling,
     reject,
     run_poller,
 )
@@ -531,12 +531,12 @@ async def test_dsn_or_mdn_reports_go_to_the_outbound_flow(env: Env, monkeypatch:
         calls.append(mailbox)
         return True
 
-    monkeypatch.setattr(mss_inbound, "_record_report", recorded)
+    monkeypatch.setattr(polling, "_record_report", recorded)
     env.reader.deliver(report)
     assert await env.poll() == 1
     assert calls == [BOX] and env.mails() == [] and env.count(Job) == 0
 
-    monkeypatch.setattr(mss_inbound, "_record_report", lambda s, raw, mailbox: False)
+    monkeypatch.setattr(polling, "_record_report", lambda s, raw, mailbox: False)
     env.reader.deliver(report.replace(b"dsn1", b"dsn2"))
     await env.poll()
     [kept] = env.mails()

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import func, select
 
-from opensegur.flows import mss_inbound
+from opensegur.flows.mss_inbound import triage
 from opensegur.security import audit
 from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action
@@ -48,14 +48,14 @@ router = APIRouter()
 
 
 class TriageFlow(Protocol):
-    """What triage decisions call: ``flows.mss_inbound`` (tests give a stand-in through the dependency)."""
+    """What triage decisions call: ``flows.mss_inbound.triage`` (tests give a stand-in through the dependency)."""
 
     def attach(self, db: Database, mail_id: int, patient_id: int, actor: str, reason: str) -> Any: ...
     def reject(self, db: Database, mail_id: int, reason: str, actor: str) -> Any: ...
 
 
 def triage_flow() -> TriageFlow:
-    return mss_inbound
+    return triage
 
 
 Flow = Annotated[TriageFlow, Depends(triage_flow)]

@@ -1,0 +1,114 @@
+"""What every step of the inbound MSSanté flow shares: its context and limits, the triage error, and the small
+writes on a mail (status, audit, MDN job) and reads of its headers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from email import policy
+from email.errors import HeaderParseError
+from email.message import Message
+from email.parser import BytesHeaderParser
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from opensegur.errors import OpenSegurError
+from opensegur.flows.jobs import JobKind
+from opensegur.flows.mssante_ports import DpiSender, MailSender
+from opensegur.store import jobs
+from opensegur.store.db import Database
+from opensegur.store.models import AuditEvent, Mail
+from opensegur.transactions.lps_mdm import MessageRoute
+from opensegur.transactions.mss_mail import DEFAULT_MAX_ATTACHMENT, DEFAULT_MAX_BYTES
+from opensegur.transactions.xdm import DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO, DEFAULT_MAX_TOTAL
+
+SYSTEM_ACTOR = "mss-inbound"
+
+
+# Mail statuses (``Mail.status`` for direction "in") and their French labels for the pages.
+STATUS_LABELS = {
+    "received": "Reçu",
+    "integrated": "Intégré",
+    "triage": "À trier",
+    "rejected": "Rejeté",
+}
+
+
+@dataclass(frozen=True)
+class MailLimits:
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_attachment: int = DEFAULT_MAX_ATTACHMENT
+    xdm_max_total: int = DEFAULT_MAX_TOTAL
+    xdm_max_ratio: float = DEFAULT_MAX_RATIO
+    xdm_max_files: int = DEFAULT_MAX_FILES
+
+
+@dataclass
+class MssInboundContext:
+    db: Database
+    dpi: DpiSender
+    mail_sender: MailSender
+    # MSH-3 to MSH-6 and MSH-11/18 of the messages sent to the DPI.
+    endpoint: MessageRoute = MessageRoute()
+    limits: MailLimits = field(default_factory=MailLimits)
+    # Hospital mailbox (lower case) → site id: patients are then matched in that site only (one GHT, several
+    # DPIs), and a mail in triage is seen by that site's staff.
+    mailbox_structures: dict[str, int] = field(default_factory=dict)
+    # An AR means "rejected for a circumstantial reason, send again later" (volet): that many attempts first.
+    ar_attempts: int = 3
+    reporting_ua: str = "OpenSegur"
+    # Also send the structured results of a CR de biologie to the DPI as an ORU^R01, once it took the document.
+    forward_results_oru: bool = False
+
+
+class InboundError(OpenSegurError, ValueError):
+    """A triage action that cannot be done. ``message_fr`` is shown to the user."""
+
+    def __init__(self, code: str, message_fr: str) -> None:
+        super().__init__(f"{code}: {message_fr}")
+        self.code = code
+        self.message_fr = message_fr
+
+
+def audit(s: Session, actor: str, action: str, mail: Mail, reason: str | None, **detail: Any) -> None:
+    s.add(
+        AuditEvent(
+            actor=actor,
+            action=action,
+            patient_id=mail.patient_id,
+            reason=(reason or "")[:200] or None,
+            detail={"mail_id": mail.id, **detail},
+        )
+    )
+
+
+def set_mail_status(
+    s: Session, mail: Mail, status: str, reason: str | None, code: str | None, actor: str, action: str
+) -> None:
+    before = mail.status
+    mail.status, mail.reason, mail.mdn_code = status, reason, code
+    audit(s, actor, action, mail, reason, status_before=before, status_after=status, code=code)
+
+
+def header_value(msg: Message, name: str) -> str | None:
+    try:
+        value = msg.get(name)
+    except (ValueError, TypeError, IndexError, HeaderParseError):
+        return None
+    return " ".join(str(value).split()) if value is not None else None
+
+
+def read_headers(raw: bytes) -> Message:
+    # Headers only: enough to key, route and answer a mail whose body may be hostile or unreadable.
+    return BytesHeaderParser(policy=policy.default).parsebytes(raw)
+
+
+def enqueue_mdn(s: Session, mail: Mail, code: str | None, manual: bool, key_suffix: str = "") -> None:
+    jobs.enqueue(
+        s,
+        JobKind.MSS_MDN,
+        f"{JobKind.MSS_MDN}:{mail.id}:{code or 'ok'}{key_suffix}",
+        {"mail_id": mail.id, "code": code, "manual": manual},
+        structure_id=mail.structure_id,
+        patient_id=mail.patient_id,
+    )

@@ -1,0 +1,397 @@
+"""The ``mss.integrate`` job: a stored mail opened safely, its patient matched on the CDA's qualified INS, and its
+documents kept (with a CR de biologie's results) and queued for the DPI — or the mail sent to triage or rejected
+with a French reason."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from opensegur.content.cda import CdaHeader
+from opensegur.content.crbio import extract_results
+from opensegur.content.jdv import VISIBILITY_CODES
+from opensegur.flows.dmp_feed import document_flags
+from opensegur.flows.jobs import JobKind
+from opensegur.flows.mss_inbound.context import (
+    SYSTEM_ACTOR,
+    MailLimits,
+    MssInboundContext,
+    enqueue_mdn,
+    set_mail_status,
+)
+from opensegur.identity.errors import IdentityError
+from opensegur.identity.ins import Ins
+from opensegur.identity.rniv import IdentityStatus
+from opensegur.identity.traits import normalise_name
+from opensegur.store import jobs
+from opensegur.store.models import Document, LabResult, Mail, Patient
+from opensegur.store.payloads import load_payload, store_payload
+from opensegur.transactions.mss_mail import (
+    InboundMail,
+    MailError,
+    open_packages,
+    parse_inbound_mail,
+    verify_ins_claim,
+)
+from opensegur.transactions.oru_results import LOINC_CR_BIO
+from opensegur.transactions.xdm import XdmError, cda_unique_id
+
+log = logging.getLogger(__name__)
+
+# Mail errors a person could act on (identity questions); every other MailError/XdmError means the mail is
+# unreadable or unsafe, so it is rejected outright.
+_TRIAGE_ERRORS: dict[str, str] = {
+    "MSS_MULTIPLE_PATIENTS": "906",
+    "XDM_MULTIPLE_PATIENTS": "906",
+    "MSS_INS_MISMATCH": "904",
+    "XDM_PATIENT_MISMATCH": "904",
+}
+_TRAIT_LABELS = {
+    "birth_name": "nom de naissance",
+    "first_names": "prénoms de naissance",
+    "birth_date": "date de naissance",
+    "sex": "sexe",
+}
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    status: str  # triage or rejected
+    reason: str
+    code: str
+
+
+@dataclass
+class _Cda:
+    content: bytes
+    header: CdaHeader
+    confidentiality: frozenset[str]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Opening a mail and matching its patient
+
+
+def open_mail(
+    raw: bytes, limits: MailLimits, *, check_claim: bool = True
+) -> tuple[InboundMail, list[_Cda], list[str]]:
+    """Parse the mail and collect its CDAs, with what the sender's XDM metadata left out or got wrong (French
+    warnings, shown with the mail). Raises MailError/XdmError (mapped by the caller).
+
+    ``check_claim=False`` when a person attaches the mail: they judged the document itself, whatever the
+    sender's ``X-MSS-INS`` said.
+    """
+    mail = parse_inbound_mail(raw, max_bytes=limits.max_bytes, max_attachment=limits.max_attachment)
+    packages, bare = open_packages(
+        mail,
+        max_total=limits.xdm_max_total,
+        max_ratio=limits.xdm_max_ratio,
+        max_files=limits.xdm_max_files,
+    )
+    if check_claim:
+        verify_ins_claim(mail, packages)
+    cdas = [
+        _Cda(
+            d.content,
+            d.cda,
+            d.confidentiality & VISIBILITY_CODES,
+        )
+        for p in packages
+        for d in p.documents
+        if d.cda is not None
+    ]
+    # open_packages parsed every bare CDA attachment, in order, or raised.
+    cdas += [_Cda(a.content, h, frozenset()) for a, h in zip(mail.cda_attachments, bare, strict=True)]
+    return mail, cdas, [w for p in packages for w in p.warnings]
+
+
+def _verdict_for(exc: MailError | XdmError) -> _Verdict:
+    code = _TRIAGE_ERRORS.get(exc.code)
+    if code is not None:
+        return _Verdict("triage", exc.message_fr, code)
+    return _Verdict("rejected", f"Courriel refusé : {exc.message_fr}", "906")
+
+
+def _trait_differences(header: CdaHeader, patient: Patient) -> list[str]:
+    p = header.patient
+    diffs = []
+    if normalise_name(p.birth_family or "") != normalise_name(patient.birth_name):
+        diffs.append("birth_name")
+    cda_firsts = " ".join(p.given_names) if p.given_names else (p.first_given or "")
+    local_firsts = patient.first_names if p.given_names else patient.first_names.split(" ", 1)[0]
+    if normalise_name(cda_firsts) != normalise_name(local_firsts):
+        diffs.append("first_names")
+    birth = patient.birth_date.strftime("%Y%m%d") if patient.birth_date else ""
+    if (p.birth_time or "")[:8] != birth:
+        diffs.append("birth_date")
+    if (p.gender or "") != patient.sex:
+        diffs.append("sex")
+    return diffs
+
+
+def _identity_verdict(cdas: list[_Cda]) -> tuple[Ins | None, _Verdict | None]:
+    """The INS every CDA names, or why no automatic matching is possible."""
+    if not cdas:
+        return None, _Verdict(
+            "triage", "Aucun document CDA dans le courriel (PDF ou texte seul) : traitement manuel", "906"
+        )
+    if any(not c.header.patient.ins_matricule for c in cdas):
+        return None, _Verdict("triage", "INS absent du document CDA (recordTarget)", "903")
+    named = {(c.header.patient.ins_matricule or "", c.header.patient.ins_oid or "") for c in cdas}
+    if len(named) > 1:
+        return None, _Verdict("triage", "Les documents du courriel concernent plusieurs patients", "906")
+    matricule, oid = named.pop()
+    try:
+        ins = Ins.parse(matricule, oid)
+    except IdentityError as exc:
+        return None, _Verdict("triage", f"INS du document invalide : {exc.message}", "904")
+    for c in cdas:
+        p = c.header.patient
+        if not (p.birth_family and (p.given_names or p.first_given) and p.birth_time and p.gender):
+            return None, _Verdict("triage", "Traits d'identité INS incomplets dans le document CDA", "905")
+    return ins, None
+
+
+def _match(s: Session, ctx: MssInboundContext, mail: Mail, cdas: list[_Cda]) -> Patient | _Verdict:
+    ins, verdict = _identity_verdict(cdas)
+    if verdict is not None:
+        return verdict
+    assert ins is not None
+    query = select(Patient).where(
+        Patient.ins_matricule == ins.matricule,
+        Patient.ins_oid == ins.oid,
+        Patient.active.is_(True),
+        Patient.merged_into_id.is_(None),
+    )
+    site = ctx.mailbox_structures.get(mail.mailbox.lower())
+    if site is not None:
+        query = query.where(Patient.structure_id == site)
+    found = list(s.scalars(query))
+    if not found:
+        return _Verdict(
+            "triage", "Patient inconnu : aucune identité locale ne porte l'INS du document", "902"
+        )
+    if len(found) > 1:
+        return _Verdict("triage", "Plusieurs identités locales portent l'INS du document", "906")
+    patient = found[0]
+    if patient.status != IdentityStatus.QUAL.value:
+        return _Verdict(
+            "triage",
+            f"Identité locale non qualifiée ({IdentityStatus(patient.status).label}) : "
+            "rapprochement automatique impossible",
+            "904",
+        )
+    diffs = sorted(
+        {d for c in cdas for d in _trait_differences(c.header, patient)}, key=list(_TRAIT_LABELS).index
+    )
+    if diffs:
+        labels = ", ".join(_TRAIT_LABELS[d] for d in diffs)
+        return _Verdict(
+            "triage", f"Traits du document différents de l'identité qualifiée locale : {labels}", "904"
+        )
+    return patient
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Integration
+
+
+def _lab_results(s: Session, doc: Document, content: bytes) -> int:
+    """LabResult rows of a CR-BIO; how many."""
+    assert doc.patient_id is not None
+    observations = extract_results(content)
+    for o in observations:
+        s.add(
+            LabResult(
+                patient_id=doc.patient_id,
+                document_id=doc.id,
+                loinc=o.loinc[:16],
+                label=(o.label or o.loinc)[:300],
+                value=o.value[:100] if o.value is not None else None,
+                value_num=o.value_num,
+                unit=o.unit[:40] if o.unit else None,
+                reference_low=o.reference_low,
+                reference_high=o.reference_high,
+                reference_text=o.reference_text[:200] if o.reference_text else None,
+                interpretation=o.interpretation[:8] if o.interpretation else None,
+                observed_at=o.observed_at,
+            )
+        )
+    return len(observations)
+
+
+def _create_documents(
+    s: Session, mail: Mail, inbound: InboundMail, patient: Patient, cdas: list[_Cda]
+) -> _Verdict | tuple[list[int], list[int]]:
+    """Document rows and their ``mss.to_dpi`` jobs; (new ids, ids already received by another mail)."""
+    planned: list[tuple[_Cda, str, str, str | None, Document | None]] = []
+    for c in cdas:
+        unique_id = cda_unique_id(c.header)
+        replaced = c.header.replaced_document
+        kind = "replacement" if replaced is not None else "initial"
+        parent = (
+            (replaced.root if not replaced.extension else f"{replaced.root}^{replaced.extension}")
+            if replaced
+            else None
+        )
+        existing = s.scalar(
+            select(Document).where(
+                Document.structure_id == patient.structure_id,
+                Document.unique_id == unique_id,
+                Document.kind == kind,
+            )
+        )
+        if existing is not None and existing.payload_sha256 != hashlib.sha256(c.content).hexdigest():
+            return _Verdict("triage", "Identifiant de document déjà utilisé pour un autre contenu", "906")
+        planned.append((c, unique_id, kind, parent, existing))
+    created: list[int] = []
+    duplicates: list[int] = []
+    for c, unique_id, kind, parent_id, existing in planned:
+        if existing is not None:
+            duplicates.append(existing.id)
+            continue
+        previous = (
+            s.scalar(
+                select(Document).where(
+                    Document.structure_id == patient.structure_id, Document.unique_id == parent_id
+                )
+            )
+            if parent_id
+            else None
+        )
+        confidentiality = set(c.confidentiality)
+        flags = document_flags(
+            dest_dmp=False,
+            masque_ps="MASQUE_PS" in confidentiality,
+            invisible_patient="INVISIBLE_PATIENT" in confidentiality,
+            invisible_rep_legaux="INVISIBLE_REPRESENTANTS_LEGAUX" in confidentiality,
+            modif_conf_code=previous is not None
+            and set(previous.flags.get("confidentiality", [])) != confidentiality,
+        )
+        doc = Document(
+            structure_id=patient.structure_id,
+            patient_id=patient.id,
+            source="mssante",
+            kind=kind,
+            unique_id=unique_id,
+            parent_unique_id=parent_id,
+            type_code=c.header.code.code if c.header.code else None,
+            title=(c.header.title or "")[:300] or None,
+            payload_sha256=store_payload(s, c.content),
+            mime_type="text/xml",
+            size=len(c.content),
+            ins_matricule=c.header.patient.ins_matricule,
+            ins_oid=c.header.patient.ins_oid,
+            status="integrated",
+            findings=[],
+            flags=flags,
+            context={
+                "mail_id": mail.id,
+                "mailbox": mail.mailbox,
+                "sender": inbound.from_addr,
+                "message_id": inbound.message_id,
+            },
+        )
+        s.add(doc)
+        s.flush()
+        if doc.type_code == LOINC_CR_BIO:
+            try:
+                count = _lab_results(s, doc, c.content)
+            except ValueError as exc:
+                doc.findings = [
+                    {"severity": "warning", "source": "crbio", "code": "CRBIO", "message": str(exc)[:300]}
+                ]
+            else:
+                doc.flags = {**doc.flags, "lab_results": count}
+        jobs.enqueue(
+            s,
+            JobKind.MSS_TO_DPI,
+            f"{JobKind.MSS_TO_DPI}:{doc.id}",
+            {"document_id": doc.id},
+            structure_id=doc.structure_id,
+            patient_id=doc.patient_id,
+        )
+        created.append(doc.id)
+    return created, duplicates
+
+
+def integrate_on_patient(
+    s: Session,
+    mail: Mail,
+    inbound: InboundMail,
+    patient: Patient,
+    cdas: list[_Cda],
+    actor: str,
+    action: str,
+    reason: str | None,
+    manual: bool,
+) -> str:
+    result = _create_documents(s, mail, inbound, patient, cdas)
+    if isinstance(result, _Verdict):
+        set_mail_status(s, mail, result.status, result.reason, result.code, actor, "mss_triage")
+        return mail.status
+    created, duplicates = result
+    mail.patient_id, mail.structure_id = patient.id, patient.structure_id
+    mail.document_id = (created or duplicates)[0]
+    mail.detail = {
+        **mail.detail,
+        "document_ids": created,
+        "duplicate_document_ids": duplicates,
+        "manual": manual,
+    }
+    text = reason or (
+        "Transmis au DPI"
+        if created
+        else "Document(s) déjà reçu(s) par un autre courriel : pas de nouvel envoi"
+    )
+    set_mail_status(s, mail, "integrated", text, None, actor, action)
+    if not created:
+        enqueue_mdn(s, mail, None, manual)
+    return mail.status
+
+
+def integrate_mail(ctx: MssInboundContext, mail_id: int) -> str:
+    """The ``mss.integrate`` job: returns the mail's new status (integrated, triage or rejected)."""
+    with ctx.db.session() as s:
+        mail = s.get_one(Mail, mail_id)
+        if mail.status != "received":
+            return mail.status  # already done by a previous run of this job
+        raw = load_payload(s, mail.payload_sha256 or "")
+    # Parsing and unzipping are the costly part: outside any transaction.
+    verdict: _Verdict | None = None
+    inbound: InboundMail | None = None
+    cdas: list[_Cda] = []
+    warnings: list[str] = []
+    try:
+        inbound, cdas, warnings = open_mail(raw, ctx.limits)
+    except (MailError, XdmError) as exc:
+        verdict = _verdict_for(exc)
+    with ctx.db.session() as s:
+        mail = s.get_one(Mail, mail_id, with_for_update=True)
+        if mail.status != "received":
+            return mail.status
+        if warnings:
+            mail.detail = {**mail.detail, "xdm_warnings": warnings}
+        # The mailbox's site: a mail waiting in triage is then seen by that site's staff, not only GHT-wide.
+        mail.structure_id = mail.structure_id or ctx.mailbox_structures.get(mail.mailbox.lower())
+        if verdict is None:
+            assert inbound is not None
+            matched = _match(s, ctx, mail, cdas)
+            if isinstance(matched, Patient):
+                status = integrate_on_patient(
+                    s, mail, inbound, matched, cdas, SYSTEM_ACTOR, "mss_integrate", None, False
+                )
+                log.info("mail %s: %s", mail_id, status)
+                return status
+            verdict = matched
+        set_mail_status(
+            s, mail, verdict.status, verdict.reason, verdict.code, SYSTEM_ACTOR, f"mss_{verdict.status}"
+        )
+        if verdict.status == "rejected":
+            enqueue_mdn(s, mail, verdict.code, False)
+        log.info("mail %s: %s (code %s)", mail_id, verdict.status, verdict.code)
+        return verdict.status

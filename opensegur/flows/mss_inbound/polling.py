@@ -1,0 +1,194 @@
+"""Polling the hospital mailboxes: every fetched mail stored, with its ``mss.integrate`` job, before the server is
+told it was processed; DSN/MDN reports handed to the outbound flow."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from email.errors import HeaderParseError
+from email.message import Message
+from email.utils import getaddresses, parseaddr
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from opensegur.flows.jobs import JobKind
+from opensegur.flows.mss_inbound.context import SYSTEM_ACTOR, audit, enqueue_mdn, header_value, read_headers
+from opensegur.flows.mss_outbound import record_report
+from opensegur.flows.mssante_ports import FetchedMail, IdleMailboxReader, MailboxReader, MailUnavailableError
+from opensegur.logsafe import failure
+from opensegur.store import jobs
+from opensegur.store.db import Database
+from opensegur.store.models import Mail
+from opensegur.store.payloads import store_payload
+
+log = logging.getLogger(__name__)
+
+
+def _is_report(headers: Message) -> bool:
+    try:
+        return headers.get_content_type() == "multipart/report"
+    except (ValueError, TypeError, IndexError, HeaderParseError):
+        return False
+
+
+def _record_report(s: Session, raw: bytes, mailbox: str) -> bool:
+    # The one call into the outbound flow, kept as a seam the tests replace.
+    return record_report(s, raw, mailbox)
+
+
+def _store_one(s: Session, mailbox: str, fetched: FetchedMail) -> bool:
+    """Store one fetched mail; False when it was already stored (re-read after a crash, or polled twice).
+
+    A reader may hand over only the header block of a mail above its size limit, announcing the real size in
+    ``size``: that mail is rejected at once (the headers are enough to answer the sender) and its header kept.
+    """
+    raw = fetched.raw
+    announced = int(getattr(fetched, "size", 0) or 0)
+    headers = read_headers(raw)
+    if _is_report(headers) and _record_report(s, raw, mailbox):
+        return True
+    digest = store_payload(s, raw)
+    message_id = header_value(headers, "Message-ID")
+    key = f"in:{mailbox}:{message_id}" if message_id and len(message_id) <= 300 else f"in:{mailbox}:{digest}"
+    existing = s.scalar(select(Mail).where(Mail.key == key))
+    if existing is not None:
+        if existing.payload_sha256 == digest:
+            return False
+        # Same Message-ID, other bytes: a different mail all the same, and nothing received is dropped.
+        key = f"in:{mailbox}:{digest}"
+        if s.scalar(select(Mail).where(Mail.key == key)) is not None:
+            return False
+    mail = Mail(
+        direction="in",
+        key=key,
+        mailbox=mailbox,
+        message_id=message_id[:300] if message_id else None,
+        sender=(parseaddr(header_value(headers, "From") or "")[1] or None),
+        recipients=[a for _, a in getaddresses([header_value(headers, "To") or ""]) if a][:50],
+        subject=(header_value(headers, "Subject") or "")[:500] or None,
+        payload_sha256=digest,
+        status="received",
+        detail={"size": max(len(raw), announced)},
+    )
+    if announced > len(raw):
+        mail.status, mail.mdn_code = "rejected", "906"
+        mail.reason = f"Courriel refusé : trop volumineux ({announced} octets), seul son en-tête est conservé"
+    elif _is_report(headers):
+        mail.status, mail.reason = (
+            "triage",
+            "Accusé (DSN/MDN) qui ne se rapporte à aucun courriel envoyé connu",
+        )
+    try:
+        with s.begin_nested():
+            s.add(mail)
+    except IntegrityError:
+        return False  # another poller stored it between our read and our insert
+    audit(s, SYSTEM_ACTOR, "mss_receive", mail, None, mailbox=mailbox, status_after=mail.status)
+    if mail.status == "received":
+        jobs.enqueue(s, JobKind.MSS_INTEGRATE, f"{JobKind.MSS_INTEGRATE}:{mail.id}", {"mail_id": mail.id})
+    elif mail.status == "rejected":
+        enqueue_mdn(s, mail, mail.mdn_code, False)
+    return True
+
+
+async def _poll(db: Database, reader: MailboxReader, mailbox: str, limit: int) -> tuple[int, int]:
+    """(fetched, newly stored) for one poll of one mailbox."""
+    fetched = await reader.fetch_new(mailbox, limit)
+    if not fetched:
+        return 0, 0
+
+    def _store() -> int:
+        with db.session() as s:
+            return sum(_store_one(s, mailbox, f) for f in fetched)
+
+    stored = await asyncio.to_thread(_store)
+    await reader.mark_done(mailbox, [f.uid for f in fetched])
+    if stored:
+        log.info("mailbox poll: %d new mail(s) stored", stored)
+    return len(fetched), stored
+
+
+async def poll_mailbox(db: Database, reader: MailboxReader, mailbox: str, limit: int) -> int:
+    """Fetch new mails, store them, then mark them done on the server. Returns how many were new."""
+    return (await _poll(db, reader, mailbox, limit))[1]
+
+
+async def _poll_loop(
+    db: Database,
+    reader: MailboxReader,
+    mailbox: str,
+    *,
+    interval_s: float,
+    limit: int,
+    stop: asyncio.Event,
+    on_stored: Callable[[], None] | None,
+) -> None:
+    """Poll one mailbox until cancelled (by :func:`run_poller` once ``stop`` is set)."""
+    idle = reader if isinstance(reader, IdleMailboxReader) else None
+    loop = asyncio.get_running_loop()
+    announced = False  # the last wait said there was news
+    while True:
+        try:
+            fetched, stored = await _poll(db, reader, mailbox, limit)
+            if stored and on_stored is not None:
+                on_stored()
+            if stored and fetched >= limit:
+                continue  # a backlog: the next batch at once
+            # News that the poll did not find (a mail someone already read in a webmail is above the reader's
+            # last UID but not unread): waiting again would answer at once, so this round is a plain sleep.
+            spurious, announced = announced and not fetched, False
+            if idle is not None and not spurious:
+                started = loop.time()
+                announced = await idle.wait_for_news(mailbox, interval_s)
+                if announced:
+                    continue
+                # No news: still at most one poll per interval, even when the wait ended early (IDLE capped by
+                # the reader, a reader answering at once).
+                await asyncio.sleep(interval_s - (loop.time() - started))
+                continue
+        except MailUnavailableError as exc:
+            # Stopping closes the reader under a poll or an IDLE in progress: nothing to warn about.
+            if not stop.is_set():
+                log.warning("mailbox %s: poll failed, retried in %g s: %s", mailbox, interval_s, exc)
+        except Exception as exc:  # the loop must outlive any one bad poll
+            if not stop.is_set():
+                log.error("mailbox %s: poll crashed, retried in %g s: %s", mailbox, interval_s, failure(exc))
+        await asyncio.sleep(interval_s)
+
+
+async def run_poller(
+    db: Database,
+    reader: MailboxReader,
+    mailboxes: Sequence[str],
+    *,
+    interval_s: float,
+    limit: int,
+    stop: asyncio.Event,
+    on_stored: Callable[[], None] | None = None,
+) -> None:
+    """Poll every mailbox, each in its own loop, until ``stop`` is set; survives operator outages.
+
+    After each poll a loop waits for news when the reader offers it (:class:`IdleMailboxReader`: IMAP IDLE),
+    polling again as soon as news comes and at the latest after ``interval_s``; otherwise it sleeps
+    ``interval_s``. A failed poll or wait is retried after ``interval_s``. A mailbox whose server hangs holds
+    only its own loop.
+    """
+    loops = [
+        asyncio.create_task(
+            _poll_loop(db, reader, box, interval_s=interval_s, limit=limit, stop=stop, on_stored=on_stored),
+            name=f"mss-poll:{box}",
+        )
+        for box in dict.fromkeys(mailboxes)
+    ]
+    try:
+        await stop.wait()
+    finally:
+        # Cutting a poll short loses nothing: stored mails are committed before the server is told, the others
+        # are still on the server and the idempotence key absorbs the re-read. A wait abandoned in a reader's
+        # thread ends when the platform closes the reader (that breaks the IDLE).
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
