@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 import opensegur
 from opensegur.content.validation import Finding
-from opensegur.flows import dmp_feed, mss_outbound
+from opensegur.flows import dmp_feed
 from opensegur.flows.dmp_feed import ProcessContext, make_process_handler
 from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.flows.jobs import JobKind
@@ -29,6 +29,7 @@ from opensegur.flows.mss_outbound import (
     make_mss_send_handler,
     make_mss_zam_handler,
     record_report,
+    sending,
 )
 from opensegur.flows.mssante_ports import MailSendResult, MailUnavailableError
 from opensegur.flows.worker import WorkerPool
@@ -412,7 +413,7 @@ async def test_temporary_refusal_of_every_recipient_is_retried_not_failed(rig: R
 async def test_crash_after_send_before_commit_never_sends_twice(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = mss_outbound._after_send
+    real = sending._after_send
     crashes = iter([True])
 
     def crash_once(*args: Any) -> dict[str, Any]:
@@ -420,7 +421,7 @@ async def test_crash_after_send_before_commit_never_sends_twice(
             raise RuntimeError("process killed after the SMTP transaction")
         return real(*args)
 
-    monkeypatch.setattr(mss_outbound, "_after_send", crash_once)
+    monkeypatch.setattr(sending, "_after_send", crash_once)
     n = new_number()
     rig.send_hl7(document_message(n, DESTDMP=False))
     await rig.drain()
