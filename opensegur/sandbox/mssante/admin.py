@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from opensegur.sandbox.mssante.imap_server import INBOX, StoreError, canonical_address
+from opensegur.sandbox.mssante.maildir_store import INBOX, StoreError, canonical_address
 from opensegur.sandbox.mssante.operator import MssFault, MssOperator
 
 __all__ = ["create_mssante_router"]

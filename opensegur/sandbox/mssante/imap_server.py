@@ -1,17 +1,16 @@
-"""IMAP side of the MSSanté sandbox: the Maildir store with stable UIDs, and a minimal IMAP4rev1 server on it.
+"""IMAP side of the MSSanté sandbox: a minimal IMAP4rev1 server on the Maildir store (``maildir_store``).
 
-No maintained Python IMAP *server* library exists, so the protocol part below is written by hand (RFC 3501
-subset, plus IDLE 2177, LITERAL+ 7888, NAMESPACE 2342, UIDPLUS 4315, MOVE 6851, UNSELECT 3691). It serves what
-mail clients and ``imapclient`` use: LOGIN / AUTHENTICATE PLAIN, STARTTLS, LIST/LSUB, NAMESPACE, SELECT/EXAMINE,
-STATUS, CREATE, APPEND, SEARCH, FETCH, STORE, COPY, MOVE, EXPUNGE, CLOSE, IDLE. RENAME, DELETE, BODYSTRUCTURE and
-MIME part sections (``BODY[1]``) are not served (``BAD``); keywords are accepted but not kept (no ``\\*`` in
-PERMANENTFLAGS). Every hostile input (overlong line, huge literal, garbage) gets a ``BAD``/``NO`` and never stops
-the server; the connection is dropped only when resynchronising is impossible (a too large non-synchronising
-literal) or the client keeps sending errors.
+No maintained Python IMAP *server* library exists, so it is written by hand (RFC 3501 subset, plus IDLE 2177,
+LITERAL+ 7888, NAMESPACE 2342, UIDPLUS 4315, MOVE 6851, UNSELECT 3691). It serves what mail clients and
+``imapclient`` use: LOGIN / AUTHENTICATE PLAIN, STARTTLS, LIST/LSUB, NAMESPACE, SELECT/EXAMINE, STATUS, CREATE,
+APPEND, SEARCH, FETCH, STORE, COPY, MOVE, EXPUNGE, CLOSE, IDLE. RENAME, DELETE, BODYSTRUCTURE and MIME part
+sections (``BODY[1]``) are not served (``BAD``); keywords are accepted but not kept (no ``\\*`` in PERMANENTFLAGS).
+Every hostile input (overlong line, huge literal, garbage) gets a ``BAD``/``NO`` and never stops the server; the
+connection is dropped only when resynchronising is impossible (a too large non-synchronising literal) or the client
+keeps sending errors.
 
-Storage is one stdlib ``mailbox.Maildir`` per address (``<root>/<address>/``, folder ``A/B`` as the Maildir++
-sub-directory ``.A.B``); flags live in the Maildir file names (``S`` seen, ``R`` answered, ``F`` flagged, ``T``
-deleted, ``D`` draft) and UIDs in ``opensegur-imap.json`` next to ``cur/new/tmp``.
+The protocol's grammar (tokenizer, quoting, sequence sets, dates, envelope) is in ``imap_syntax``; this module
+holds the connection: reading commands and literals, the session's state, and the commands themselves.
 """
 
 from __future__ import annotations
@@ -19,369 +18,46 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import bisect
 import contextlib
-import json
 import logging
-import mailbox
-import os
 import re
 import ssl
-import threading
-import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
-from email import policy
-from email.parser import BytesHeaderParser
-from email.utils import getaddresses
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from opensegur.errors import OpenSegurError
+from opensegur.sandbox.mssante.imap_syntax import (
+    BadCommand,
+    SequenceSet,
+    Token,
+    ascii_text,
+    astring,
+    envelope,
+    header_fields,
+    imap_date,
+    internal_date_text,
+    parse_date_time,
+    quote,
+    split_message,
+    tokenize,
+    uid_set_text,
+)
+from opensegur.sandbox.mssante.maildir_store import (
+    DELIMITER,
+    FLAG_LETTERS,
+    FolderState,
+    MaildirStore,
+    StoredMessage,
+    StoreError,
+)
 
-__all__ = [
-    "INBOX",
-    "DEFAULT_FOLDERS",
-    "FolderState",
-    "ImapServer",
-    "MaildirStore",
-    "StoreError",
-    "StoredMessage",
-    "canonical_address",
-]
+__all__ = ["ImapServer"]
 
 log = logging.getLogger(__name__)
 
-INBOX = "INBOX"
-DEFAULT_FOLDERS = ("Traites",)
-_STATE_FILE = "opensegur-imap.json"
-_ADDRESS_RE = re.compile(r"^[a-z0-9_+-][a-z0-9._+-]{0,63}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})+$")
-# One level of a folder name; IMAP "A/B" is the Maildir++ folder ".A.B".
-_FOLDER_PART_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9 _-]{0,63}$")
-_MAX_FOLDER_DEPTH = 4
-DELIMITER = "/"
-_FLAG_LETTERS = {"\\seen": "S", "\\answered": "R", "\\flagged": "F", "\\deleted": "T", "\\draft": "D"}
-_LETTER_FLAGS = {"S": "\\Seen", "R": "\\Answered", "F": "\\Flagged", "T": "\\Deleted", "D": "\\Draft"}
 _SYSTEM_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 T = TypeVar("T")
-
-
-class StoreError(OpenSegurError):
-    """Unknown mailbox or folder, bad name: ``code`` is an IMAP response code (``NONEXISTENT``, ``CANNOT``…)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def canonical_address(address: str) -> str:
-    """Lower-cased address, refused unless it is a plain ``local@domain`` safe to use as a directory name."""
-    value = address.strip().strip("<>").lower()
-    if not _ADDRESS_RE.match(value) or ".." in value:
-        raise StoreError("CANNOT", f"Adresse de messagerie invalide : {address[:80]!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    uid: int
-    key: str
-    path: Path
-    flags: str  # Maildir info letters, sorted
-    size: int
-    internal_date: datetime
-
-    @property
-    def imap_flags(self) -> list[str]:
-        return [_LETTER_FLAGS[c] for c in self.flags if c in _LETTER_FLAGS]
-
-    @property
-    def seen(self) -> bool:
-        return "S" in self.flags
-
-
-@dataclass(frozen=True)
-class FolderState:
-    uidvalidity: int
-    uidnext: int
-    messages: list[StoredMessage]  # by ascending UID
-
-    def by_uid(self) -> dict[int, StoredMessage]:
-        return {m.uid: m for m in self.messages}
-
-
-class MaildirStore:
-    """Maildirs under ``root`` with persistent UIDs; thread-safe, so callers may run it in worker threads.
-
-    ``on_change(address, folder)`` is called (from the calling thread) after every change of a folder.
-    """
-
-    def __init__(self, root: Path, on_change: Callable[[str, str], None] | None = None) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.on_change = on_change
-        self._lock = threading.RLock()
-
-    # ---------------------------------------------------------------------------------------------- mailboxes
-
-    def _dir(self, address: str) -> Path:
-        return self.root / canonical_address(address)
-
-    def has_mailbox(self, address: str) -> bool:
-        try:
-            return (self._dir(address) / "cur").is_dir()
-        except StoreError:
-            return False
-
-    def create_mailbox(self, address: str) -> bool:
-        """Create the Maildir (and default folders) when missing; True when it was created."""
-        path = self._dir(address)
-        with self._lock:
-            if (path / "cur").is_dir():
-                return False
-            md = mailbox.Maildir(path, create=True)
-            for name in DEFAULT_FOLDERS:
-                md.add_folder(name)
-            return True
-
-    def mailboxes(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if "@" in p.name and (p / "cur").is_dir())
-
-    def folders(self, address: str) -> list[str]:
-        path = self._existing(address)
-        names = mailbox.Maildir(path, create=False).list_folders()
-        return [INBOX, *sorted(n.replace(".", DELIMITER) for n in names)]
-
-    @staticmethod
-    def _maildir_folder(name: str) -> str | None:
-        """Maildir++ name of an IMAP folder name, None when the name is not allowed."""
-        parts = name.strip(DELIMITER).split(DELIMITER)
-        if len(parts) > _MAX_FOLDER_DEPTH or not all(_FOLDER_PART_RE.match(p) for p in parts):
-            return None
-        if parts[0].upper() == INBOX:
-            return None
-        return ".".join(parts)
-
-    def create_folder(self, address: str, name: str) -> None:
-        """Create a folder and, as RFC 3501 §6.3.3 wants, its missing parents (``A/B`` creates ``A``)."""
-        path = self._existing(address)
-        target = self._maildir_folder(name)
-        if target is None:
-            raise StoreError(
-                "CANNOT",
-                "Nom de dossier invalide (lettres, chiffres, espace, _ et -, 4 niveaux separes par / au plus)",
-            )
-        with self._lock:
-            md = mailbox.Maildir(path, create=False)
-            existing = set(md.list_folders())
-            if target in existing:
-                raise StoreError("ALREADYEXISTS", "Ce dossier existe deja")
-            parts = target.split(".")
-            for depth in range(1, len(parts) + 1):
-                level = ".".join(parts[:depth])
-                if level not in existing:
-                    md.add_folder(level)
-
-    def _existing(self, address: str) -> Path:
-        path = self._dir(address)
-        if not (path / "cur").is_dir():
-            raise StoreError("NONEXISTENT", "Boite aux lettres inconnue")
-        return path
-
-    def _folder_path(self, address: str, folder: str) -> Path:
-        path = self._existing(address)
-        if folder.upper() == INBOX:
-            return path
-        target = self._maildir_folder(folder)
-        if target is None or not (path / f".{target}" / "cur").is_dir():
-            raise StoreError("NONEXISTENT", "Dossier inexistant")
-        return path / f".{target}"
-
-    @staticmethod
-    def folder_name(folder: str) -> str:
-        return INBOX if folder.upper() == INBOX else folder.strip(DELIMITER)
-
-    # ------------------------------------------------------------------------------------------- UID state
-
-    def _load_state(self, address: str) -> dict[str, Any]:
-        file = self._existing(address) / _STATE_FILE
-        try:
-            state = json.loads(file.read_text("utf-8"))
-        except FileNotFoundError:
-            return {"folders": {}, "mdn_sent": []}
-        if not isinstance(state, dict) or not isinstance(state.get("folders"), dict):
-            raise StoreError("SERVERBUG", f"Etat IMAP illisible : {file}")
-        state.setdefault("mdn_sent", [])
-        return state
-
-    def _save_state(self, address: str, state: dict[str, Any]) -> None:
-        file = self._existing(address) / _STATE_FILE
-        tmp = file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, sort_keys=True), "utf-8")
-        os.replace(tmp, file)
-
-    @staticmethod
-    def _scan(path: Path) -> dict[str, tuple[Path, str, int, float]]:
-        found: dict[str, tuple[Path, str, int, float]] = {}
-        for sub in ("new", "cur"):
-            with os.scandir(path / sub) as entries:
-                for entry in entries:
-                    if entry.name.startswith(".") or not entry.is_file():
-                        continue
-                    key, _, info = entry.name.partition(":")
-                    flags = "".join(sorted(info[2:])) if info.startswith("2,") else ""
-                    st = entry.stat()
-                    found[key] = (Path(entry.path), flags, st.st_size, st.st_mtime)
-        return found
-
-    def _reconcile(self, address: str, folder: str) -> tuple[FolderState, dict[str, Any]]:
-        """Fresh view of a folder, giving UIDs to files that appeared and forgetting those that vanished."""
-        path = self._folder_path(address, folder)
-        name = self.folder_name(folder)
-        state = self._load_state(address)
-        entry = state["folders"].get(name)
-        changed = False
-        if entry is None:
-            entry = {"uidvalidity": int(time.time()) & 0xFFFFFFFF or 1, "uidnext": 1, "uids": {}}
-            state["folders"][name] = entry
-            changed = True
-        files = self._scan(path)
-        uids: dict[str, int] = entry["uids"]
-        for key in [k for k in uids if k not in files]:
-            del uids[key]
-            changed = True
-        for key in sorted((k for k in files if k not in uids), key=lambda k: (files[k][3], k)):
-            uids[key] = entry["uidnext"]
-            entry["uidnext"] += 1
-            changed = True
-        if changed:
-            self._save_state(address, state)
-        messages = sorted(
-            (
-                StoredMessage(uid, key, files[key][0], files[key][1], files[key][2], _from_ts(files[key][3]))
-                for key, uid in uids.items()
-            ),
-            key=lambda m: m.uid,
-        )
-        return FolderState(entry["uidvalidity"], entry["uidnext"], messages), state
-
-    def folder(self, address: str, folder: str = INBOX) -> FolderState:
-        with self._lock:
-            return self._reconcile(address, folder)[0]
-
-    # -------------------------------------------------------------------------------------------- messages
-
-    def deliver(
-        self,
-        address: str,
-        raw: bytes,
-        folder: str = INBOX,
-        *,
-        flags: str = "",
-        internal_date: float | None = None,
-    ) -> int:
-        """Store ``raw`` (CRLF line ends expected) and return its UID."""
-        path = self._folder_path(address, folder)
-        # Maildir.add writes in tmp/ then renames into new/: readers never see a partial message.
-        key = mailbox.Maildir(path, create=False).add(raw)
-        with self._lock:
-            file = path / "new" / key
-            if flags:
-                target = path / "cur" / f"{key}:2,{''.join(sorted(set(flags)))}"
-                os.rename(file, target)
-                file = target
-            if internal_date is not None:
-                os.utime(file, (internal_date, internal_date))
-            folder_state, _ = self._reconcile(address, folder)
-            uid = next(m.uid for m in folder_state.messages if m.key == key)
-        self._changed(address, folder)
-        return uid
-
-    def read(self, address: str, folder: str, uid: int) -> bytes:
-        message = self.folder(address, folder).by_uid().get(uid)
-        if message is None:
-            raise StoreError("NONEXISTENT", f"Message UID {uid} inexistant")
-        return message.path.read_bytes()
-
-    def store_flags(self, address: str, folder: str, uids: Iterable[int], letters: str, mode: str) -> None:
-        """``mode``: ``+`` add, ``-`` remove, ``=`` replace the flags of the given messages."""
-        path = self._folder_path(address, folder)
-        wanted = set(letters)
-        with self._lock:
-            messages = self._reconcile(address, folder)[0].by_uid()
-            for uid in uids:
-                m = messages.get(uid)
-                if m is None:
-                    continue
-                current = set(m.flags)
-                new = current | wanted if mode == "+" else current - wanted if mode == "-" else wanted
-                if new == current and m.path.parent.name == "cur":
-                    continue
-                # Python 3.11's Maildir has no set_flags (3.13): renaming the file is how Maildir stores flags.
-                os.rename(m.path, path / "cur" / f"{m.key}:2,{''.join(sorted(new))}")
-        self._changed(address, folder)
-
-    def copy(self, address: str, folder: str, uids: Sequence[int], dest: str) -> list[tuple[int, int]]:
-        """Copy messages (flags and internal date kept); returns ``(source UID, new UID)`` pairs."""
-        self._folder_path(address, dest)
-        pairs = []
-        for uid in uids:
-            m = self.folder(address, folder).by_uid().get(uid)
-            if m is None:
-                continue
-            new_uid = self.deliver(
-                address, m.path.read_bytes(), dest, flags=m.flags, internal_date=m.internal_date.timestamp()
-            )
-            pairs.append((uid, new_uid))
-        return pairs
-
-    def remove(self, address: str, folder: str, uids: Iterable[int]) -> list[int]:
-        """Delete messages for good (EXPUNGE, MOVE); returns the UIDs actually removed."""
-        removed = []
-        with self._lock:
-            messages = self._reconcile(address, folder)[0].by_uid()
-            for uid in uids:
-                m = messages.get(uid)
-                if m is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        m.path.unlink()
-                    removed.append(uid)
-            self._reconcile(address, folder)
-        if removed:
-            self._changed(address, folder)
-        return removed
-
-    def mark_mdn_sent(self, address: str, folder: str, uid: int) -> bool:
-        """Remember an MDN went out for this message; False when one already had (RFC 8098 §2.1: only once)."""
-        with self._lock:
-            folder_state, state = self._reconcile(address, folder)
-            m = folder_state.by_uid().get(uid)
-            if m is None:
-                raise StoreError("NONEXISTENT", f"Message UID {uid} inexistant")
-            if m.key in state["mdn_sent"]:
-                return False
-            state["mdn_sent"].append(m.key)
-            self._save_state(address, state)
-            return True
-
-    def _changed(self, address: str, folder: str) -> None:
-        if self.on_change is not None:
-            self.on_change(canonical_address(address), self.folder_name(folder))
-
-
-def _from_ts(ts: float) -> datetime:
-    return datetime.fromtimestamp(int(ts), UTC)
-
-
-# ==============================================================================================================
-# IMAP protocol
-
-
-class _Bad(OpenSegurError):
-    """The command is malformed: answered ``BAD`` with this (ASCII) text."""
 
 
 class _No(OpenSegurError):
@@ -401,240 +77,11 @@ class _TooLong(OpenSegurError):
 
 
 _APPEND_RE = re.compile(rb"^\S+ +APPEND ", re.IGNORECASE)
-_DATE_TIME_RE = re.compile(
-    r"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$"
-)
 _LITERAL_RE = re.compile(rb"\{(\d{1,20})(\+?)\}\r?\n$")
 _TAG_RE = re.compile(r"^[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]{1,64}$")
-_ATOM_SPECIALS = set('(){ %*"\\]') | {chr(c) for c in range(0, 32)} | {chr(127)}
 _FETCH_SECTION_RE = re.compile(
     r"^(BODY(?:\.PEEK)?)\[([A-Z0-9.]*)(?: \(([^()]*)\))?\](?:<(\d{1,10})(?:\.(\d{1,10}))?>)?$"
 )
-
-Token = str | bytes | list[Any]
-
-
-def _tokenize(pieces: list[bytes]) -> list[Token]:
-    """Tokens of a command: ``str`` atoms, ``bytes`` strings (quoted or literal), nested lists for ``(…)``.
-
-    ``pieces`` alternates text and literal contents: text, literal, text, literal, text.
-    """
-    flat: list[Any] = []
-    for index, piece in enumerate(pieces):
-        if index % 2:
-            flat.append(piece)
-            continue
-        text = piece.decode("latin-1")
-        i, n = 0, len(text)
-        while i < n:
-            c = text[i]
-            if c == " ":
-                i += 1
-            elif c in "()":
-                flat.append(c)
-                i += 1
-            elif c == '"':
-                out = []
-                i += 1
-                while True:
-                    if i >= n:
-                        raise _Bad("Chaine entre guillemets non terminee (unterminated quoted string)")
-                    c = text[i]
-                    if c == "\\" and i + 1 < n:
-                        out.append(text[i + 1])
-                        i += 2
-                    elif c == '"':
-                        i += 1
-                        break
-                    elif c in "\r\n":
-                        raise _Bad("Fin de ligne dans une chaine (line break in quoted string)")
-                    else:
-                        out.append(c)
-                        i += 1
-                flat.append("".join(out).encode("latin-1"))
-            else:
-                start = i
-                while i < n and text[i] not in ' ()"':
-                    if text[i] == "[":
-                        end = text.find("]", i)
-                        if end < 0:
-                            raise _Bad("Crochet non ferme (unbalanced brackets)")
-                        i = end + 1
-                    else:
-                        i += 1
-                atom = text[start:i]
-                if not atom.isascii() or any(ch < " " or ch == "\x7f" for ch in atom):
-                    raise _Bad("Caracteres invalides (invalid characters)")
-                flat.append(_AtomToken(atom))
-    root: list[Any] = []
-    stack = [root]
-    for tok in flat:
-        if tok == "(" and not isinstance(tok, _AtomToken):
-            new: list[Any] = []
-            stack[-1].append(new)
-            stack.append(new)
-            if len(stack) > 16:
-                raise _Bad("Parentheses trop imbriquees (nesting too deep)")
-        elif tok == ")" and not isinstance(tok, _AtomToken):
-            if len(stack) == 1:
-                raise _Bad("Parenthese fermante en trop (unbalanced parentheses)")
-            stack.pop()
-        else:
-            stack[-1].append(str(tok) if isinstance(tok, _AtomToken) else tok)
-    if len(stack) != 1:
-        raise _Bad("Parenthese non fermee (unbalanced parentheses)")
-    return root
-
-
-class _AtomToken(str):
-    """An atom while tokenizing, so that an atom spelled ``(`` cannot be mistaken for a parenthesis."""
-
-
-def _astring(tok: Token, what: str) -> str:
-    if isinstance(tok, bytes):
-        try:
-            return tok.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _Bad(f"{what} : UTF-8 invalide") from exc
-    if isinstance(tok, str) and not any(c in _ATOM_SPECIALS for c in tok.replace("]", "")):
-        return tok
-    raise _Bad(f"{what} attendu (string expected)")
-
-
-def _quote(value: str | bytes) -> bytes:
-    data = value.encode("utf-8") if isinstance(value, str) else value
-    if all(32 <= b < 127 and b not in (34, 92) for b in data):
-        return b'"' + data + b'"'
-    return b"{%d}\r\n" % len(data) + data
-
-
-def _nstring(value: str | bytes | None) -> bytes:
-    return b"NIL" if value is None else _quote(value)
-
-
-class _SequenceSet:
-    """``1:4,7,9:*``; ranges are kept as merged bounds so ``1:4294967295`` or a long UID list cost little."""
-
-    def __init__(self, text: str, star: int) -> None:
-        if not text:
-            raise _Bad("Ensemble de sequence invalide (bad sequence set)")
-        ranges: list[tuple[int, int]] = []
-        for part in text.split(","):
-            bounds = part.split(":")
-            if len(bounds) > 2:
-                raise _Bad("Ensemble de sequence invalide (bad sequence set)")
-            values = []
-            for b in bounds:
-                if b == "*":
-                    values.append(star)
-                elif b.isdigit() and 0 < int(b) < 2**32:
-                    values.append(int(b))
-                else:
-                    raise _Bad("Ensemble de sequence invalide (bad sequence set)")
-            ranges.append((min(values), max(values)))
-        merged: list[tuple[int, int]] = []
-        for lo, hi in sorted(ranges):
-            if merged and lo <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
-            else:
-                merged.append((lo, hi))
-        self._starts = [lo for lo, _ in merged]
-        self._ranges = merged
-
-    def __contains__(self, n: int) -> bool:
-        index = bisect.bisect_right(self._starts, n) - 1
-        return index >= 0 and n <= self._ranges[index][1]
-
-
-def _uid_set_text(uids: Sequence[int]) -> str:
-    parts: list[str] = []
-    start = prev = None
-    for u in sorted(uids):
-        if start is None:
-            start = prev = u
-        elif prev is not None and u == prev + 1:
-            prev = u
-        else:
-            parts.append(f"{start}" if start == prev else f"{start}:{prev}")
-            start = prev = u
-    if start is not None:
-        parts.append(f"{start}" if start == prev else f"{start}:{prev}")
-    return ",".join(parts)
-
-
-def _imap_date(value: Token) -> date:
-    text = _astring(value, "Date")
-    parts = text.split("-")
-    if len(parts) == 3 and parts[0].isdigit() and parts[2].isdigit() and parts[1].title() in _MONTHS:
-        with contextlib.suppress(ValueError):
-            return date(int(parts[2]), _MONTHS.index(parts[1].title()) + 1, int(parts[0]))
-    raise _Bad("Date invalide, format attendu 1-Feb-2024 (bad date)")
-
-
-def _internal_date(d: datetime) -> str:
-    return f"{d.day:02d}-{_MONTHS[d.month - 1]}-{d.year} {d:%H:%M:%S} +0000"
-
-
-def _split_message(raw: bytes) -> tuple[bytes, bytes]:
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        index = raw.find(sep)
-        if index >= 0:
-            return raw[: index + len(sep)], raw[index + len(sep) :]
-    return raw, b""
-
-
-def _header_fields(header: bytes, names: set[str], exclude: bool) -> bytes:
-    out: list[bytes] = []
-    keep = False
-    for line in header.splitlines(keepends=True):
-        if line in (b"\r\n", b"\n"):
-            break
-        if line[:1] in (b" ", b"\t"):
-            if keep:
-                out.append(line)
-            continue
-        name = line.split(b":", 1)[0].strip().decode("latin-1").upper()
-        keep = (name in names) != exclude
-        if keep:
-            out.append(line)
-    return b"".join(out) + b"\r\n"
-
-
-def _envelope(header: bytes) -> bytes:
-    msg = BytesHeaderParser(policy=policy.compat32).parsebytes(header)
-
-    def field(name: str) -> bytes:
-        value = msg.get(name)
-        return _nstring(" ".join(str(value).split()) if value is not None else None)
-
-    def addresses(*names: str) -> bytes:
-        for name in names:
-            values = msg.get_all(name)
-            if values:
-                items = []
-                for display, addr in getaddresses([str(v) for v in values]):
-                    local, _, host = addr.partition("@")
-                    items.append(
-                        b"("
-                        + b" ".join([_nstring(display or None), b"NIL", _nstring(local), _nstring(host)])
-                        + b")"
-                    )
-                return b"(" + b"".join(items) + b")" if items else b"NIL"
-        return b"NIL"
-
-    parts = [
-        field("Date"),
-        field("Subject"),
-        addresses("From"),
-        addresses("Sender", "From"),
-        addresses("Reply-To", "From"),
-        addresses("To"),
-        addresses("Cc"),
-        addresses("Bcc"),
-        field("In-Reply-To"),
-        field("Message-ID"),
-    ]
-    return b"(" + b" ".join(parts) + b")"
 
 
 class ImapServer:
@@ -804,17 +251,17 @@ class _Session:
             tag = "*"
             try:
                 if isinstance(command, tuple):
-                    raise _Bad(command[0])
-                tokens = _tokenize(command)
+                    raise BadCommand(command[0])
+                tokens = tokenize(command)
                 if not tokens or not isinstance(tokens[0], str) or not _TAG_RE.match(tokens[0]):
-                    raise _Bad("Etiquette invalide (invalid tag)")
+                    raise BadCommand("Etiquette invalide (invalid tag)")
                 tag = tokens[0]
                 if len(tokens) < 2 or not isinstance(tokens[1], str):
-                    raise _Bad("Commande manquante (missing command)")
+                    raise BadCommand("Commande manquante (missing command)")
                 text = await self.dispatch(tag, tokens[1].upper(), tokens[2:])
                 if text is not None:
                     await self.send(f"{tag} OK {text}\r\n".encode())
-            except _Bad as exc:
+            except BadCommand as exc:
                 if tag == "*":
                     head = command[1] if isinstance(command, tuple) else command[0][:70]
                     guess = head.split(b" ", 1)[0].decode("latin-1")
@@ -828,7 +275,7 @@ class _Session:
                 code = f"[{exc.code}] " if exc.code else ""
                 await self.send(f"{tag} NO {code}{exc}\r\n".encode())
             except StoreError as exc:
-                await self.send(f"{tag} NO [{exc.code}] {_ascii(str(exc))}\r\n".encode())
+                await self.send(f"{tag} NO [{exc.code}] {ascii_text(str(exc))}\r\n".encode())
             except (ConnectionError, asyncio.IncompleteReadError, _Disconnect, TimeoutError, ssl.SSLError):
                 raise
             except Exception:
@@ -860,7 +307,7 @@ class _Session:
                 return await self.login(args)
             if name == "AUTHENTICATE":
                 return await self.authenticate_cmd(args)
-            raise _Bad("Commande inconnue ou invalide avant authentification (LOGIN first)")
+            raise BadCommand("Commande inconnue ou invalide avant authentification (LOGIN first)")
         handlers: dict[str, Callable[[str, list[Token]], Awaitable[str]]] = {
             "SELECT": self.select,
             "EXAMINE": self.select,
@@ -890,11 +337,11 @@ class _Session:
             return await handlers[name](name, args)
         if name in selected:
             if self.folder is None:
-                raise _Bad("Aucun dossier selectionne (SELECT first)")
+                raise BadCommand("Aucun dossier selectionne (SELECT first)")
             return await selected[name](name, args)
         if name in ("LOGIN", "AUTHENTICATE", "STARTTLS"):
-            raise _Bad("Deja authentifie (already authenticated)")
-        raise _Bad("Commande inconnue (unknown command)")
+            raise BadCommand("Deja authentifie (already authenticated)")
+        raise BadCommand("Commande inconnue (unknown command)")
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(fn, *args)
@@ -902,26 +349,26 @@ class _Session:
     @staticmethod
     def _no_args(args: list[Token]) -> None:
         if args:
-            raise _Bad("Arguments inattendus (unexpected arguments)")
+            raise BadCommand("Arguments inattendus (unexpected arguments)")
 
     # ------------------------------------------------------------------------------------ authentication
 
     async def starttls(self, tag: str, args: list[Token]) -> None:
         self._no_args(args)
         if self.server.tls is None or self.tls_active:
-            raise _Bad("STARTTLS indisponible (not available)")
+            raise BadCommand("STARTTLS indisponible (not available)")
         await self.send(f"{tag} OK Debut de la negociation TLS (begin TLS)\r\n".encode())
         await self.writer.start_tls(self.server.tls)
         self.tls_active = True
 
     async def login(self, args: list[Token]) -> str:
         if len(args) != 2:
-            raise _Bad("Syntaxe : LOGIN utilisateur motdepasse (LOGIN user password)")
-        return await self._auth(_astring(args[0], "Utilisateur"), _astring(args[1], "Mot de passe"))
+            raise BadCommand("Syntaxe : LOGIN utilisateur motdepasse (LOGIN user password)")
+        return await self._auth(astring(args[0], "Utilisateur"), astring(args[1], "Mot de passe"))
 
     async def authenticate_cmd(self, args: list[Token]) -> str:
         if not args or not isinstance(args[0], str) or len(args) > 2:
-            raise _Bad("Syntaxe : AUTHENTICATE PLAIN")
+            raise BadCommand("Syntaxe : AUTHENTICATE PLAIN")
         if args[0].upper() != "PLAIN":
             raise _No("Mecanisme non pris en charge, PLAIN seulement (unsupported mechanism)")
         if len(args) == 2:
@@ -931,14 +378,14 @@ class _Session:
             try:
                 response = (await self._read_line()).strip()
             except _TooLong as exc:
-                raise _Bad("Reponse trop longue (response too long)") from exc
+                raise BadCommand("Reponse trop longue (response too long)") from exc
         if response == b"*":
-            raise _Bad("Authentification annulee (cancelled)")
+            raise BadCommand("Authentification annulee (cancelled)")
         try:
             decoded = base64.b64decode(response, validate=True).decode("utf-8")
             authzid, user, password = decoded.split("\x00")
         except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-            raise _Bad("Reponse PLAIN invalide (bad PLAIN response)") from exc
+            raise BadCommand("Reponse PLAIN invalide (bad PLAIN response)") from exc
         if authzid and authzid.lower() != user.lower():
             raise _No("Identite d'autorisation refusee (authzid refused)", "AUTHORIZATIONFAILED")
         return await self._auth(user, password)
@@ -959,11 +406,11 @@ class _Session:
     # ------------------------------------------------------------------------------------------- folders
 
     def _folder_arg(self, tok: Token) -> str:
-        return self.store.folder_name(_astring(tok, "Nom de dossier"))
+        return self.store.folder_name(astring(tok, "Nom de dossier"))
 
     async def select(self, name: str, args: list[Token]) -> str:
         if len(args) != 1:
-            raise _Bad(f"Syntaxe : {name} dossier")
+            raise BadCommand(f"Syntaxe : {name} dossier")
         folder = self._folder_arg(args[0])
         self.folder = None
         self.view = []
@@ -990,10 +437,10 @@ class _Session:
 
     async def list_cmd(self, name: str, args: list[Token]) -> str:
         if len(args) != 2:
-            raise _Bad(f"Syntaxe : {name} reference motif")
-        reference = _astring(args[0], "Reference")
-        pattern = reference + _astring(args[1], "Motif")
-        if not _astring(args[1], "Motif"):
+            raise BadCommand(f"Syntaxe : {name} reference motif")
+        reference = astring(args[0], "Reference")
+        pattern = reference + astring(args[1], "Motif")
+        if not astring(args[1], "Motif"):
             await self.send(f'* {name} (\\Noselect) "/" ""\r\n'.encode())
             return f"{name} termine"
         regex = re.compile(
@@ -1007,7 +454,7 @@ class _Session:
             if regex.match(f):
                 children = any(other.startswith(f + DELIMITER) for other in folders)
                 attribute = "\\HasChildren" if children else "\\HasNoChildren"
-                out.append(f'* {name} ({attribute}) "{DELIMITER}" '.encode() + _quote(f))
+                out.append(f'* {name} ({attribute}) "{DELIMITER}" '.encode() + quote(f))
         if out:
             await self.send(b"\r\n".join(out) + b"\r\n")
         return f"{name} termine"
@@ -1019,7 +466,7 @@ class _Session:
 
     async def append(self, name: str, args: list[Token]) -> str:
         if len(args) < 2 or not isinstance(args[-1], bytes) or len(args) > 4:
-            raise _Bad("Syntaxe : APPEND dossier [(drapeaux)] [date] {taille}")
+            raise BadCommand("Syntaxe : APPEND dossier [(drapeaux)] [date] {taille}")
         folder = self._folder_arg(args[0])
         letters = ""
         when: float | None = None
@@ -1027,9 +474,9 @@ class _Session:
             if isinstance(option, list):
                 letters = _flag_letters(option)
             elif isinstance(option, bytes):
-                when = _parse_date_time(option.decode("latin-1"))
+                when = parse_date_time(option.decode("latin-1"))
             else:
-                raise _Bad("Option APPEND invalide (bad APPEND option)")
+                raise BadCommand("Option APPEND invalide (bad APPEND option)")
         message = args[-1]
         if not message.strip():
             raise _No("Message vide (empty message)")
@@ -1049,21 +496,21 @@ class _Session:
 
     async def subscribe(self, name: str, args: list[Token]) -> str:
         if len(args) != 1:
-            raise _Bad(f"Syntaxe : {name} dossier")
+            raise BadCommand(f"Syntaxe : {name} dossier")
         assert self.user is not None
         await self._call(self.store.folder, self.user, self._folder_arg(args[0]))
         return f"{name} termine (tous les dossiers sont abonnes)"
 
     async def create(self, name: str, args: list[Token]) -> str:
         if len(args) != 1:
-            raise _Bad("Syntaxe : CREATE dossier")
+            raise BadCommand("Syntaxe : CREATE dossier")
         assert self.user is not None
         await self._call(self.store.create_folder, self.user, self._folder_arg(args[0]))
         return "CREATE termine"
 
     async def status(self, name: str, args: list[Token]) -> str:
         if len(args) != 2 or not isinstance(args[1], list) or not args[1]:
-            raise _Bad("Syntaxe : STATUS dossier (MESSAGES UNSEEN UIDNEXT UIDVALIDITY RECENT)")
+            raise BadCommand("Syntaxe : STATUS dossier (MESSAGES UNSEEN UIDNEXT UIDVALIDITY RECENT)")
         folder = self._folder_arg(args[0])
         assert self.user is not None
         state = await self._call(self.store.folder, self.user, folder)
@@ -1078,9 +525,9 @@ class _Session:
         for item in args[1]:
             key = item.upper() if isinstance(item, str) else ""
             if key not in values:
-                raise _Bad(f"Element STATUS inconnu : {_ascii(str(item))[:30]}")
+                raise BadCommand(f"Element STATUS inconnu : {ascii_text(str(item))[:30]}")
             items.append(f"{key} {values[key]}")
-        await self.send(b"* STATUS " + _quote(folder) + f" ({' '.join(items)})\r\n".encode())
+        await self.send(b"* STATUS " + quote(folder) + f" ({' '.join(items)})\r\n".encode())
         return "STATUS termine"
 
     # ------------------------------------------------------------------------------------------ selected
@@ -1130,9 +577,9 @@ class _Session:
         self.view = []
         return f"{name} termine"
 
-    async def expunge(self, name: str, args: list[Token], only: _SequenceSet | None = None) -> str:
+    async def expunge(self, name: str, args: list[Token], only: SequenceSet | None = None) -> str:
         if args:
-            raise _Bad("Syntaxe : EXPUNGE")
+            raise BadCommand("Syntaxe : EXPUNGE")
         if self.readonly:
             raise _No("Dossier en lecture seule (read-only)", "READ-ONLY")
         state = await self._state()
@@ -1161,13 +608,13 @@ class _Session:
     def _targets(self, text: Token, by_uid: bool, state: FolderState) -> list[tuple[int, StoredMessage]]:
         """(sequence number, message) of the set, in sequence order; vanished messages are left out."""
         if not isinstance(text, str):
-            raise _Bad("Ensemble de sequence attendu (sequence set expected)")
+            raise BadCommand("Ensemble de sequence attendu (sequence set expected)")
         messages = state.by_uid()
         if by_uid:
             star = self.view[-1] if self.view else (state.messages[-1].uid if state.messages else 0)
         else:
             star = len(self.view)
-        wanted = _SequenceSet(text, star)
+        wanted = SequenceSet(text, star)
         out = []
         for seq, uid in enumerate(self.view, start=1):
             if (uid if by_uid else seq) in wanted and uid in messages:
@@ -1176,7 +623,7 @@ class _Session:
 
     async def uid(self, name: str, args: list[Token]) -> str:
         if not args or not isinstance(args[0], str):
-            raise _Bad("Syntaxe : UID FETCH|SEARCH|STORE|COPY|MOVE|EXPUNGE ...")
+            raise BadCommand("Syntaxe : UID FETCH|SEARCH|STORE|COPY|MOVE|EXPUNGE ...")
         sub = args[0].upper()
         if sub == "FETCH":
             return await self.fetch(sub, args[1:], by_uid=True)
@@ -1188,17 +635,17 @@ class _Session:
             return await self.copy(sub, args[1:], by_uid=True)
         if sub == "EXPUNGE":
             if len(args) != 2 or not isinstance(args[1], str):
-                raise _Bad("Syntaxe : UID EXPUNGE ensemble")
+                raise BadCommand("Syntaxe : UID EXPUNGE ensemble")
             state = await self._state()
             star = state.messages[-1].uid if state.messages else 0
-            return await self.expunge("EXPUNGE", [], _SequenceSet(args[1], star))
-        raise _Bad("Commande UID inconnue (unknown UID command)")
+            return await self.expunge("EXPUNGE", [], SequenceSet(args[1], star))
+        raise BadCommand("Commande UID inconnue (unknown UID command)")
 
     # --------------------------------------------------------------------------------------------- SEARCH
 
     async def search(self, name: str, args: list[Token], by_uid: bool = False) -> str:
         if len(args) >= 2 and isinstance(args[0], str) and args[0].upper() == "CHARSET":
-            charset = _astring(args[1], "Jeu de caracteres").upper()
+            charset = astring(args[1], "Jeu de caracteres").upper()
             if charset not in ("UTF-8", "US-ASCII"):
                 raise _No(
                     "Jeu de caracteres non pris en charge (unsupported charset)",
@@ -1206,7 +653,7 @@ class _Session:
                 )
             args = args[2:]
         if not args:
-            raise _Bad("Critere de recherche manquant (missing search key)")
+            raise BadCommand("Critere de recherche manquant (missing search key)")
         state = await self._state()
         max_uid = state.messages[-1].uid if state.messages else 0
         keys = list(args)
@@ -1244,15 +691,15 @@ class _Session:
         tok = keys.pop(0)
         if isinstance(tok, list):
             if not tok:
-                raise _Bad("Groupe de recherche vide (empty search group)")
+                raise BadCommand("Groupe de recherche vide (empty search group)")
             return self._search_keys(list(tok), max_uid)
         if not isinstance(tok, str):
-            raise _Bad("Critere de recherche invalide (bad search key)")
+            raise BadCommand("Critere de recherche invalide (bad search key)")
         key = tok.upper()
 
         def arg() -> Token:
             if not keys:
-                raise _Bad(f"Argument manquant pour {key} (missing argument)")
+                raise BadCommand(f"Argument manquant pour {key} (missing argument)")
             return keys.pop(0)
 
         flag_keys = {"SEEN": "S", "ANSWERED": "R", "FLAGGED": "F", "DELETED": "T", "DRAFT": "D"}
@@ -1277,20 +724,20 @@ class _Session:
         if key == "UID":
             uid_set = arg()
             if not isinstance(uid_set, str):
-                raise _Bad("Ensemble d'UID attendu (UID set expected)")
-            uids = _SequenceSet(uid_set, max_uid)
+                raise BadCommand("Ensemble d'UID attendu (UID set expected)")
+            uids = SequenceSet(uid_set, max_uid)
             return lambda seq, m, raw: m.uid in uids
         if key in ("SINCE", "BEFORE", "ON"):
-            day = _imap_date(arg())
+            day = imap_date(arg())
             if key == "SINCE":
                 return lambda seq, m, raw: m.internal_date.date() >= day
             if key == "BEFORE":
                 return lambda seq, m, raw: m.internal_date.date() < day
             return lambda seq, m, raw: m.internal_date.date() == day
         if key in ("LARGER", "SMALLER"):
-            size_text = _astring(arg(), key)
+            size_text = astring(arg(), key)
             if not size_text.isdigit():
-                raise _Bad(f"{key} attend un nombre (number expected)")
+                raise BadCommand(f"{key} attend un nombre (number expected)")
             size = int(size_text)
             return (
                 (lambda seq, m, raw: m.size > size)
@@ -1298,30 +745,32 @@ class _Session:
                 else (lambda seq, m, raw: m.size < size)
             )
         if key in ("FROM", "TO", "CC", "BCC", "SUBJECT", "HEADER"):
-            field = _astring(arg(), "En-tete").upper() if key == "HEADER" else key
-            needle = _astring(arg(), "Valeur").lower().encode("utf-8")
+            field = astring(arg(), "En-tete").upper() if key == "HEADER" else key
+            needle = astring(arg(), "Valeur").lower().encode("utf-8")
 
             def in_header(seq: int, m: StoredMessage, raw: Callable[[StoredMessage], bytes]) -> bool:
-                fields = _header_fields(_split_message(raw(m))[0], {field}, False).lower()
+                fields = header_fields(split_message(raw(m))[0], {field}, False).lower()
                 values = b"".join(line.split(b":", 1)[-1] for line in fields.splitlines())
                 return needle in values if needle else bool(fields.strip())
 
             return in_header
         if key in ("BODY", "TEXT"):
-            needle = _astring(arg(), "Valeur").lower().encode("utf-8")
+            needle = astring(arg(), "Valeur").lower().encode("utf-8")
             if key == "BODY":
-                return lambda seq, m, raw: needle in _split_message(raw(m))[1].lower()
+                return lambda seq, m, raw: needle in split_message(raw(m))[1].lower()
             return lambda seq, m, raw: needle in raw(m).lower()
         if key[:1].isdigit() or key[:1] == "*":
-            seqs = _SequenceSet(key, len(self.view))
+            seqs = SequenceSet(key, len(self.view))
             return lambda seq, m, raw: seq in seqs
-        raise _Bad(f"Critere de recherche non pris en charge : {_ascii(key)[:30]} (unsupported search key)")
+        raise BadCommand(
+            f"Critere de recherche non pris en charge : {ascii_text(key)[:30]} (unsupported search key)"
+        )
 
     # ---------------------------------------------------------------------------------------------- FETCH
 
     async def fetch(self, name: str, args: list[Token], by_uid: bool = False) -> str:
         if len(args) != 2:
-            raise _Bad("Syntaxe : FETCH ensemble elements")
+            raise BadCommand("Syntaxe : FETCH ensemble elements")
         items_tok = args[1]
         if isinstance(items_tok, str):
             macro = {
@@ -1333,7 +782,7 @@ class _Session:
         elif isinstance(items_tok, list) and items_tok and all(isinstance(i, str) for i in items_tok):
             items = [str(i) for i in items_tok]
         else:
-            raise _Bad("Elements FETCH invalides (bad fetch items)")
+            raise BadCommand("Elements FETCH invalides (bad fetch items)")
         parsed = [self._fetch_item(i) for i in items]
         if by_uid and not any(p[0] == "UID" for p in parsed):
             parsed.insert(0, ("UID", "UID", None, None, None))
@@ -1373,14 +822,16 @@ class _Session:
             return ("ENVELOPE", "ENVELOPE", None, None, None)
         found = _FETCH_SECTION_RE.match(upper)
         if found is None:
-            raise _Bad(f"Element FETCH non pris en charge : {_ascii(item)[:40]} (unsupported fetch item)")
+            raise BadCommand(
+                f"Element FETCH non pris en charge : {ascii_text(item)[:40]} (unsupported fetch item)"
+            )
         verb, section, fields, start, length = found.groups()
         if section not in ("", "HEADER", "TEXT", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
-            raise _Bad(
+            raise BadCommand(
                 "Section non prise en charge : [], HEADER, TEXT, HEADER.FIELDS seulement (unsupported section)"
             )
         if (fields is not None) != section.startswith("HEADER.FIELDS"):
-            raise _Bad("HEADER.FIELDS attend une liste d'en-tetes (field list expected)")
+            raise BadCommand("HEADER.FIELDS attend une liste d'en-tetes (field list expected)")
         response_section = section + (f" ({fields})" if fields is not None else "")
         name = f"BODY[{response_section}]" + (f"<{start}>" if start is not None else "")
         kind_section = response_section
@@ -1406,12 +857,12 @@ class _Session:
             elif kind == "RFC822.SIZE":
                 out.append(b"RFC822.SIZE %d" % m.size)
             elif kind == "INTERNALDATE":
-                out.append(f'INTERNALDATE "{_internal_date(m.internal_date)}"'.encode())
+                out.append(f'INTERNALDATE "{internal_date_text(m.internal_date)}"'.encode())
             else:
                 raw = raw if raw is not None else m.path.read_bytes()
-                header, text = _split_message(raw)
+                header, text = split_message(raw)
                 if kind == "ENVELOPE":
-                    out.append(b"ENVELOPE " + _envelope(header))
+                    out.append(b"ENVELOPE " + envelope(header))
                     continue
                 if kind in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
                     data = raw if kind == "RFC822" else header if kind == "RFC822.HEADER" else text
@@ -1427,7 +878,7 @@ class _Session:
                 else:
                     spec, _, names = section.partition(" ")
                     wanted = {n.strip('"').upper() for n in names.strip("()").split()}
-                    data = _header_fields(header, wanted, spec == "HEADER.FIELDS.NOT")
+                    data = header_fields(header, wanted, spec == "HEADER.FIELDS.NOT")
                 if start is not None:
                     data = data[start : start + length if length is not None else None]
                 response_name = name.split("|", 1)[1]
@@ -1438,7 +889,7 @@ class _Session:
 
     async def store_cmd(self, name: str, args: list[Token], by_uid: bool = False) -> str:
         if len(args) != 3 or not isinstance(args[1], str):
-            raise _Bad("Syntaxe : STORE ensemble +FLAGS (\\Seen)")
+            raise BadCommand("Syntaxe : STORE ensemble +FLAGS (\\Seen)")
         if self.readonly:
             raise _No("Dossier en lecture seule (read-only)", "READ-ONLY")
         action = args[1].upper()
@@ -1446,7 +897,7 @@ class _Session:
         action = action.removesuffix(".SILENT")
         modes = {"+FLAGS": "+", "-FLAGS": "-", "FLAGS": "="}
         if action not in modes:
-            raise _Bad("STORE attend FLAGS, +FLAGS ou -FLAGS")
+            raise BadCommand("STORE attend FLAGS, +FLAGS ou -FLAGS")
         letters = _flag_letters(args[2] if isinstance(args[2], list) else [args[2]])
         state = await self._state()
         targets = self._targets(args[0], by_uid, state)
@@ -1473,7 +924,7 @@ class _Session:
 
     async def copy(self, name: str, args: list[Token], by_uid: bool = False) -> str:
         if len(args) != 2:
-            raise _Bad(f"Syntaxe : {name} ensemble dossier")
+            raise BadCommand(f"Syntaxe : {name} ensemble dossier")
         dest = self._folder_arg(args[1])
         if name == "MOVE" and self.readonly:
             raise _No("Dossier en lecture seule (read-only)", "READ-ONLY")
@@ -1487,8 +938,8 @@ class _Session:
         pairs = await self._call(self.store.copy, self.user, self.folder, [m.uid for _, m in targets], dest)
         code = ""
         if pairs:
-            src = _uid_set_text([p[0] for p in pairs])
-            dst = _uid_set_text([p[1] for p in pairs])
+            src = uid_set_text([p[0] for p in pairs])
+            dst = uid_set_text([p[1] for p in pairs])
             code = f"[COPYUID {dest_state.uidvalidity} {src} {dst}] "
         if name == "MOVE":
             if code:
@@ -1532,7 +983,7 @@ class _Session:
             if not reader.done():
                 reader.cancel()
         if line.strip().upper() != b"DONE":
-            raise _Bad("DONE attendu pour terminer IDLE (DONE expected)")
+            raise BadCommand("DONE attendu pour terminer IDLE (DONE expected)")
         return "IDLE termine"
 
 
@@ -1540,32 +991,12 @@ def _flag_letters(flags: list[Token]) -> str:
     letters = ""
     for flag in flags:
         if not isinstance(flag, str):
-            raise _Bad("Drapeau invalide (bad flag)")
-        if flag.startswith("\\") and flag.lower() not in _FLAG_LETTERS and flag.lower() != "\\recent":
-            raise _Bad(f"Drapeau systeme inconnu : {_ascii(flag)[:30]}")
+            raise BadCommand("Drapeau invalide (bad flag)")
+        if flag.startswith("\\") and flag.lower() not in FLAG_LETTERS and flag.lower() != "\\recent":
+            raise BadCommand(f"Drapeau systeme inconnu : {ascii_text(flag)[:30]}")
         # Keywords are not in PERMANENTFLAGS (no \*): Maildir without a keyword file cannot keep them.
-        letters += _FLAG_LETTERS.get(flag.lower(), "")
+        letters += FLAG_LETTERS.get(flag.lower(), "")
     return letters
 
 
-def _parse_date_time(text: str) -> float:
-    found = _DATE_TIME_RE.match(text)
-    if found is None or found.group(2).title() not in _MONTHS:
-        raise _Bad("Date invalide, format attendu 17-Jul-1996 02:44:25 -0700 (bad date-time)")
-    day, month, year, hh, mm, ss, sign, zh, zm = found.groups()
-    offset = (int(zh) * 60 + int(zm)) * (1 if sign == "+" else -1)
-    try:
-        tz = timezone(timedelta(minutes=offset))
-        moment = datetime(
-            int(year), _MONTHS.index(month.title()) + 1, int(day), int(hh), int(mm), int(ss), tzinfo=tz
-        )
-    except ValueError as exc:
-        raise _Bad("Date invalide (bad date-time)") from exc
-    return moment.timestamp()
-
-
 _Predicate = Callable[[int, StoredMessage, Callable[[StoredMessage], bytes]], bool]
-
-
-def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")

@@ -45,13 +45,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, sy
 from pydantic import BaseModel, Field
 
 from opensegur.sandbox.faults import FaultInjector
-from opensegur.sandbox.mssante.imap_server import (
-    INBOX,
-    ImapServer,
-    MaildirStore,
-    StoreError,
-    canonical_address,
-)
+from opensegur.sandbox.mssante.imap_server import ImapServer
+from opensegur.sandbox.mssante.maildir_store import INBOX, MaildirStore, StoreError, canonical_address
 from opensegur.transactions.mdn import build_mdn
 from opensegur.transactions.mss_mail import MailError, patient_mailbox
 
