@@ -27,16 +27,10 @@ from opensegur.store.models import AuditEvent, Document, LabResult, Mail, Patien
 from opensegur.store.payloads import store_payload
 from opensegur.transactions.mss_mail import build_document_mail
 from opensegur.web.app import create_app
+from opensegur.web.biology import trend_chart
 from opensegur.web.documents import SOURCE_LABELS
-from opensegur.web.mssante import (
-    ORIGIN_LABELS,
-    Candidate,
-    IdentityHint,
-    mail_hints,
-    patient_sections,
-    rank_candidates,
-    trend_chart,
-)
+from opensegur.web.mail_triage import Candidate, IdentityHint, mail_hints, rank_candidates
+from opensegur.web.patient_record import ORIGIN_LABELS, patient_sections
 from opensegur.web.routes.mssante import triage_flow
 from opensegur.web.templating import TEMPLATES
 from tests.actors import act_as

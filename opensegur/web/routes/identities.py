@@ -22,7 +22,7 @@ from opensegur.store.models import AuditEvent, IdentityEvent, Patient, Structure
 from opensegur.web import queries
 from opensegur.web.deps import Rt, WebRuntime, allow, ensure_patient, grants, patient_filter, structure_filter
 from opensegur.web.flash import redirect_with_message
-from opensegur.web.mssante import patient_sections
+from opensegur.web.patient_record import patient_sections
 from opensegur.web.templating import render
 
 router = APIRouter()

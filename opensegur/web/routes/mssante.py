@@ -21,27 +21,23 @@ from opensegur.security.actor import Actor
 from opensegur.security.matrix import Action
 from opensegur.store.db import Database
 from opensegur.store.models import Mail
+from opensegur.web.biology import LabResults, lab_results, result_json
 from opensegur.web.deps import Rt, WebRuntime, allow, ensure_patient, patient_filter, structure_filter
 from opensegur.web.flash import redirect_with_message
-from opensegur.web.mssante import (
+from opensegur.web.mail_triage import (
     MAIL_STATUS_LABELS,
     AttachRequest,
-    LabResults,
-    PatientDocuments,
     RejectRequest,
     TriageList,
     TriageOutcome,
-    document_items,
     get_mail,
-    get_patient,
-    lab_results,
     mail_detail,
     mail_hints,
     mail_summary,
     raw_mail,
-    result_json,
     suggest_patients,
 )
+from opensegur.web.patient_record import PatientDocuments, document_items, get_patient
 from opensegur.web.templating import render
 
 router = APIRouter()

@@ -1,9 +1,9 @@
-"""HTTP edge of MSSanté inbound mail and of the patient's clinical record: the triage of mails no rule could
-attach to a patient, the patient's documents (produced and received) and biology results, API and French pages.
+"""Triage of the MSSanté mails no rule could attach to a patient: what a mail says about its patient, the local
+patients it may concern, ranked with the reasons in French, and the mail as the triage pages and API show it.
 
-Business rules live in ``flows.mss_inbound.triage`` (attach / reject); this module reads, ranks the patients a mail
-may concern, maps errors to HTTP statuses and writes the audit trail of every read that shows patient data.
-The trend charts are inline SVG computed here: a handful of points needs no charting library nor any script.
+Business rules live in ``flows.mss_inbound.triage`` (attach / reject); this module reads the mails and ranks the
+patients a mail may concern, and the routes (``web/routes/mssante``) write the audit trail of every read that shows
+patient data.
 """
 
 from __future__ import annotations
@@ -13,40 +13,43 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 from fastapi import HTTPException
 from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, func, or_, select, true
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from opensegur.content.cda import CdaHeader, parse_cda
-from opensegur.content.crbio import ABNORMAL_INTERPRETATIONS
-from opensegur.documents.lifecycle import STATUS_LABELS
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.identity.traits import normalise_name
-from opensegur.store.models import Document, LabResult, Mail, Patient, Payload
+from opensegur.store.models import Mail, Patient, Payload
 from opensegur.transactions.mss_mail import XDM_SUBJECT_PREFIX, InboundMail, parse_inbound_mail
 from opensegur.transactions.xdm import read_xdm
+from opensegur.web.format_fr import StatusOut, age_fr, aware, when_fr
 
 __all__ = [
-    "IdentityHint",
+    "MAIL_STATUS_LABELS",
+    "AttachRequest",
     "Candidate",
+    "IdentityHint",
+    "RejectRequest",
     "Suggestion",
-    "Chart",
+    "TriageList",
+    "TriageOutcome",
+    "get_mail",
+    "mail_detail",
     "mail_hints",
+    "mail_summary",
     "rank_candidates",
+    "raw_mail",
     "suggest_patients",
-    "trend_chart",
-    "patient_sections",
 ]
 
-_PARIS = ZoneInfo("Europe/Paris")
 _DATE_RE = re.compile(r"(\d{2})/(\d{2})/(\d{4})")
-_DECIMAL_POINT_RE = re.compile(r"(?<=\d)\.(?=\d)")
 # Below this a suggestion is noise (a birth date alone matches dozens of patients in a GHT).
 _MIN_SCORE = 40
 _MAX_BODY_SHOWN = 4000
+
 
 MAIL_STATUS_LABELS = {
     "received": "Reçu",
@@ -59,71 +62,6 @@ MAIL_STATUS_LABELS = {
     "failed": "Échec d'envoi",
     "read": "Lu",
 }
-DOCUMENT_STATUS_LABELS = {**STATUS_LABELS, "integrated": "Intégré"}
-ORIGIN_LABELS = {
-    "hl7": "Produit — DPI (HL7)",
-    "rest": "Produit — dépôt API",
-    "mhd": "Produit — dépôt FHIR MHD",
-    "mssante": "Reçu — MSSanté",
-}
-INTERPRETATION_LABELS = {
-    "N": "Normal",
-    "H": "Élevé",
-    "HH": "Très élevé",
-    "HU": "Très élevé",
-    "L": "Bas",
-    "LL": "Très bas",
-    "LU": "Très bas",
-    "A": "Anormal",
-    "AA": "Très anormal",
-    "<": "Sous le seuil de mesure",
-    ">": "Au-dessus du seuil de mesure",
-    "S": "Sensible",
-    "I": "Intermédiaire",
-    "R": "Résistant",
-    "POS": "Positif",
-    "NEG": "Négatif",
-    "DET": "Détecté",
-    "ND": "Non détecté",
-    "IND": "Indéterminé",
-    "W": "Aggravation",
-    "B": "Amélioration",
-}
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite gives back naive datetimes; the store writes UTC.
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _when_fr(value: datetime | None, with_time: bool = True) -> str:
-    moment = _aware(value)
-    if moment is None:
-        return "—"
-    return moment.astimezone(_PARIS).strftime("%d/%m/%Y %H:%M" if with_time else "%d/%m/%Y")
-
-
-def number_fr(text: str | None) -> str:
-    """Decimal comma, as a French reader expects ("0,270 – 4,200")."""
-    return _DECIMAL_POINT_RE.sub(",", text) if text else ""
-
-
-def _num_text(value: float) -> str:
-    return number_fr(f"{value:.4g}")
-
-
-def age_fr(received: datetime | None, now: datetime) -> str:
-    moment = _aware(received)
-    if moment is None:
-        return "—"
-    hours = int((now - moment).total_seconds() // 3600)
-    if hours < 1:
-        return "moins d'une heure"
-    if hours < 48:
-        return f"{hours} h"
-    return f"{hours // 24} j"
 
 
 def _patient_name(p: Patient) -> str:
@@ -366,239 +304,7 @@ def _status_json(code: str) -> dict[str, str]:
     return {"code": code, "label": IdentityStatus(code).label}
 
 
-# ---- trend charts (pure) --------------------------------------------------------------------------------------
-
-
-@dataclass
-class ChartPoint:
-    x: float
-    y: float
-    value: str
-    when: str
-    abnormal: bool
-
-
-@dataclass
-class Chart:
-    """Geometry of one analyte's trend, drawn by ``_results.html`` as inline SVG."""
-
-    title: str
-    unit: str
-    width: int
-    height: int
-    points: list[ChartPoint]
-    line: str  # the polyline's "x,y x,y …"
-    band: tuple[float, float] | None  # (y of the upper bound, height) of the shaded reference range
-    y_ticks: list[tuple[float, str]]
-    x_ticks: list[tuple[float, str]]
-    plot: tuple[float, float, float, float]  # left, top, right, bottom of the plotting area
-
-
-def trend_chart(
-    title: str,
-    unit: str | None,
-    values: Sequence[tuple[datetime | None, float, bool]],
-    reference: tuple[float | None, float | None] = (None, None),
-    width: int = 360,
-    height: int = 150,
-) -> Chart:
-    """Points at their dates (evenly spaced when some have none), joined, over the shaded reference range."""
-    left, top, right, bottom = 48.0, 10.0, width - 12.0, height - 26.0
-    low, high = reference
-    epoch = datetime.min.replace(tzinfo=UTC)
-    ordered = sorted(
-        ((_aware(t), v, flag) for t, v, flag in values), key=lambda p: (p[0] is None, p[0] or epoch)
-    )
-    ys = [v for _, v, _ in ordered] + [b for b in (low, high) if b is not None]
-    y_min, y_max = min(ys), max(ys)
-    pad = (y_max - y_min) * 0.1 or abs(y_max) * 0.1 or 1.0
-    y_min, y_max = y_min - pad, y_max + pad
-    stamps = [t.timestamp() for t, _, _ in ordered if t is not None]
-    dated = len(stamps) == len(ordered) and max(stamps) > min(stamps)
-
-    def x_of(i: int) -> float:
-        if dated:
-            share = (stamps[i] - stamps[0]) / (stamps[-1] - stamps[0])
-        else:
-            share = i / (len(ordered) - 1) if len(ordered) > 1 else 0.5
-        return left + share * (right - left)
-
-    def y_of(v: float) -> float:
-        return bottom - (v - y_min) / (y_max - y_min) * (bottom - top)
-
-    points = [
-        ChartPoint(round(x_of(i), 1), round(y_of(v), 1), _num_text(v), _when_fr(t), flag)
-        for i, (t, v, flag) in enumerate(ordered)
-    ]
-    band = None
-    if low is not None or high is not None:
-        upper = y_of(high) if high is not None else top
-        lower = y_of(low) if low is not None else bottom
-        band = (round(upper, 1), round(max(lower - upper, 1.0), 1))
-    x_ticks = [(points[0].x, points[0].when[:10])]
-    if len(points) > 1 and points[-1].when[:10] != points[0].when[:10]:
-        x_ticks.append((points[-1].x, points[-1].when[:10]))
-    return Chart(
-        title=title,
-        unit=unit or "",
-        width=width,
-        height=height,
-        points=points,
-        line=" ".join(f"{p.x},{p.y}" for p in points),
-        band=band,
-        y_ticks=[(round(y_of(v), 1), _num_text(v)) for v in (y_min + pad, y_max - pad)],
-        x_ticks=x_ticks,
-        plot=(left, top, right, bottom),
-    )
-
-
 # ---- read models ----------------------------------------------------------------------------------------------
-
-
-def _abnormal(r: LabResult) -> bool:
-    if r.interpretation:
-        return r.interpretation.upper() in ABNORMAL_INTERPRETATIONS
-    if r.value_num is None:
-        return False
-    return (r.reference_low is not None and r.value_num < r.reference_low) or (
-        r.reference_high is not None and r.value_num > r.reference_high
-    )
-
-
-def _reference_text(r: LabResult) -> str | None:
-    if r.reference_text:
-        return r.reference_text
-    if r.reference_low is not None and r.reference_high is not None:
-        return f"{r.reference_low:g} – {r.reference_high:g}"
-    if r.reference_high is not None:
-        return f"≤ {r.reference_high:g}"
-    if r.reference_low is not None:
-        return f"≥ {r.reference_low:g}"
-    return None
-
-
-def result_json(r: LabResult) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "loinc": r.loinc or None,
-        "label": r.label,
-        "value": r.value,
-        "value_num": r.value_num,
-        "unit": r.unit,
-        "reference_low": r.reference_low,
-        "reference_high": r.reference_high,
-        "reference_text": _reference_text(r),
-        "interpretation": (
-            {
-                "code": r.interpretation,
-                "label": INTERPRETATION_LABELS.get(r.interpretation.upper(), r.interpretation),
-            }
-            if r.interpretation
-            else None
-        ),
-        "abnormal": _abnormal(r),
-        "observed_at": _aware(r.observed_at),
-        "document_id": r.document_id,
-    }
-
-
-def lab_results(s: Session, patient_id: int, loinc: str | None = None) -> list[LabResult]:
-    stmt = select(LabResult).where(LabResult.patient_id == patient_id)
-    if loinc:
-        stmt = stmt.where(LabResult.loinc == loinc.strip())
-    rows = list(s.scalars(stmt))
-    # Newest first, undated last; in Python so SQLite and PostgreSQL order NULLs alike.
-    rows.sort(
-        key=lambda r: (
-            r.observed_at is not None,
-            _aware(r.observed_at) or datetime.min.replace(tzinfo=UTC),
-            r.id,
-        )
-    )
-    rows.reverse()
-    return rows
-
-
-def result_charts(rows: Sequence[LabResult]) -> list[Chart]:
-    """One chart per analyte (LOINC, or label without one) and unit with at least two numeric values."""
-    series: dict[tuple[str, str], list[LabResult]] = {}
-    for r in rows:
-        if r.value_num is not None:
-            series.setdefault((r.loinc or r.label, r.unit or ""), []).append(r)
-    charts = []
-    for (_key, unit), items in series.items():
-        if len(items) < 2:
-            continue
-        latest = max(items, key=lambda r: (_aware(r.observed_at) or datetime.min.replace(tzinfo=UTC), r.id))
-        charts.append(
-            trend_chart(
-                latest.label,
-                unit,
-                [(r.observed_at, r.value_num, _abnormal(r)) for r in items if r.value_num is not None],
-                (latest.reference_low, latest.reference_high),
-            )
-        )
-    return sorted(charts, key=lambda c: c.title)
-
-
-def document_items(s: Session, patient_id: int) -> list[dict[str, Any]]:
-    docs = list(
-        s.scalars(
-            select(Document)
-            .where(Document.patient_id == patient_id)
-            .options(selectinload(Document.deliveries))
-            .order_by(Document.created_at.desc(), Document.id.desc())
-        )
-    )
-    mails: dict[int, Mail] = {}
-    if docs:
-        for m in s.scalars(
-            select(Mail).where(Mail.direction == "in", Mail.document_id.in_([d.id for d in docs]))
-        ):
-            if m.document_id is not None:
-                mails.setdefault(m.document_id, m)
-    items = []
-    for d in docs:
-        received = d.source == "mssante"
-        mail = mails.get(d.id)
-        mail_id = mail.id if mail else d.context.get("mail_id")
-        items.append(
-            {
-                "id": d.id,
-                "direction": "received" if received else "produced",
-                "origin": {"code": d.source, "label": ORIGIN_LABELS.get(d.source, d.source)},
-                "type": {"code": d.type_code, "title": d.title},
-                "date": _aware(d.created_at),
-                "status": {"code": d.status, "label": DOCUMENT_STATUS_LABELS.get(d.status, d.status)},
-                "sender": (mail.sender if mail else d.context.get("sender")) if received else None,
-                "deliveries": [{"destination": x.destination, "status": x.status} for x in d.deliveries],
-                "links": {
-                    "page": f"/documents/{d.id}",
-                    "api": f"/api/v1/documents/{d.id}",
-                    "content": f"/api/v1/documents/{d.id}/content" if d.payload_sha256 else None,
-                    "mail": f"/mssante/triage/{mail_id}" if received and mail_id else None,
-                },
-            }
-        )
-    return items
-
-
-def patient_sections(s: Session, patient_id: int) -> dict[str, Any]:
-    """What ``patient.html`` shows under "Documents" and "Résultats de biologie" (display-ready)."""
-    rows = lab_results(s, patient_id)
-    results = []
-    for r in rows:
-        j = result_json(r)
-        results.append(
-            {
-                **j,
-                "value_fr": number_fr(r.value) or "—",
-                "reference_fr": number_fr(j["reference_text"]) or "—",
-                "when": _when_fr(r.observed_at),
-            }
-        )
-    documents = [{**d, "when": _when_fr(d["date"])} for d in document_items(s, patient_id)]
-    return {"patient_documents": documents, "lab_results": results, "lab_charts": result_charts(rows)}
 
 
 def mail_summary(m: Mail, now: datetime) -> dict[str, Any]:
@@ -607,8 +313,8 @@ def mail_summary(m: Mail, now: datetime) -> dict[str, Any]:
         "mailbox": m.mailbox,
         "sender": m.sender,
         "subject": m.subject,
-        "received_at": _aware(m.created_at),
-        "received_fr": _when_fr(m.created_at),
+        "received_at": aware(m.created_at),
+        "received_fr": when_fr(m.created_at),
         "age": age_fr(m.created_at, now),
         "status": {"code": m.status, "label": MAIL_STATUS_LABELS.get(m.status, m.status)},
         "reason": m.reason,
@@ -663,78 +369,7 @@ def get_mail(s: Session, mail_id: int) -> Mail:
     return m
 
 
-def get_patient(s: Session, patient_id: int) -> Patient:
-    p = s.get(Patient, patient_id)
-    if p is None:
-        raise HTTPException(404, "Patient inconnu")
-    return p
-
-
 # ---- API models -----------------------------------------------------------------------------------------------
-
-
-class StatusOut(BaseModel):
-    code: str
-    label: str
-
-
-class CodedTitle(BaseModel):
-    code: str | None
-    title: str | None
-
-
-class DeliveryOut(BaseModel):
-    destination: str
-    status: str
-
-
-class DocumentLinks(BaseModel):
-    page: str
-    api: str
-    content: str | None
-    mail: str | None
-
-
-class PatientDocument(BaseModel):
-    id: int
-    direction: Literal["produced", "received"] = Field(description="produit par l'établissement ou reçu")
-    origin: StatusOut
-    type: CodedTitle
-    date: datetime | None
-    status: StatusOut
-    sender: str | None = Field(description="adresse MSSanté de l'expéditeur (documents reçus)")
-    deliveries: list[DeliveryOut]
-    links: DocumentLinks
-
-
-class PatientDocuments(BaseModel):
-    patient_id: int
-    total: int
-    items: list[PatientDocument]
-
-
-class LabResultOut(BaseModel):
-    id: int
-    loinc: str | None = Field(
-        description="code LOINC ; absent quand le laboratoire n'a donné qu'un code local"
-    )
-    label: str
-    value: str | None
-    value_num: float | None
-    unit: str | None
-    reference_low: float | None
-    reference_high: float | None
-    reference_text: str | None
-    interpretation: StatusOut | None
-    abnormal: bool
-    observed_at: datetime | None
-    document_id: int | None
-
-
-class LabResults(BaseModel):
-    patient_id: int
-    total: int
-    items: list[LabResultOut]
 
 
 class SuggestedPatient(BaseModel):
