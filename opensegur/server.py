@@ -468,7 +468,7 @@ class Platform:
             policy=RetryPolicy(s.job_max_attempts, s.job_backoff_base_s, s.job_backoff_max_s),
             lease_s=s.job_lease_s,
         )
-        intake = Hl7Intake(self.db, on_commit=workers.wake, business_acks=zam_endpoint is not None)
+        intake = Hl7Intake(self.db, business_acks=zam_endpoint is not None)
         self.runtime = rt = Runtime(
             s,
             self.db,
@@ -503,7 +503,6 @@ class Platform:
                     interval_s=s.mss_poll_interval_s,
                     limit=s.mss_poll_limit,
                     stop=self._mss_stop,
-                    on_stored=workers.wake,
                 )
             )
         if s.workers:

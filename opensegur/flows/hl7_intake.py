@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import hl7
@@ -68,14 +67,12 @@ class Hl7Intake:
         *,
         app: str = "OPENSEGUR",
         facility: str = "OPENSEGUR",
-        on_commit: Callable[[], None] | None = None,
         business_acks: bool = True,
     ) -> None:
         self.db = db
         self.business_acks = business_acks  # False when no DPI endpoint receives ZAM
         self.app = app
         self.facility = facility
-        self.on_commit = on_commit
 
     def handle(self, raw: bytes) -> IntakeResult:
         try:
@@ -105,8 +102,6 @@ class Hl7Intake:
                 result.message_id,
                 result.ack_code,
             )
-            if self.on_commit is not None:
-                self.on_commit()
         return result
 
     def _seen(self, s: Session, sender: str, control_id: str) -> IntakeResult | None:

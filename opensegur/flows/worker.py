@@ -12,7 +12,7 @@ from typing import Any
 
 from opensegur.errors import OpenSegurError, RetryLater
 from opensegur.logsafe import failure
-from opensegur.store import jobs
+from opensegur.store import job_signal, jobs
 from opensegur.store.db import Database
 from opensegur.store.models import Job
 
@@ -36,6 +36,7 @@ class WorkerPool:
         policy: jobs.RetryPolicy | None = None,
         lease_s: float = 60.0,
         idle_sleep_s: float = 0.2,
+        notified_poll_s: float = 5.0,
     ) -> None:
         self.db = db
         self.handlers = handlers
@@ -43,17 +44,32 @@ class WorkerPool:
         self.policy = policy or jobs.RetryPolicy()
         self.lease_s = lease_s
         self.idle_sleep_s = idle_sleep_s
+        # While PostgreSQL notifies every commit of a job, polling only finds the retries that came due.
+        self.notified_poll_s = notified_poll_s
+        self._notified = False
+        self._listener: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unlisten: Callable[[], None] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def wake(self) -> None:
-        """Called after enqueuing so a job starts without waiting for the next poll."""
-        self._wake.set()
+        """A job was committed: start it without waiting for the next poll. Called from the committing thread
+        (the MLLP intake and the routes commit in worker threads), where an ``asyncio.Event`` must not be set."""
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._wake.set)
 
     async def start(self) -> None:
         self._stopping.clear()
+        self._loop = asyncio.get_running_loop()
+        self._unlisten = self.db.on_jobs_committed(self.wake)
+        if not self.db.is_sqlite:
+            self._listener = asyncio.create_task(
+                job_signal.listen(self.db.url, self.wake, self._set_notified)
+            )
         for i in range(self.concurrency):
             self._tasks.append(asyncio.create_task(self._run(f"{self.name}/{i}")))
 
@@ -63,6 +79,22 @@ class WorkerPool:
         self._wake.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+            self._notified = False
+
+    def _set_notified(self, listening: bool) -> None:
+        self._notified = listening
+
+    @property
+    def notified(self) -> bool:
+        """Whether jobs committed by other processes wake this pool now (PostgreSQL, listening)."""
+        return self._notified
 
     async def run_once(self, worker: str = "inline") -> bool:
         """Claim and run one job; False when nothing was ready. Used by tests and by ``drain``."""
@@ -97,7 +129,9 @@ class WorkerPool:
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.idle_sleep_s)
+                await asyncio.wait_for(
+                    self._wake.wait(), self.notified_poll_s if self._notified else self.idle_sleep_s
+                )
         if finished is not None:
             await asyncio.to_thread(self._complete, *finished)
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from opensegur.store import job_signal
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 READ_ONLY = "opensegur_read_only"
+# Set in a session's ``info`` by the job queue when its transaction adds a job (``store.jobs.enqueue``).
+JOBS_ENQUEUED = "opensegur_jobs_enqueued"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -96,6 +100,10 @@ class Database:
         self._lock: FairLock | contextlib.nullcontext[None] = (
             FairLock() if self.is_sqlite else contextlib.nullcontext()
         )
+        self._job_listeners: list[Callable[[], None]] = []
+        event.listen(self.sessions, "after_commit", self._after_commit)
+        if not self.is_sqlite:
+            event.listen(self.sessions, "before_commit", self._notify_other_processes)
 
     @property
     def is_sqlite(self) -> bool:
@@ -106,6 +114,23 @@ class Database:
         """One transaction: committed on success, rolled back on any exception."""
         with self._lock, self.sessions() as s, s.begin():
             yield s
+
+    def on_jobs_committed(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` after each commit that added a job, from the committing thread; returns what removes it.
+        The one place that knows a job is ready: a worker wakes then, whichever flow or route queued it. Workers
+        of other processes hear of it through PostgreSQL (:mod:`opensegur.store.job_signal`)."""
+        self._job_listeners.append(listener)
+        return lambda: self._job_listeners.remove(listener)
+
+    @staticmethod
+    def _notify_other_processes(session: Session) -> None:
+        if session.info.get(JOBS_ENQUEUED):
+            session.execute(text(job_signal.NOTIFY))
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop(JOBS_ENQUEUED, False):
+            for listener in list(self._job_listeners):
+                listener()
 
     @contextmanager
     def read_connection(self) -> Iterator[Connection]:

@@ -14,7 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Table, or_, select, update
 from sqlalchemy.orm import Session
 
-from opensegur.store.db import insert_unless_exists
+from opensegur.store.db import JOBS_ENQUEUED, insert_unless_exists
 from opensegur.store.models import Job, utcnow
 
 _JOB = cast(Table, Job.__table__)
@@ -61,6 +61,7 @@ def enqueue(
     }
     stmt = insert_unless_exists(session, _JOB, values, "key").returning(_JOB.c.id)
     job_id = session.execute(stmt).scalar()
+    session.info[JOBS_ENQUEUED] = True
     if job_id is None:
         job_id = session.execute(select(_JOB.c.id).where(_JOB.c.key == key)).scalar_one()
     return int(job_id)
@@ -136,6 +137,7 @@ def retry_dead(session: Session, job_id: int) -> bool:
         .where(Job.id == job_id, Job.status == "dead")
         .values(status="pending", attempts=0, run_after=utcnow(), updated_at=utcnow())
     )
+    session.info[JOBS_ENQUEUED] = True
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
 

@@ -764,9 +764,8 @@ async def _until(check: Any, timeout: float = 5.0) -> float:
 def _start(env: Env, reader: FakeReader, boxes: list[str], interval_s: float, **kwargs: Any) -> Any:
     stop = asyncio.Event()
     task = asyncio.create_task(
-        run_poller(env.db, reader, boxes, interval_s=interval_s, limit=kwargs.get("limit", 10), stop=stop,
-                   on_stored=kwargs.get("on_stored"))
-    )  # fmt: skip
+        run_poller(env.db, reader, boxes, interval_s=interval_s, limit=kwargs.get("limit", 10), stop=stop)
+    )
     return stop, task
 
 
@@ -786,7 +785,8 @@ def test_the_imap_reader_offers_idle_and_the_fakes_say_what_they_offer() -> None
 
 async def test_news_wakes_the_idle_poller_long_before_the_interval(env: Env, cr_img: bytes) -> None:
     reader, woken = IdleReader(), []
-    stop, task = _start(env, reader, [BOX], 60.0, on_stored=lambda: woken.append(1))
+    env.db.on_jobs_committed(lambda: woken.append(1))  # the stored mail's mss.integrate job wakes the workers
+    stop, task = _start(env, reader, [BOX], 60.0)
     await _until(lambda: BOX in reader.waiting)
     reader.deliver(document_mail(cr_img))
     assert await _until(lambda: woken == [1]) < 2.0

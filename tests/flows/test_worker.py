@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import psycopg
+import pytest
 from sqlalchemy import select
 
 from opensegur.errors import RetryLater
 from opensegur.flows.dmp_exchanges import DmpUnavailableError
 from opensegur.flows.worker import PermanentError, WorkerPool
-from opensegur.store import jobs
+from opensegur.store import job_signal, jobs
 from opensegur.store.db import Database
+from opensegur.store.job_signal import CHANNEL
 from opensegur.store.models import Job
 
 
@@ -147,3 +150,74 @@ async def test_a_dead_workers_lease_still_expires(db: Database) -> None:
         again = jobs.claim(s, "alive", ["work"], 60)
         assert again is not None and again.key == "orphan" and again.attempts == 2
         assert not jobs.renew(s, again.id, "gone-worker", 60)  # the dead worker's lease is no longer its own
+
+
+async def test_a_job_committed_in_another_thread_wakes_the_idle_pool_and_a_commit_without_one_does_not(
+    db: Database,
+) -> None:
+    ran = asyncio.Event()
+    claims = 0
+
+    async def handler(job: Job) -> dict[str, Any]:
+        ran.set()
+        return {}
+
+    pool = WorkerPool(db, {"work": handler}, concurrency=1, idle_sleep_s=30.0)
+    claim = pool._claim
+
+    def counted(*args: Any) -> Job | None:
+        nonlocal claims
+        claims += 1
+        return claim(*args)
+
+    def commit_queuing_nothing() -> None:
+        with db.session() as s:
+            s.execute(select(Job.id))
+
+    pool._claim = counted  # type: ignore[method-assign]
+    await pool.start()
+    try:
+        await _until(lambda: claims == 1)  # nothing to do: the pool sleeps up to 30 s
+        # The MLLP intake and the routes commit in threads; an identity message queues no job.
+        await asyncio.to_thread(commit_queuing_nothing)
+        await asyncio.sleep(0.3)
+        assert claims == 1
+        await asyncio.to_thread(_enqueue, db, "a")
+        await asyncio.wait_for(ran.wait(), 5.0)
+    finally:
+        await pool.stop()
+
+
+async def test_on_postgresql_a_job_committed_by_another_process_wakes_the_idle_pool_even_after_a_lost_link(
+    db: Database,
+) -> None:
+    if db.is_sqlite:
+        pytest.skip("one SQLite file has one process: LISTEN/NOTIFY is PostgreSQL's")
+    ran: list[str] = []
+
+    async def handler(job: Job) -> dict[str, Any]:
+        ran.append(job.args["key"])
+        return {}
+
+    # The other process (`serve`, another host's worker): its own engine, so only PostgreSQL can tell the pool.
+    other = Database(db.url)
+    pool = WorkerPool(db, {"work": handler}, concurrency=1, idle_sleep_s=60.0, notified_poll_s=60.0)
+    await pool.start()
+    try:
+        await _until(lambda: pool.notified)
+        await asyncio.to_thread(_enqueue, other, "a")
+        await _until(lambda: ran == ["a"], timeout=5.0)  # not the 60 s poll
+
+        with psycopg.connect(job_signal.conninfo(db.url), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = %s",
+                (f"LISTEN {CHANNEL}",),
+            )
+        await _until(lambda: not pool.notified, timeout=5.0)
+        await _until(lambda: pool.notified, timeout=10.0)  # listening again
+        await asyncio.to_thread(_enqueue, other, "b")
+        await _until(lambda: ran == ["a", "b"], timeout=5.0)
+    finally:
+        await pool.stop()
+        other.dispose()
+    assert not pool.notified

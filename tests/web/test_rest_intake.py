@@ -79,7 +79,9 @@ def offline(tmp_path: Path) -> Iterator[Offline]:
     db = Database(f"sqlite:///{tmp_path / 'offline.db'}")
     db.migrate()
     load_demo(db)
-    yield Offline(Settings(data_dir=tmp_path), db, Hl7Intake(db))
+    offline = Offline(Settings(data_dir=tmp_path), db, Hl7Intake(db))
+    db.on_jobs_committed(offline.workers.wake)  # as a started WorkerPool does
+    yield offline
     db.dispose()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from email.errors import HeaderParseError
 from email.message import Message
 from email.utils import getaddresses, parseaddr
@@ -124,7 +124,6 @@ async def _poll_loop(
     interval_s: float,
     limit: int,
     stop: asyncio.Event,
-    on_stored: Callable[[], None] | None,
 ) -> None:
     """Poll one mailbox until cancelled (by :func:`run_poller` once ``stop`` is set)."""
     idle = reader if isinstance(reader, IdleMailboxReader) else None
@@ -133,8 +132,6 @@ async def _poll_loop(
     while True:
         try:
             fetched, stored = await _poll(db, reader, mailbox, limit)
-            if stored and on_stored is not None:
-                on_stored()
             if stored and fetched >= limit:
                 continue  # a backlog: the next batch at once
             # News that the poll did not find (a mail someone already read in a webmail is above the reader's
@@ -167,7 +164,6 @@ async def run_poller(
     interval_s: float,
     limit: int,
     stop: asyncio.Event,
-    on_stored: Callable[[], None] | None = None,
 ) -> None:
     """Poll every mailbox, each in its own loop, until ``stop`` is set; survives operator outages.
 
@@ -178,7 +174,7 @@ async def run_poller(
     """
     loops = [
         asyncio.create_task(
-            _poll_loop(db, reader, box, interval_s=interval_s, limit=limit, stop=stop, on_stored=on_stored),
+            _poll_loop(db, reader, box, interval_s=interval_s, limit=limit, stop=stop),
             name=f"mss-poll:{box}",
         )
         for box in dict.fromkeys(mailboxes)

@@ -195,14 +195,12 @@ async def api_hold(document_id: int, actor: Controller, rt: Rt) -> dict[str, Any
 @router.post("/api/v1/documents/{document_id}/release", tags=["documents"])
 async def api_release(document_id: int, actor: Controller, rt: Rt) -> dict[str, Any]:
     await asyncio.to_thread(_release, rt, document_id, actor)
-    rt.workers.wake()
     return await _state(rt, document_id)
 
 
 @router.post("/api/v1/documents/{document_id}/retry", tags=["documents"])
 async def api_retry(document_id: int, actor: Controller, rt: Rt) -> dict[str, Any]:
     n = await asyncio.to_thread(_retry, rt, document_id, actor)
-    rt.workers.wake()
     return {**await _state(rt, document_id), "retried": n}
 
 
@@ -271,7 +269,6 @@ async def api_intake(request: Request, actor: Sender, rt: Rt) -> JSONResponse:
         accepted = await asyncio.to_thread(_store)
     except RestIntakeError as exc:
         return problem(409 if exc.kind == "conflict" else 422, exc.code, exc.message, exc.field)
-    rt.workers.wake()
     url = f"/api/v1/documents/{accepted.document_id}"
     return JSONResponse(
         {
@@ -377,7 +374,6 @@ async def _action(
         if exc.status_code == 404:
             raise
         return redirect_with_message(back, str(exc.detail), actor)
-    rt.workers.wake()
     return redirect_with_message(back, done, actor)
 
 

@@ -119,8 +119,6 @@ async def provide(request: Request, actor: Sender, rt: Rt) -> JSONResponse:
         return _outcome(
             FhirError(409, "conflict", "Soumission concurrente du même document : renvoyez le Bundle")
         )
-    if outcome.created:
-        rt.workers.wake()
     return JSONResponse(transaction_response(outcome.results), media_type=FHIR_JSON)
 
 

@@ -223,7 +223,6 @@ async def page_insi(patient_id: int, actor: Qualifier, rt: Rt) -> RedirectRespon
     await asyncio.to_thread(_check_patient, rt, actor, Action.IDENTITY_QUALIFY, patient_id)
     state = await qualification.search_insi(rt.db, rt.insi, patient_id, actor.name)  # type: ignore[attr-defined]
     if state.get("state") == "unavailable":
-        rt.workers.wake()
         return _back(patient_id, state["message"], actor)
     if state.get("state") == "invalid_traits":
         return _back(patient_id, "Traits locaux invalides : " + state["message"], actor)

@@ -108,7 +108,6 @@ async def post_appointment(req: AppointmentRequest, actor: Sender, rt: Rt) -> Ap
         queued = await asyncio.to_thread(_do)
     except MssOutboundError as exc:
         raise _http_error(exc) from exc
-    rt.workers.wake()
     return queued
 
 
@@ -152,5 +151,4 @@ async def post_document_send(
         queued = await asyncio.to_thread(_do)
     except MssOutboundError as exc:
         raise _http_error(exc) from exc
-    rt.workers.wake()
     return queued

@@ -127,7 +127,6 @@ async def _act(
             await asyncio.to_thread(flow.reject, rt.db, mail_id, motif, actor.name)
     except (ValueError, LookupError) as exc:
         raise HTTPException(409, getattr(exc, "message_fr", None) or str(exc)) from exc
-    rt.workers.wake()
 
     def _after() -> dict[str, Any]:
         with rt.db.session() as s:

@@ -157,5 +157,4 @@ async def api_retry(job_id: int, actor: Admin, rt: Rt) -> dict[str, Any]:
 
     if not await asyncio.to_thread(_q):
         raise HTTPException(409, "Seul un travail en échec définitif peut être relancé")
-    rt.workers.wake()
     return {"retried": job_id}
