@@ -502,13 +502,11 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
 def hold(db: Database, document_id: int, actor: str) -> None:
     with db.session() as s:
         doc = s.get_one(Document, document_id)
-        if doc.status in (DocumentStatus.SENT, DocumentStatus.ACKNOWLEDGED):
-            raise ValueError("Document déjà envoyé : il ne peut plus être retenu")
+        set_status(doc, DocumentStatus.HELD, f"Retenu par {actor}")  # refused once sent, or while sending
         doc.held = True
         for d in doc.deliveries:
             if d.status in ("pending", "failed", "waiting"):
                 d.status = "held"
-        set_status(doc, DocumentStatus.HELD, f"Retenu par {actor}")
 
 
 def _requeue_delivery(s: Session, doc: Document, d: Delivery) -> None:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from opensegur.documents.lifecycle import STATUS_LABELS, DocumentStatus
+from opensegur.documents.lifecycle import STATUS_LABELS
 from opensegur.documents.metadata import XdsAuthor, xon_name
 from opensegur.errors import OpenSegurError
 from opensegur.security import audit
@@ -56,12 +56,6 @@ STEPS = [
 _STEP_INDEX = {key: i for i, (key, _label) in enumerate(STEPS)}
 # Multipart boundaries, part headers and the metadata JSON on top of the PDF itself.
 ENVELOPE_ALLOWANCE = 256 * 1024
-HOLDABLE = (
-    DocumentStatus.RECEIVED,
-    DocumentStatus.VALIDATED,
-    DocumentStatus.WAITING_IDENTITY,
-    DocumentStatus.ERROR,
-)
 _PARIS = ZoneInfo("Europe/Paris")
 
 

@@ -18,7 +18,6 @@ from opensegur.web.biology import lab_results, result_charts, result_json
 from opensegur.web.format_fr import StatusOut, aware, number_fr, when_fr
 
 __all__ = [
-    "DOCUMENT_STATUS_LABELS",
     "ORIGIN_LABELS",
     "PatientDocument",
     "PatientDocuments",
@@ -27,7 +26,6 @@ __all__ = [
     "patient_sections",
 ]
 
-DOCUMENT_STATUS_LABELS = {**STATUS_LABELS, "integrated": "Intégré"}
 ORIGIN_LABELS = {
     "hl7": "Produit — DPI (HL7)",
     "rest": "Produit — dépôt API",
@@ -64,7 +62,7 @@ def document_items(s: Session, patient_id: int) -> list[dict[str, Any]]:
                 "origin": {"code": d.source, "label": ORIGIN_LABELS.get(d.source, d.source)},
                 "type": {"code": d.type_code, "title": d.title},
                 "date": aware(d.created_at),
-                "status": {"code": d.status, "label": DOCUMENT_STATUS_LABELS.get(d.status, d.status)},
+                "status": {"code": d.status, "label": STATUS_LABELS.get(d.status, d.status)},
                 "sender": (mail.sender if mail else d.context.get("sender")) if received else None,
                 "deliveries": [{"destination": x.destination, "status": x.status} for x in d.deliveries],
                 "links": {

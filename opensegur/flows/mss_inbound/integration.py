@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from opensegur.content.cda import CdaHeader
 from opensegur.content.crbio import extract_results
 from opensegur.content.jdv import VISIBILITY_CODES
+from opensegur.documents.lifecycle import DocumentStatus
 from opensegur.flows.dmp_feed import document_flags
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.mss_inbound.context import (
@@ -286,7 +287,7 @@ def _create_documents(
             size=len(c.content),
             ins_matricule=c.header.patient.ins_matricule,
             ins_oid=c.header.patient.ins_oid,
-            status="integrated",
+            status=DocumentStatus.INTEGRATED,
             findings=[],
             flags=flags,
             context={

@@ -187,7 +187,7 @@ async def send_to_dpi(ctx: MssInboundContext, document_id: int, attempt: int) ->
     def _build() -> tuple[bytes | None, str]:
         with ctx.db.session() as s:
             doc = s.get_one(Document, document_id)
-            if doc.status != "integrated":
+            if doc.status != DocumentStatus.INTEGRATED:
                 return None, doc.status
             return build_lps_mdm(
                 _mdm_request(ctx, s, doc), control_id=control_id, now=datetime.now().astimezone()

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from opensegur.documents.lifecycle import STATUS_LABELS
+from opensegur.documents.lifecycle import HOLDABLE, STATUS_LABELS
 from opensegur.flows import dmp_feed
 from opensegur.flows.rest_intake import (
     DEFAULT_MAX_PDF_BYTES,
@@ -43,7 +43,6 @@ from opensegur.web.documents import (
     ACTION_LABELS,
     DESTINATION_LABELS,
     ENVELOPE_ALLOWANCE,
-    HOLDABLE,
     INTAKE_SCHEMA,
     TooLarge,
     audit_list,
@@ -152,9 +151,6 @@ def _hold(rt: WebRuntime, document_id: int, actor: Actor) -> None:
         doc = readable_document(s, rt, actor, document_id, Action.DOCUMENTS_CONTROL)
         if doc.held:
             raise HTTPException(409, "Document déjà retenu")
-        if doc.status not in HOLDABLE:
-            label = STATUS_LABELS.get(doc.status, doc.status)
-            raise HTTPException(409, f"Document au statut « {label} » : il ne peut plus être retenu")
     try:
         dmp_feed.hold(rt.db, document_id, actor.name)
     except ValueError as exc:
