@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from opensegur.flows.dmp_prefetch import request_prefetch
@@ -186,13 +186,18 @@ def _ipp_authority(ident: PamIdentifier, site: Structure) -> str:
     return ident.authority_oid or ident.assigning_authority_name or site.ipp_authority or site.finess
 
 
-def find_by_identifier(session: Session, ident: PamIdentifier, site: Structure) -> Patient | None:
-    row = session.scalar(
-        select(PatientIdentifier).where(
-            PatientIdentifier.authority == _ipp_authority(ident, site), PatientIdentifier.value == ident.value
-        )
+# Every identity message looks its patient up by IPP: one statement built once, the patient in the same query.
+_BY_IDENTIFIER = (
+    select(Patient)
+    .join(Patient.identifiers)
+    .where(
+        PatientIdentifier.authority == bindparam("authority"), PatientIdentifier.value == bindparam("value")
     )
-    return row.patient if row else None
+)
+
+
+def find_by_identifier(session: Session, ident: PamIdentifier, site: Structure) -> Patient | None:
+    return session.scalar(_BY_IDENTIFIER, {"authority": _ipp_authority(ident, site), "value": ident.value})
 
 
 def apply_event(session: Session, event: PamEvent, actor: str) -> FeedOutcome:
@@ -432,8 +437,19 @@ def _check_ins_collision(session: Session, patient: Patient) -> None:
         )
 
 
-def _first_name(p: Patient) -> str:
-    return normalise_name(p.first_names.split(" ")[0]) if p.first_names else ""
+def _first_name(first_names: str | None) -> str:
+    return normalise_name(first_names.split(" ")[0]) if first_names else ""
+
+
+# Run for every identity message: built once, and only the compared columns are read (no ORM object per
+# namesake); the rare duplicate is then loaded whole.
+_SAME_BIRTH = select(Patient.id, Patient.birth_name, Patient.first_names).where(
+    Patient.id != bindparam("patient"),
+    Patient.active.is_(True),
+    Patient.structure_id == bindparam("site"),
+    Patient.birth_date == bindparam("born"),
+)
+_SAME_BIRTH_AND_SEX = _SAME_BIRTH.where(Patient.sex == bindparam("sex"))
 
 
 def probable_duplicates(session: Session, patient: Patient, *, same_first_name: bool = True) -> list[Patient]:
@@ -441,19 +457,16 @@ def probable_duplicates(session: Session, patient: Patient, *, same_first_name: 
     default also the same sex and first name (the alert rule), the looser form feeds the merge form."""
     if patient.birth_date is None:
         return []
-    stmt = select(Patient).where(
-        Patient.id != patient.id,
-        Patient.active.is_(True),
-        Patient.structure_id == patient.structure_id,
-        Patient.birth_date == patient.birth_date,
-    )
+    stmt = _SAME_BIRTH_AND_SEX if same_first_name else _SAME_BIRTH
+    params = {"patient": patient.id, "site": patient.structure_id, "born": patient.birth_date}
     if same_first_name:
-        stmt = stmt.where(Patient.sex == patient.sex)
-    name, first = normalise_name(patient.birth_name), _first_name(patient)
+        params["sex"] = patient.sex
+    name, first = normalise_name(patient.birth_name), _first_name(patient.first_names)
     return [
-        o
-        for o in session.scalars(stmt)
-        if normalise_name(o.birth_name) == name and (not same_first_name or _first_name(o) == first)
+        session.get_one(Patient, row.id)
+        for row in session.execute(stmt, params)
+        if normalise_name(row.birth_name) == name
+        and (not same_first_name or _first_name(row.first_names) == first)
     ]
 
 
