@@ -1,8 +1,9 @@
 """Flow entry for every HL7 v2 message from hospital systems: store durably, apply, then acknowledge.
 
 Order matters: the raw message, what it changed and its ACK are committed in one transaction before the ACK
-leaves, so an ACK AA is a promise that survives a crash. A repeated control id gets the stored ACK again and
-is not processed twice.
+leaves, so an ACK AA is a promise that survives a crash. Messages arriving together on several connections share
+that transaction (:mod:`opensegur.store.group_commit`), each in its own savepoint. A repeated control id gets the
+stored ACK again and is not processed twice.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from opensegur.flows.dmp_feed import accept_document
 from opensegur.flows.identity_feed import apply_event
 from opensegur.flows.mss_outbound import accept_appointment
 from opensegur.store.db import Database
+from opensegur.store.group_commit import GroupCommit
 from opensegur.store.models import InboundMessage
 from opensegur.store.payloads import store_payload
 from opensegur.transactions import cda_hl7v2, hl7v2, pam_fr, siu
@@ -77,6 +79,8 @@ class Hl7Intake:
         business_acks: bool = True,
     ) -> None:
         self.db = db
+        # The messages of several connections arriving together share one commit; each ACK still follows it.
+        self._commits = GroupCommit(db)
         self.business_acks = business_acks  # False when no DPI endpoint receives ZAM
         self.app = app
         self.facility = facility
@@ -90,10 +94,11 @@ class Hl7Intake:
         # Reading the content (base64, CDA header) is CPU work that needs no database: done before the write lock.
         content = _read_content(message, header)
         try:
-            with self.db.session() as s:
-                result = self._seen(s, sender, header.control_id) or self._process(
-                    s, raw, content, header, sender
+            result = self._commits.run(
+                lambda s: (
+                    self._seen(s, sender, header.control_id) or self._process(s, raw, content, header, sender)
                 )
+            )
         except IntegrityError:
             # The same control id arrived on another connection at the same moment: answer with its ACK.
             with self.db.session() as s:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import hl7
 import pytest
 from sqlalchemy import func, select
@@ -83,6 +85,25 @@ def test_repeated_control_id_is_answered_again_and_processed_once(intake: Hl7Int
             )
             == 1
         )
+        assert (
+            s.scalar(select(func.count()).select_from(Patient).where(Patient.birth_name == "VERLAINE")) == 1
+        )
+
+
+def test_one_message_arriving_on_several_connections_at_once_is_processed_once_and_all_get_its_ack(
+    intake: Hl7Intake, db: Database
+) -> None:
+    # The connections' messages share a commit (store/group_commit): the copies meet in one transaction or in
+    # the next, and each sees the first.
+    raw = msg(msh("A28", "C9"), "EVN||20240306111154", pid("779"))
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(intake.handle, [raw] * 6))
+    assert [r.ack_code for r in results] == ["AA"] * 6
+    assert sum(not r.duplicate for r in results) == 1
+    assert len({r.ack for r in results}) == 1
+    with db.session() as s:
+        stored = select(func.count()).select_from(InboundMessage).where(InboundMessage.control_id == "C9")
+        assert s.scalar(stored) == 1
         assert (
             s.scalar(select(func.count()).select_from(Patient).where(Patient.birth_name == "VERLAINE")) == 1
         )
