@@ -3,6 +3,8 @@
 Ratios, not absolute figures, are what we compare across machines:
 - identity feed: PAM FR messages over MLLP, end to end (frame, parse, RNIV rules, durable commit, ACK), against a
   bare MLLP server on the same SQLite settings that only stores the raw bytes and answers a fixed ACK.
+- DMP feed: documents over MLLP to the sandbox DMP with full validation, against a bare HL7 + base64 + XML + HTTP
+  POST loop; then the MLLP ACK's round trip while documents are delivered, sent steadily at half the rate reached.
 - INSi: searches through the connector, the SOAP stack and the sandbox over loopback HTTP, against a bare
   HTTP POST of the same bytes to a server that answers a constant body.
 - access control: a page with a session and an API route with a token, against the same routes of the same app
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +87,36 @@ async def send_many(port: int, payloads: list[bytes]) -> list[bytes]:
     writer.close()
     await writer.wait_closed()
     return acks
+
+
+async def paced_acks(port: int, payloads: list[bytes], rate: float) -> list[float]:
+    """ACK round trips (ms) of messages sent at ``rate`` per second over four connections, as DPIs send through a
+    day: each connection waits for its ACK, and a late ACK is counted from the moment its message left."""
+    lanes, latencies = 4, []
+    start = time.perf_counter()
+
+    async def lane(k: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in range(k, len(payloads), lanes):
+                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+                sent = time.perf_counter()
+                writer.write(frame(payloads[i]))
+                await writer.drain()
+                ack = await read_frame(reader, 1 << 20)
+                latencies.append((time.perf_counter() - sent) * 1000)
+                assert ack is not None and b"MSA|AA|" in ack, ack
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    await asyncio.gather(*(lane(k) for k in range(lanes)))
+    return latencies
+
+
+def p50_p99(latencies: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(latencies, n=100)
+    return cuts[49], cuts[98]
 
 
 async def bench_feed(n: int, tmp: Path) -> tuple[float, float]:
@@ -255,21 +288,33 @@ async def sandbox_process(data_dir: Path) -> AsyncIterator[dict[str, Any]]:
         log.close()
 
 
-async def bench_dmp_feed(n: int, tmp: Path) -> tuple[float, float, dict[str, float], float, dict[str, float]]:
+@dataclass
+class DmpFeedRun:
+    rate: float
+    base: float
+    cpu: dict[str, float]
+    split_rate: float
+    split_cpu: dict[str, float]
+    ack_ms: tuple[float, float]  # p50, p99 under a steady load at half the rate
+
+
+async def bench_dmp_feed(n: int, tmp: Path) -> DmpFeedRun:
     """Documents per second from the first MLLP byte to the DMP's registry answer, all validation on; and the CPU
     milliseconds each process (platform, validation, sandbox DMP) spent per document, to say where the time goes.
     Measured twice: the platform alone (its own workers), then serving with one `opensegur worker` process beside
-    it on the same SQLite file."""
+    it on the same SQLite file. The platform alone is then fed at half the rate it reached, and the MLLP ACK's
+    round trip measured while its workers deliver."""
     async with sandbox_process(tmp / "sandbox") as endpoints:
-        alone, cpu_alone = await _dmp_burst(n, tmp / "alone", endpoints, worker_process=False)
-        split, cpu_split = await _dmp_burst(n, tmp / "split", endpoints, worker_process=True)
+        alone, cpu_alone, acks = await _dmp_burst(n, tmp / "alone", endpoints, worker_process=False)
+        split, cpu_split, _ = await _dmp_burst(n, tmp / "split", endpoints, worker_process=True)
     base = await _dmp_baseline(n)
-    return alone, base, cpu_alone, split, cpu_split
+    assert acks is not None
+    return DmpFeedRun(alone, base, cpu_alone, split, cpu_split, p50_p99(acks))
 
 
 async def _dmp_burst(
     n: int, tmp: Path, endpoints: dict[str, Any], *, worker_process: bool
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict[str, float], list[float] | None]:
     from sqlalchemy import func, select
 
     from bench.mdm_factory import mdm
@@ -301,7 +346,8 @@ async def _dmp_burst(
             [sys.executable, "-m", "opensegur.cli", "worker"], env=env, stdout=log, stderr=log
         )
     run = str(int(time.time() * 1000) % 10**9)  # document ids are OIDs: digits only
-    payloads = [mdm(i, run=run) for i in range(n + 1)]
+    payloads = [mdm(i, run=run) for i in range(n + 1 + n // 2)]
+    acks: list[float] | None = None
 
     def delivered() -> int:
         with rt.db.session() as s:
@@ -325,12 +371,15 @@ async def _dmp_burst(
         await until_delivered(n + 1)
         rate = n / (time.perf_counter() - start)
         cpu = {role: (s - cpu_before.get(role, 0.0)) * 1000 / n for role, s in cpu_by_process().items()}
+        if not worker_process:
+            acks = await paced_acks(rt.mllp_port or 0, payloads[n + 1 :], rate / 2)
+            await until_delivered(len(payloads))
     finally:
         if worker is not None:
             worker.terminate()
             worker.wait(60)
         await platform.stop()
-    return rate, cpu
+    return rate, cpu, acks
 
 
 async def _dmp_baseline(n: int) -> float:
@@ -504,10 +553,14 @@ async def main(args: argparse.Namespace) -> None:
     if "dmp" in only:
         with tempfile.TemporaryDirectory() as tmp:
             docs = [await bench_dmp_feed(args.documents, Path(tmp) / f"dmp_{i}") for i in range(args.repeat)]
-        base = statistics.median(d[1] for d in docs)
+        base = statistics.median(d.base for d in docs)
         variants = (
-            ("une plateforme", [d[0] for d in docs], [d[2] for d in docs]),
-            ("`serve` + un processus `opensegur worker`", [d[3] for d in docs], [d[4] for d in docs]),
+            ("une plateforme", [d.rate for d in docs], [d.cpu for d in docs]),
+            (
+                "`serve` + un processus `opensegur worker`",
+                [d.split_rate for d in docs],
+                [d.split_cpu for d in docs],
+            ),
         )
         for label, rates, cpus in variants:
             rows.append(
@@ -527,6 +580,11 @@ async def main(args: argparse.Namespace) -> None:
                 + ", ".join(f"{role} {ms:.0f}" for role, ms in cpu.items() if ms >= 0.5)
                 + f" — total {sum(cpu.values()):.0f} pour {os.cpu_count()} cœurs"
             )
+        notes.append(
+            "Latence de l'ACK MLLP pendant que les documents partent au DMP, envoi régulier à la moitié du débit "
+            f"maximal d'une plateforme : p50 {statistics.median(d.ack_ms[0] for d in docs):,.0f} ms, "
+            f"p99 {statistics.median(d.ack_ms[1] for d in docs):,.0f} ms"
+        )
     if "mss" in only:
         with tempfile.TemporaryDirectory() as tmp:
             mss = [await bench_mss_inbound(args.mails, Path(tmp) / f"mss_{i}") for i in range(args.repeat)]
