@@ -40,6 +40,7 @@ from bench.dmp_tab import DOCUMENTS, bench_dmp_tab, median_figures
 from bench.imaging import SIZE, bench_imaging
 from opensegur.config import Settings
 from opensegur.connectors.insi_client import InsiClient
+from opensegur.documents.delivery import DeliveryStatus
 from opensegur.server import Platform, bind
 from opensegur.transactions.insi import InsiContext, InsiTraitsQuery, build_traits_request
 from opensegur.transport.mllp import MllpServer, frame, read_frame
@@ -351,7 +352,9 @@ async def _dmp_burst(
 
     def delivered() -> int:
         with rt.db.session() as s:
-            count = s.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "delivered"))
+            count = s.scalar(
+                select(func.count()).select_from(Delivery).where(Delivery.status == DeliveryStatus.DELIVERED)
+            )
             return int(count or 0)
 
     async def until_delivered(count: int) -> None:

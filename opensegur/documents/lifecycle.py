@@ -6,9 +6,10 @@ patient opposed the DMP feed, ``held`` while a professional retains it, else ``v
 ``sent``, ``acknowledged`` (the DMP, or the MSSanté recipient's report, confirmed it) or in ``error``. A document
 received by MSSanté mail is ``integrated`` until the DPI accepts it (``acknowledged``) or refuses it.
 
-The status is the document's as a whole; each destination's own state is its ``Delivery``'s. It follows the DMP's
-delivery when the DMP is a destination, else the MSSanté ones', which is why the delivery statuses may move back
-and forth between ``sending``, ``sent`` and ``error`` (a second recipient's mail after the first one's).
+The status is the document's as a whole; each destination's own state is its ``Delivery``'s (its statuses and
+their table are :mod:`opensegur.documents.delivery`'s). It follows the DMP's delivery when the DMP is a destination,
+else the MSSanté ones', which is why the delivery statuses may move back and forth between ``sending``, ``sent``
+and ``error`` (a second recipient's mail after the first one's).
 
 The transitions are a table (:data:`TRANSITIONS`), as :mod:`opensegur.identity.rniv` has for identities:
 :func:`set_status` refuses any other, so a flow that would move a rejected document on, or hold a sent one, fails

@@ -26,6 +26,7 @@ from opensegur.content.cda import CdaError, CdaHeader, parse_cda
 from opensegur.content.validation import CdaValidator, Finding
 from opensegur.content.validation import Source as FindingSource
 from opensegur.content.xds_metadata import MetadataError, document_metadata
+from opensegur.documents.delivery import DeliveryStatus, set_delivery_status
 from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
 from opensegur.errors import RetryLater
@@ -436,12 +437,12 @@ def _ipp_authority(patient: Patient) -> str | None:
     return authority if authority and _OID_RE.match(authority) else None
 
 
-_STATUS_OF_DELIVERY = {
-    "delivered": DocumentStatus.SENT,
-    "sending": DocumentStatus.SENDING,
-    "waiting": DocumentStatus.SENDING,
-    "failed": DocumentStatus.ERROR,
-    "dead": DocumentStatus.ERROR,
+_STATUS_OF_DELIVERY: dict[str, DocumentStatus] = {
+    DeliveryStatus.DELIVERED: DocumentStatus.SENT,
+    DeliveryStatus.SENDING: DocumentStatus.SENDING,
+    DeliveryStatus.WAITING: DocumentStatus.SENDING,
+    DeliveryStatus.FAILED: DocumentStatus.ERROR,
+    DeliveryStatus.DEAD: DocumentStatus.ERROR,
 }
 
 
@@ -464,11 +465,11 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
     action = {"initial": "register", "replacement": "replace", "deletion": "delete"}[doc.kind]
     key = f"{doc.unique_id}:DMP:{action}"
     delivery = s.scalar(select(Delivery).where(Delivery.key == key))
-    if delivery is not None and delivery.status not in ("pending", "held"):
+    if delivery is not None and delivery.status not in (DeliveryStatus.PENDING, DeliveryStatus.HELD):
         # This job ran again (its lease expired after a crash, or a release re-queued it) while the delivery was
         # already on its way: the delivery tells where the document stands, never an earlier step.
         if not (
-            delivery.status == "delivered"
+            delivery.status == DeliveryStatus.DELIVERED
             and doc.status in (DocumentStatus.SENT, DocumentStatus.ACKNOWLEDGED)
         ):
             set_status(doc, _STATUS_OF_DELIVERY.get(delivery.status, DocumentStatus(doc.status)))
@@ -479,7 +480,7 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
             destination="DMP",
             action=action,
             key=key,
-            status="held" if doc.held else "pending",
+            status=DeliveryStatus.HELD if doc.held else DeliveryStatus.PENDING,
         )
         s.add(delivery)
         s.flush()
@@ -505,8 +506,8 @@ def hold(db: Database, document_id: int, actor: str) -> None:
         set_status(doc, DocumentStatus.HELD, f"Retenu par {actor}")  # refused once sent, or while sending
         doc.held = True
         for d in doc.deliveries:
-            if d.status in ("pending", "failed", "waiting"):
-                d.status = "held"
+            if d.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED, DeliveryStatus.WAITING):
+                set_delivery_status(d, DeliveryStatus.HELD)
 
 
 def _requeue_delivery(s: Session, doc: Document, d: Delivery) -> None:
@@ -537,9 +538,9 @@ def release(db: Database, document_id: int, actor: str) -> None:
     with db.session() as s:
         doc = s.get_one(Document, document_id)
         doc.held = False
-        pending = [d for d in doc.deliveries if d.status == "held"]
+        pending = [d for d in doc.deliveries if d.status == DeliveryStatus.HELD]
         for d in pending:
-            d.status = "pending"
+            set_delivery_status(d, DeliveryStatus.PENDING)
             _requeue_delivery(s, doc, d)
         if pending:
             set_status(doc, DocumentStatus.VALIDATED, f"Libéré par {actor}")
@@ -554,8 +555,8 @@ def retry(db: Database, document_id: int, actor: str) -> int:
         doc = s.get_one(Document, document_id)
         n = 0
         for d in doc.deliveries:
-            if d.status in ("failed", "dead"):
-                d.status = "pending"
+            if d.status in (DeliveryStatus.FAILED, DeliveryStatus.DEAD):
+                set_delivery_status(d, DeliveryStatus.PENDING)
                 _requeue_delivery(s, doc, d)
                 n += 1
         if n:
@@ -631,18 +632,18 @@ async def deliver(
             waits = (
                 doc.kind in ("replacement", "deletion")
                 and (parent is not None or doc.kind == "replacement")
-                and (parent is None or parent.status != "delivered")
+                and (parent is None or parent.status != DeliveryStatus.DELIVERED)
             )
-            if d.status in ("held", "delivered"):
+            if d.status in (DeliveryStatus.HELD, DeliveryStatus.DELIVERED):
                 pass
             elif waits:
                 # Never overtake the document this one refers to; its delivery wakes this one up.
-                d.status = "waiting"
+                set_delivery_status(d, DeliveryStatus.WAITING)
                 set_status(
                     doc, DocumentStatus.VALIDATED, "En attente de l'envoi au DMP du document d'origine"
                 )
             else:
-                d.status = "sending"
+                set_delivery_status(d, DeliveryStatus.SENDING)
                 d.submitted_at = utcnow()
                 set_status(doc, DocumentStatus.SENDING)
             s.flush()  # before expunging: the status marks above must reach the commit
@@ -650,11 +651,11 @@ async def deliver(
             return d, doc, structure_info(s, doc.structure_id), data, parent, parent_entry_uuid
 
     d, doc, structure, data, parent, _parent_uuid = await asyncio.to_thread(_load)
-    if d.status == "delivered":
+    if d.status == DeliveryStatus.DELIVERED:
         return {"skipped": "already delivered"}
-    if d.status == "held":
+    if d.status == DeliveryStatus.HELD:
         return {"skipped": "held"}
-    if d.status == "waiting":
+    if d.status == DeliveryStatus.WAITING:
         return {"waiting": parent.id if parent is not None else None}
     if doc.kind == "deletion" and parent is None:
         message = "Suppression d'un document jamais envoyé au DMP"
@@ -716,7 +717,7 @@ def _delivered(
 ) -> None:
     with db.session() as s:
         d = s.get_one(Delivery, delivery_id)
-        d.status = "delivered"
+        set_delivery_status(d, DeliveryStatus.DELIVERED)
         d.entry_uuid = entry_uuid or d.entry_uuid
         d.delivered_at = utcnow()
         d.last_error = None
@@ -738,7 +739,7 @@ def _wake_waiting(s: Session, parent: Delivery, doc: Document) -> None:
         .where(
             Document.structure_id == doc.structure_id,
             Delivery.destination == parent.destination,
-            Delivery.status == "waiting",
+            Delivery.status == DeliveryStatus.WAITING,
             or_(
                 (Document.kind == "replacement") & (Document.parent_unique_id == doc.unique_id),
                 (Document.kind == "deletion") & (Document.unique_id == doc.unique_id),
@@ -746,7 +747,7 @@ def _wake_waiting(s: Session, parent: Delivery, doc: Document) -> None:
         )
     ).all()
     for child in waiting:
-        child.status = "pending"
+        set_delivery_status(child, DeliveryStatus.PENDING)
         jobs.enqueue(
             s,
             JobKind.DELIVER,
@@ -762,7 +763,7 @@ def _failed(
 ) -> None:
     with db.session() as s:
         d = s.get_one(Delivery, delivery_id)
-        d.status = "failed" if retryable else "dead"
+        set_delivery_status(d, DeliveryStatus.FAILED if retryable else DeliveryStatus.DEAD)
         d.error_code, d.last_error = code, message
         _record(s, d, exchanges, "retry" if retryable else "rejected", f"{code}: {message}")
         doc = d.document
@@ -800,7 +801,7 @@ async def send_zam(db: Database, zam: ZamPort, document_id: int, destination: st
                     (
                         d
                         for d in doc.deliveries
-                        if d.destination == destination and d.status == "dead" and d.error_code
+                        if d.destination == destination and d.status == DeliveryStatus.DEAD and d.error_code
                     ),
                     None,
                 )

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
+from opensegur.documents.delivery import DELIVERY_LABELS
 from opensegur.documents.lifecycle import STATUS_LABELS
 from opensegur.documents.metadata import XdsAuthor, xon_name
 from opensegur.errors import OpenSegurError
@@ -24,15 +25,6 @@ from opensegur.security.actor import Actor
 from opensegur.store.models import Document, Exchange, Patient, Structure
 
 KIND_LABELS = {"initial": "Premier envoi", "replacement": "Nouvelle version", "deletion": "Suppression"}
-DELIVERY_LABELS = {
-    "pending": "En file d'attente",
-    "held": "Retenu",
-    "waiting": "En attente du document qu'il remplace",
-    "sending": "Envoi en cours",
-    "delivered": "Remis",
-    "failed": "Échec (nouvel essai prévu)",
-    "dead": "Échec définitif",
-}
 ACTION_LABELS = {
     "register": "Dépôt",
     "replace": "Remplacement",

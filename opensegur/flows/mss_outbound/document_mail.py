@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from opensegur import __version__
 from opensegur.content.xds_metadata import MetadataError, submission_set_metadata
+from opensegur.documents.delivery import DeliveryStatus, set_delivery_status
 from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
 from opensegur.flows.mss_outbound.common import (
@@ -45,6 +46,8 @@ from opensegur.transactions.mss_mail import (
 from opensegur.transactions.xdm import XdmError, XdmOrigin, build_xdm, intended_recipient, readme_text
 
 _DONE = ("sent", "delivered", "read", "failed", "cancelled")
+# A held delivery waits for its release, a waiting one for its parent to wake it; a finished one is done.
+_NOT_TO_SEND = (DeliveryStatus.HELD, DeliveryStatus.DELIVERED, DeliveryStatus.DEAD, DeliveryStatus.WAITING)
 
 
 def _parent_delivery(s: Session, doc: Document, d: Delivery) -> tuple[bool, Delivery | None]:
@@ -61,7 +64,7 @@ def _parent_delivery(s: Session, doc: Document, d: Delivery) -> tuple[bool, Deli
         .where(Delivery.key == f"{parent_doc.unique_id}:{d.destination}:send")
         .with_for_update()
     )
-    return parent is None or parent.status not in ("delivered", "dead"), parent
+    return parent is None or parent.status not in (DeliveryStatus.DELIVERED, DeliveryStatus.DEAD), parent
 
 
 def _metadata(doc: Document) -> DocumentMetadata:
@@ -165,20 +168,21 @@ def _prepare_document_mail(db: Database, cfg: MssOutboundConfig, delivery_id: in
         doc = d.document
         mail = s.scalar(select(Mail).where(Mail.key == f"out:{d.id}").with_for_update())
         assert mail is not None, "every MSSanté delivery is created with its mail"
-        if d.status in ("held", "delivered", "dead", "waiting"):
+        if d.status in _NOT_TO_SEND:
             return {"skipped": d.status}
-        if mail.status == "sending" and d.status == "sending":
+        if mail.status == "sending" and d.status == DeliveryStatus.SENDING:
             # The previous run stopped between the SMTP transaction and its outcome: never send twice.
-            d.status, d.error_code, d.last_error = "dead", UNCERTAIN, UNCERTAIN_TEXT
+            set_delivery_status(d, DeliveryStatus.DEAD)
+            d.error_code, d.last_error = UNCERTAIN, UNCERTAIN_TEXT
             record_exchange(s, d, mail, "uncertain", UNCERTAIN_TEXT)
             if document_only_for_mss(doc):
                 set_status(doc, DocumentStatus.ERROR, UNCERTAIN_TEXT)
             return {"skipped": "uncertain", "mail_id": mail.id}
-        if mail.status in _DONE and d.status != "pending":
+        if mail.status in _DONE and d.status != DeliveryStatus.PENDING:
             return {"skipped": f"mail {mail.status}"}
         waits, parent = _parent_delivery(s, doc, d)
         if waits:
-            d.status = "waiting"
+            set_delivery_status(d, DeliveryStatus.WAITING)
             return {"waiting": parent.id if parent is not None else None}
         if mail.payload_sha256 is None:
             try:
@@ -193,7 +197,8 @@ def _prepare_document_mail(db: Database, cfg: MssOutboundConfig, delivery_id: in
             # A human retry after a failure or an uncertain send: the same bytes, hence the same Message-ID.
             raw, envelope = s.get_one(Payload, mail.payload_sha256).data, stored_envelope(mail)
         mail.status, mail.reason = "sending", None
-        d.status, d.submitted_at = "sending", utcnow()
+        set_delivery_status(d, DeliveryStatus.SENDING)
+        d.submitted_at = utcnow()
         if document_only_for_mss(doc):
             set_status(doc, DocumentStatus.SENDING)
         return Ready(mail.id, raw, envelope)

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from opensegur.documents.delivery import DeliveryStatus
 from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.flows.mss_outbound.common import DEST_FLAGS, DEST_PATIENT, DEST_PS, MssOutboundError, norm
 from opensegur.flows.mss_outbound.tracking import enqueue_send, fail_delivery
@@ -81,8 +82,8 @@ def plan_mss_deliveries(s: Session, doc: Document, *, update_status: bool) -> bo
         key = f"{doc.unique_id}:{destination}:send"
         d = s.scalar(select(Delivery).where(Delivery.key == key))
         if d is not None:
-            progressed = progressed or d.status not in ("pending", "held")
-            if d.status == "pending":
+            progressed = progressed or d.status not in (DeliveryStatus.PENDING, DeliveryStatus.HELD)
+            if d.status == DeliveryStatus.PENDING:
                 enqueue_send(s, doc, d)
             continue
         recipients, problem = _recipients_for(s, doc, destination)
@@ -91,7 +92,7 @@ def plan_mss_deliveries(s: Session, doc: Document, *, update_status: bool) -> bo
             destination=destination,
             action="send",
             key=key,
-            status="held" if doc.held else "pending",
+            status=DeliveryStatus.HELD if doc.held else DeliveryStatus.PENDING,
         )
         s.add(d)
         s.flush()
@@ -186,7 +187,7 @@ def request_document_send(
                 destination=destination,
                 action="send",
                 key=key,
-                status="held" if doc.held else "pending",
+                status=DeliveryStatus.HELD if doc.held else DeliveryStatus.PENDING,
             )
             s.add(d)
             s.flush()

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from opensegur.documents.delivery import DeliveryStatus, set_delivery_status
 from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.errors import RetryLater
 from opensegur.flows.mss_outbound.common import UNCERTAIN, norm, smtp_code
@@ -144,13 +145,15 @@ def record_report(s: Session, raw: bytes, mailbox: str) -> bool:
         if mail.status == "failed":
             statuses = mail.detail.get("recipients") or {}
             code = next((v.get("code") for v in statuses.values() if v.get("code")), "554")
-            d.status, d.error_code = "dead", str(code)
+            set_delivery_status(d, DeliveryStatus.DEAD)
+            d.error_code = str(code)
             d.last_error = "Courriel non distribué ou non intégré par le destinataire"
             if document_only_for_mss(d.document):
                 set_status(d.document, DocumentStatus.ERROR, d.last_error)
-        elif d.status in ("dead", "sending") and d.error_code == UNCERTAIN:
+        elif d.status in (DeliveryStatus.DEAD, DeliveryStatus.SENDING) and d.error_code == UNCERTAIN:
             # The report proves the interrupted send did go out.
-            d.status, d.error_code, d.last_error, d.delivered_at = "delivered", None, None, at
+            set_delivery_status(d, DeliveryStatus.DELIVERED)
+            d.error_code, d.last_error, d.delivered_at = None, None, at
         only_mss = document_only_for_mss(d.document)
         if only_mss and mail.status in ("delivered", "read") and d.document.status == "sent":
             set_status(d.document, DocumentStatus.ACKNOWLEDGED)

@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from opensegur.documents.delivery import DeliveryStatus, set_delivery_status
 from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.errors import RetryLater
 from opensegur.flows.mss_outbound.common import norm, smtp_code
@@ -69,7 +70,8 @@ def _unavailable(db: Database, mail_id: int, message: str) -> None:
         mail.status, mail.reason = "pending", message
         if mail.delivery_id is not None:
             d = s.get_one(Delivery, mail.delivery_id)
-            d.status, d.error_code, d.last_error = "failed", "MSS_UNAVAILABLE", message
+            set_delivery_status(d, DeliveryStatus.FAILED)
+            d.error_code, d.last_error = "MSS_UNAVAILABLE", message
             record_exchange(s, d, mail, "retry", message)
             if document_only_for_mss(d.document):
                 set_status(d.document, DocumentStatus.ERROR, f"MSS_UNAVAILABLE : {message}")
@@ -96,13 +98,15 @@ def _after_send(db: Database, mail_id: int, result: MailSendResult) -> dict[str,
             return {"mail_id": mail.id, "accepted": len(accepted), "refused": len(refused)}
         doc = d.document
         if accepted:
-            d.status, d.delivered_at, d.error_code, d.last_error = "delivered", now, None, summary
+            set_delivery_status(d, DeliveryStatus.DELIVERED)
+            d.delivered_at, d.error_code, d.last_error = now, None, summary
             record_exchange(s, d, mail, "success", summary)
             if document_only_for_mss(doc):
                 set_status(doc, DocumentStatus.SENT)
         else:
             first = next(iter(refused.values()), "Destinataires refusés")
-            d.status, d.error_code, d.last_error = "dead", smtp_code(first, "554"), summary or first
+            set_delivery_status(d, DeliveryStatus.DEAD)
+            d.error_code, d.last_error = smtp_code(first, "554"), summary or first
             record_exchange(s, d, mail, "rejected", summary)
             if document_only_for_mss(doc):
                 set_status(doc, DocumentStatus.ERROR, f"Courriel refusé : {summary}")

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from opensegur.documents.delivery import DeliveryStatus, set_delivery_status
 from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.mss_outbound.common import norm
@@ -118,7 +119,8 @@ def document_only_for_mss(doc: Document) -> bool:
 def fail_delivery(
     s: Session, d: Delivery, mail: Mail, code: str, message: str, *, zam_address: str | None = None
 ) -> None:
-    d.status, d.error_code, d.last_error = "dead", code, message
+    set_delivery_status(d, DeliveryStatus.DEAD)
+    d.error_code, d.last_error = code, message
     mail.status, mail.reason = "failed", message
     doc = d.document
     if document_only_for_mss(doc):
@@ -143,9 +145,9 @@ def wake_waiting(s: Session, parent: Delivery) -> None:
             Document.kind == "replacement",
             Document.parent_unique_id == doc.unique_id,
             Delivery.destination == parent.destination,
-            Delivery.status == "waiting",
+            Delivery.status == DeliveryStatus.WAITING,
         )
     ).all()
     for child in waiting:
-        child.status = "pending"
+        set_delivery_status(child, DeliveryStatus.PENDING)
         enqueue_send(s, child.document, child, f":after:{parent.id}:{utcnow().isoformat()}")
