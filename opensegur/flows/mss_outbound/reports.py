@@ -155,7 +155,7 @@ def record_report(s: Session, raw: bytes, mailbox: str) -> bool:
             set_delivery_status(d, DeliveryStatus.DELIVERED)
             d.error_code, d.last_error, d.delivered_at = None, None, at
         only_mss = document_only_for_mss(d.document)
-        if only_mss and mail.status in ("delivered", "read") and d.document.status == "sent":
+        if only_mss and mail.status in ("delivered", "read") and d.document.status == DocumentStatus.SENT:
             set_status(d.document, DocumentStatus.ACKNOWLEDGED)
     log.info("MSSanté report applied to mail %s: now %s", mail.id, mail.status)
     return True
