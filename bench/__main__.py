@@ -370,7 +370,7 @@ async def _dmp_burst(
         await until_delivered(1)
         cpu_before = cpu_by_process()
         start = time.perf_counter()
-        await asyncio.gather(*(send_many(rt.mllp_port or 0, payloads[1 + k :: 4]) for k in range(4)))
+        await asyncio.gather(*(send_many(rt.mllp_port or 0, payloads[1 : n + 1][k::4]) for k in range(4)))
         await until_delivered(n + 1)
         rate = n / (time.perf_counter() - start)
         cpu = {role: (s - cpu_before.get(role, 0.0)) * 1000 / n for role, s in cpu_by_process().items()}
