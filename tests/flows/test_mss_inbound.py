@@ -531,12 +531,12 @@ async def test_dsn_or_mdn_reports_go_to_the_outbound_flow(env: Env, monkeypatch:
         calls.append(mailbox)
         return True
 
-    monkeypatch.setattr(polling, "_record_report", recorded)
+    monkeypatch.setattr(polling, "record_report", recorded)
     env.reader.deliver(report)
     assert await env.poll() == 1
     assert calls == [BOX] and env.mails() == [] and env.count(Job) == 0
 
-    monkeypatch.setattr(polling, "_record_report", lambda s, raw, mailbox: False)
+    monkeypatch.setattr(polling, "record_report", lambda s, raw, mailbox: False)
     env.reader.deliver(report.replace(b"dsn1", b"dsn2"))
     await env.poll()
     [kept] = env.mails()

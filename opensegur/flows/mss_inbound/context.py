@@ -25,15 +25,6 @@ from opensegur.transactions.xdm import DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO, DEF
 SYSTEM_ACTOR = "mss-inbound"
 
 
-# Mail statuses (``Mail.status`` for direction "in") and their French labels for the pages.
-STATUS_LABELS = {
-    "received": "Reçu",
-    "integrated": "Intégré",
-    "triage": "À trier",
-    "rejected": "Rejeté",
-}
-
-
 @dataclass(frozen=True)
 class MailLimits:
     max_bytes: int = DEFAULT_MAX_BYTES

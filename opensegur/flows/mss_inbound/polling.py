@@ -34,11 +34,6 @@ def _is_report(headers: Message) -> bool:
         return False
 
 
-def _record_report(s: Session, raw: bytes, mailbox: str) -> bool:
-    # The one call into the outbound flow, kept as a seam the tests replace.
-    return record_report(s, raw, mailbox)
-
-
 def _store_one(s: Session, mailbox: str, fetched: FetchedMail) -> bool:
     """Store one fetched mail; False when it was already stored (re-read after a crash, or polled twice).
 
@@ -48,7 +43,7 @@ def _store_one(s: Session, mailbox: str, fetched: FetchedMail) -> bool:
     raw = fetched.raw
     announced = int(getattr(fetched, "size", 0) or 0)
     headers = read_headers(raw)
-    if _is_report(headers) and _record_report(s, raw, mailbox):
+    if _is_report(headers) and record_report(s, raw, mailbox):
         return True
     digest = store_payload(s, raw)
     message_id = header_value(headers, "Message-ID")
