@@ -49,6 +49,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, for what only PostgreSQL does (LISTEN/NOTIFY, several processes)."""
+    if not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("OPENSEGUR_TEST_PG_URL must be set in CI: .ci/run starts PostgreSQL")
+        pytest.skip("PostgreSQL not configured (set OPENSEGUR_TEST_PG_URL)")
+    yield from pg_database()
+
+
+@pytest.fixture
 def db(db_url: str) -> Iterator[Database]:
     database = Database(db_url)
     database.migrate()

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +21,11 @@ from bench.mdm_factory import document_id, mdm
 from opensegur.store.db import Database
 from opensegur.store.models import Delivery, Job
 from opensegur.transport.mllp import send_message
-from tests.conftest import PG_URL, pg_database
 from tests.test_server import start, stop
 
 TOTAL = 240
 INS = "279035121518989"
 LEASE_S = 4
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    if not PG_URL:
-        if os.environ.get("CI"):
-            pytest.fail("OPENSEGUR_TEST_PG_URL must be set in CI: .ci/run starts PostgreSQL")
-        pytest.skip("PostgreSQL not configured (set OPENSEGUR_TEST_PG_URL)")
-    yield from pg_database()
 
 
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -111,8 +100,10 @@ def test_a_worker_killed_mid_backlog_on_postgresql_leaves_each_document_once_in_
 
         def victim_holds_jobs() -> bool:
             with db.session() as s:
-                stmt = select(func.count()).select_from(Job).where(
-                    Job.status == "running", Job.worker.like(f"%:{victim.pid}/%")
+                stmt = (
+                    select(func.count())
+                    .select_from(Job)
+                    .where(Job.status == "running", Job.worker.like(f"%:{victim.pid}/%"))
                 )
                 return bool(s.scalar(stmt))
 

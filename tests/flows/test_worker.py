@@ -7,7 +7,6 @@ import asyncio
 from typing import Any
 
 import psycopg
-import pytest
 from sqlalchemy import select
 
 from opensegur.errors import RetryLater
@@ -189,10 +188,11 @@ async def test_a_job_committed_in_another_thread_wakes_the_idle_pool_and_a_commi
 
 
 async def test_on_postgresql_a_job_committed_by_another_process_wakes_the_idle_pool_even_after_a_lost_link(
-    db: Database,
+    pg_url: str,
 ) -> None:
-    if db.is_sqlite:
-        pytest.skip("one SQLite file has one process: LISTEN/NOTIFY is PostgreSQL's")
+    # One SQLite file has one process: LISTEN/NOTIFY is PostgreSQL's.
+    db = Database(pg_url)
+    db.migrate()
     ran: list[str] = []
 
     async def handler(job: Job) -> dict[str, Any]:
@@ -220,4 +220,5 @@ async def test_on_postgresql_a_job_committed_by_another_process_wakes_the_idle_p
     finally:
         await pool.stop()
         other.dispose()
+        db.dispose()
     assert not pool.notified
