@@ -32,10 +32,11 @@ from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
 from opensegur.errors import RetryLater
 from opensegur.flows.dmp_consult import patient_cx
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError, ExchangeRecord
-from opensegur.flows.identity_feed import find_or_create_from_pid, resolve_site
+from opensegur.flows.identity_feed import find_or_create_from_pid
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.mss_outbound import plan_mss_deliveries
 from opensegur.flows.worker import PermanentError
+from opensegur.hospital.sites import resolve_site
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.store import jobs
 from opensegur.store.db import Database

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from opensegur.flows.dmp_prefetch import request_prefetch
 from opensegur.flows.identity_gate import release_waiting_documents
 from opensegur.flows.stays import record_stay
+from opensegur.hospital.sites import resolve_site
 from opensegur.identity import rniv
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins, is_ins_oid
@@ -67,46 +68,6 @@ def _error(exc: IdentityError, code: str = "102") -> Hl7Error:
         message=exc.message,
         reject=False,
     )
-
-
-def resolve_site(session: Session, names: list[str]) -> Structure | None:
-    """The site known under one of ``names``: IPP authority (namespace or OID), FINESS, or a declared alias
-    such as the MSH-4 a DPI sends (``settings["facility_aliases"]``). ``names`` go in order of preference: a
-    DPI serving several sites sends its own MSH-4 with the IPP domain of each, and the domain decides."""
-    wanted = [n for n in names if n]
-    if not wanted:
-        return None
-    known = _sites(session)
-    for name in wanted:
-        for site, names_of_site in known:
-            if name in names_of_site:
-                return site
-    return None
-
-
-_SITES = "opensegur.sites"  # session.info key
-
-
-def _sites(session: Session) -> list[tuple[Structure, set[str | None]]]:
-    """The sites and the names each answers to, read once per transaction: the messages a group commit brings
-    together share them, and the structures change only when a configuration is applied, in its own transaction."""
-    known: list[tuple[Structure, set[str | None]]] | None = session.info.get(_SITES)
-    if known is None:
-        sites = session.scalars(select(Structure).where(Structure.kind == "EG").order_by(Structure.id))
-        known = [
-            (
-                site,
-                {
-                    site.ipp_authority,
-                    site.ipp_authority_oid,
-                    site.finess,
-                    *site.settings.get("facility_aliases", []),
-                },
-            )
-            for site in sites
-        ]
-        session.info[_SITES] = known
-    return known
 
 
 def _authority(event: PamEvent) -> str:

@@ -19,7 +19,6 @@ from opensegur.content.cda import CdaError, CdaHeader, Identifier, parse_cda
 from opensegur.content.jdv import JDV_TYPE_CODE, load_value_set
 from opensegur.documents.lifecycle import STATUS_LABELS, DocumentStatus
 from opensegur.flows.dmp_feed import CDA_MAX_BYTES
-from opensegur.flows.identity_feed import resolve_site
 from opensegur.flows.rest_intake import (
     RestIntakeError,
     accept_rest_document,
@@ -27,6 +26,7 @@ from opensegur.flows.rest_intake import (
     parse_metadata,
     record_document,
 )
+from opensegur.hospital.sites import resolve_site
 from opensegur.store.documents import document_with_content
 from opensegur.store.models import AuditEvent, Document, Patient, PatientIdentifier, Structure
 from opensegur.transactions.mhd import FhirError, ProvideBundle, SubmittedDocument, build_document_reference

@@ -39,8 +39,8 @@ from opensegur.content.jdv import (
 from opensegur.documents.lifecycle import DocumentStatus
 from opensegur.errors import OpenSegurError
 from opensegur.flows.dmp_feed import document_flags
-from opensegur.flows.identity_feed import resolve_site
 from opensegur.flows.jobs import JobKind
+from opensegur.hospital.sites import resolve_site
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import OID_NIR, Ins
 from opensegur.identity.professionals import idnat_ps_from_rpps, parse_idnat_ps

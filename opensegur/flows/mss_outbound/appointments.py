@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from opensegur.flows.identity_feed import find_by_identifier, read_ins, resolve_site
+from opensegur.flows.identity_feed import find_by_identifier, read_ins
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.mss_outbound.common import (
     UNCERTAIN_TEXT,
@@ -26,6 +26,7 @@ from opensegur.flows.mss_outbound.common import (
 )
 from opensegur.flows.mss_outbound.sending import Ready, send_prepared, stored_envelope
 from opensegur.flows.mssante_ports import MailSender
+from opensegur.hospital.sites import resolve_site
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.store import jobs
 from opensegur.store.db import Database

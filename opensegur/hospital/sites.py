@@ -1,0 +1,118 @@
+"""Which site of the GHT a name designates: an IPP authority (namespace or OID), a FINESS, or a declared alias
+such as the MSH-4 a DPI sends (``settings["facility_aliases"]``).
+
+Every message is resolved to its site. Reading and loading every site's row for each one cost a quarter of an
+identity message, so the names are kept per database and read again only when they may have changed: a
+configuration version was applied (by any process: :mod:`opensegur.hospital.apply` records one with the
+structures it writes) or this process committed a write to a structure row (tests, tools). Within one
+transaction the check is made once, for every message a group commit brings together.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Mapper, Session
+
+from opensegur.store.models import ConfigVersion, Structure
+
+_LATEST_VERSION = select(func.max(ConfigVersion.id))
+_SITE_NAMES = select(
+    Structure.id,
+    Structure.ipp_authority,
+    Structure.ipp_authority_oid,
+    Structure.finess,
+    Structure.settings["facility_aliases"],
+).where(Structure.kind == "EG")
+_IN_TRANSACTION = "opensegur.site_names"  # session.info key: the names checked for this transaction
+_STRUCTURE_WRITTEN = "opensegur.structure_written"  # session.info key: a structure row was flushed
+
+
+@dataclass(frozen=True)
+class _Names:
+    token: tuple[int | None, int]  # (latest configuration version, this process's structure commits)
+    sites: tuple[tuple[int, frozenset[str]], ...]  # by site id, the order of preference among equals
+
+
+_lock = threading.Lock()
+_commits = 0  # structure writes committed by this process
+_by_engine: weakref.WeakKeyDictionary[Engine, _Names] = weakref.WeakKeyDictionary()
+
+
+def resolve_site(session: Session, names: list[str]) -> Structure | None:
+    """The site known under one of ``names``, tried in order: a DPI serving several sites sends its own MSH-4
+    with the IPP domain of each, and the domain decides."""
+    wanted = [n for n in names if n]
+    if not wanted:
+        return None
+    sites = _site_names(session).sites
+    for name in wanted:
+        for site_id, names_of_site in sites:
+            if name in names_of_site:
+                return session.get(Structure, site_id)
+    return None
+
+
+def _site_names(session: Session) -> _Names:
+    known: _Names | None = session.info.get(_IN_TRANSACTION)
+    if known is not None:
+        return known
+    if session.info.get(_STRUCTURE_WRITTEN):
+        # This transaction wrote a structure: its own names, read now and kept for nobody else.
+        session.flush()
+        return _read(session, (None, -1))
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    # The token is read before the rows: a change committed in between makes the next check read them again.
+    token = (session.scalar(_LATEST_VERSION), _commits)
+    known = _by_engine.get(engine)
+    if known is None or known.token != token:
+        known = _read(session, token)
+        with _lock:
+            _by_engine[engine] = known
+    session.info[_IN_TRANSACTION] = known
+    return known
+
+
+def _read(session: Session, token: tuple[int | None, int]) -> _Names:
+    rows = session.execute(_SITE_NAMES.order_by(Structure.id)).all()
+    return _Names(
+        token,
+        tuple(
+            (site_id, frozenset(n for n in (authority, oid, finess, *(aliases or [])) if n))
+            for site_id, authority, oid, finess, aliases in rows
+        ),
+    )
+
+
+def _mark(session: Session | None) -> None:
+    if session is not None:
+        session.info[_STRUCTURE_WRITTEN] = True
+        session.info.pop(_IN_TRANSACTION, None)
+
+
+def _added(session: Session, instance: object) -> None:
+    if isinstance(instance, Structure):
+        _mark(session)
+
+
+def _written(mapper: Mapper[Any], connection: Any, target: Structure) -> None:
+    _mark(Session.object_session(target))
+
+
+def _committed(session: Session) -> None:
+    global _commits
+    if session.info.pop(_STRUCTURE_WRITTEN, False):
+        with _lock:
+            _commits += 1
+
+
+for _event in ("after_insert", "after_update", "after_delete"):
+    event.listen(Structure, _event, _written)
+event.listen(Session, "transient_to_pending", _added)
+event.listen(Session, "after_commit", _committed)
