@@ -5,6 +5,9 @@ Ratios, not absolute figures, are what we compare across machines:
   bare MLLP server on the same SQLite settings that only stores the raw bytes and answers a fixed ACK.
 - DMP feed: documents over MLLP to the sandbox DMP with full validation, against a bare HL7 + base64 + XML + HTTP
   POST loop; then the MLLP ACK's round trip while documents are delivered, sent steadily at half the rate reached.
+- DMP feed on PostgreSQL (`dmp_pg`): the same documents through `serve` without workers and one, then two,
+  `opensegur worker` processes on one PostgreSQL (OPENSEGUR_BENCH_PG_URL, else a throwaway cluster with fsync on
+  started by bench/pg.py), against the same baseline; the CPU per document includes the cluster's when it is ours.
 - INSi: searches through the connector, the SOAP stack and the sandbox over loopback HTTP, against a bare
   HTTP POST of the same bytes to a server that answers a constant body.
 - access control: a page with a session and an API route with a token, against the same routes of the same app
@@ -38,6 +41,8 @@ import uvicorn
 from bench.auth import auth_data_parent, bench_auth
 from bench.dmp_tab import DOCUMENTS, bench_dmp_tab, median_figures
 from bench.imaging import SIZE, bench_imaging
+from bench.pg import ENV as PG_ENV
+from bench.pg import PgCluster, PgUnavailable, pg_cluster, pg_database, postgres_cpu
 from opensegur.config import Settings
 from opensegur.connectors.insi_client import InsiClient
 from opensegur.documents.delivery import DeliveryStatus
@@ -306,23 +311,54 @@ async def bench_dmp_feed(n: int, tmp: Path) -> DmpFeedRun:
     it on the same SQLite file. The platform alone is then fed at half the rate it reached, and the MLLP ACK's
     round trip measured while its workers deliver."""
     async with sandbox_process(tmp / "sandbox") as endpoints:
-        alone, cpu_alone, acks = await _dmp_burst(n, tmp / "alone", endpoints, worker_process=False)
-        split, cpu_split, _ = await _dmp_burst(n, tmp / "split", endpoints, worker_process=True)
+        alone, cpu_alone, acks = await _dmp_burst(n, tmp / "alone", endpoints)
+        split, cpu_split, _ = await _dmp_burst(n, tmp / "split", endpoints, worker_processes=1)
     base = await _dmp_baseline(n)
     assert acks is not None
     return DmpFeedRun(alone, base, cpu_alone, split, cpu_split, p50_p99(acks))
 
 
+@dataclass
+class DmpPgRun:
+    rates: dict[int, float]  # by number of `opensegur worker` processes
+    cpus: dict[int, dict[str, float]]
+    base: float
+
+
+async def bench_dmp_pg(n: int, tmp: Path, cluster: PgCluster, worker_counts: tuple[int, ...]) -> DmpPgRun:
+    """The DMP feed on PostgreSQL: `serve` without workers and one, then two, `opensegur worker` processes, each
+    run on a fresh database of the same cluster, against the same sandbox DMP process."""
+    rates: dict[int, float] = {}
+    cpus: dict[int, dict[str, float]] = {}
+    async with sandbox_process(tmp / "sandbox") as endpoints:
+        for k in worker_counts:
+            with pg_database(cluster) as url:
+                rates[k], cpus[k], _ = await _dmp_burst(
+                    n, tmp / f"pg{k}", endpoints, worker_processes=k, db_url=url, pg=cluster
+                )
+    return DmpPgRun(rates, cpus, await _dmp_baseline(n))
+
+
 async def _dmp_burst(
-    n: int, tmp: Path, endpoints: dict[str, Any], *, worker_process: bool
+    n: int,
+    tmp: Path,
+    endpoints: dict[str, Any],
+    *,
+    worker_processes: int = 0,
+    db_url: str | None = None,
+    pg: PgCluster | None = None,
 ) -> tuple[float, dict[str, float], list[float] | None]:
+    """One burst of ``n`` documents: the platform alone (its own two workers) when ``worker_processes`` is 0,
+    else `serve` without workers and that many `opensegur worker` processes on the same database (``db_url``,
+    default the platform's SQLite file). CPU ms per document by process role; ``pg``: also the cluster's own."""
     from sqlalchemy import func, select
 
     from bench.mdm_factory import mdm
-    from opensegur.store.models import Delivery
+    from opensegur.flows.jobs import JobKind
+    from opensegur.store.models import Delivery, Job
 
     dmp = endpoints["dmp"]
-    shared = {
+    shared: dict[str, Any] = {
         "data_dir": tmp / "platform",
         "cache_dir": tmp.parent / "cache",
         "sandbox": False,
@@ -334,20 +370,23 @@ async def _dmp_burst(
         "dmp_signing_cert": dmp["test_pki"]["client_cert"],
         "dmp_signing_key": dmp["test_pki"]["client_key"],
     }
+    if db_url is not None:
+        shared["db"] = db_url
     platform = Platform(
-        Settings(**shared, demo=True, http_port=0, mllp_port=0, workers=0 if worker_process else 2)
+        Settings(**shared, demo=True, http_port=0, mllp_port=0, workers=0 if worker_processes else 2)
     )
     rt = await platform.start()
     await platform.warmed()
-    worker: subprocess.Popen[bytes] | None = None
-    if worker_process:
-        env = {**os.environ, **{f"OPENSEGUR_{k.upper()}": str(v) for k, v in shared.items()}}
-        log = (tmp / "worker.log").open("wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "opensegur.cli", "worker"], env=env, stdout=log, stderr=log
-        )
+    workers: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, **{f"OPENSEGUR_{k.upper()}": str(v) for k, v in shared.items()}}
+    for i in range(worker_processes):
+        with (tmp / f"worker{i}.log").open("wb") as log:
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "opensegur.cli", "worker"], env=env, stdout=log, stderr=log
+                )
+            )
     run = str(int(time.time() * 1000) % 10**9)  # document ids are OIDs: digits only
-    payloads = [mdm(i, run=run) for i in range(n + 1 + n // 2)]
     acks: list[float] | None = None
 
     def delivered() -> int:
@@ -357,29 +396,50 @@ async def _dmp_burst(
             )
             return int(count or 0)
 
+    def busy_workers() -> int:
+        """Processes that have validated a document: each compiles its schematrons on its first one."""
+        with rt.db.session() as s:
+            names = s.scalars(select(Job.worker).distinct().where(Job.kind == JobKind.PROCESS))
+            return len({(name or "").rsplit("/", 1)[0] for name in names})
+
     async def until_delivered(count: int) -> None:
         deadline = time.monotonic() + 600
         while await asyncio.to_thread(delivered) < count:
             if time.monotonic() > deadline:
                 raise SystemExit(f"only {delivered()} of {count} documents reached the DMP in 10 minutes")
+            if any(w.poll() is not None for w in workers):
+                raise SystemExit(f"an `opensegur worker` process ended: see {tmp}/worker*.log")
             await asyncio.sleep(0.05)
 
     try:
-        # One document first, so that every process has compiled its schematrons before the clock starts.
-        await send_many(rt.mllp_port or 0, payloads[:1])
-        await until_delivered(1)
+        # Documents first, one at a time until every worker process has run one, so that every process has
+        # compiled its schematrons before the clock starts. They are not counted in n.
+        warm = 0
+        while True:
+            await send_many(rt.mllp_port or 0, [mdm(warm, run=run)])
+            warm += 1
+            await until_delivered(warm)
+            if await asyncio.to_thread(busy_workers) >= max(1, worker_processes) or warm >= 20:
+                break
+        payloads = [mdm(i, run=run) for i in range(warm, warm + n + n // 2)]
+        measured, paced = payloads[:n], payloads[n:]
         cpu_before = cpu_by_process()
+        pg_before = postgres_cpu(pg) if pg is not None else None
         start = time.perf_counter()
-        await asyncio.gather(*(send_many(rt.mllp_port or 0, payloads[1 : n + 1][k::4]) for k in range(4)))
-        await until_delivered(n + 1)
+        await asyncio.gather(*(send_many(rt.mllp_port or 0, measured[k::4]) for k in range(4)))
+        await until_delivered(warm + n)
         rate = n / (time.perf_counter() - start)
         cpu = {role: (s - cpu_before.get(role, 0.0)) * 1000 / n for role, s in cpu_by_process().items()}
-        if not worker_process:
-            acks = await paced_acks(rt.mllp_port or 0, payloads[n + 1 :], rate / 2)
-            await until_delivered(len(payloads))
+        pg_after = postgres_cpu(pg) if pg is not None else None
+        if pg_before is not None and pg_after is not None:
+            cpu["postgresql"] = (pg_after - pg_before) * 1000 / n
+        if not worker_processes:
+            acks = await paced_acks(rt.mllp_port or 0, paced, rate / 2)
+            await until_delivered(warm + len(measured) + len(paced))
     finally:
-        if worker is not None:
+        for worker in workers:
             worker.terminate()
+        for worker in workers:
             worker.wait(60)
         await platform.stop()
     return rate, cpu, acks
@@ -588,6 +648,42 @@ async def main(args: argparse.Namespace) -> None:
             f"maximal d'une plateforme : p50 {statistics.median(d.ack_ms[0] for d in docs):,.0f} ms, "
             f"p99 {statistics.median(d.ack_ms[1] for d in docs):,.0f} ms"
         )
+    if "dmp_pg" in only:
+        try:
+            with pg_cluster() as cluster, tempfile.TemporaryDirectory() as tmp:
+                pg_runs = [
+                    await bench_dmp_pg(args.documents, Path(tmp) / f"pg_{i}", cluster, (1, 2))
+                    for i in range(args.repeat)
+                ]
+        except PgUnavailable as exc:
+            print(f"Lignes PostgreSQL du flux DMP omises : {exc} (ou donner {PG_ENV}).", flush=True)
+            notes.append(f"Flux DMP sur PostgreSQL non mesuré : {exc}")
+        else:
+            base = statistics.median(r.base for r in pg_runs)
+            durability = "grappe jetable, fsync actif" if cluster.data_dir else f"base de {PG_ENV}"
+            for k in (1, 2):
+                label = f"`serve` sur PostgreSQL + {k} processus `opensegur worker`"
+                rows.append(
+                    (
+                        f"Flux DMP de bout en bout, {label} : MDM sur MLLP → validation complète → ITI-41 "
+                        "(documents/s)",
+                        statistics.median(r.rates[k] for r in pg_runs),
+                        "HL7 + base64 + XML + POST HTTP nu",
+                        base,
+                    )
+                )
+                roles = ("platform", "worker", "validation", "sandbox", "postgresql")
+                cpu = {role: statistics.median(r.cpus[k].get(role, 0.0) for r in pg_runs) for role in roles}
+                notes.append(
+                    f"Flux DMP, {label} ({durability}), CPU par document (ms) : "
+                    + ", ".join(
+                        f"{role}{' (' + str(k) + ' processus)' if role in ('worker', 'validation') else ''} "
+                        f"{ms:.0f}"
+                        for role, ms in cpu.items()
+                        if ms >= 0.5
+                    )
+                    + f" — total {sum(cpu.values()):.0f} pour {os.cpu_count()} cœurs"
+                )
     if "mss" in only:
         with tempfile.TemporaryDirectory() as tmp:
             mss = [await bench_mss_inbound(args.mails, Path(tmp) / f"mss_{i}") for i in range(args.repeat)]
@@ -694,7 +790,7 @@ async def main(args: argparse.Namespace) -> None:
     (out / "latest.md").write_text(table + "\n", encoding="utf-8")
 
 
-FLOWS = ("identity", "dmp", "mss", "insi", "auth", "dmp_tab", "imaging")
+FLOWS = ("identity", "dmp", "dmp_pg", "mss", "insi", "auth", "dmp_tab", "imaging")
 
 
 if __name__ == "__main__":
