@@ -39,6 +39,7 @@ import httpx
 import uvicorn
 
 from bench.auth import auth_data_parent, bench_auth
+from bench.backlog import bench_backlog, summary, write_results
 from bench.dmp_tab import DOCUMENTS, bench_dmp_tab, median_figures
 from bench.imaging import SIZE, bench_imaging
 from bench.pg import ENV as PG_ENV
@@ -684,6 +685,15 @@ async def main(args: argparse.Namespace) -> None:
                     )
                     + f" — total {sum(cpu.values()):.0f} pour {os.cpu_count()} cœurs"
                 )
+    if "backlog" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with sandbox_process(Path(tmp) / "sandbox") as endpoints:
+                backlog = await bench_backlog(args.backlog, Path(tmp) / "backlog", endpoints, message)
+        for line in summary(backlog):
+            print(line, flush=True)
+        csv_path, svg_path = write_results(backlog, Path("bench/results"))
+        print(f"Échantillons : {csv_path} ; graphique : {svg_path}", flush=True)
+        notes.extend(summary(backlog))
     if "mss" in only:
         with tempfile.TemporaryDirectory() as tmp:
             mss = [await bench_mss_inbound(args.mails, Path(tmp) / f"mss_{i}") for i in range(args.repeat)]
@@ -791,6 +801,8 @@ async def main(args: argparse.Namespace) -> None:
 
 
 FLOWS = ("identity", "dmp", "dmp_pg", "mss", "insi", "auth", "dmp_tab", "imaging")
+# Measured only when asked for (--only backlog): minutes of a DMP outage and its drain.
+EXPLICIT = ("backlog",)
 
 
 if __name__ == "__main__":
@@ -803,6 +815,14 @@ if __name__ == "__main__":
     parser.add_argument("--openings", type=int, default=30, help="per page and round (dmp_tab)")
     parser.add_argument("--series", type=int, default=4, help="series of the exam (imaging)")
     parser.add_argument("--per-series", type=int, default=50, help="images per series (imaging)")
+    parser.add_argument(
+        "--backlog", type=int, default=2000, help="documents sent while the DMP is down (backlog)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", nargs="+", choices=FLOWS, help="measure only these flows")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=FLOWS + EXPLICIT,
+        help=f"measure only these flows ({', '.join(EXPLICIT)}: only so)",
+    )
     asyncio.run(main(parser.parse_args()))
