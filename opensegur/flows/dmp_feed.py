@@ -786,6 +786,7 @@ def _enqueue_zam(s: Session, doc: Document, destination: str, ok: bool) -> None:
         {"document_id": doc.id, "destination": destination, "ok": ok},
         structure_id=doc.structure_id,
         patient_id=doc.patient_id,
+        lane=jobs.Lane.PROMPT,
     )
 
 

@@ -70,6 +70,7 @@ def request_prefetch(session: Session, event: PamEvent, patient: Patient, site: 
         structure_id=site.id,
         patient_id=patient.id,
         max_attempts=3,  # past a few tries the doctor's own opening searches anyway
+        lane=jobs.Lane.PROMPT,
     )
 
 

@@ -2,9 +2,11 @@
 platform does in the background (as pynetdicom's ``events.py`` lists every event with its handlers).
 
 A job is queued in the transaction of the step before it (``store.jobs.enqueue``) and its kind is stored with it,
-so a value here never changes once released. The server builds each handler from its factory when the component
-it needs is configured (a DMP, a mailbox, a PACS…); ``tests/flows/test_jobs.py`` checks that the table and the
-factories agree and that a fully configured platform handles every kind.
+so a value here never changes once released. The kinds a person or a peer waits on (``PROMPT_KINDS``) are queued
+in the prompt lane (``store.jobs.Lane``), claimed before the bulk. The server builds each handler from its
+factory when the component it needs is configured (a DMP, a mailbox, a PACS…); ``tests/flows/test_jobs.py``
+checks that the table and the factories agree, that a fully configured platform handles every kind, and that
+the prompt kinds are queued in their lane.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
 
-__all__ = ["HANDLER_FACTORIES", "JobKind"]
+__all__ = ["HANDLER_FACTORIES", "PROMPT_KINDS", "JobKind"]
 
 
 class JobKind(StrEnum):
@@ -38,6 +40,9 @@ class JobKind(StrEnum):
     DRIMBOX_WITHDRAW = "drimbox.withdraw"  # a deleted report's manifests withdrawn from the DMP
     DRIMBOX_IMPORT = "drimbox.import"  # a retrieved exam stored into the site's PACS
 
+
+# A DPI waits for its ZAM, a sender for its MDN, a doctor for the DMP list read ahead of the consultation.
+PROMPT_KINDS = frozenset({JobKind.ZAM, JobKind.MSS_ZAM, JobKind.MSS_MDN, JobKind.DMP_PREFETCH})
 
 # "module:function" rather than the functions: the flows import JobKind, so importing them here would be a cycle.
 HANDLER_FACTORIES: Mapping[JobKind, str] = MappingProxyType(

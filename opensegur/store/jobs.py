@@ -9,15 +9,25 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import IntEnum
 from typing import Any, cast
 
-from sqlalchemy import Table, or_, select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
 
 from opensegur.store.db import JOBS_ENQUEUED, insert_unless_exists
 from opensegur.store.models import Job, utcnow
 
 _JOB = cast(Table, Job.__table__)
+
+
+class Lane(IntEnum):
+    """Which jobs a worker takes first. A person or a peer waits on a prompt job (a DPI on its ZAM, a sender on
+    its MDN, a doctor on a DMP list); a bulk job moves documents and mail. After a DMP outage, a day of bulk
+    deliveries is due at once: the ZAMs of the documents delivered meanwhile must not queue behind all of it."""
+
+    PROMPT = 0
+    BULK = 1
 
 
 @dataclass(frozen=True)
@@ -42,11 +52,13 @@ def enqueue(
     patient_id: int | None = None,
     max_attempts: int = 8,
     run_after: datetime | None = None,
+    lane: Lane = Lane.BULK,
 ) -> int:
     """Add a job unless one with the same idempotence key exists; return the job's id either way."""
     now = utcnow()
     values = {
         "kind": kind,
+        "lane": int(lane),
         "key": key,
         "args": args or {},
         "structure_id": structure_id,
@@ -68,23 +80,26 @@ def enqueue(
 
 
 def claim(session: Session, worker: str, kinds: list[str], lease_s: float) -> Job | None:
-    """Take the oldest ready job (pending and due, or running with an expired lease)."""
+    """Take a ready job: one whose worker died (its lease expired) first, then the oldest due prompt job, then
+    the oldest due bulk job. Each is its own statement that an index answers (``ix_job_lane_ready``): a query
+    that ORed them scanned the whole table, done jobs included, for every claim."""
     now = utcnow()
-    stmt = (
-        select(Job)
-        .where(
-            Job.kind.in_(kinds),
-            or_(
-                (Job.status == "pending") & (Job.run_after <= now),
-                (Job.status == "running") & (Job.lease_until < now),
-            ),
+    ready = [
+        (Job.status == "running") & (Job.lease_until < now),
+        *((Job.status == "pending") & (Job.lane == lane) & (Job.run_after <= now) for lane in Lane),
+    ]
+    for condition in ready:
+        stmt = (
+            select(Job)
+            .where(condition, Job.kind.in_(kinds))
+            .order_by(Job.run_after, Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
         )
-        .order_by(Job.run_after, Job.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    )
-    job = session.scalar(stmt)
-    if job is None:
+        job = session.scalar(stmt)
+        if job is not None:
+            break
+    else:
         return None
     job.status = "running"
     job.worker = worker

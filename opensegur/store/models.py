@@ -188,9 +188,11 @@ class Job(Base):
     """
 
     __tablename__ = "job"
-    __table_args__ = (Index("ix_job_ready", "status", "run_after"),)
+    # Claims read the due jobs of one lane in order (store.jobs.claim), expired leases by status.
+    __table_args__ = (Index("ix_job_lane_ready", "status", "lane", "run_after"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
+    lane: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # store.jobs.Lane
     key: Mapped[str] = mapped_column(String(200), unique=True)
     structure_id: Mapped[int | None] = mapped_column(ForeignKey("structure.id"))
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))

@@ -3,10 +3,13 @@ component configured (DMP, MSSanté, PACS) has a handler for every kind and for 
 
 from __future__ import annotations
 
+import ast
 import importlib
+import runpy
 from pathlib import Path
 
-from opensegur.flows.jobs import HANDLER_FACTORIES, JobKind
+import opensegur
+from opensegur.flows.jobs import HANDLER_FACTORIES, PROMPT_KINDS, JobKind
 from tests.dmp import helpers
 from tests.dmp.drimbox_sites import drimbox_site
 
@@ -44,3 +47,21 @@ def test_kinds_keep_the_values_already_queued() -> None:
 async def test_a_fully_configured_platform_handles_every_kind(tmp_path: Path, schematron_cache: Path) -> None:
     async with drimbox_site(tmp_path, schematron_cache) as (rt, _pacs):
         assert set(rt.workers.handlers) == set(JobKind)
+
+
+def test_the_kinds_a_person_waits_on_are_queued_in_the_prompt_lane() -> None:
+    """Read from every ``jobs.enqueue(session, JobKind.X, …)`` of the package: the lane follows PROMPT_KINDS."""
+    queued: dict[str, set[bool]] = {}
+    for path in Path(opensegur.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "jobs.enqueue"):
+                continue
+            kind = ast.unparse(node.args[1])
+            lanes = [ast.unparse(k.value) for k in node.keywords if k.arg == "lane"]
+            queued.setdefault(kind, set()).add(lanes == ["jobs.Lane.PROMPT"])
+    assert {f"JobKind.{k.name}" for k in PROMPT_KINDS} <= set(queued)
+    for kind, prompt in queued.items():
+        assert prompt == {kind.removeprefix("JobKind.") in {k.name for k in PROMPT_KINDS}}, kind
+    # The migration that added the lanes moved the prompt jobs already queued.
+    migration = Path(opensegur.__file__).parent / "store/migrations/versions/0011_job_lanes.py"
+    assert set(runpy.run_path(str(migration))["PROMPT_KINDS"]) == {k.value for k in PROMPT_KINDS}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from opensegur.store import jobs
 from opensegur.store.db import Database
@@ -100,3 +100,54 @@ def test_concurrent_workers_never_claim_the_same_job(db: Database) -> None:
     for t in threads:
         t.join()
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 40
+
+
+def test_a_prompt_job_is_claimed_before_a_due_backlog_and_a_dead_workers_job_before_both(
+    db: Database,
+) -> None:
+    """After a DMP outage every delivery is due at once; the ZAM of a document delivered meanwhile goes first."""
+    past = utcnow() - timedelta(hours=1)
+    with db.session() as s:
+        for i in range(300):
+            jobs.enqueue(s, "dmp.deliver", f"d{i}", run_after=past)
+        jobs.enqueue(s, "zam.send", "z1", lane=jobs.Lane.PROMPT)
+        jobs.enqueue(s, "zam.send", "z-later", lane=jobs.Lane.PROMPT, run_after=utcnow() + timedelta(hours=1))
+    kinds = ["dmp.deliver", "zam.send"]
+    with db.session() as s:
+        first = jobs.claim(s, "w1", kinds, lease_s=60)
+        assert first is not None and first.key == "z1"
+    with db.session() as s:
+        second = jobs.claim(s, "w1", kinds, lease_s=60)
+        assert second is not None and second.key == "d0"  # then the oldest due delivery; a ZAM not due waits
+        s.get_one(Job, second.id).lease_until = utcnow() - timedelta(seconds=1)
+        jobs.enqueue(s, "zam.send", "z2", lane=jobs.Lane.PROMPT)
+    with db.session() as s:
+        again = jobs.claim(s, "w2", kinds, lease_s=60)
+        assert again is not None and again.key == "d0" and again.attempts == 2
+        third = jobs.claim(s, "w2", kinds, lease_s=60)
+        assert third is not None and third.key == "z2"
+    with db.session() as s:
+        assert s.scalar(select(Job.lane).where(Job.key == "d1")) == jobs.Lane.BULK
+
+
+def test_a_claim_reads_an_index_not_the_whole_table(sqlite_db: Database) -> None:
+    """Done jobs pile up for years: a claim that scanned them would slow every job down with the table's age."""
+    statements: list[tuple[str, object]] = []
+
+    def keep(conn: object, cursor: object, statement: str, parameters: object, *args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM job" in statement:
+            statements.append((statement, parameters))
+
+    with sqlite_db.session() as s:
+        jobs.enqueue(s, "dmp.deliver", "d")
+    event.listen(sqlite_db.engine, "before_cursor_execute", keep)
+    with sqlite_db.session() as s:
+        assert jobs.claim(s, "w", ["zam.send"], lease_s=60) is None  # every lane read, none ready
+    event.remove(sqlite_db.engine, "before_cursor_execute", keep)
+    assert len(statements) == 3
+    with sqlite_db.engine.connect() as conn:
+        for statement, parameters in statements:
+            plan = " ".join(
+                row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            )
+            assert "ix_job_lane_ready" in plan and "SCAN job" not in plan, plan

@@ -102,4 +102,5 @@ def enqueue_mdn(s: Session, mail: Mail, code: str | None, manual: bool, key_suff
         {"mail_id": mail.id, "code": code, "manual": manual},
         structure_id=mail.structure_id,
         patient_id=mail.patient_id,
+        lane=jobs.Lane.PROMPT,
     )

@@ -88,6 +88,7 @@ def enqueue_zam(
         },
         structure_id=mail.structure_id,
         patient_id=mail.patient_id,
+        lane=jobs.Lane.PROMPT,
     )
 
 
