@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     job_max_attempts: int = 8
     job_backoff_base_s: float = 2.0
     job_backoff_max_s: float = 600.0
+    job_outage_max_s: float = 3 * 86400.0  # a DMP or MSSanté outage is waited out this long, attempts unspent
     job_lease_s: float = 60.0
     insi_url: str | None = None  # None with the sandbox: the sandbox INSi
     insi_timeout_s: float = 10.0

@@ -16,4 +16,14 @@ class OpenSegurError(Exception):
 
 
 class RetryLater(OpenSegurError):
-    """The same work may succeed later: a peer is down, busy or slow, or a resource is not there yet."""
+    """The same work may succeed later: a peer is down, busy or slow, or a resource is not there yet.
+
+    ``outage`` says the peer did not answer or said it was unavailable (timeout, refused connection, HTTP 5xx,
+    408, 429): the work itself is intact and only time will tell. Such a failure does not spend the job's
+    attempts; the job waits the outage out, backoff capped, up to ``job_outage_max_s`` after it was queued.
+    A day-long DMP outage must leave its documents waiting, not dead letters for a person to retry one by one.
+    """
+
+    def __init__(self, message: str = "", *, outage: bool = False) -> None:
+        super().__init__(message)
+        self.outage = outage

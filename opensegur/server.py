@@ -465,7 +465,9 @@ class Platform:
             self.db,
             handlers,
             concurrency=s.workers,
-            policy=RetryPolicy(s.job_max_attempts, s.job_backoff_base_s, s.job_backoff_max_s),
+            policy=RetryPolicy(
+                s.job_max_attempts, s.job_backoff_base_s, s.job_backoff_max_s, s.job_outage_max_s
+            ),
             lease_s=s.job_lease_s,
         )
         intake = Hl7Intake(self.db, business_acks=zam_endpoint is not None)

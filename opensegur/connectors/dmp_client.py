@@ -181,7 +181,7 @@ class DmpClient:
                 exchange, http_status=exc.status_code, duration_ms=int((time.monotonic() - started) * 1000)
             )
             if exc.retryable:
-                raise DmpUnavailableError(str(exc), [exchange]) from exc
+                raise DmpUnavailableError(str(exc), [exchange], outage=True) from exc
             raise DmpRejectedError("HTTP", str(exc), [exchange]) from exc
         exchange = replace(
             exchange, response=raw, http_status=200, duration_ms=int((time.monotonic() - started) * 1000)

@@ -26,8 +26,10 @@ class ExchangeRecord:
 class DmpUnavailableError(RetryLater):
     """Timeout, connection refused, HTTP 5xx without a registry answer: retry later."""
 
-    def __init__(self, message: str, exchanges: list[ExchangeRecord] | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, exchanges: list[ExchangeRecord] | None = None, *, outage: bool = False
+    ) -> None:
+        super().__init__(message, outage=outage)
         self.exchanges = exchanges or []
 
 

@@ -698,7 +698,7 @@ async def deliver(
             )
     except DmpUnavailableError as exc:
         await asyncio.to_thread(_failed, db, delivery_id, "DMP_UNAVAILABLE", str(exc), exc.exchanges, True)
-        raise RetryLater(str(exc)) from exc
+        raise RetryLater(str(exc), outage=exc.outage) from exc
     except DmpRejectedError as exc:
         await asyncio.to_thread(_failed, db, delivery_id, exc.code, exc.message, exc.exchanges, False)
         raise PermanentError(str(exc)) from exc

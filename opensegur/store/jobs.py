@@ -35,6 +35,7 @@ class RetryPolicy:
     max_attempts: int = 8
     base_s: float = 2.0
     max_s: float = 600.0
+    outage_max_s: float = 3 * 86400.0  # how long after it was queued a job waits an outage out
 
     def delay(self, attempts: int) -> float:
         """Exponential backoff with full jitter, so retries of one outage do not arrive together."""
@@ -126,10 +127,20 @@ def complete(session: Session, job_id: int, result: dict[str, Any] | None = None
     )
 
 
-def fail(session: Session, job: Job, error: str, policy: RetryPolicy, *, retryable: bool = True) -> str:
-    """Record a failure; schedule a retry or move the job to the dead letters. Returns the new status."""
+def fail(
+    session: Session,
+    job: Job,
+    error: str,
+    policy: RetryPolicy,
+    *,
+    retryable: bool = True,
+    outage: bool = False,
+) -> str:
+    """Record a failure; schedule a retry or move the job to the dead letters. Returns the new status. An outage
+    (:class:`~opensegur.errors.RetryLater`) is waited out whatever the attempts, for ``policy.outage_max_s``."""
     limit = min(job.max_attempts, policy.max_attempts)
-    if retryable and job.attempts < limit:
+    waiting_out = outage and utcnow() - aware(job.created_at) < timedelta(seconds=policy.outage_max_s)
+    if retryable and (job.attempts < limit or waiting_out):
         status = "pending"
         run_after = utcnow() + timedelta(seconds=policy.delay(job.attempts))
     else:

@@ -90,6 +90,25 @@ async def test_http_503_is_retried_with_backoff_and_delivered_once(
     assert entry["status"] == "Approved" and entry["entryUUID"] == delivery["entry_uuid"]
 
 
+async def test_an_outage_longer_than_the_attempts_is_waited_out_and_delivered_once(
+    tmp_path: Path, schematron_cache: Path
+) -> None:
+    """Two attempts per job, five refusals in a row: the DMP's unavailability spends no attempt."""
+    async with running_platform(tmp_path, schematron_cache, job_max_attempts=2) as (rt, dpi):
+        await set_fault(rt, http_status=503, count=5, transactions=["iti41"])
+        n = new_number()
+        sent = await send_raw(rt, mdm("initial", n))
+        assert sent.code == "AA"
+        [zam] = await wait_zam(dpi, sent.cid)
+        assert zam.status.success
+        doc = await wait_status(rt, uid(n), {"acknowledged"})
+        [delivery] = doc.deliveries
+        [job] = delivery_jobs(rt, delivery["id"])
+        assert job["status"] == "done" and job["attempts"] == 6
+        assert [c["status"] for c in await dmp_calls(rt, "iti41")] == [503] * 5 + [200]
+        assert len(await entries_for(rt, uid(n))) == 1
+
+
 async def test_failure_after_commit_is_resolved_by_a_query_not_a_second_send(
     platform: tuple[Runtime, DpiListener],
 ) -> None:

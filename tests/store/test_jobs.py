@@ -151,3 +151,28 @@ def test_a_claim_reads_an_index_not_the_whole_table(sqlite_db: Database) -> None
                 row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
             )
             assert "ix_job_lane_ready" in plan and "SCAN job" not in plan, plan
+
+
+def test_an_outage_is_waited_out_whatever_the_attempts_then_a_person_is_needed(db: Database) -> None:
+    """A DMP down for a day leaves its documents waiting, not dead letters to retry one by one."""
+    policy = jobs.RetryPolicy(max_attempts=2, base_s=0, max_s=0, outage_max_s=3600)
+    with db.session() as s:
+        jobs.enqueue(s, "dmp.deliver", "d")
+    for _ in range(5):
+        with db.session() as s:
+            job = jobs.claim(s, "w", ["dmp.deliver"], lease_s=60)
+            assert job is not None
+            assert jobs.fail(s, job, "HTTP 503", policy, outage=True) == "pending"
+    assert job.attempts == 5
+    with db.session() as s:  # the next failure that is not an outage finds the attempts spent
+        job = jobs.claim(s, "w", ["dmp.deliver"], lease_s=60)
+        assert job is not None and jobs.fail(s, job, "réponse illisible", policy) == "dead"
+        assert jobs.retry_dead(s, job.id)
+    with db.session() as s:  # an outage longer than outage_max_s after the job was queued needs a person
+        s.get_one(Job, job.id).created_at = utcnow() - timedelta(hours=2)
+    with db.session() as s:
+        job = jobs.claim(s, "w", ["dmp.deliver"], lease_s=60)
+        assert job is not None and jobs.fail(s, job, "HTTP 503", policy, outage=True) == "pending"
+    with db.session() as s:
+        job = jobs.claim(s, "w", ["dmp.deliver"], lease_s=60)
+        assert job is not None and jobs.fail(s, job, "HTTP 503", policy, outage=True) == "dead"

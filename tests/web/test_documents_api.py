@@ -256,9 +256,10 @@ async def test_dmp_outage_then_retry_and_browser_view(
     tmp_path: Path,
     schematron_cache: Path,  # noqa: F811
 ) -> None:
-    # One attempt per job: the outage leaves the delivery failed until someone asks for a retry.
+    # One attempt per job and no outage waited out: the outage leaves the delivery failed until someone asks for
+    # a retry.
     async with (
-        running(tmp_path, schematron_cache, job_max_attempts=1) as rt,
+        running(tmp_path, schematron_cache, job_max_attempts=1, job_outage_max_s=0) as rt,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.http_port}", timeout=60) as http,
     ):
         await _set_fault(rt, http_status=503, transactions=["iti41", "iti18"])
