@@ -68,12 +68,17 @@ class GroupCommit:
         failure: BaseException | None = None
         try:
             with self.db.session() as s:
-                for work in batch:
-                    try:
-                        with s.begin_nested():
-                            work.result = work.fn(s)
-                    except Exception as exc:
-                        work.result, work.error = None, exc
+                if len(batch) == 1:
+                    # Alone in its transaction, the work needs no savepoint (a tenth of an identity message's
+                    # CPU): what it raises rolls the whole transaction back, and its caller gets it all the same.
+                    batch[0].result = batch[0].fn(s)
+                else:
+                    for work in batch:
+                        try:
+                            with s.begin_nested():
+                                work.result = work.fn(s)
+                        except Exception as exc:
+                            work.result, work.error = None, exc
         except BaseException as exc:
             failure = exc
             raise

@@ -78,6 +78,20 @@ def test_a_failing_work_is_rolled_back_alone_and_raises_to_its_own_caller(db: Da
     assert _stored(db) == 3
 
 
+def test_a_work_alone_in_its_transaction_raises_to_its_caller_and_leaves_nothing(db: Database) -> None:
+    """Alone, a work runs without a savepoint: what it wrote goes with the transaction it failed."""
+    group = GroupCommit(db)
+
+    def refused(s: Session) -> str:
+        store_payload(s, b"refused")
+        raise ValueError("refusé")
+
+    with pytest.raises(ValueError, match="refusé"):
+        group.run(refused)
+    assert _stored(db) == 0
+    assert group.run(_store(b"after")) and _stored(db) == 1  # the next one leads
+
+
 def test_a_failed_commit_fails_every_work_of_its_batch_and_nothing_is_kept(db: Database) -> None:
     group = GroupCommit(db)
     failing = threading.Event()
