@@ -12,11 +12,10 @@ What is measured, on one platform (SQLite, its own two workers) and the sandbox 
 - the ZAMs' wait in the queue during the drain (a job's commit to its completion);
 - exactly once: the DMP holds each document once, and no delivery job is in the dead letters at the end.
 
-Retries: the platform's delivery jobs have eight attempts (fixed when the job is queued) and an exponential
-backoff (2 s to 600 s by default). The bench shortens the backoff (``BACKOFF``) so that the drain is not a wait
-for the next retry; with eight attempts, a document whose attempts run out during the outage goes to the dead
-letters, and the bench then retries it as an operator would once the DMP is back — both are counted and
-printed, they are what a longer outage does to the platform.
+Retries: an outage spends no attempt (``RetryLater(outage=True)``): a delivery waits it out, with an exponential
+backoff (2 s to 600 s by default), for ``job_outage_max_s``. The bench shortens the backoff (``BACKOFF``) so that
+the drain is not a wait for the next retry. Dead delivery jobs are counted when the DMP comes back and at the
+end: both must be zero, nobody retries anything by hand here.
 """
 
 from __future__ import annotations
@@ -85,7 +84,7 @@ class BacklogRun:
     outage_s: float
     first_after_clear_s: float  # from the DMP's return to the first delivery
     drain_s: float  # from the DMP's return to the last delivery
-    dead_at_clear: int  # deliveries whose job's eight attempts ran out during the outage
+    dead_at_clear: int  # deliveries whose job went to the dead letters during the outage (must be none)
     dead_statuses: list[str]  # the status those deliveries were left in
     dead_at_end: int  # deliveries with a dead job and not delivered at the end
     in_dmp: int  # documents of this run the DMP holds
@@ -129,7 +128,6 @@ async def bench_backlog(
 
     from bench.mdm_factory import document_id, mdm
     from opensegur.documents.delivery import DeliveryStatus
-    from opensegur.flows.dmp_feed import retry
     from opensegur.flows.jobs import JobKind
     from opensegur.store.jobs import aware
     from opensegur.store.models import Delivery, Exchange, Job
@@ -259,7 +257,6 @@ async def bench_backlog(
         dead = await asyncio.to_thread(dead_deliveries)
         dead_at_clear = len(dead)
         dead_statuses = sorted({v.split(":")[0] for v in dead.values()})
-        dead_docs = sorted({int(v.split(":")[1]) for v in dead.values()})
         failed_attempts = count(Exchange.outcome == "retry", model=Exchange)
 
         # The DMP is back.
@@ -269,8 +266,6 @@ async def bench_backlog(
         clear_wall = datetime.now(UTC)
         outage_s = clear - outage_start
         phase = "reprise : arriéré en cours d'envoi"
-        for doc_id in dead_docs:  # as an operator would: « Relancer » the documents the outage dead-lettered
-            await asyncio.to_thread(retry, rt.db, doc_id, "bench")
         total = 1 + sustained_n + n
         before = delivered()
         await until(lambda: delivered() > before, "the first delivery after the outage")
@@ -374,9 +369,8 @@ def summary(r: BacklogRun) -> list[str]:
     lines.append(
         f"Exactement une fois : {'oui' if once else 'NON'} — le DMP tient {r.in_dmp_distinct} documents distincts "
         f"sur {r.expected} ({r.in_dmp - r.in_dmp_distinct} en double) ; tâches d'envoi en lettres mortes : "
-        f"{r.dead_at_clear} au retour du DMP (huit essais épuisés pendant la panne, envoi laissé au statut "
-        f"{'/'.join(r.dead_statuses) or '—'} ; relancés par le banc comme par un opérateur), "
-        f"{r.dead_at_end} encore non remis à la fin"
+        f"{r.dead_at_clear} au retour du DMP (statut des envois : {'/'.join(r.dead_statuses) or '—'}), "
+        f"{r.dead_at_end} non remis à la fin ; aucune relance à la main"
     )
     return lines
 
