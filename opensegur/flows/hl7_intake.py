@@ -106,7 +106,7 @@ class Hl7Intake:
             )
         except IntegrityError:
             # The same control id arrived on another connection at the same moment: answer with its ACK.
-            with self.db.session() as s:
+            with self.db.session(urgent=True) as s:
                 seen = self._seen(s, sender, header.control_id)
             if seen is None:
                 raise
@@ -182,7 +182,7 @@ class Hl7Intake:
         """Keep what could not be read (visible to operators), answer AR."""
         ack = hl7v2.build_nak_for_unparseable(raw, exc)
         digest = hashlib.sha256(raw).hexdigest()
-        with self.db.session() as s:
+        with self.db.session(urgent=True) as s:
             store_payload(s, raw)
             existing = s.scalar(
                 select(InboundMessage).where(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,26 +63,38 @@ def insert_unless_exists(session: Session, table: Table, values: dict[str, Any],
 
 class FairLock:
     """A first-come, first-served lock. ``threading.Lock`` lets a busy thread take it again and again while another
-    waits; under a burst a page's query could wait minutes behind the workers. Here each waiter gets its turn."""
+    waits; under a burst a page's query could wait minutes behind the workers. Here each waiter gets its turn, and
+    an urgent one (a sender waiting for its ACK) goes before every waiter that is not, in its own arrival order:
+    behind a DMP backlog the ACK waits for the transaction in progress only, not for the workers' queue. After
+    ``URGENT_RUN`` urgent turns in a row one waiter that is not urgent goes, so a saturated intake never stops the
+    workers altogether."""
+
+    URGENT_RUN = 4
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         self._waiters: collections.deque[threading.Lock] = collections.deque()
+        self._urgent: collections.deque[threading.Lock] = collections.deque()
         self._held = False
+        self._run = 0  # urgent turns handed over in a row while others waited
 
-    def __enter__(self) -> None:
+    def acquire(self, urgent: bool = False) -> None:
         with self._mutex:
             if not self._held:
                 self._held = True
                 return
             turn = threading.Lock()
             turn.acquire()
-            self._waiters.append(turn)
+            (self._urgent if urgent else self._waiters).append(turn)
         turn.acquire()  # released by the previous holder, which hands the lock over without freeing it
 
-    def __exit__(self, *exc: object) -> None:
+    def release(self) -> None:
         with self._mutex:
-            if self._waiters:
+            if self._urgent and (self._run < self.URGENT_RUN or not self._waiters):
+                self._run = self._run + 1 if self._waiters else 0
+                self._urgent.popleft().release()
+            elif self._waiters:
+                self._run = 0
                 self._waiters.popleft().release()
             else:
                 self._held = False
@@ -97,9 +108,7 @@ class Database:
         self._read_engine = self.engine.execution_options(**{READ_ONLY: True})
         # SQLite has one writer at a time and its busy handler sleeps up to 100 ms between retries; queueing
         # our own threads on a lock instead keeps latency flat. PostgreSQL needs no such lock.
-        self._lock: FairLock | contextlib.nullcontext[None] = (
-            FairLock() if self.is_sqlite else contextlib.nullcontext()
-        )
+        self._lock = FairLock() if self.is_sqlite else None
         self._job_listeners: list[Callable[[], None]] = []
         event.listen(self.sessions, "after_commit", self._after_commit)
         if not self.is_sqlite:
@@ -110,10 +119,17 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back on any exception."""
-        with self._lock, self.sessions() as s, s.begin():
-            yield s
+    def session(self, *, urgent: bool = False) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on any exception. ``urgent``: someone waits on its
+        commit (an HL7 sender on its ACK); on SQLite it goes before the workers' transactions waiting to write."""
+        if self._lock is not None:
+            self._lock.acquire(urgent)
+        try:
+            with self.sessions() as s, s.begin():
+                yield s
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     def on_jobs_committed(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` after each commit that added a job, from the committing thread; returns what removes it.

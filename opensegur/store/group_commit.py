@@ -67,7 +67,7 @@ class GroupCommit:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
         failure: BaseException | None = None
         try:
-            with self.db.session() as s:
+            with self.db.session(urgent=True) as s:
                 if len(batch) == 1:
                     # Alone in its transaction, the work needs no savepoint (a tenth of an identity message's
                     # CPU): what it raises rolls the whole transaction back, and its caller gets it all the same.
