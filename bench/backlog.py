@@ -33,9 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
 
+from bench.mdm_factory import document_id, mdm
 from opensegur.config import Settings
+from opensegur.documents.delivery import DeliveryStatus
+from opensegur.flows.jobs import JobKind
 from opensegur.server import Platform
+from opensegur.store.jobs import aware
+from opensegur.store.models import Delivery, Exchange, Job
 from opensegur.transport.mllp import MllpServer, frame, read_frame
 
 ROLES = ("platform", "validation", "sandbox")
@@ -124,14 +130,6 @@ async def _send(port: int, payloads: Iterable[bytes]) -> None:
 async def bench_backlog(
     n: int, tmp: Path, endpoints: dict[str, Any], identity: Callable[[int], bytes], hold_s: float = 10.0
 ) -> BacklogRun:
-    from sqlalchemy import func, select
-
-    from bench.mdm_factory import document_id, mdm
-    from opensegur.documents.delivery import DeliveryStatus
-    from opensegur.flows.jobs import JobKind
-    from opensegur.store.jobs import aware
-    from opensegur.store.models import Delivery, Exchange, Job
-
     zams: list[float] = []
 
     async def dpi(raw: bytes) -> bytes:

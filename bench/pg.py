@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +18,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
 
 from opensegur.server import bind
 
@@ -52,18 +55,12 @@ def _bin_dir() -> Path:
 def _run(argv: list[str], as_postgres: bool) -> None:
     if as_postgres:
         # initdb refuses to run as root: the cluster belongs to the postgres account, as in .ci/run.
-        argv = ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(_quote(a) for a in argv)]
+        argv = ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(shlex.quote(a) for a in argv)]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode:
         raise PgUnavailable(
             f"{' '.join(argv[:1])} a échoué ({done.returncode}) : {done.stderr.strip()[-400:]}"
         )
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 @contextlib.contextmanager
@@ -105,8 +102,6 @@ def pg_cluster() -> Iterator[PgCluster]:
 @contextlib.contextmanager
 def pg_database(cluster: PgCluster) -> Iterator[str]:
     """A fresh database for one run, dropped afterwards (as the tests' conftest does)."""
-    import psycopg
-
     name = f"opensegur_bench_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(cluster.url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
