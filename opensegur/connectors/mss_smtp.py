@@ -75,7 +75,7 @@ class SmtpMailSender:
             result = await send_mail(self.settings_for(envelope.mail_from), raw, envelope)
         except SmtpRetryableError as exc:
             raise MailUnavailableError(
-                f"Opérateur MSSanté indisponible, nouvel essai plus tard : {exc}"
+                f"Opérateur MSSanté indisponible, nouvel essai plus tard : {exc}", outage=True
             ) from exc
         except SmtpPermanentError as exc:
             reply = f"{exc.code} {exc.reply}"

@@ -15,7 +15,8 @@ from opensegur.transactions.mss_mail import SmtpEnvelope
 
 
 class MailUnavailableError(RetryLater):
-    """The operator could not be reached, timed out or answered 4xx for every recipient: retry later."""
+    """The operator could not be reached, timed out or answered 4xx for every recipient: retry later. Only the
+    first two are an ``outage``."""
 
 
 @dataclass

@@ -74,7 +74,7 @@ class FakeOperator:
         self.calls += 1
         if self.down:
             self.down -= 1
-            raise MailUnavailableError("421 4.3.2 Service temporairement indisponible")
+            raise MailUnavailableError("421 4.3.2 Service temporairement indisponible", outage=True)
         refused = {r: self.refuse[r] for r in envelope.rcpt_to if r in self.refuse}
         if len(refused) < len(envelope.rcpt_to):
             self.sent.append((raw, envelope))
@@ -390,6 +390,16 @@ async def test_operator_down_then_back_sends_exactly_one_mail(rig: Rig) -> None:
     with rig.db.session() as s:
         job = s.scalar(select(Job).where(Job.kind == JobKind.MSS_SEND))
         assert job is not None and (job.status, job.attempts) == ("done", 3)
+
+
+async def test_an_operator_outage_longer_than_the_attempts_is_waited_out(rig: Rig) -> None:
+    """Six attempts per job here; the operator down ten times in a row spends none of them."""
+    rig.operator.down = 10
+    n = new_number()
+    rig.send_hl7(document_message(n, DESTDMP=False))
+    await rig.drain()
+    assert rig.operator.calls == 11 and len(rig.operator.sent) == 1
+    assert deliveries(rig.db, uid(n))["MSSANTE_PS"].status == "delivered"
 
 
 async def test_temporary_refusal_of_every_recipient_is_retried_not_failed(rig: Rig) -> None:

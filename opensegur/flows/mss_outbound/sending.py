@@ -60,7 +60,8 @@ async def _send(db: Database, mailer: MailSender, ready: Ready) -> dict[str, Any
             raise MailUnavailableError(later)
     except MailUnavailableError as exc:
         await asyncio.to_thread(_unavailable, db, ready.mail_id, str(exc))
-        raise RetryLater(f"Opérateur MSSanté injoignable : {exc}", outage=True) from exc
+        # The operator down is waited out; a full mailbox or greylisting spends the attempts.
+        raise RetryLater(f"Opérateur MSSanté injoignable : {exc}", outage=exc.outage) from exc
     return await asyncio.to_thread(_after_send, db, ready.mail_id, result)
 
 
