@@ -22,13 +22,17 @@ from sqlalchemy.orm import Mapper, Session
 from opensegur.store.models import ConfigVersion, Structure
 
 _LATEST_VERSION = select(func.max(ConfigVersion.id))
-_SITE_NAMES = select(
-    Structure.id,
-    Structure.ipp_authority,
-    Structure.ipp_authority_oid,
-    Structure.finess,
-    Structure.settings["facility_aliases"],
-).where(Structure.kind == "EG")
+_SITE_NAMES = (
+    select(
+        Structure.id,
+        Structure.ipp_authority,
+        Structure.ipp_authority_oid,
+        Structure.finess,
+        Structure.settings["facility_aliases"],
+    )
+    .where(Structure.kind == "EG")
+    .order_by(Structure.id)
+)
 _IN_TRANSACTION = "opensegur.site_names"  # session.info key: the names checked for this transaction
 _STRUCTURE_WRITTEN = "opensegur.structure_written"  # session.info key: a structure row was flushed
 
@@ -80,7 +84,7 @@ def _site_names(session: Session) -> _Names:
 
 
 def _read(session: Session, token: tuple[int | None, int]) -> _Names:
-    rows = session.execute(_SITE_NAMES.order_by(Structure.id)).all()
+    rows = session.execute(_SITE_NAMES).all()
     return _Names(
         token,
         tuple(
