@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import Any, cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import ColumnElement, Select, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from opensegur.store.db import JOBS_ENQUEUED, insert_unless_exists
@@ -80,24 +80,33 @@ def enqueue(
     return int(job_id)
 
 
+def _ready(condition: ColumnElement[bool]) -> Select[Job]:
+    return (
+        select(Job)
+        .where(condition, Job.kind.in_(bindparam("kinds", expanding=True)))
+        .order_by(Job.run_after, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+
+
+# Each its own statement, built once, that an index answers (ix_job_lane_ready): a query that ORed them scanned
+# the whole table, done jobs included, for every claim.
+_READY = (
+    _ready((Job.status == "running") & (Job.lease_until < bindparam("now"))),
+    *(
+        _ready((Job.status == "pending") & (Job.lane == int(lane)) & (Job.run_after <= bindparam("now")))
+        for lane in Lane
+    ),
+)
+
+
 def claim(session: Session, worker: str, kinds: list[str], lease_s: float) -> Job | None:
     """Take a ready job: one whose worker died (its lease expired) first, then the oldest due prompt job, then
-    the oldest due bulk job. Each is its own statement that an index answers (``ix_job_lane_ready``): a query
-    that ORed them scanned the whole table, done jobs included, for every claim."""
+    the oldest due bulk job."""
     now = utcnow()
-    ready = [
-        (Job.status == "running") & (Job.lease_until < now),
-        *((Job.status == "pending") & (Job.lane == lane) & (Job.run_after <= now) for lane in Lane),
-    ]
-    for condition in ready:
-        stmt = (
-            select(Job)
-            .where(condition, Job.kind.in_(kinds))
-            .order_by(Job.run_after, Job.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        job = session.scalar(stmt)
+    for stmt in _READY:
+        job = session.scalar(stmt, {"now": now, "kinds": kinds})
         if job is not None:
             break
     else:
