@@ -44,6 +44,7 @@ from bench.dmp_tab import DOCUMENTS, bench_dmp_tab, median_figures
 from bench.imaging import SIZE, bench_imaging
 from bench.pg import ENV as PG_ENV
 from bench.pg import PgCluster, PgUnavailable, pg_cluster, pg_database, postgres_cpu
+from bench.sandbox import sandbox_settings
 from opensegur.config import Settings
 from opensegur.connectors.insi_client import InsiClient
 from opensegur.documents.delivery import DeliveryStatus
@@ -358,18 +359,10 @@ async def _dmp_burst(
     from opensegur.flows.jobs import JobKind
     from opensegur.store.models import Delivery, Job
 
-    dmp = endpoints["dmp"]
     shared: dict[str, Any] = {
         "data_dir": tmp / "platform",
         "cache_dir": tmp.parent / "cache",
-        "sandbox": False,
-        "insi_url": endpoints["insi"]["url"],
-        "dmp_iti41_url": dmp["iti41"],
-        "dmp_iti18_url": dmp["iti18"],
-        "dmp_iti43_url": dmp["iti43"],
-        "dmp_iti57_url": dmp["iti57"],
-        "dmp_signing_cert": dmp["test_pki"]["client_cert"],
-        "dmp_signing_key": dmp["test_pki"]["client_key"],
+        **sandbox_settings(endpoints),
     }
     if db_url is not None:
         shared["db"] = db_url

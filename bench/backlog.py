@@ -36,6 +36,7 @@ import httpx
 from sqlalchemy import func, select
 
 from bench.mdm_factory import document_id, mdm
+from bench.sandbox import sandbox_settings
 from opensegur.config import Settings
 from opensegur.documents.delivery import DeliveryStatus
 from opensegur.flows.jobs import JobKind
@@ -147,14 +148,7 @@ async def bench_backlog(
         Settings(
             data_dir=tmp / "platform",
             cache_dir=tmp / "cache",
-            sandbox=False,
-            insi_url=endpoints["insi"]["url"],
-            dmp_iti41_url=dmp["iti41"],
-            dmp_iti18_url=dmp["iti18"],
-            dmp_iti43_url=dmp["iti43"],
-            dmp_iti57_url=dmp["iti57"],
-            dmp_signing_cert=dmp["test_pki"]["client_cert"],
-            dmp_signing_key=dmp["test_pki"]["client_key"],
+            **sandbox_settings(endpoints),
             demo=True,
             http_port=0,
             mllp_port=0,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import uvicorn
+from sqlalchemy import select
 
 from opensegur.config import Settings
 from opensegur.connectors.annuaire_client import AnnuaireClient
@@ -77,6 +78,8 @@ from opensegur.security.pki import TestPki, common_name_of, load_certificate
 from opensegur.security.psc_delegation import PscDelegation
 from opensegur.security.sealer import ANCHOR_FILE, run_sealer
 from opensegur.store.db import Database
+from opensegur.store.jobs import RetryPolicy
+from opensegur.store.models import Structure
 from opensegur.transactions import hl7v2
 from opensegur.transactions.insi import InsiContext, InsiResult, InsiTraitsQuery
 from opensegur.transactions.lps_mdm import MessageRoute
@@ -459,8 +462,6 @@ class Platform:
             self.db, self._dmp_client, self._specialty, self._matrix
         )
         self._wire_mssante(mss, handlers, zam_endpoint, hospital)
-        from opensegur.store.jobs import RetryPolicy
-
         workers = WorkerPool(
             self.db,
             handlers,
@@ -842,10 +843,6 @@ class Platform:
         wanted.update(self.settings.mss_mailbox_sites)
         if not wanted:
             return {}
-        from sqlalchemy import select
-
-        from opensegur.store.models import Structure
-
         out: dict[str, int] = {}
         with self.db.session() as ses:
             for box, finess in wanted.items():
