@@ -154,12 +154,12 @@ class WorkerPool:
         try:
             result = await handler(job)
         except PermanentError as exc:
-            await asyncio.to_thread(self._fail, job, str(exc), False, False)
+            await asyncio.to_thread(self._fail, job, str(exc), retryable=False)
         except RetryLater as exc:
-            await asyncio.to_thread(self._fail, job, str(exc), True, exc.outage)
+            await asyncio.to_thread(self._fail, job, str(exc), retryable=True, outage=exc.outage)
         except Exception as exc:  # an unexpected bug: keep the job visible and retryable
             log.error("job %s (%s) crashed: %s", job.id, job.kind, failure(exc))
-            await asyncio.to_thread(self._fail, job, f"{type(exc).__name__}: {exc}", True, False)
+            await asyncio.to_thread(self._fail, job, f"{type(exc).__name__}: {exc}", retryable=True)
         else:
             return job.id, result
         finally:
@@ -182,7 +182,7 @@ class WorkerPool:
         with self.db.session() as s:
             jobs.complete(s, job_id, result)
 
-    def _fail(self, job: Job, error: str, retryable: bool, outage: bool) -> None:
+    def _fail(self, job: Job, error: str, *, retryable: bool, outage: bool = False) -> None:
         with self.db.session() as s:
             status = jobs.fail(s, job, error, self.policy, retryable=retryable, outage=outage)
         log.warning("job %s (%s) failed, now %s", job.id, job.kind, status)
