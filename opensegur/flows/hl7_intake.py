@@ -51,6 +51,13 @@ _SEEN = select(InboundMessage.id, InboundMessage.ack, InboundMessage.ack_code).w
 _INBOUND = cast(Table, InboundMessage.__table__)
 _RECORD = insert(_INBOUND).returning(_INBOUND.c.id)
 
+
+def _error_rows(errors: list[hl7v2.Hl7Error]) -> list[dict[str, str]]:
+    return [
+        {"code": e.code, "severity": e.severity, "location": e.location, "message": e.message} for e in errors
+    ]
+
+
 _Content = pam_fr.PamEvent | cda_hl7v2.DocumentMessage | siu.Appointment | hl7v2.Hl7Error
 
 
@@ -170,10 +177,7 @@ class Hl7Intake:
                 "status": "accepted" if code == "AA" else "rejected",
                 "ack_code": code,
                 "ack": ack,
-                "errors": [
-                    {"code": e.code, "severity": e.severity, "location": e.location, "message": e.message}
-                    for e in errors
-                ],
+                "errors": _error_rows(errors),
             },
         ).scalar_one()
         return IntakeResult(ack, code, message_id)
@@ -184,33 +188,20 @@ class Hl7Intake:
         digest = hashlib.sha256(raw).hexdigest()
         with self.db.session(urgent=True) as s:
             store_payload(s, raw)
-            existing = s.scalar(
-                select(InboundMessage).where(
-                    InboundMessage.channel == CHANNEL,
-                    InboundMessage.sender == "?",
-                    InboundMessage.control_id == digest[:64],
-                )
-            )
-            if existing is None:
-                s.add(
-                    InboundMessage(
-                        channel=CHANNEL,
-                        sender="?",
-                        control_id=digest[:64],
-                        message_type="?",
-                        payload_sha256=digest,
-                        status="rejected",
-                        ack_code="AR",
-                        ack=ack,
-                        errors=[
-                            {
-                                "code": exc.code,
-                                "severity": exc.severity,
-                                "location": exc.location,
-                                "message": exc.message,
-                            }
-                        ],
-                    )
+            if self._seen(s, "?", digest[:64]) is None:
+                s.execute(
+                    _RECORD,
+                    {
+                        "channel": CHANNEL,
+                        "sender": "?",
+                        "control_id": digest[:64],
+                        "message_type": "?",
+                        "payload_sha256": digest,
+                        "status": "rejected",
+                        "ack_code": "AR",
+                        "ack": ack,
+                        "errors": _error_rows([exc]),
+                    },
                 )
         log.info("hl7 unparseable message rejected: %s", exc.code)
         return IntakeResult(ack, "AR", None)
