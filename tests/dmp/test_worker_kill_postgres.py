@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bench.mdm_factory import document_id, mdm
+from bench.sandbox import sandbox_settings
 from opensegur.store.db import Database
 from opensegur.store.models import Delivery, Job
 from opensegur.transport.mllp import send_message
@@ -70,20 +71,13 @@ def test_a_worker_killed_mid_backlog_on_postgresql_leaves_each_document_once_in_
     workers: list[subprocess.Popen[bytes]] = []
     try:
         endpoints = httpx.get(f"{server.http}/sandbox/endpoints").json()
-        dmp = endpoints["dmp"]
+        # The workers point at serve's sandbox, as the bench's do (bench/sandbox.py).
         env = {
             **os.environ,
+            **{f"OPENSEGUR_{k.upper()}": str(v) for k, v in sandbox_settings(endpoints).items()},
             "OPENSEGUR_DB": pg_url,
             "OPENSEGUR_DATA_DIR": str(tmp_path / "workers"),
             "OPENSEGUR_CACHE_DIR": cache,
-            "OPENSEGUR_SANDBOX": "false",
-            "OPENSEGUR_INSI_URL": endpoints["insi"]["url"],
-            "OPENSEGUR_DMP_ITI41_URL": dmp["iti41"],
-            "OPENSEGUR_DMP_ITI18_URL": dmp["iti18"],
-            "OPENSEGUR_DMP_ITI43_URL": dmp["iti43"],
-            "OPENSEGUR_DMP_ITI57_URL": dmp["iti57"],
-            "OPENSEGUR_DMP_SIGNING_CERT": dmp["test_pki"]["client_cert"],
-            "OPENSEGUR_DMP_SIGNING_KEY": dmp["test_pki"]["client_key"],
             "OPENSEGUR_JOB_LEASE_S": str(LEASE_S),
             "OPENSEGUR_JOB_BACKOFF_BASE_S": "0.2",
             "OPENSEGUR_JOB_BACKOFF_MAX_S": "0.5",
@@ -122,7 +116,9 @@ def test_a_worker_killed_mid_backlog_on_postgresql_leaves_each_document_once_in_
         assert taken_over, "no job of the killed worker was run again"
         assert dead == 0
         wanted = {document_id(n, run) for n in range(TOTAL)}
-        entries = httpx.get(dmp["inspect"], params={"patient": INS}, timeout=300).json()["entries"]
+        entries = httpx.get(endpoints["dmp"]["inspect"], params={"patient": INS}, timeout=300).json()[
+            "entries"
+        ]
         found = [e["uniqueId"] for e in entries if e["uniqueId"] in wanted]
         assert len(set(found)) == TOTAL
         assert len(found) == TOTAL  # and none twice
