@@ -2,10 +2,11 @@
 such as the MSH-4 a DPI sends (``settings["facility_aliases"]``).
 
 Every message is resolved to its site. Reading and loading every site's row for each one cost a quarter of an
-identity message, so the names are kept per database and read again only when they may have changed: a
+identity message, so the names and the rows are kept per database and read again only when they may have changed: a
 configuration version was applied (by any process: :mod:`opensegur.hospital.apply` records one with the
 structures it writes) or this process committed a write to a structure row (tests, tools). Within one
-transaction the check is made once, for every message a group commit brings together.
+transaction the check is made once, for every message a group commit brings together. The site returned joins the
+session from the kept row without a query (``merge(load=False)``): loading it cost a twentieth of a message.
 """
 
 from __future__ import annotations
@@ -13,26 +14,17 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import event, func, select
+from sqlalchemy import Table, event, func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm import Mapper, Session, make_transient_to_detached
 
 from opensegur.store.models import ConfigVersion, Structure
 
 _LATEST_VERSION = select(func.max(ConfigVersion.id))
-_SITE_NAMES = (
-    select(
-        Structure.id,
-        Structure.ipp_authority,
-        Structure.ipp_authority_oid,
-        Structure.finess,
-        Structure.settings["facility_aliases"],
-    )
-    .where(Structure.kind == "EG")
-    .order_by(Structure.id)
-)
+_STRUCTURE = cast(Table, Structure.__table__)
+_SITES = select(_STRUCTURE).where(_STRUCTURE.c.kind == "EG").order_by(_STRUCTURE.c.id)
 _IN_TRANSACTION = "opensegur.site_names"  # session.info key: the names checked for this transaction
 _STRUCTURE_WRITTEN = "opensegur.structure_written"  # session.info key: a structure row was flushed
 
@@ -40,7 +32,9 @@ _STRUCTURE_WRITTEN = "opensegur.structure_written"  # session.info key: a struct
 @dataclass(frozen=True)
 class _Names:
     token: tuple[int | None, int]  # (latest configuration version, this process's structure commits)
-    sites: tuple[tuple[int, frozenset[str]], ...]  # by site id, the order of preference among equals
+    # By site id, the order of preference among equals: the row, detached and never changed, and its names.
+    sites: tuple[tuple[Structure, frozenset[str]], ...]
+    shared: bool  # False when read by a transaction that wrote a structure: its rows are that transaction's
 
 
 _lock = threading.Lock()
@@ -54,11 +48,15 @@ def resolve_site(session: Session, names: list[str]) -> Structure | None:
     wanted = [n for n in names if n]
     if not wanted:
         return None
-    sites = _site_names(session).sites
+    known = _site_names(session)
     for name in wanted:
-        for site_id, names_of_site in sites:
+        for row, names_of_site in known.sites:
             if name in names_of_site:
-                return session.get(Structure, site_id)
+                if not known.shared:
+                    return session.get(Structure, row.id)
+                # A site already in this session may carry changes of its own: merging the kept row would undo them.
+                loaded = session.identity_map.get(session.identity_key(Structure, row.id))
+                return cast(Structure, loaded) if loaded is not None else session.merge(row, load=False)
     return None
 
 
@@ -69,29 +67,29 @@ def _site_names(session: Session) -> _Names:
     if session.info.get(_STRUCTURE_WRITTEN):
         # This transaction wrote a structure: its own names, read now and kept for nobody else.
         session.flush()
-        return _read(session, (None, -1))
+        return _read(session, (None, -1), shared=False)
     engine = session.get_bind()
     assert isinstance(engine, Engine)
     # The token is read before the rows: a change committed in between makes the next check read them again.
     token = (session.scalar(_LATEST_VERSION), _commits)
     known = _by_engine.get(engine)
     if known is None or known.token != token:
-        known = _read(session, token)
+        known = _read(session, token, shared=True)
         with _lock:
             _by_engine[engine] = known
     session.info[_IN_TRANSACTION] = known
     return known
 
 
-def _read(session: Session, token: tuple[int | None, int]) -> _Names:
-    rows = session.execute(_SITE_NAMES).all()
-    return _Names(
-        token,
-        tuple(
-            (site_id, frozenset(n for n in (authority, oid, finess, *(aliases or [])) if n))
-            for site_id, authority, oid, finess, aliases in rows
-        ),
-    )
+def _read(session: Session, token: tuple[int | None, int], *, shared: bool) -> _Names:
+    sites = []
+    for values in session.execute(_SITES).mappings():
+        row = Structure(**values)
+        make_transient_to_detached(row)
+        aliases = (row.settings or {}).get("facility_aliases") or []
+        names = (row.ipp_authority, row.ipp_authority_oid, row.finess, *aliases)
+        sites.append((row, frozenset(n for n in names if n)))
+    return _Names(token, tuple(sites), shared)
 
 
 def _mark(session: Session | None) -> None:
