@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,12 +54,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
-def insert_unless_exists(session: Session, table: Table, values: dict[str, Any], key: str) -> Insert:
-    """``INSERT … ON CONFLICT (key) DO NOTHING`` for the session's engine: one statement where a read, a savepoint
-    and an insert took three, and no race between two writers of the same key (PostgreSQL)."""
-    dialect = session.get_bind().dialect.name
-    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table).values(values)
-    return stmt.on_conflict_do_nothing(index_elements=[key])
+def insert_unless_exists(session: Session, table: Table, key: str, returning: str | None = None) -> Insert:
+    """``INSERT … ON CONFLICT (key) DO NOTHING`` for the session's engine, values given at execution: one
+    statement where a read, a savepoint and an insert took three, and no race between two writers of the same key
+    (PostgreSQL). Built once per dialect and table: building it for each row cost a tenth of an identity message."""
+    return _insert_unless_exists(session.get_bind().dialect.name, table, key, returning)
+
+
+@functools.cache
+def _insert_unless_exists(dialect: str, table: Table, key: str, returning: str | None) -> Insert:
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    stmt = stmt.on_conflict_do_nothing(index_elements=[key])
+    return stmt.returning(table.c[returning]) if returning is not None else stmt
 
 
 class FairLock:

@@ -72,8 +72,7 @@ def enqueue(
         "created_at": now,
         "updated_at": now,
     }
-    stmt = insert_unless_exists(session, _JOB, values, "key").returning(_JOB.c.id)
-    job_id = session.execute(stmt).scalar()
+    job_id = session.execute(insert_unless_exists(session, _JOB, "key", returning="id"), values).scalar()
     session.info[JOBS_ENQUEUED] = True
     if job_id is None:
         job_id = session.execute(select(_JOB.c.id).where(_JOB.c.key == key)).scalar_one()

@@ -16,8 +16,9 @@ _PAYLOAD = cast(Table, Payload.__table__)
 
 def store_payload(session: Session, data: bytes) -> str:
     digest = hashlib.sha256(data).hexdigest()
-    values = {"sha256": digest, "size": len(data), "data": data}
-    session.execute(insert_unless_exists(session, _PAYLOAD, values, "sha256"))
+    session.execute(
+        insert_unless_exists(session, _PAYLOAD, "sha256"), {"sha256": digest, "size": len(data), "data": data}
+    )
     return digest
 
 
