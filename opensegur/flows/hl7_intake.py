@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 from typing import cast
 
-import hl7
 from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -26,6 +25,7 @@ from opensegur.store.group_commit import GroupCommit
 from opensegur.store.models import InboundMessage
 from opensegur.store.payloads import store_payload
 from opensegur.transactions import cda_hl7v2, hl7v2, pam_fr, siu
+from opensegur.transactions.hl7v2_message import Hl7Message
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _error_rows(errors: list[hl7v2.Hl7Error]) -> list[dict[str, str]]:
 _Content = pam_fr.PamEvent | cda_hl7v2.DocumentMessage | siu.Appointment | hl7v2.Hl7Error
 
 
-def _read_content(message: hl7.Message, header: hl7v2.MessageHeader) -> _Content:
+def _read_content(message: Hl7Message, header: hl7v2.MessageHeader) -> _Content:
     """What the message carries, or the error that refuses it (answered once its control id is checked)."""
     try:
         if header.message_type == "ADT":

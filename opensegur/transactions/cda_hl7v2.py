@@ -47,11 +47,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 from xml.etree.ElementTree import ParseError
 
-import hl7
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import iterparse
 
-from opensegur.transactions.hl7v2 import Hl7Error, MessageHeader, get_field, segments
+from opensegur.transactions.hl7v2 import Hl7Error, MessageHeader
+from opensegur.transactions.hl7v2_message import Hl7Message, Hl7Segment, get_field, raw_field, segments
 from opensegur.transactions.pam_fr import PamPatient, parse_patient
 
 __all__ = [
@@ -114,7 +114,7 @@ class DocumentId:
     extension: str | None = None
 
     @classmethod
-    def from_ei(cls, segment: hl7.Segment, field_no: int) -> DocumentId | None:
+    def from_ei(cls, segment: Hl7Segment, field_no: int) -> DocumentId | None:
         # TXA-12/13 rule: ext^^root^ISO when the CDA id has an extension, else the OID alone in EI.1 (EI.2,
         # a namespace, is ignored: the ANS examples fill it with the organisation name).
         first = get_field(segment, field_no, 1, 1).strip()
@@ -239,25 +239,6 @@ def _incoherent(message: str, location: str) -> Hl7Error:
     return _error("207", message, location, APPLICATION_ERROR_OTHER)
 
 
-def _raw_component(segment: hl7.Segment, field_no: int, comp_no: int) -> str:
-    """Component text as received: no unescaping, hence no copy of a multi-megabyte ED payload.
-
-    A component split into subcomponents is re-joined by str(): for base64 that makes the "&" reach the
-    strict decoder, which rejects it, rather than silently keeping the first part.
-    """
-    if field_no >= len(segment):
-        return ""
-    value = segment(field_no)
-    rep = (
-        value(1)
-        if isinstance(value, hl7.Field) and len(value) and isinstance(value[0], hl7.Repetition)
-        else value
-    )
-    if isinstance(rep, hl7.Field | hl7.Repetition):
-        return str(rep(comp_no)) if comp_no <= len(rep) else ""
-    return str(rep) if comp_no == 1 else ""
-
-
 def decode_base64(data: str, location: str) -> tuple[bytes, Hl7Error | None]:
     """Strict base64 decoding of an ED payload; (bytes, warning when "=" padding had to be added)."""
     missing = -len(data) % 4
@@ -360,7 +341,7 @@ def _check_type(header: MessageHeader) -> DocumentKind | None:
     raise _error("200", f"Type de message non supporté : {header.message_type[:10]}", "MSH^1^9^1^1")
 
 
-def _visit(message: hl7.Message) -> Visit:
+def _visit(message: Hl7Message) -> Visit:
     pv1s = segments(message, "PV1")
     if not pv1s:
         raise _error("100", "Segment PV1 absent", "PV1")
@@ -382,7 +363,7 @@ def _visit(message: hl7.Message) -> Visit:
     )
 
 
-def _participant(prt: hl7.Segment) -> Participant:
+def _participant(prt: Hl7Segment) -> Participant:
     return Participant(
         role=get_field(prt, 4, 1, 1).strip().upper(),
         person_id=_opt(get_field(prt, 5, 1, 1)),
@@ -399,21 +380,21 @@ def _participant(prt: hl7.Segment) -> Participant:
     )
 
 
-def _yes_no(obx: hl7.Segment, index: int, code: str) -> bool:
+def _yes_no(obx: Hl7Segment, index: int, code: str) -> bool:
     value = get_field(obx, 5, 1, 1).strip().upper()
     if value not in ("Y", "N"):
         raise _error("103", f"Valeur Y/N attendue pour {code} : {value[:10]!r}", f"OBX^{index}^5^1^1")
     return value == "Y"
 
 
-def _document(obx: hl7.Segment, index: int, warnings: list[Hl7Error]) -> EncapsulatedDocument:
+def _document(obx: Hl7Segment, index: int, warnings: list[Hl7Error]) -> EncapsulatedDocument:
     loc = f"OBX^{index}"
-    encoding = _raw_component(obx, 5, 4).strip()
+    encoding = raw_field(obx, 5, 1, 4).strip()
     if encoding.lower() != "base64":
         raise _error(
             "103", f"Encodage du document non supporté (OBX-5.4) : {encoding[:20]!r}", f"{loc}^5^1^4"
         )
-    data = _raw_component(obx, 5, 5)
+    data = raw_field(obx, 5, 1, 5)
     if not data:
         raise _error("101", "Document vide (OBX-5.5)", f"{loc}^5^1^5")
     content, warning = decode_base64(data, f"{loc}^5^1^5")
@@ -431,16 +412,16 @@ def _document(obx: hl7.Segment, index: int, warnings: list[Hl7Error]) -> Encapsu
         obx_index=index,
         type=DocumentType(get_field(obx, 3, 1, 1).strip(), get_field(obx, 3, 1, 2), get_field(obx, 3, 1, 3)),
         status=status,
-        mime_type=_raw_component(obx, 5, 2),
-        subtype=_raw_component(obx, 5, 3),
+        mime_type=raw_field(obx, 5, 1, 2),
+        subtype=raw_field(obx, 5, 1, 3),
         content=content,
         header=read_cda_header(content),
     )
 
 
-def _mail_body(obx: hl7.Segment, index: int, code: str, warnings: list[Hl7Error]) -> str | None:
+def _mail_body(obx: Hl7Segment, index: int, code: str, warnings: list[Hl7Error]) -> str | None:
     loc = f"OBX^{index}^5^1^5"
-    data = _raw_component(obx, 5, 5).strip()
+    data = raw_field(obx, 5, 1, 5).strip()
     if not data:
         return None
     try:
@@ -455,7 +436,7 @@ def _mail_body(obx: hl7.Segment, index: int, code: str, warnings: list[Hl7Error]
 
 
 def _observations(
-    message: hl7.Message, warnings: list[Hl7Error]
+    message: Hl7Message, warnings: list[Hl7Error]
 ) -> tuple[list[EncapsulatedDocument], MetaDmpMss]:
     documents: list[EncapsulatedDocument] = []
     flags: dict[str, tuple[bool, int]] = {}
@@ -464,7 +445,7 @@ def _observations(
     last_code = ""
     obx_index = 0
     for seg in message:
-        name = str(seg[0][0]) if len(seg) and len(seg[0]) else ""
+        name = seg.id
         if name == "NTE":
             if last_code == "DESTMSSANTEPAT" and get_field(seg, 4, 1, 1).strip().upper() == "FIN":
                 reply_forbidden = True
@@ -519,7 +500,7 @@ def _observations(
     return documents, meta
 
 
-def parse_document_message(message: hl7.Message, header: MessageHeader) -> DocumentMessage:
+def parse_document_message(message: Hl7Message, header: MessageHeader) -> DocumentMessage:
     """DocumentMessage for an MDM/ORU already checked by hl7v2.parse(); Hl7Error (AE) when unusable."""
     trigger_kind = _check_type(header)
     is_mdm = header.message_type == "MDM"

@@ -33,9 +33,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import hl7
-
 from opensegur.errors import OpenSegurError
+from opensegur.transactions.hl7v2_message import (
+    Hl7Message,
+    get_field,
+    raw_field,
+    read_message,
+)
 
 __all__ = [
     "Hl7Error",
@@ -46,10 +50,7 @@ __all__ = [
     "build_nak_for_unparseable",
     "charset_to_codec",
     "decode",
-    "get_field",
     "parse",
-    "repetition_count",
-    "segments",
 ]
 
 SUPPORTED_VERSIONS = frozenset({"2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8"})
@@ -141,38 +142,6 @@ class MessageHeader:
     @property
     def component_separator(self) -> str:
         return self.encoding_characters[0]
-
-
-# --------------------------------------------------------------------------------------------- field helpers
-
-
-def get_field(segment: hl7.Segment, field: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
-    """Unescaped value at segment-field.rep.comp.sub, "" when absent.
-
-    python-hl7 raises IndexError for paths deeper than what was sent (e.g. component 2 of an empty field),
-    which for a reader simply means "not valued".
-    """
-    try:
-        value = segment.extract_field(1, field, rep, comp, sub)
-    except (IndexError, KeyError):
-        return ""
-    return str(value) if value is not None else ""
-
-
-def repetition_count(segment: hl7.Segment, field: int) -> int:
-    if field >= len(segment):
-        return 0
-    value = segment(field)
-    return len(value) if isinstance(value, list) else 1
-
-
-def segments(message: hl7.Message, segment_id: str) -> list[hl7.Segment]:
-    """All segments with this id, [] when none (python-hl7 raises KeyError instead)."""
-    return [seg for seg in message if len(seg) and len(seg[0]) and str(seg[0][0]) == segment_id]
-
-
-def _raw_field(segment: hl7.Segment, field: int) -> str:
-    return str(segment(field)) if field < len(segment) else ""
 
 
 # --------------------------------------------------------------------------------------------- decoding
@@ -267,7 +236,7 @@ def decode(raw: bytes) -> str:
 # --------------------------------------------------------------------------------------------- parsing
 
 
-def parse(raw: bytes) -> tuple[hl7.Message, MessageHeader]:
+def parse(raw: bytes) -> tuple[Hl7Message, MessageHeader]:
     """Decode and parse one message; validate the MSH. All failures are Hl7Error with reject=True (AR)."""
     text = decode(raw)
     if not text.startswith("MSH"):
@@ -275,10 +244,7 @@ def parse(raw: bytes) -> tuple[hl7.Message, MessageHeader]:
     split = _split_msh(text.split("\r", 1)[0])
     if split is None or not _valid_delimiters(split[0], split[1]):
         raise Hl7Error("102", "Séparateurs MSH-1/MSH-2 invalides", location="MSH^1^2", reject=True)
-    try:
-        message = hl7.parse(text)
-    except Exception as exc:  # python-hl7 raises assorted exceptions on malformed input
-        raise Hl7Error("100", "Message HL7 illisible", location="MSH^1", reject=True) from exc
+    message = read_message(text)
     msh = message[0]
 
     message_type = get_field(msh, 9, 1, 1)
@@ -302,10 +268,10 @@ def parse(raw: bytes) -> tuple[hl7.Message, MessageHeader]:
         raise Hl7Error("203", f"Version HL7 non supportée : {version[:10]}", location="MSH^1^12", reject=True)
 
     header = MessageHeader(
-        sending_application=_raw_field(msh, 3),
-        sending_facility=_raw_field(msh, 4),
-        receiving_application=_raw_field(msh, 5),
-        receiving_facility=_raw_field(msh, 6),
+        sending_application=raw_field(msh, 3),
+        sending_facility=raw_field(msh, 4),
+        receiving_application=raw_field(msh, 5),
+        receiving_facility=raw_field(msh, 6),
         datetime=get_field(msh, 7, 1, 1),
         message_type=message_type,
         trigger=trigger,
@@ -316,12 +282,12 @@ def parse(raw: bytes) -> tuple[hl7.Message, MessageHeader]:
         charset=get_field(msh, 18, 1, 1),
         field_separator=split[0],
         encoding_characters=split[1],
-        processing_id_raw=_raw_field(msh, 11),
-        version_raw=_raw_field(msh, 12),
-        country=_raw_field(msh, 17),
-        language=_raw_field(msh, 19),
-        profile=_raw_field(msh, 21),
-        charset_raw=_raw_field(msh, 18),
+        processing_id_raw=raw_field(msh, 11),
+        version_raw=raw_field(msh, 12),
+        country=raw_field(msh, 17),
+        language=raw_field(msh, 19),
+        profile=raw_field(msh, 21),
+        charset_raw=raw_field(msh, 18),
     )
     return message, header
 
@@ -452,18 +418,15 @@ def _lenient_header(raw: bytes) -> MessageHeader:
     charset_raw = fields[18] if len(fields) > 18 else ""
     codec = charset_to_codec(_first_component(charset_raw, enc)) or "utf-8"
     text = first_line.decode(codec, errors="replace")
-    try:
-        msh = hl7.parse(text)[0]
-    except Exception:
-        return empty
+    msh = read_message(text)[0]
     processing_id = get_field(msh, 11, 1, 1)
     version = get_field(msh, 12, 1, 1)
     # Values that caused the rejection are not echoed in MSH: the ACK itself must be a valid message.
     return MessageHeader(
-        sending_application=_raw_field(msh, 3),
-        sending_facility=_raw_field(msh, 4),
-        receiving_application=_raw_field(msh, 5),
-        receiving_facility=_raw_field(msh, 6),
+        sending_application=raw_field(msh, 3),
+        sending_facility=raw_field(msh, 4),
+        receiving_application=raw_field(msh, 5),
+        receiving_facility=raw_field(msh, 6),
         datetime=get_field(msh, 7, 1, 1),
         message_type=get_field(msh, 9, 1, 1),
         trigger=get_field(msh, 9, 1, 2)[:3],
@@ -476,8 +439,8 @@ def _lenient_header(raw: bytes) -> MessageHeader:
         else "",
         field_separator=fs,
         encoding_characters=enc,
-        country=_raw_field(msh, 17),
-        language=_raw_field(msh, 19),
+        country=raw_field(msh, 17),
+        language=raw_field(msh, 19),
         charset_raw=charset_raw if charset_to_codec(_first_component(charset_raw, enc)) else "",
     )
 

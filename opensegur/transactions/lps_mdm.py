@@ -45,10 +45,9 @@ from opensegur.transactions.hl7v2 import (
     charset_to_codec,
     escape_text,
     format_dtm,
-    get_field,
     parse,
-    segments,
 )
+from opensegur.transactions.hl7v2_message import get_field, segments
 
 # error-codes.md: the consumer's applicationErrorCondition (ERR-5 of its ACK) is the MDN's table.
 from opensegur.transactions.mdn import ERROR_LABELS

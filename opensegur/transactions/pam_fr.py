@@ -45,9 +45,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import date
 
-import hl7
-
-from opensegur.transactions.hl7v2 import Hl7Error, MessageHeader, get_field, repetition_count, segments
+from opensegur.transactions.hl7v2 import Hl7Error, MessageHeader
+from opensegur.transactions.hl7v2_message import Hl7Message, Hl7Segment, get_field, repetition_count, segments
 
 __all__ = [
     "IDENTITY_TRIGGERS",
@@ -213,7 +212,7 @@ def _rpps(identifier: str, type_code: str) -> str | None:
     return None
 
 
-def _identifiers(seg: hl7.Segment, field_no: int) -> list[PatientIdentifier]:
+def _identifiers(seg: Hl7Segment, field_no: int) -> list[PatientIdentifier]:
     result = []
     for rep in range(1, repetition_count(seg, field_no) + 1):
         value = get_field(seg, field_no, rep, 1)
@@ -243,7 +242,7 @@ def _find_ins(identifiers: list[PatientIdentifier]) -> PatientIdentifier | None:
 
 
 def parse_patient(
-    pid: hl7.Segment, seq: int, zfd: hl7.Segment | None, *, require_ipp: bool = True
+    pid: Hl7Segment, seq: int, zfd: Hl7Segment | None, *, require_ipp: bool = True
 ) -> PamPatient:
     """PamPatient from one PID (``seq`` = its occurrence, for error locations) and an optional ZFD.
 
@@ -331,7 +330,7 @@ def parse_patient(
     )
 
 
-def _finess(ident: PatientIdentifier | None, header: MessageHeader, msh: hl7.Segment) -> str | None:
+def _finess(ident: PatientIdentifier | None, header: MessageHeader, msh: Hl7Segment) -> str | None:
     if ident and ident.authority_type in ("M", "N") and _FINESS.match(ident.authority_oid):
         return ident.authority_oid
     oid, kind = get_field(msh, 4, 1, 2), get_field(msh, 4, 1, 3)
@@ -340,7 +339,7 @@ def _finess(ident: PatientIdentifier | None, header: MessageHeader, msh: hl7.Seg
     return None
 
 
-def parse_pam(message: hl7.Message, header: MessageHeader) -> PamEvent:
+def parse_pam(message: Hl7Message, header: MessageHeader) -> PamEvent:
     """PamEvent for an ADT message already checked by hl7v2.parse(); Hl7Error for anything unusable."""
     if header.message_type != "ADT":
         raise Hl7Error(

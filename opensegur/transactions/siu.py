@@ -28,9 +28,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-import hl7
-
-from opensegur.transactions.hl7v2 import Hl7Error, MessageHeader, get_field, segments
+from opensegur.transactions.hl7v2 import Hl7Error, MessageHeader
+from opensegur.transactions.hl7v2_message import Hl7Message, Hl7Segment, get_field, segments
 from opensegur.transactions.pam_fr import PamPatient, parse_patient
 
 __all__ = ["AppointmentEvent", "Appointment", "SIU_EVENTS", "parse_siu", "parse_dtm"]
@@ -90,7 +89,7 @@ def _text(value: str, location: str) -> str:
     return text
 
 
-def _start(message: hl7.Message, sch: hl7.Segment) -> datetime | None:
+def _start(message: Hl7Message, sch: Hl7Segment) -> datetime | None:
     candidates: list[tuple[str, str]] = []
     for tq1 in segments(message, "TQ1")[:1]:
         candidates.append((get_field(tq1, 7, 1, 1), "TQ1^1^7"))
@@ -104,7 +103,7 @@ def _start(message: hl7.Message, sch: hl7.Segment) -> datetime | None:
     return None
 
 
-def _place(message: hl7.Message) -> str:
+def _place(message: Hl7Message) -> str:
     for i, ail in enumerate(segments(message, "AIL"), start=1):
         loc = f"AIL^{i}^3"
         description = get_field(ail, 3, 1, 9)
@@ -124,11 +123,11 @@ def _place(message: hl7.Message) -> str:
     return ""
 
 
-def _coded_text(seg: hl7.Segment, field_no: int) -> str:
+def _coded_text(seg: Hl7Segment, field_no: int) -> str:
     return (get_field(seg, field_no, 1, 2) or get_field(seg, field_no, 1, 1)).strip()
 
 
-def _service(message: hl7.Message) -> str | None:
+def _service(message: Hl7Message) -> str | None:
     for name in ("AIS", "AIG"):
         for i, seg in enumerate(segments(message, name), start=1):
             text = _coded_text(seg, 3)
@@ -137,7 +136,7 @@ def _service(message: hl7.Message) -> str | None:
     return None
 
 
-def _professionals(message: hl7.Message) -> list[str]:
+def _professionals(message: Hl7Message) -> list[str]:
     out = []
     for i, aip in enumerate(segments(message, "AIP"), start=1):
         prefix, given, family = get_field(aip, 3, 1, 6), get_field(aip, 3, 1, 3), get_field(aip, 3, 1, 2)
@@ -147,7 +146,7 @@ def _professionals(message: hl7.Message) -> list[str]:
     return out
 
 
-def _preparation(message: hl7.Message) -> str:
+def _preparation(message: Hl7Message) -> str:
     notes = []
     for i, nte in enumerate(segments(message, "NTE"), start=1):
         repetitions = [get_field(nte, 3, rep) for rep in range(1, 20)]
@@ -159,7 +158,7 @@ def _preparation(message: hl7.Message) -> str:
     return "\n".join(notes)
 
 
-def _duration(sch: hl7.Segment, message: hl7.Message) -> int | None:
+def _duration(sch: Hl7Segment, message: Hl7Message) -> int | None:
     for tq1 in segments(message, "TQ1")[:1]:
         value, unit = get_field(tq1, 6, 1, 1), get_field(tq1, 6, 1, 2).lower()
         if value.strip().isdigit():
@@ -170,7 +169,7 @@ def _duration(sch: hl7.Segment, message: hl7.Message) -> int | None:
     return None
 
 
-def parse_siu(message: hl7.Message, header: MessageHeader) -> Appointment:
+def parse_siu(message: Hl7Message, header: MessageHeader) -> Appointment:
     """The appointment of an SIU already checked by ``hl7v2.parse``; Hl7Error (AE) when unusable."""
     if header.message_type != "SIU":
         raise _error("200", f"Type de message non supporté : {header.message_type[:10]}", "MSH^1^9^1^1")

@@ -36,10 +36,9 @@ from opensegur.transactions.hl7v2 import (
     charset_to_codec,
     escape_text,
     format_dtm,
-    get_field,
     parse,
-    segments,
 )
+from opensegur.transactions.hl7v2_message import get_field, segments
 
 __all__ = [
     "APPLICATION_ERROR_CODES",

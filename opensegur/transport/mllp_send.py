@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import hl7
-
 from opensegur.errors import OpenSegurError
-from opensegur.transactions.hl7v2 import Hl7Error, decode, get_field, segments
+from opensegur.transactions.hl7v2 import Hl7Error, decode
+from opensegur.transactions.hl7v2_message import get_field, read_message, segments
 from opensegur.transport.mllp import DEFAULT_MAX_BYTES, MllpFramingError, frame, read_frame
 
 __all__ = ["Ack", "read_ack", "register", "run", "send_files", "split_messages"]
@@ -91,10 +90,9 @@ def read_ack(payload: bytes) -> Ack:
         text = decode(payload)
     except Hl7Error:
         text = payload.decode("latin-1").replace("\r\n", "\r").replace("\n", "\r").strip()
-    try:
-        message = hl7.parse(text)
-    except Exception as exc:  # python-hl7 raises several types for what is not HL7
-        return Ack("", "", (f"réponse illisible ({exc})",))
+    if not text.startswith("MSH") or len(text) < 8:
+        return Ack("", "", ("réponse illisible (pas de segment MSH en tête)",))
+    message = read_message(text)
     msa = segments(message, "MSA")
     if not msa:
         return Ack("", "", ("réponse sans segment MSA",))

@@ -46,7 +46,8 @@ from opensegur.store.models import (
     Structure,
 )
 from opensegur.transactions.ebrim import NS_RIM
-from opensegur.transactions.hl7v2 import get_field, parse, segments
+from opensegur.transactions.hl7v2 import parse
+from opensegur.transactions.hl7v2_message import get_field, segments
 from opensegur.transactions.ihe_ids import DE_CONFIDENTIALITY, SS_CONTENT_TYPE
 from opensegur.transactions.mdn import parse_mdn
 from opensegur.transactions.mss_mail import MailPatient, SmtpEnvelope, build_document_mail

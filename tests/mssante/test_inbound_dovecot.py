@@ -18,7 +18,8 @@ from opensegur.flows.worker import WorkerPool
 from opensegur.store.db import Database
 from opensegur.store.jobs import RetryPolicy
 from opensegur.store.models import Document, Mail, Patient, PatientIdentifier, Structure
-from opensegur.transactions.hl7v2 import get_field, parse, segments
+from opensegur.transactions.hl7v2 import parse
+from opensegur.transactions.hl7v2_message import get_field, segments
 from opensegur.transactions.mdn import parse_mdn
 from opensegur.transactions.mss_mail import SmtpEnvelope
 from tests.mssante.helpers import CR_IMG, DOCTOR, INS, DpiStub, document_mail, obx_cda

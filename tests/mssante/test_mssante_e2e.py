@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from opensegur.server import Runtime
 from opensegur.store.models import Delivery, Mail
-from opensegur.transactions.hl7v2 import get_field, parse, segments
+from opensegur.transactions.hl7v2 import parse
+from opensegur.transactions.hl7v2_message import get_field, segments
 from opensegur.transactions.mdn import Mdn, parse_mdn
 from opensegur.transactions.mss_mail import MailPatient
 from opensegur.transactions.xdm import read_xdm

@@ -8,7 +8,8 @@ import pytest
 
 from opensegur.content.cda import parse_cda
 from opensegur.content.crbio import LabObservation, extract_results
-from opensegur.transactions.hl7v2 import get_field, parse, segments
+from opensegur.transactions.hl7v2 import parse
+from opensegur.transactions.hl7v2_message import get_field, segments
 from opensegur.transactions.lps_mdm import LpsPatient, MessageRoute
 from opensegur.transactions.oru_results import (
     OruObservation,
@@ -78,7 +79,7 @@ def test_tsh_report_field_by_field() -> None:
     assert (header.version, header.control_id, header.charset) == ("2.5", "MSSR7-1", "UNICODE UTF-8")
     assert header.receiving_application == "DPI" and header.receiving_facility == "CHT"
     assert header.datetime == "20260102030405+0000"
-    assert [str(seg[0][0]) for seg in message] == ["MSH", "PID", "PV1", "ORC", "OBR", "OBX", "OBX"]
+    assert [seg.id for seg in message] == ["MSH", "PID", "PV1", "ORC", "OBR", "OBX", "OBX"]
 
     pid = segments(message, "PID")[0]
     assert get_field(pid, 3, 1, 1) == "279035121518989" and get_field(pid, 3, 1, 5) == "INS"

@@ -25,6 +25,7 @@ from opensegur.store.models import Delivery, Document, Mail, utcnow
 from opensegur.store.payloads import store_payload
 from opensegur.transactions import hl7v2
 from opensegur.transactions.hl7v2 import Hl7Error
+from opensegur.transactions.hl7v2_message import get_field, segments
 from opensegur.transactions.mdn import Dsn, Mdn, MdnError, parse_dsn, parse_mdn
 from opensegur.transactions.zam import (
     APPLICATION_ERROR_CODES,
@@ -169,8 +170,8 @@ def _ack_code(ack: bytes) -> str:
         message, _ = hl7v2.parse(ack)
     except Hl7Error:
         return ""
-    msa = hl7v2.segments(message, "MSA")
-    return hl7v2.get_field(msa[0], 1) if msa else ""
+    msa = segments(message, "MSA")
+    return get_field(msa[0], 1) if msa else ""
 
 
 async def send_mss_zam(
