@@ -50,8 +50,9 @@ BACKOFF = {"job_backoff_base_s": 1.0, "job_backoff_max_s": 10.0}
 INS = "279035121518989"  # the patient of bench/mdm_factory.py's documents
 
 
-def rss_by_role() -> dict[str, float]:
-    """Resident memory (MB) of this process and of its descendants, by role (Linux /proc, VmRSS)."""
+def rss_by_role(status_field: str = "VmRSS") -> dict[str, float]:
+    """Resident memory (MB) of this process and of its descendants, by role (Linux /proc, ``status_field`` of status:
+    VmRSS now, or VmHWM, the highest since the process started)."""
     parents: dict[int, int] = {}
     info: dict[int, tuple[float, str]] = {}
     for entry in Path("/proc").iterdir():
@@ -65,7 +66,9 @@ def rss_by_role() -> dict[str, float]:
             continue
         pid = int(entry.name)
         parents[pid] = int(stat[stat.rindex(")") + 2 :].split()[1])
-        kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        kb = next(
+            (int(line.split()[1]) for line in status.splitlines() if line.startswith(f"{status_field}:")), 0
+        )
         info[pid] = (kb / 1024, cmdline)
     me = os.getpid()
     out = dict.fromkeys(ROLES, 0.0)
@@ -103,6 +106,8 @@ class BacklogRun:
     zams_received: int = 0  # by the DPI, for all the run's documents
     zams_in_drain: int = 0  # received between the DMP's return and the last delivery
     samples: list[dict[str, Any]] = field(default_factory=list)
+    # VmHWM at the end: the once-a-second samples start after the first document and miss the schematron compile.
+    hwm: dict[str, float] = field(default_factory=dict)
 
     @property
     def drain_rate(self) -> float:
@@ -290,6 +295,7 @@ async def bench_backlog(
             entries = (await http.get(dmp["inspect"], params={"patient": INS}, timeout=600)).json()["entries"]
         wanted = {document_id(i, run) for i in range(total)}
         found = [e["uniqueId"] for e in entries if e["uniqueId"] in wanted]
+        hwm = await asyncio.to_thread(rss_by_role, "VmHWM")
     finally:
         for task in tasks:
             task.cancel()
@@ -316,6 +322,7 @@ async def bench_backlog(
         zams_received=len(zams),
         zams_in_drain=sum(1 for t in zams if clear <= t <= clear + drain_s),
         samples=samples,
+        hwm=hwm,
     )
 
 
@@ -347,9 +354,9 @@ def summary(r: BacklogRun) -> list[str]:
         f"contre {r.sustained_rate:,.1f} documents/s DMP disponible (rafale de {r.sustained_n} documents avant la "
         "panne, du MLLP à la réponse du DMP, validation comprise ; à la reprise les documents sont déjà validés)",
         "Mémoire résidente (Mo) début → pic → fin : "
-        + ", ".join(
-            f"{role} {firsts[role]:,.0f} → {peaks[role]:,.0f} → {lasts[role]:,.0f}" for role in ROLES
-        ),
+        + ", ".join(f"{role} {firsts[role]:,.0f} → {peaks[role]:,.0f} → {lasts[role]:,.0f}" for role in ROLES)
+        + " ; plus haut atteint depuis le démarrage (VmHWM, compilation des schematrons comprise) : "
+        + ", ".join(f"{role} {r.hwm[role]:,.0f}" for role in ROLES),
     ]
     for phase, values in r.identity_ms.items():
         lines.append(f"ACK d'un message d'identité PAM FR toutes les 2 s, {phase} : {_quantiles(values)}")
