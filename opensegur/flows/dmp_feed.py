@@ -17,9 +17,9 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import or_, select
+from sqlalchemy import Table, insert, or_, select
 from sqlalchemy.orm import Session
 
 from opensegur.content.cda import CdaError, CdaHeader, parse_cda
@@ -152,6 +152,11 @@ def _mssante_context(dm: DocumentMessage) -> dict[str, Any]:
     }
 
 
+# The document is written and queued, nothing of it read back: a Core INSERT instead of the unit of work's flush.
+_DOCUMENT = cast(Table, Document.__table__)
+_NEW_DOCUMENT = insert(_DOCUMENT).returning(_DOCUMENT.c.id)
+
+
 def accept_document(
     s: Session, dm: DocumentMessage, sender: str, actor: str, *, business_acks: bool = True
 ) -> Accepted:
@@ -209,62 +214,63 @@ def accept_document(
         )
         return Accepted(patient.id, site.id, [same.id], warnings)
     meta = dm.meta
-    doc = Document(
-        structure_id=site.id,
-        patient_id=patient.id,
-        source="hl7",
-        kind=dm.kind,
-        unique_id=unique_id,
-        parent_unique_id=parent_id,
-        type_code=dm.document_type.code,
-        title=dm.document_type.label or None,
-        payload_sha256=digest,
-        mime_type="text/xml",
-        size=len(content),
-        status=DocumentStatus.RECEIVED,
-        held=False,
-        findings=[],
-        flags=document_flags(
-            dest_dmp=meta.dest_dmp,
-            dest_mssante_ps=meta.dest_mssante_ps,
-            dest_mssante_pat=meta.dest_mssante_pat,
-            ack_reception=meta.ack_reception,
-            ack_lecture_mss=meta.ack_lecture_mss,
-            connexion_secrete=meta.connexion_secrete,
-            modif_conf_code=meta.modif_conf_code,
-            masque_ps=meta.masque_ps,
-            invisible_patient=meta.invisible_patient,
-            invisible_rep_legaux=meta.invisible_rep_legaux,
+    doc_id = s.execute(
+        _NEW_DOCUMENT,
+        dict(
+            structure_id=site.id,
+            patient_id=patient.id,
+            source="hl7",
+            kind=dm.kind,
+            unique_id=unique_id,
+            parent_unique_id=parent_id,
+            type_code=dm.document_type.code,
+            title=dm.document_type.label or None,
+            payload_sha256=digest,
+            mime_type="text/xml",
+            size=len(content),
+            status=DocumentStatus.RECEIVED,
+            held=False,
+            findings=[],
+            flags=document_flags(
+                dest_dmp=meta.dest_dmp,
+                dest_mssante_ps=meta.dest_mssante_ps,
+                dest_mssante_pat=meta.dest_mssante_pat,
+                ack_reception=meta.ack_reception,
+                ack_lecture_mss=meta.ack_lecture_mss,
+                connexion_secrete=meta.connexion_secrete,
+                modif_conf_code=meta.modif_conf_code,
+                masque_ps=meta.masque_ps,
+                invisible_patient=meta.invisible_patient,
+                invisible_rep_legaux=meta.invisible_rep_legaux,
+            ),
+            context={
+                "zam": {
+                    "sending_application": dm.header.sending_application,
+                    "sending_facility": dm.header.sending_facility,
+                    "control_id": dm.header.control_id,
+                    "processing_id": dm.header.processing_id,
+                    "charset": dm.header.charset,
+                    "sender": sender,
+                }
+                if business_acks
+                else None,
+                "patient_class": dm.visit.patient_class,
+                "visit_number": dm.visit.visit_number,
+                "visit_number_authority": dm.visit.visit_number_authority,
+                "first_send": dm.kind == "initial" and not existing,
+                "mssante": _mssante_context(dm),
+            },
         ),
-        context={
-            "zam": {
-                "sending_application": dm.header.sending_application,
-                "sending_facility": dm.header.sending_facility,
-                "control_id": dm.header.control_id,
-                "processing_id": dm.header.processing_id,
-                "charset": dm.header.charset,
-                "sender": sender,
-            }
-            if business_acks
-            else None,
-            "patient_class": dm.visit.patient_class,
-            "visit_number": dm.visit.visit_number,
-            "visit_number_authority": dm.visit.visit_number_authority,
-            "first_send": dm.kind == "initial" and not existing,
-            "mssante": _mssante_context(dm),
-        },
-    )
-    s.add(doc)
-    s.flush()
+    ).scalar_one()
     jobs.enqueue(
         s,
         JobKind.PROCESS,
-        f"{JobKind.PROCESS}:{doc.id}",
-        {"document_id": doc.id},
+        f"{JobKind.PROCESS}:{doc_id}",
+        {"document_id": doc_id},
         structure_id=site.id,
         patient_id=patient.id,
     )
-    return Accepted(patient.id, site.id, [doc.id], warnings)
+    return Accepted(patient.id, site.id, [doc_id], warnings)
 
 
 # ---- document.process -------------------------------------------------------------------------------------
