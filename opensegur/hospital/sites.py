@@ -6,7 +6,7 @@ identity message, so the names and the rows are kept per database and read again
 configuration version was applied (by any process: :mod:`opensegur.hospital.apply` records one with the
 structures it writes) or this process committed a write to a structure row (tests, tools). Within one
 transaction the check is made once, for every message a group commit brings together. The site returned joins the
-session from the kept row without a query (``merge(load=False)``): loading it cost a twentieth of a message.
+session from the kept row without a query (``merge(load=False)``): loading it cost a tenth of a message.
 """
 
 from __future__ import annotations
