@@ -50,6 +50,7 @@ from opensegur.flows.dmp_consult import DmpConsultPort
 from opensegur.flows.dmp_feed import (
     DeliveryHook,
     ProcessContext,
+    delivery_given_up,
     make_deliver_handler,
     make_process_handler,
     make_zam_handler,
@@ -470,6 +471,7 @@ class Platform:
                 s.job_max_attempts, s.job_backoff_base_s, s.job_backoff_max_s, s.job_outage_max_s
             ),
             lease_s=s.job_lease_s,
+            given_up={JobKind.DELIVER: delivery_given_up, JobKind.MSS_SEND: mss_outbound.mail_given_up},
         )
         intake = Hl7Intake(self.db, business_acks=zam_endpoint is not None)
         self.runtime = rt = Runtime(

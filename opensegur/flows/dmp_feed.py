@@ -853,6 +853,20 @@ def make_process_handler(ctx: ProcessContext) -> Any:
     return handle
 
 
+def delivery_given_up(s: Session, job: Job) -> None:
+    """The delivery's job is in the dead letters, its attempts or its outage time spent: the delivery shows that
+    it failed for good (it said a new try was planned) and the DPI gets its negative ZAM, as for a refusal. An
+    operator's « Relancer » of the job sends it again."""
+    d = s.get(Delivery, int(job.args["delivery_id"]))
+    if d is None or d.status not in (DeliveryStatus.FAILED, DeliveryStatus.SENDING):
+        return
+    # A run that stopped mid-send may have reached the DMP: the replay asks it first, and the DPI is told nothing yet.
+    uncertain = d.status == DeliveryStatus.SENDING
+    set_delivery_status(d, DeliveryStatus.DEAD)
+    if not uncertain:
+        _enqueue_zam(s, d.document, d.destination, ok=False)
+
+
 def make_deliver_handler(db: Database, dmp: DmpPort, on_delivered: DeliveryHook | None = None) -> Any:
     async def handle(job: Job) -> dict[str, Any]:
         return await deliver(db, dmp, int(job.args["delivery_id"]), job.attempts, on_delivered)

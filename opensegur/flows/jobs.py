@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
 
-__all__ = ["HANDLER_FACTORIES", "PROMPT_KINDS", "JobKind"]
+__all__ = ["GIVEN_UP", "HANDLER_FACTORIES", "PROMPT_KINDS", "JobKind"]
 
 
 class JobKind(StrEnum):
@@ -62,5 +62,14 @@ HANDLER_FACTORIES: Mapping[JobKind, str] = MappingProxyType(
         JobKind.DRIMBOX_PUBLISH: "opensegur.flows.drimbox_source:make_handlers",
         JobKind.DRIMBOX_WITHDRAW: "opensegur.flows.drimbox_source:make_handlers",
         JobKind.DRIMBOX_IMPORT: "opensegur.flows.drimbox_import:make_import_handler",
+    }
+)
+
+# What a kind does when its job is given up (in the dead letters, its attempts or outage time spent), in that same
+# transaction: the delivery it was bringing forward stops saying a new try is planned (``flows.worker.GivenUp``).
+GIVEN_UP: Mapping[JobKind, str] = MappingProxyType(
+    {
+        JobKind.DELIVER: "opensegur.flows.dmp_feed:delivery_given_up",
+        JobKind.MSS_SEND: "opensegur.flows.mss_outbound.sending:mail_given_up",
     }
 )

@@ -7,8 +7,10 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from opensegur.errors import OpenSegurError, RetryLater
 from opensegur.logsafe import failure
@@ -24,6 +26,9 @@ class PermanentError(OpenSegurError):
 
 
 Handler = Callable[[Job], Awaitable[dict[str, Any] | None]]
+# What a kind does, in the transaction that moves its job to the dead letters, for the records the job was bringing
+# forward: they must no longer say that a new try is planned.
+GivenUp = Callable[[Session, Job], None]
 
 
 class WorkerPool:
@@ -37,9 +42,11 @@ class WorkerPool:
         lease_s: float = 60.0,
         idle_sleep_s: float = 0.2,
         notified_poll_s: float = 5.0,
+        given_up: Mapping[str, GivenUp] | None = None,
     ) -> None:
         self.db = db
         self.handlers = handlers
+        self.given_up = dict(given_up or {})
         self.concurrency = concurrency
         self.policy = policy or jobs.RetryPolicy()
         self.lease_s = lease_s
@@ -185,4 +192,7 @@ class WorkerPool:
     def _fail(self, job: Job, error: str, *, retryable: bool, outage: bool = False) -> None:
         with self.db.session() as s:
             status = jobs.fail(s, job, error, self.policy, retryable=retryable, outage=outage)
+            hook = self.given_up.get(job.kind)
+            if status == "dead" and hook is not None:
+                hook(s, job)
         log.warning("job %s (%s) failed, now %s", job.id, job.kind, status)

@@ -109,6 +109,40 @@ async def test_an_outage_longer_than_the_attempts_is_waited_out_and_delivered_on
         assert len(await entries_for(rt, uid(n))) == 1
 
 
+async def test_attempts_spent_give_the_delivery_up_until_the_operator_retries(
+    tmp_path: Path, schematron_cache: Path
+) -> None:
+    """An outage not waited out (job_outage_max_s=0) spends the two attempts: the job is dead, and so is the
+    delivery (« Échec définitif », not « nouvel essai prévu »), with the DPI's negative ZAM; the operator's retry of
+    the job delivers it once."""
+    async with running_platform(tmp_path, schematron_cache, job_max_attempts=2, job_outage_max_s=0) as (
+        rt,
+        dpi,
+    ):
+        await set_fault(rt, http_status=503, transactions=["iti41"])
+        n = new_number()
+        sent = await send_raw(rt, mdm("initial", n))
+        assert sent.code == "AA"
+        [zam] = await wait_zam(dpi, sent.cid)
+        assert not zam.status.success
+        doc = await wait_status(rt, uid(n), {"error"})
+        [delivery] = doc.deliveries
+        assert delivery["status"] == "dead" and delivery["error_code"] == "DMP_UNAVAILABLE"
+        [job] = delivery_jobs(rt, delivery["id"])
+        assert job["status"] == "dead" and job["attempts"] == 2
+        assert [c["status"] for c in await dmp_calls(rt, "iti41")] == [503, 503]
+
+        await clear_fault(rt)
+        async with httpx.AsyncClient() as c:
+            r = await c.post(f"http://127.0.0.1:{rt.http_port}/api/v1/jobs/{job['id']}/retry")
+            assert r.status_code == 200, r.text
+        zams = await wait_zam(dpi, sent.cid, count=2)
+        assert zams[-1].status.success
+        doc = await wait_status(rt, uid(n), {"acknowledged"})
+        assert doc.deliveries[0]["status"] == "delivered"
+        assert len(await entries_for(rt, uid(n))) == 1
+
+
 async def test_failure_after_commit_is_resolved_by_a_query_not_a_second_send(
     platform: tuple[Runtime, DpiListener],
 ) -> None:

@@ -9,7 +9,7 @@ import runpy
 from pathlib import Path
 
 import opensegur
-from opensegur.flows.jobs import HANDLER_FACTORIES, PROMPT_KINDS, JobKind
+from opensegur.flows.jobs import GIVEN_UP, HANDLER_FACTORIES, PROMPT_KINDS, JobKind
 from tests.dmp import helpers
 from tests.dmp.drimbox_sites import drimbox_site
 
@@ -47,6 +47,10 @@ def test_kinds_keep_the_values_already_queued() -> None:
 async def test_a_fully_configured_platform_handles_every_kind(tmp_path: Path, schematron_cache: Path) -> None:
     async with drimbox_site(tmp_path, schematron_cache) as (rt, _pacs):
         assert set(rt.workers.handlers) == set(JobKind)
+        # and hears of the jobs given up with the functions the table names
+        assert {kind: f"{f.__module__}:{f.__name__}" for kind, f in rt.workers.given_up.items()} == dict(
+            GIVEN_UP
+        )
 
 
 def test_the_kinds_a_person_waits_on_are_queued_in_the_prompt_lane() -> None:

@@ -25,6 +25,7 @@ from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.mss_outbound import (
     MssOutboundConfig,
+    mail_given_up,
     make_appointment_handler,
     make_mss_send_handler,
     make_mss_zam_handler,
@@ -141,7 +142,12 @@ def rig(db: Database) -> Rig:
         JobKind.MSS_APPOINTMENT: make_appointment_handler(db, operator, CFG),
         JobKind.MSS_ZAM: make_mss_zam_handler(db, dpi),
     }
-    pool = WorkerPool(db, handlers, policy=RetryPolicy(max_attempts=6, base_s=0.0, max_s=0.0))
+    pool = WorkerPool(
+        db,
+        handlers,
+        policy=RetryPolicy(max_attempts=6, base_s=0.0, max_s=0.0),
+        given_up={JobKind.MSS_SEND: mail_given_up},
+    )
     return Rig(db, Hl7Intake(db), operator, dpi, pool)
 
 
@@ -408,9 +414,10 @@ async def test_temporary_refusal_of_every_recipient_is_retried_not_failed(rig: R
     rig.send_hl7(document_message(n, DESTDMP=False))
     await rig.drain()
     assert rig.operator.calls == 6 and rig.operator.sent == [] and rig.dpi.messages == []
+    # The six attempts spent, the job is given up: the delivery and its mail say so, not that a new try is planned.
     ps = deliveries(rig.db, uid(n))["MSSANTE_PS"]
-    assert ps.status == "failed" and ps.error_code == "MSS_UNAVAILABLE" and "452" in (ps.last_error or "")
-    assert mail_row(rig.db, "MSSANTE_PS", uid(n)).status == "pending"
+    assert ps.status == "dead" and ps.error_code == "MSS_UNAVAILABLE" and "452" in (ps.last_error or "")
+    assert mail_row(rig.db, "MSSANTE_PS", uid(n)).status == "failed"
 
     rig.operator.refuse = {}
     with rig.db.session() as s:

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import psycopg
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from opensegur.errors import RetryLater
 from opensegur.flows.dmp_exchanges import DmpUnavailableError
@@ -76,6 +76,43 @@ async def test_failures_are_recorded_at_once(db: Database) -> None:
     rows = _jobs(db)
     assert rows["retry"].attempts == 1 and rows["retry"].last_error == "service down"
     assert rows["dead"].last_error == "refused"
+
+
+async def test_a_kind_hears_of_its_job_given_up_in_the_same_transaction_and_only_then(db: Database) -> None:
+    """The hook runs when the job moves to the dead letters (attempts spent, or refused for good), not on a failure
+    that will be tried again (an outage waited out); what it writes commits with the dead status."""
+    given_up: list[tuple[str, str]] = []
+
+    async def handler(job: Job) -> dict[str, Any]:
+        if job.args["key"] == "refused":
+            raise PermanentError("refused")
+        raise RetryLater("peer busy", outage=job.args["key"] == "kept")
+
+    def hook(s: Any, job: Job) -> None:
+        status = s.scalar(select(Job.status).where(Job.id == job.id))
+        given_up.append((job.args["key"], status))
+        jobs.enqueue(s, "note", f"note:{job.args['key']}", {})
+
+    _enqueue(db, "refused", "twice", "kept")
+    with db.session() as s:
+        s.execute(update(Job).where(Job.key == "twice").values(max_attempts=2))
+    pool = WorkerPool(
+        db,
+        {"work": handler},
+        concurrency=1,
+        policy=jobs.RetryPolicy(base_s=0.01, max_s=0.01),
+        idle_sleep_s=0.02,
+        given_up={"work": hook},
+    )
+    await pool.start()
+    try:
+        await _until(lambda: _jobs(db)["twice"].status == "dead" and _jobs(db)["kept"].attempts >= 2)
+    finally:
+        await pool.stop()
+    assert sorted(given_up) == [("refused", "dead"), ("twice", "dead")]
+    rows = _jobs(db)
+    assert (rows["twice"].attempts, rows["twice"].last_error) == (2, "peer busy")
+    assert {"note:refused", "note:twice"} <= set(rows) and "note:kept" not in rows
 
 
 async def test_a_peer_unavailable_is_retried_as_such_not_as_a_crash(db: Database) -> None:

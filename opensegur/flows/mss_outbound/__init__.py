@@ -48,6 +48,7 @@ from opensegur.flows.mss_outbound.handlers import (
 )
 from opensegur.flows.mss_outbound.planning import plan_mss_deliveries, request_document_send
 from opensegur.flows.mss_outbound.reports import record_report, send_mss_zam
+from opensegur.flows.mss_outbound.sending import mail_given_up
 
 __all__ = [
     "DEST_PATIENT",
@@ -56,6 +57,7 @@ __all__ = [
     "MssOutboundConfig",
     "MssOutboundError",
     "accept_appointment",
+    "mail_given_up",
     "make_appointment_handler",
     "make_mss_send_handler",
     "make_mss_zam_handler",

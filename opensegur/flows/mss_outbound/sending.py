@@ -8,6 +8,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from opensegur.documents.delivery import DeliveryStatus, set_delivery_status
 from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.errors import RetryLater
@@ -23,7 +26,7 @@ from opensegur.flows.mss_outbound.tracking import (
 from opensegur.flows.mssante_ports import MailSender, MailSendResult, MailUnavailableError
 from opensegur.flows.worker import PermanentError
 from opensegur.store.db import Database
-from opensegur.store.models import Delivery, Mail, utcnow
+from opensegur.store.models import Delivery, Job, Mail, utcnow
 from opensegur.transactions.mss_mail import SmtpEnvelope
 
 
@@ -63,6 +66,18 @@ async def _send(db: Database, mailer: MailSender, ready: Ready) -> dict[str, Any
         # The operator down is waited out; a full mailbox or greylisting spends the attempts.
         raise RetryLater(f"Opérateur MSSanté injoignable : {exc}", outage=exc.outage) from exc
     return await asyncio.to_thread(_after_send, db, ready.mail_id, result)
+
+
+def mail_given_up(s: Session, job: Job) -> None:
+    """The mail's job is in the dead letters (the operator unreachable past the outage time, or a mailbox full at
+    every attempt): its delivery and the mail waiting to go show that it failed for good, not that a new try is
+    planned. An operator's « Relancer » of the job sends it again."""
+    d = s.get(Delivery, int(job.args["delivery_id"]))
+    if d is None or d.status not in (DeliveryStatus.FAILED, DeliveryStatus.SENDING):
+        return
+    set_delivery_status(d, DeliveryStatus.DEAD)
+    for mail in s.scalars(select(Mail).where(Mail.delivery_id == d.id, Mail.status == "pending")):
+        mail.status = "failed"
 
 
 def _unavailable(db: Database, mail_id: int, message: str) -> None:
