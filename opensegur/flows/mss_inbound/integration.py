@@ -8,7 +8,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from opensegur.content.cda import CdaHeader
@@ -29,8 +29,8 @@ from opensegur.identity.ins import Ins
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.identity.traits import normalise_name
 from opensegur.store import jobs
-from opensegur.store.models import Document, LabResult, Mail, Patient
-from opensegur.store.payloads import load_payload, store_payload
+from opensegur.store.models import Document, LabResult, Mail, Patient, Payload
+from opensegur.store.payloads import store_payload
 from opensegur.transactions.mss_mail import (
     InboundMail,
     MailError,
@@ -42,6 +42,14 @@ from opensegur.transactions.oru_results import LOINC_CR_BIO
 from opensegur.transactions.xdm import XdmError, cda_unique_id
 
 log = logging.getLogger(__name__)
+
+# Read before the mail is parsed, outside the transaction that records the outcome: a read of two columns, which as
+# an ORM session took the write lock and loaded both rows as entities only to read them.
+_STATUS_AND_RAW = (
+    select(Mail.status, Payload.data)
+    .join(Payload, Payload.sha256 == Mail.payload_sha256)
+    .where(Mail.id == bindparam("mail_id"))
+)
 
 # Mail errors a person could act on (identity questions); every other MailError/XdmError means the mail is
 # unreadable or unsafe, so it is rejected outright.
@@ -357,11 +365,10 @@ def integrate_on_patient(
 
 def integrate_mail(ctx: MssInboundContext, mail_id: int) -> str:
     """The ``mss.integrate`` job: returns the mail's new status (integrated, triage or rejected)."""
-    with ctx.db.session() as s:
-        mail = s.get_one(Mail, mail_id)
-        if mail.status != "received":
-            return mail.status  # already done by a previous run of this job
-        raw = load_payload(s, mail.payload_sha256 or "")
+    with ctx.db.read_connection() as conn:
+        status, raw = conn.execute(_STATUS_AND_RAW, {"mail_id": mail_id}).one()
+    if status != "received":
+        return str(status)  # already done by a previous run of this job
     # Parsing and unzipping are the costly part: outside any transaction.
     verdict: _Verdict | None = None
     inbound: InboundMail | None = None

@@ -63,7 +63,14 @@ async def send_mdn(ctx: MssInboundContext, mail_id: int, code: str | None, manua
                 return {"skipped": "not requested"}
             if not manual and return_path and return_path.lower() != notify.lower():
                 mail.detail = {**mail.detail, "mdn": "confirmation_required", "mdn_pending_code": code}
-                audit(s, SYSTEM_ACTOR, "mss_mdn_held", mail, "Return-Path différent de l'adresse de l'accusé")
+                audit(
+                    s,
+                    SYSTEM_ACTOR,
+                    "mss_mdn_held",
+                    mail.id,
+                    mail.patient_id,
+                    "Return-Path différent de l'adresse de l'accusé",
+                )
                 return {"skipped": "confirmation required"}
             try:
                 msg = build_mdn(
@@ -117,7 +124,7 @@ async def send_mdn(ctx: MssInboundContext, mail_id: int, code: str | None, manua
             out.status = "sent" if result.accepted else "failed"
             out.reason = "; ".join(f"{k} : {v}" for k, v in result.refused.items())[:2000] or None
             mail.detail = {**mail.detail, "mdn": out.status, "mdn_message_id": message_id}
-            audit(s, SYSTEM_ACTOR, "mss_mdn", mail, out.status, code=code, manual=manual)
+            audit(s, SYSTEM_ACTOR, "mss_mdn", mail.id, mail.patient_id, out.status, code=code, manual=manual)
 
     await asyncio.to_thread(_record)
     return {"mdn": "sent" if result.accepted else "refused", "code": code}
@@ -131,6 +138,6 @@ def confirm_mdn(db: Database, mail_id: int, actor: str) -> None:
             raise InboundError("MDN_NOT_HELD", "Aucun accusé en attente de confirmation pour ce courriel")
         code = mail.detail.get("mdn_pending_code")
         mail.detail = {**mail.detail, "mdn": "confirmed"}
-        audit(s, actor, "mss_mdn_confirm", mail, "confirmation de l'accusé", code=code)
+        audit(s, actor, "mss_mdn_confirm", mail.id, mail.patient_id, "confirmation de l'accusé", code=code)
         # Its own key: the automatic MDN job of the same code was held, not sent.
         enqueue_mdn(s, mail, code, manual=True, key_suffix=":confirmed")

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from email.errors import HeaderParseError
 from email.message import Message
 from email.utils import getaddresses, parseaddr
+from typing import Any, cast
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from opensegur.flows.jobs import JobKind
@@ -20,11 +20,13 @@ from opensegur.flows.mss_outbound import record_report
 from opensegur.flows.mssante_ports import FetchedMail, IdleMailboxReader, MailboxReader, MailUnavailableError
 from opensegur.logsafe import failure
 from opensegur.store import jobs
-from opensegur.store.db import Database
+from opensegur.store.db import Database, insert_unless_exists
 from opensegur.store.models import Mail
 from opensegur.store.payloads import store_payload
 
 log = logging.getLogger(__name__)
+
+_MAIL = cast(Table, Mail.__table__)
 
 
 def _is_report(headers: Message) -> bool:
@@ -43,50 +45,53 @@ def _store_one(s: Session, mailbox: str, fetched: FetchedMail) -> bool:
     raw = fetched.raw
     announced = int(getattr(fetched, "size", 0) or 0)
     headers = read_headers(raw)
-    if _is_report(headers) and record_report(s, raw, mailbox):
+    report = _is_report(headers)
+    if report and record_report(s, raw, mailbox):
         return True
     digest = store_payload(s, raw)
     message_id = header_value(headers, "Message-ID")
-    key = f"in:{mailbox}:{message_id}" if message_id and len(message_id) <= 300 else f"in:{mailbox}:{digest}"
-    existing = s.scalar(select(Mail).where(Mail.key == key))
-    if existing is not None:
-        if existing.payload_sha256 == digest:
+    status, reason, mdn_code = "received", None, None
+    if announced > len(raw):
+        status, mdn_code = "rejected", "906"
+        reason = f"Courriel refusé : trop volumineux ({announced} octets), seul son en-tête est conservé"
+    elif report:
+        status, reason = "triage", "Accusé (DSN/MDN) qui ne se rapporte à aucun courriel envoyé connu"
+    values = {
+        "direction": "in",
+        "mailbox": mailbox,
+        "message_id": message_id[:300] if message_id else None,
+        "sender": parseaddr(header_value(headers, "From") or "")[1] or None,
+        "recipients": [a for _, a in getaddresses([header_value(headers, "To") or ""]) if a][:50],
+        "subject": (header_value(headers, "Subject") or "")[:500] or None,
+        "payload_sha256": digest,
+        "status": status,
+        "reason": reason,
+        "mdn_code": mdn_code,
+        "detail": {"size": max(len(raw), announced)},
+    }
+    by_digest = f"in:{mailbox}:{digest}"
+    key = f"in:{mailbox}:{message_id}" if message_id and len(message_id) <= 300 else by_digest
+    # One INSERT that yields to the row already there (re-read, or another poller in between) where a read, a
+    # savepoint and an ORM flush took three statements and a unit of work per mail.
+    mail_id = _insert_mail(s, {**values, "key": key})
+    if mail_id is None:
+        if key == by_digest or s.scalar(select(Mail.payload_sha256).where(Mail.key == key)) == digest:
             return False
         # Same Message-ID, other bytes: a different mail all the same, and nothing received is dropped.
-        key = f"in:{mailbox}:{digest}"
-        if s.scalar(select(Mail).where(Mail.key == key)) is not None:
+        mail_id = _insert_mail(s, {**values, "key": by_digest})
+        if mail_id is None:
             return False
-    mail = Mail(
-        direction="in",
-        key=key,
-        mailbox=mailbox,
-        message_id=message_id[:300] if message_id else None,
-        sender=(parseaddr(header_value(headers, "From") or "")[1] or None),
-        recipients=[a for _, a in getaddresses([header_value(headers, "To") or ""]) if a][:50],
-        subject=(header_value(headers, "Subject") or "")[:500] or None,
-        payload_sha256=digest,
-        status="received",
-        detail={"size": max(len(raw), announced)},
-    )
-    if announced > len(raw):
-        mail.status, mail.mdn_code = "rejected", "906"
-        mail.reason = f"Courriel refusé : trop volumineux ({announced} octets), seul son en-tête est conservé"
-    elif _is_report(headers):
-        mail.status, mail.reason = (
-            "triage",
-            "Accusé (DSN/MDN) qui ne se rapporte à aucun courriel envoyé connu",
-        )
-    try:
-        with s.begin_nested():
-            s.add(mail)
-    except IntegrityError:
-        return False  # another poller stored it between our read and our insert
-    audit(s, SYSTEM_ACTOR, "mss_receive", mail, None, mailbox=mailbox, status_after=mail.status)
-    if mail.status == "received":
-        jobs.enqueue(s, JobKind.MSS_INTEGRATE, f"{JobKind.MSS_INTEGRATE}:{mail.id}", {"mail_id": mail.id})
-    elif mail.status == "rejected":
-        enqueue_mdn(s, mail, mail.mdn_code, False)
+    audit(s, SYSTEM_ACTOR, "mss_receive", mail_id, None, None, mailbox=mailbox, status_after=status)
+    if status == "received":
+        jobs.enqueue(s, JobKind.MSS_INTEGRATE, f"{JobKind.MSS_INTEGRATE}:{mail_id}", {"mail_id": mail_id})
+    elif status == "rejected":
+        enqueue_mdn(s, s.get_one(Mail, mail_id), mdn_code, False)
     return True
+
+
+def _insert_mail(s: Session, values: dict[str, Any]) -> int | None:
+    """The new mail's id, or None when a mail of that key is already stored."""
+    return s.scalar(insert_unless_exists(s, _MAIL, values, "key").returning(_MAIL.c.id))
 
 
 async def _poll(db: Database, reader: MailboxReader, mailbox: str, limit: int) -> tuple[int, int]:
