@@ -380,7 +380,9 @@ def build_fault(
 def _t(el: etree._Element | None) -> str | None:
     if el is None:
         return None
-    text = "".join(el.itertext()).strip()
+    # A childless element's text is all its text; itertext, which mixed content needs, costs far more than
+    # reading it, and every field of these messages is a leaf.
+    text = ("".join(el.itertext()) if len(el) else el.text or "").strip()
     return text or None
 
 
