@@ -57,7 +57,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 def insert_unless_exists(session: Session, table: Table, key: str, returning: str | None = None) -> Insert:
     """``INSERT … ON CONFLICT (key) DO NOTHING`` for the session's engine, values given at execution: one
     statement where a read, a savepoint and an insert took three, and no race between two writers of the same key
-    (PostgreSQL). Built once per dialect and table, not for each row (3 % of an identity message's CPU)."""
+    (PostgreSQL). Built once per dialect and table, not for each row (3 % of an identity message's CPU).
+    ``returning``: the name of a column to read back (no row when it was already there)."""
     return _insert_unless_exists(session.get_bind().dialect.name, table, key, returning)
 
 

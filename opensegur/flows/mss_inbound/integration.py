@@ -81,6 +81,21 @@ class _Cda:
     confidentiality: frozenset[str]
 
 
+# Asked for every mail, built once with their values bound at each call: building them anew cost more than
+# running them.
+_BEARERS = select(Patient).where(
+    Patient.ins_matricule == bindparam("matricule"),
+    Patient.ins_oid == bindparam("oid"),
+    Patient.active.is_(True),
+    Patient.merged_into_id.is_(None),
+)
+_BEARERS_IN_SITE = _BEARERS.where(Patient.structure_id == bindparam("site"))
+_PARENT = select(Document).where(
+    Document.structure_id == bindparam("structure_id"), Document.unique_id == bindparam("unique_id")
+)
+_RECEIVED = _PARENT.where(Document.kind == bindparam("kind"))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Opening a mail and matching its patient
 
@@ -170,16 +185,9 @@ def _match(s: Session, ctx: MssInboundContext, mail: Mail, cdas: list[_Cda]) -> 
     if verdict is not None:
         return verdict
     assert ins is not None
-    query = select(Patient).where(
-        Patient.ins_matricule == ins.matricule,
-        Patient.ins_oid == ins.oid,
-        Patient.active.is_(True),
-        Patient.merged_into_id.is_(None),
-    )
     site = ctx.mailbox_structures.get(mail.mailbox.lower())
-    if site is not None:
-        query = query.where(Patient.structure_id == site)
-    found = list(s.scalars(query))
+    params = {"matricule": ins.matricule, "oid": ins.oid, "site": site}
+    found = list(s.scalars(_BEARERS if site is None else _BEARERS_IN_SITE, params))
     if not found:
         return _Verdict(
             "triage", "Patient inconnu : aucune identité locale ne porte l'INS du document", "902"
@@ -248,11 +256,7 @@ def _create_documents(
             else None
         )
         existing = s.scalar(
-            select(Document).where(
-                Document.structure_id == patient.structure_id,
-                Document.unique_id == unique_id,
-                Document.kind == kind,
-            )
+            _RECEIVED, {"structure_id": patient.structure_id, "unique_id": unique_id, "kind": kind}
         )
         if existing is not None and existing.payload_sha256 != hashlib.sha256(c.content).hexdigest():
             return _Verdict("triage", "Identifiant de document déjà utilisé pour un autre contenu", "906")
@@ -264,11 +268,7 @@ def _create_documents(
             duplicates.append(existing.id)
             continue
         previous = (
-            s.scalar(
-                select(Document).where(
-                    Document.structure_id == patient.structure_id, Document.unique_id == parent_id
-                )
-            )
+            s.scalar(_PARENT, {"structure_id": patient.structure_id, "unique_id": parent_id})
             if parent_id
             else None
         )

@@ -91,7 +91,7 @@ def _store_one(s: Session, mailbox: str, fetched: FetchedMail) -> bool:
 
 def _insert_mail(s: Session, values: dict[str, Any]) -> int | None:
     """The new mail's id, or None when a mail of that key is already stored."""
-    return s.scalar(insert_unless_exists(s, _MAIL, values, "key").returning(_MAIL.c.id))
+    return s.scalar(insert_unless_exists(s, _MAIL, "key", "id"), values)
 
 
 async def _poll(db: Database, reader: MailboxReader, mailbox: str, limit: int) -> tuple[int, int]:
