@@ -11,12 +11,13 @@ known.
 
 from __future__ import annotations
 
+import copy
 import re
 import unicodedata
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -37,8 +38,9 @@ from opensegur.transactions.insi import (
     InsiResult,
     InsiTraitsQuery,
     build_fault,
-    build_response,
     parse_request_headers,
+    response_envelope,
+    resultat,
     traits_from_body,
     vitale_from_body,
 )
@@ -130,6 +132,12 @@ class SandboxIdentity:
             history=[InsiHistoryEntry(n, nir_key(n), o, d, f) for n, o, d, f in (history or [])],
             **kw,
         )
+
+    @cached_property
+    def found(self) -> etree._Element:
+        """The RESULTAT of a search that found this person alone, built once: the sandbox's identities do not
+        change, and building the tree was most of the cost of answering. Answers take a copy."""
+        return resultat(InsiResult("00", CR_LABELS["00"], self.to_identity()))
 
     def to_identity(self) -> InsiIdentity:
         return InsiIdentity(
@@ -564,12 +572,10 @@ async def _handle(state: _State, request: Request, record: dict[str, Any]) -> Re
         raise _Reject("soap:Sender", "Requête invalide.", "DESIR_SBX_XSD", exc.message) from exc
 
     if len(found) == 1:
-        result = InsiResult("00", CR_LABELS["00"], found[0].to_identity())
-    elif found:
-        result = InsiResult("02", CR_LABELS["02"])
+        record.update(result="00", matricule=found[0].to_identity().matricule)
+        body = copy.deepcopy(found[0].found)
     else:
-        result = InsiResult("01", CR_LABELS["01"])
-    record["result"] = result.code
-    if result.identity is not None:
-        record["matricule"] = result.identity.matricule
-    return _soap_response(build_response(result, action=f"{action}Response", relates_to=info.message_id))
+        code = "02" if found else "01"
+        record["result"] = code
+        body = resultat(InsiResult(code, CR_LABELS[code]))
+    return _soap_response(response_envelope(body, action=f"{action}Response", relates_to=info.message_id))

@@ -53,6 +53,8 @@ __all__ = [
     "parse_response",
     "parse_traits_request",
     "parse_vitale_request",
+    "response_envelope",
+    "resultat",
     "traits_body",
     "traits_from_body",
     "vitale_body",
@@ -302,6 +304,11 @@ def build_vitale_request(
 
 def build_response(result: InsiResult, *, action: str | None = None, relates_to: str | None = None) -> bytes:
     """RESULTAT envelope, elements in XSD order (IdIndividu, OID, DateDeb, DateFin)."""
+    return response_envelope(resultat(result), action=action, relates_to=relates_to)
+
+
+def resultat(result: InsiResult) -> etree._Element:
+    """The RESULTAT element an answer carries in its body."""
     root = etree.Element(f"{{{NS_RESULTAT}}}RESULTAT", nsmap={None: NS_RESULTAT})
 
     def sub(parent: etree._Element, name: str, text: str | None = None) -> etree._Element:
@@ -342,6 +349,13 @@ def build_response(result: InsiResult, *, action: str | None = None, relates_to:
         ):
             if value is not None:
                 sub(tiq, name, value)
+    return root
+
+
+def response_envelope(
+    body: etree._Element, *, action: str | None = None, relates_to: str | None = None
+) -> bytes:
+    """An answer around a RESULTAT element (moved into the envelope), with its WS-Addressing headers."""
     headers: list[etree._Element] = []
     if action:
         a = etree.Element(f"{{{NS_WSA}}}Action", nsmap={"wsa": NS_WSA})
@@ -351,7 +365,7 @@ def build_response(result: InsiResult, *, action: str | None = None, relates_to:
         r = etree.Element(f"{{{NS_WSA}}}RelatesTo", nsmap={"wsa": NS_WSA})
         r.text = relates_to
         headers.append(r)
-    return envelope(root, headers)
+    return envelope(body, headers)
 
 
 def build_fault(
