@@ -7,10 +7,12 @@ sandbox can never drift from what the client sends. Data is returned as plain da
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import NamedTuple
 
 from lxml import etree
@@ -134,7 +136,7 @@ class InsiCarteVitaleQuery:
     matricule_od: InsiMatricule | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class InsiContext:
     """What the LPS declares about itself in ContexteLPS / ContexteBAM.
 
@@ -216,19 +218,30 @@ def _sub(parent: etree._Element, ns: str, name: str, text: str | None = None) ->
 
 
 def _headers(ctx: InsiContext, action: str, message_id: str, now: datetime | None) -> list[etree._Element]:
+    bam, lps, action_el, mid = (copy.deepcopy(h) for h in _header_blocks(ctx, action))
     temps = _now_iso(now)
+    for block in (bam, lps):
+        block[0].text, block[1].text = message_id, temps  # Id, Temps
+    mid.text = f"uuid:{message_id}"
+    return [bam, lps, action_el, mid]
+
+
+@lru_cache(maxsize=32)
+def _header_blocks(ctx: InsiContext, action: str) -> tuple[etree._Element, ...]:
+    """The header blocks of a request of ``ctx`` without their Id, Temps and MessageID, which _headers fills in
+    copies: building these trees anew was half the cost of a request."""
     bam = etree.Element(f"{{{NS_CTXBAM}}}ContexteBAM", nsmap={"ctxbam": NS_CTXBAM})
     bam.set("Version", "01_02")
-    _sub(bam, NS_CTXBAM, "Id", message_id)
-    _sub(bam, NS_CTXBAM, "Temps", temps)
+    _sub(bam, NS_CTXBAM, "Id")
+    _sub(bam, NS_CTXBAM, "Temps")
     _sub(bam, NS_CTXBAM, "Emetteur", ctx.emitter)
     _sub(bam, NS_CTXBAM, "COUVERTURE")
 
     lps = etree.Element(f"{{{NS_CTXLPS}}}ContexteLPS", nsmap={"ctxlps": NS_CTXLPS})
     lps.set("Nature", "CTXLPS")
     lps.set("Version", "01_00")
-    _sub(lps, NS_CTXLPS, "Id", message_id)
-    _sub(lps, NS_CTXLPS, "Temps", temps)
+    _sub(lps, NS_CTXLPS, "Id")
+    _sub(lps, NS_CTXLPS, "Temps")
     _sub(lps, NS_CTXLPS, "Emetteur", ctx.emitter)
     soft = _sub(lps, NS_CTXLPS, "LPS")
     _sub(soft, NS_CTXLPS, "IDAM", ctx.idam).set("R", ctx.idam_r)
@@ -240,8 +253,7 @@ def _headers(ctx: InsiContext, action: str, message_id: str, now: datetime | Non
     action_el = etree.Element(f"{{{NS_WSA}}}Action", nsmap=wsa)
     action_el.text = action
     mid = etree.Element(f"{{{NS_WSA}}}MessageID", nsmap=wsa)
-    mid.text = f"uuid:{message_id}"
-    return [bam, lps, action_el, mid]
+    return bam, lps, action_el, mid
 
 
 def traits_body(q: InsiTraitsQuery) -> etree._Element:
