@@ -368,7 +368,7 @@ def integrate_mail(ctx: MssInboundContext, mail_id: int) -> str:
     with ctx.db.read_connection() as conn:
         status, raw = conn.execute(_STATUS_AND_RAW, {"mail_id": mail_id}).one()
     if status != "received":
-        return str(status)  # already done by a previous run of this job
+        return status  # already done by a previous run of this job
     # Parsing and unzipping are the costly part: outside any transaction.
     verdict: _Verdict | None = None
     inbound: InboundMail | None = None

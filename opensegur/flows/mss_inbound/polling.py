@@ -81,7 +81,16 @@ def _store_one(s: Session, mailbox: str, fetched: FetchedMail) -> bool:
         mail_id = _insert_mail(s, {**values, "key": by_digest})
         if mail_id is None:
             return False
-    audit(s, SYSTEM_ACTOR, "mss_receive", mail_id, None, None, mailbox=mailbox, status_after=status)
+    audit(
+        s,
+        SYSTEM_ACTOR,
+        "mss_receive",
+        mail_id,
+        patient_id=None,
+        reason=None,
+        mailbox=mailbox,
+        status_after=status,
+    )
     if status == "received":
         jobs.enqueue(s, JobKind.MSS_INTEGRATE, f"{JobKind.MSS_INTEGRATE}:{mail_id}", {"mail_id": mail_id})
     elif status == "rejected":
