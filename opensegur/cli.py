@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         Database(settings.db_url).migrate()
         return 0
+    # Here, not at the top: `opensegur send`, `doctor` and `config` answer without loading the platform's flows.
     from opensegur.server import Platform
 
     if args.command == "sandbox":

@@ -5,12 +5,14 @@ Precedence: command-line flags > ``OPENSEGUR_*`` environment variables > TOML fi
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 SECRET_HINT = "***"
 
@@ -257,8 +259,6 @@ class _TomlSource(PydanticBaseSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
-        import os
-
         path = Path(os.environ.get("OPENSEGUR_CONFIG", "opensegur.toml"))
         self._data: dict[str, Any] = {}
         if path.is_file():
@@ -274,8 +274,6 @@ class _TomlSource(PydanticBaseSettingsSource):
 
 
 def _mask_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:

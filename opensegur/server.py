@@ -552,6 +552,7 @@ class Platform:
         await self.mllp.start()
         rt.mllp_port = self.mllp.port
 
+        # Here, not at the top: an `opensegur worker` process serves no page.
         from opensegur.web.app import DRIMBOX_ROUTERS, create_app
 
         sock = bind(s.host, s.http_port)
@@ -651,6 +652,8 @@ class Platform:
         """Start the simulated national services: HTTP (INSi, DMP, Annuaire Santé, MSSanté admin) and the MSSanté
         operator's SMTP and IMAP, with the mailboxes of ``hospital`` (else the demo GHT's). ``publish`` serves
         /sandbox/endpoints on the sandbox itself (run on its own)."""
+        # Imported here, not at the top, as the demo below: the simulators and the demo data cost every process
+        # 0.9 s and 32 MB, and a hospital's `serve` and `opensegur worker` processes run neither.
         from opensegur.ops.demo import demo_dmp_patients
         from opensegur.sandbox.annuaire import directory_mailboxes
         from opensegur.sandbox.app import create_sandbox_app

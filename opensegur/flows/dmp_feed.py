@@ -37,6 +37,8 @@ from opensegur.flows.jobs import JobKind
 from opensegur.flows.mss_outbound import plan_mss_deliveries
 from opensegur.flows.worker import PermanentError
 from opensegur.hospital.sites import resolve_site
+from opensegur.identity.errors import IdentityError
+from opensegur.identity.ins import Ins
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.store import jobs
 from opensegur.store.db import Database
@@ -387,9 +389,6 @@ def _identity_findings(doc: Document, header: CdaHeader, patient: Patient | None
     oid = header.patient.ins_oid
     if not ins or not oid:
         return [_finding("identity", "INS_ABSENT", "Le document ne porte pas d'INS dans recordTarget")]
-    from opensegur.identity.errors import IdentityError
-    from opensegur.identity.ins import Ins
-
     try:
         Ins.parse(ins, oid)
     except IdentityError as exc:

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes, PrivateKeyTypes
+from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from opensegur.errors import OpenSegurError
@@ -405,8 +406,6 @@ def _build_chain(
     intermediates: Sequence[x509.Certificate],
     at: dt.datetime,
 ) -> list[x509.Certificate]:
-    from cryptography.x509 import verification as v
-
     def require_signature(_policy: object, _cert: x509.Certificate, ku: x509.KeyUsage | None) -> None:
         if ku is None or not ku.digital_signature:
             raise ValueError("certificate KeyUsage does not allow digitalSignature")
@@ -414,18 +413,18 @@ def _build_chain(
     roots = load_certificates(trusted_ca_pem)
     if not roots:
         raise PkiError("no trusted CA certificate given")
-    ee_policy = v.ExtensionPolicy.permit_all().require_present(
-        x509.KeyUsage, v.Criticality.AGNOSTIC, require_signature
+    ee_policy = verification.ExtensionPolicy.permit_all().require_present(
+        x509.KeyUsage, verification.Criticality.AGNOSTIC, require_signature
     )
     builder = (
-        v.PolicyBuilder()
-        .store(v.Store(roots))
+        verification.PolicyBuilder()
+        .store(verification.Store(roots))
         .time(at)
-        .extension_policies(ee_policy=ee_policy, ca_policy=v.ExtensionPolicy.webpki_defaults_ca())
+        .extension_policies(ee_policy=ee_policy, ca_policy=verification.ExtensionPolicy.webpki_defaults_ca())
     )
     try:
         result = builder.build_client_verifier().verify(leaf, list(intermediates))
-    except v.VerificationError as exc:
+    except verification.VerificationError as exc:
         raise PkiError(f"certificate chain does not verify: {exc}") from exc
     return list(result.chain)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 from signxml.algorithms import DigestAlgorithm, SignatureMethod
@@ -214,8 +215,6 @@ def sign_submission_set(
     if isinstance(key, rsa.RSAPrivateKey):
         raw_sig = key.sign(data, padding.PKCS1v15(), hashes.SHA256())
     elif isinstance(key, ec.EllipticCurvePrivateKey):
-        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
         r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
         size = (key.curve.key_size + 7) // 8
         raw_sig = r.to_bytes(size, "big") + s.to_bytes(size, "big")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from opensegur.config import Settings
 from opensegur.errors import OpenSegurError
 from opensegur.transactions.hl7v2 import Hl7Error, decode
 from opensegur.transactions.hl7v2_message import get_field, read_message, segments
@@ -210,8 +211,6 @@ async def send_files(
 
 
 def run(args: argparse.Namespace) -> int:
-    from opensegur.config import Settings
-
     port = args.target_port if args.target_port is not None else Settings().mllp_port
     return asyncio.run(send_files(args.files, args.target_host, port, args.timeout))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -330,8 +331,6 @@ def wsa_headers(
     A request gets a MessageID (a fresh ``urn:uuid:`` unless given) and an anonymous ReplyTo; a response passes
     ``relates_to`` with the request's MessageID.
     """
-    import uuid
-
     w = f"{{{WSA_NS}}}"
     nsmap = {"wsa": WSA_NS}
     blocks: list[etree._Element] = []
