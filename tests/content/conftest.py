@@ -6,13 +6,15 @@ import io
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pypdf import PdfWriter
 
+from opensegur.content import validation
 from opensegur.content.builder import N1Encounter, N1Input, N1Organization, N1Patient, N1Professional
 from opensegur.content.cda import Identifier
-from opensegur.content.validation import CdaValidator
+from opensegur.content.validation import STRUCTURATION_MINIMALE, CdaValidator
 from opensegur.identity.ins import Ins
 
 SHARED = Path(os.environ.get("OPENSEGUR_SHARED", Path(__file__).resolve().parents[3] / "shared"))
@@ -36,6 +38,17 @@ def hl7_example_cdas() -> list[Path]:
     """Every CDA of the HL7 v2 example folders (Trans_Doc-CDA-HL7V2 and RIS)."""
     folders = (HL7_EXAMPLES / "Trans_Doc-CDA-HL7V2", HL7_EXAMPLES / "RIS")
     return sorted(p for folder in folders for p in folder.rglob("*") if p.suffix.lower() == ".xml")
+
+
+def compile_structuration_minimale(xslt: str) -> Any:
+    """An XSLT generated from structuration minimale, rewritten by a test, compiled as the validator compiles it."""
+    return (
+        validation._processor()
+        .new_xslt30_processor()
+        .compile_stylesheet(
+            stylesheet_text=validation._with_base(xslt, STRUCTURATION_MINIMALE), encoding="utf-8"
+        )
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -11,7 +11,7 @@ from lxml import etree
 
 from opensegur.content import validation
 from opensegur.content.validation import STRUCTURATION_MINIMALE, CdaValidator
-from tests.content.conftest import ANS_EXAMPLES, CR_BIO_2023, CR_RADIO_V1
+from tests.content.conftest import ANS_EXAMPLES, CR_BIO_2023, CR_RADIO_V1, compile_structuration_minimale
 
 
 @pytest.mark.parametrize(
@@ -54,13 +54,7 @@ def _plain_executable(cache_dir: Path | None) -> Any:
     guarded, _ = validation._schematron_to_cache(STRUCTURATION_MINIMALE, cache_dir)
     plain = re.sub(r"\*\[parent::hl7:[\w.-]+\]", "*", guarded)
     assert guarded.count("*[parent::hl7:") > 100 and "[parent::hl7:" not in plain
-    return (
-        validation._processor()
-        .new_xslt30_processor()
-        .compile_stylesheet(
-            stylesheet_text=validation._with_base(plain, STRUCTURATION_MINIMALE), encoding="utf-8"
-        )
-    )
+    return compile_structuration_minimale(plain)
 
 
 @pytest.mark.slow

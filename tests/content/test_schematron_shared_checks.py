@@ -11,7 +11,7 @@ from lxml import etree
 
 from opensegur.content import validation
 from opensegur.content.validation import STRUCTURATION_MINIMALE, CdaValidator
-from tests.content.conftest import ANS_EXAMPLES, CR_BIO_2023, CR_RADIO_V1
+from tests.content.conftest import ANS_EXAMPLES, CR_BIO_2023, CR_RADIO_V1, compile_structuration_minimale
 
 XSL = "http://www.w3.org/1999/XSL/Transform"
 SVRL = "http://purl.oclc.org/dsdl/svrl"
@@ -77,14 +77,7 @@ def _inlined_executable(cache_dir: Path | None) -> Any:
         parent.replace(call, body)
     for template in named.values():
         root.remove(template)
-    inlined = etree.tostring(root, encoding="unicode")
-    return (
-        validation._processor()
-        .new_xslt30_processor()
-        .compile_stylesheet(
-            stylesheet_text=validation._with_base(inlined, STRUCTURATION_MINIMALE), encoding="utf-8"
-        )
-    )
+    return compile_structuration_minimale(etree.tostring(root, encoding="unicode"))
 
 
 @pytest.mark.slow
