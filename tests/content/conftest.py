@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lxml import etree
 from pypdf import PdfWriter
 
 from opensegur.content import validation
@@ -49,6 +50,16 @@ def compile_structuration_minimale(xslt: str) -> Any:
             stylesheet_text=validation._with_base(xslt, STRUCTURATION_MINIMALE), encoding="utf-8"
         )
     )
+
+
+def assert_same_reports(first: Any, second: Any) -> None:
+    """Two compilations of structuration minimale give the same SVRL, byte for byte, on three ANS documents."""
+    for path in (CR_RADIO_V1, CR_BIO_2023, ANS_EXAMPLES / "LDL-SES_2022.01.xml"):
+        text = validation._serialise_for_rules(etree.fromstring(path.read_bytes()))
+        node = validation._processor().parse_xml(xml_text=text, encoding="utf-8")
+        reports = [str(exe.transform_to_string(xdm_node=node)) for exe in (first, second)]
+        assert reports[0] == reports[1], path.name
+        assert "fired-rule" in reports[0]
 
 
 def pytest_configure(config: pytest.Config) -> None:
