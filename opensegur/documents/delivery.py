@@ -28,6 +28,7 @@ __all__ = [
     "DeliveryStatus",
     "HasDeliveryStatus",
     "can_become",
+    "give_up",
     "set_delivery_status",
 ]
 
@@ -111,3 +112,14 @@ def set_delivery_status(delivery: HasDeliveryStatus, status: DeliveryStatus) -> 
     if not can_become(delivery.status, status):
         raise DeliveryLifecycleError(delivery.status, status)
     delivery.status = status
+
+
+def give_up(delivery: HasDeliveryStatus) -> DeliveryStatus | None:
+    """The job that brought ``delivery`` forward is in the dead letters: a failed delivery, or one a crash left
+    sending, becomes dead (no new try is planned any more: a person decides). Returns the status it left, None
+    when it was elsewhere (delivered, refused already, held…) and stays."""
+    if delivery.status not in (DeliveryStatus.FAILED, DeliveryStatus.SENDING):
+        return None
+    before = DeliveryStatus(delivery.status)
+    set_delivery_status(delivery, DeliveryStatus.DEAD)
+    return before

@@ -26,7 +26,7 @@ from opensegur.content.cda import CdaError, CdaHeader, parse_cda
 from opensegur.content.validation import CdaValidator, Finding
 from opensegur.content.validation import Source as FindingSource
 from opensegur.content.xds_metadata import MetadataError, document_metadata
-from opensegur.documents.delivery import DeliveryStatus, set_delivery_status
+from opensegur.documents.delivery import DeliveryStatus, give_up, set_delivery_status
 from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.documents.metadata import DocumentMetadata, metadata_from_dict
 from opensegur.errors import RetryLater
@@ -857,12 +857,8 @@ def delivery_given_up(s: Session, job: Job) -> None:
     it failed for good (it said a new try was planned) and the DPI gets its negative ZAM, as for a refusal. An
     operator's « Relancer » of the job sends it again."""
     d = s.get(Delivery, int(job.args["delivery_id"]))
-    if d is None or d.status not in (DeliveryStatus.FAILED, DeliveryStatus.SENDING):
-        return
     # A run that stopped mid-send may have reached the DMP: the replay asks it first, and the DPI is told nothing yet.
-    uncertain = d.status == DeliveryStatus.SENDING
-    set_delivery_status(d, DeliveryStatus.DEAD)
-    if not uncertain:
+    if d is not None and give_up(d) == DeliveryStatus.FAILED:
         _enqueue_zam(s, d.document, d.destination, ok=False)
 
 

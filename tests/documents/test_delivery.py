@@ -11,6 +11,7 @@ from opensegur.documents.delivery import (
     DeliveryLifecycleError,
     DeliveryStatus,
     can_become,
+    give_up,
     set_delivery_status,
 )
 
@@ -81,3 +82,12 @@ def test_staying_is_always_allowed() -> None:
     d = _Delivery(status="dead")
     set_delivery_status(d, DeliveryStatus.DEAD)  # a second report on a mail already refused
     assert d.status == "dead"
+
+
+def test_a_given_up_job_leaves_its_failed_or_sending_delivery_dead_and_any_other_as_it_was() -> None:
+    for before in ("failed", "sending"):
+        d = _Delivery(before)
+        assert give_up(d) == before and d.status == "dead"
+    for other in ("pending", "held", "waiting", "delivered", "dead"):
+        d = _Delivery(other)
+        assert give_up(d) is None and d.status == other

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from opensegur.documents.delivery import DeliveryStatus, set_delivery_status
+from opensegur.documents.delivery import DeliveryStatus, give_up, set_delivery_status
 from opensegur.documents.lifecycle import DocumentStatus, set_status
 from opensegur.errors import RetryLater
 from opensegur.flows.mss_outbound.common import norm, smtp_code
@@ -73,9 +73,8 @@ def mail_given_up(s: Session, job: Job) -> None:
     every attempt): its delivery and the mail waiting to go show that it failed for good, not that a new try is
     planned. An operator's « Relancer » of the job sends it again."""
     d = s.get(Delivery, int(job.args["delivery_id"]))
-    if d is None or d.status not in (DeliveryStatus.FAILED, DeliveryStatus.SENDING):
+    if d is None or give_up(d) is None:
         return
-    set_delivery_status(d, DeliveryStatus.DEAD)
     for mail in s.scalars(select(Mail).where(Mail.delivery_id == d.id, Mail.status == "pending")):
         mail.status = "failed"
 
