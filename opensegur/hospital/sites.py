@@ -27,6 +27,7 @@ _STRUCTURE = cast(Table, Structure.__table__)
 _SITES = select(_STRUCTURE).where(_STRUCTURE.c.kind == "EG").order_by(_STRUCTURE.c.id)
 _IN_TRANSACTION = "opensegur.site_names"  # session.info key: the names checked for this transaction
 _STRUCTURE_WRITTEN = "opensegur.structure_written"  # session.info key: a structure row was flushed
+_OWN = (None, -1)  # the token of names read by a transaction that wrote a structure, for itself alone
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,6 @@ class _Names:
     token: tuple[int | None, int]  # (latest configuration version, this process's structure commits)
     # By site id, the order of preference among equals: the row, detached and never changed, and its names.
     sites: tuple[tuple[Structure, frozenset[str]], ...]
-    shared: bool  # False when read by a transaction that wrote a structure: its rows are that transaction's
 
 
 _lock = threading.Lock()
@@ -52,7 +52,7 @@ def resolve_site(session: Session, names: list[str]) -> Structure | None:
     for name in wanted:
         for row, names_of_site in known.sites:
             if name in names_of_site:
-                if not known.shared:
+                if known.token == _OWN:  # the transaction's own rows
                     return session.get(Structure, row.id)
                 # A site already in this session may carry changes of its own: merging the kept row would undo them.
                 loaded = session.identity_map.get(session.identity_key(Structure, row.id))
@@ -67,21 +67,21 @@ def _site_names(session: Session) -> _Names:
     if session.info.get(_STRUCTURE_WRITTEN):
         # This transaction wrote a structure: its own names, read now and kept for nobody else.
         session.flush()
-        return _read(session, (None, -1), shared=False)
+        return _read(session, _OWN)
     engine = session.get_bind()
     assert isinstance(engine, Engine)
     # The token is read before the rows: a change committed in between makes the next check read them again.
     token = (session.scalar(_LATEST_VERSION), _commits)
     known = _by_engine.get(engine)
     if known is None or known.token != token:
-        known = _read(session, token, shared=True)
+        known = _read(session, token)
         with _lock:
             _by_engine[engine] = known
     session.info[_IN_TRANSACTION] = known
     return known
 
 
-def _read(session: Session, token: tuple[int | None, int], *, shared: bool) -> _Names:
+def _read(session: Session, token: tuple[int | None, int]) -> _Names:
     sites = []
     for values in session.execute(_SITES).mappings():
         row = Structure(**values)
@@ -89,7 +89,7 @@ def _read(session: Session, token: tuple[int | None, int], *, shared: bool) -> _
         aliases = (row.settings or {}).get("facility_aliases") or []
         names = (row.ipp_authority, row.ipp_authority_oid, row.finess, *aliases)
         sites.append((row, frozenset(n for n in names if n)))
-    return _Names(token, tuple(sites), shared)
+    return _Names(token, tuple(sites))
 
 
 def _mark(session: Session | None) -> None:
