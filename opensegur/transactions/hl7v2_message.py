@@ -68,7 +68,8 @@ Hl7Message = list[Hl7Segment]
 def read_message(text: str) -> Hl7Message:
     """The segments of ``text``, which starts with an MSH whose separators were checked (hl7v2.parse)."""
     fs = text[3]
-    encoding = text[4 : text.find(fs, 4)] if text.find(fs, 4) > 0 else text[4:]
+    end = text.find(fs, 4)
+    encoding = text[4:end] if end > 0 else text[4:]
     # Missing encoding characters take the standard's defaults, as python-hl7's parse plan does.
     chars = (encoding + "^~\\&"[len(encoding) :])[:4]
     separators = "\r" + fs + chars[1] + chars[0] + chars[3]  # segment, field, repetition, component, sub
