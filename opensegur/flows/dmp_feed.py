@@ -604,9 +604,15 @@ def retry(db: Database, document_id: int, actor: str) -> int:
 # ---- dmp.deliver ------------------------------------------------------------------------------------------
 
 
+# Read at every delivery: the four columns, not the site's entity.
+_SITE_INFO = select(Structure.id, Structure.finess, Structure.name, Structure.settings).where(
+    Structure.id == bindparam("structure_id")
+)
+
+
 def structure_info(s: Session, structure_id: int) -> dict[str, Any]:
     """What the DMP client needs of a site for the VIHF and the submission set."""
-    site = s.get_one(Structure, structure_id)
+    site = s.execute(_SITE_INFO, {"structure_id": structure_id}).one()
     return {
         "id": site.id,
         "finess": site.finess,
@@ -640,6 +646,11 @@ DeliveryHook = Callable[[Session, Delivery, Document], None]
 """Called in the transaction that records a delivery: what else the DMP's acceptance of a document starts."""
 
 
+_CONTENT = select(Payload.data).where(
+    Payload.sha256 == bindparam("sha256")
+)  # the bytes, not an entity to track
+
+
 async def deliver(
     db: Database, dmp: DmpPort, delivery_id: int, attempt: int, on_delivered: DeliveryHook | None = None
 ) -> dict[str, Any]:
@@ -665,7 +676,11 @@ async def deliver(
                     .with_for_update(of=Delivery)
                 )
                 parent_entry_uuid = parent.entry_uuid if parent else None
-            data = s.get_one(Payload, doc.payload_sha256).data if doc.payload_sha256 else b""
+            data = (
+                s.execute(_CONTENT, {"sha256": doc.payload_sha256}).scalar_one()
+                if doc.payload_sha256
+                else b""
+            )
             waits = (
                 doc.kind in ("replacement", "deletion")
                 and (parent is not None or doc.kind == "replacement")
@@ -768,21 +783,26 @@ def _delivered(
             on_delivered(s, d, doc)
 
 
+# Asked at every delivery, and almost always empty: built once, its key not recomputed for each document.
+_WAITING_FOR = (
+    select(Delivery)
+    .join(Document)
+    .where(
+        Document.structure_id == bindparam("structure_id"),
+        Delivery.destination == bindparam("destination"),
+        Delivery.status == DeliveryStatus.WAITING,
+        or_(
+            (Document.kind == "replacement") & (Document.parent_unique_id == bindparam("unique_id")),
+            (Document.kind == "deletion") & (Document.unique_id == bindparam("unique_id")),
+        ),
+    )
+)
+
+
 def _wake_waiting(s: Session, parent: Delivery, doc: Document) -> None:
     """Queue the replacements and deletions that were waiting for this delivery."""
-    waiting = s.scalars(
-        select(Delivery)
-        .join(Document)
-        .where(
-            Document.structure_id == doc.structure_id,
-            Delivery.destination == parent.destination,
-            Delivery.status == DeliveryStatus.WAITING,
-            or_(
-                (Document.kind == "replacement") & (Document.parent_unique_id == doc.unique_id),
-                (Document.kind == "deletion") & (Document.unique_id == doc.unique_id),
-            ),
-        )
-    ).all()
+    params = {"structure_id": doc.structure_id, "destination": parent.destination, "unique_id": doc.unique_id}
+    waiting = s.scalars(_WAITING_FOR, params).all()
     for child in waiting:
         set_delivery_status(child, DeliveryStatus.PENDING)
         jobs.enqueue(
