@@ -148,7 +148,6 @@ class WorkerPool:
                 jobs.complete(s, *finished)
             job = jobs.claim(s, worker, list(self.handlers), self.lease_s)
             if job is not None:
-                s.flush()
                 s.expunge(job)
             return job
 
