@@ -408,7 +408,7 @@ async def test_an_operator_outage_longer_than_the_attempts_is_waited_out(rig: Ri
     assert deliveries(rig.db, uid(n))["MSSANTE_PS"].status == "delivered"
 
 
-async def test_temporary_refusal_of_every_recipient_is_retried_not_failed(rig: Rig) -> None:
+async def test_temporary_refusal_is_retried_until_attempts_are_spent_then_given_up_until_relaunched(rig: Rig) -> None:
     rig.operator.refuse = {PS: "452 4.2.2 Boîte du destinataire pleine"}
     n = new_number()
     rig.send_hl7(document_message(n, DESTDMP=False))
