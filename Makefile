@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint bench conformance clean
+.PHONY: install run test lint bench profile conformance clean
 
 $(BIN)/opensegur: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: lint $(OIDC_OP) $(OHIF)
 
 bench: install
 	$(BIN)/python -m bench
+
+# A py-spy flame graph of each flow's benchmark, in bench/profiles/ (where the interpreter's time goes).
+profile: install
+	$(BIN)/python -m bench.profile
 
 conformance: install
 	$(BIN)/opensegur conformance report --out conformance-report

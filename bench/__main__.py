@@ -44,6 +44,7 @@ from bench.dmp_tab import DOCUMENTS, bench_dmp_tab, median_figures
 from bench.imaging import SIZE, bench_imaging
 from bench.pg import ENV as PG_ENV
 from bench.pg import PgCluster, PgUnavailable, pg_cluster, pg_database, postgres_cpu
+from bench.profile import profiled
 from bench.sandbox import sandbox_settings
 from opensegur.config import Settings
 from opensegur.connectors.insi_client import InsiClient
@@ -140,9 +141,10 @@ async def bench_feed(n: int, tmp: Path) -> tuple[float, float]:
         acks = await send_many(rt.mllp_port or 0, payloads[first_last[0] : first_last[1]])
         assert all(b"MSA|AA|" in a for a in acks), acks[:1]
 
-    start = time.perf_counter()
-    await asyncio.gather(*(ours((k * n // 4, (k + 1) * n // 4)) for k in range(4)))
-    ours_rate = n / (time.perf_counter() - start)
+    with profiled("identity"):
+        start = time.perf_counter()
+        await asyncio.gather(*(ours((k * n // 4, (k + 1) * n // 4)) for k in range(4)))
+        ours_rate = n / (time.perf_counter() - start)
     await platform.stop()
 
     # Baseline: the same framing and SQLite durability, no parsing, no identity rules.
@@ -207,11 +209,12 @@ async def bench_insi(n: int) -> tuple[float, float]:
     )
     client = InsiClient(f"{urls[0]}/insi", ctx)
     await client.search_by_traits(q)
-    start = time.perf_counter()
-    for _ in range(n):
-        result = await client.search_by_traits(q)
-        assert result.code == "00"
-    ours = n / (time.perf_counter() - start)
+    with profiled("insi"):
+        start = time.perf_counter()
+        for _ in range(n):
+            result = await client.search_by_traits(q)
+            assert result.code == "00"
+        ours = n / (time.perf_counter() - start)
     await client.aclose()
     payload = build_traits_request(q, ctx)
     async with httpx.AsyncClient() as http:
@@ -313,7 +316,7 @@ async def bench_dmp_feed(n: int, tmp: Path) -> DmpFeedRun:
     it on the same SQLite file. The platform alone is then fed at half the rate it reached, and the MLLP ACK's
     round trip measured while its workers deliver."""
     async with sandbox_process(tmp / "sandbox") as endpoints:
-        alone, cpu_alone, acks = await _dmp_burst(n, tmp / "alone", endpoints)
+        alone, cpu_alone, acks = await _dmp_burst(n, tmp / "alone", endpoints, profile="dmp")
         split, cpu_split, _ = await _dmp_burst(n, tmp / "split", endpoints, worker_processes=1)
     base = await _dmp_baseline(n)
     assert acks is not None
@@ -349,10 +352,12 @@ async def _dmp_burst(
     worker_processes: int = 0,
     db_url: str | None = None,
     pg: PgCluster | None = None,
+    profile: str | None = None,
 ) -> tuple[float, dict[str, float], list[float] | None]:
     """One burst of ``n`` documents: the platform alone (its own two workers) when ``worker_processes`` is 0,
     else `serve` without workers and that many `opensegur worker` processes on the same database (``db_url``,
-    default the platform's SQLite file). CPU ms per document by process role; ``pg``: also the cluster's own."""
+    default the platform's SQLite file). CPU ms per document by process role; ``pg``: also the cluster's own.
+    ``profile``: the name of the flame graph of the measured burst (``make profile``)."""
     from sqlalchemy import func, select
 
     from bench.mdm_factory import mdm
@@ -419,10 +424,11 @@ async def _dmp_burst(
         measured, paced = payloads[:n], payloads[n:]
         cpu_before = cpu_by_process()
         pg_before = postgres_cpu(pg) if pg is not None else None
-        start = time.perf_counter()
-        await asyncio.gather(*(send_many(rt.mllp_port or 0, measured[k::4]) for k in range(4)))
-        await until_delivered(warm + n)
-        rate = n / (time.perf_counter() - start)
+        with profiled(profile) if profile else contextlib.nullcontext():
+            start = time.perf_counter()
+            await asyncio.gather(*(send_many(rt.mllp_port or 0, measured[k::4]) for k in range(4)))
+            await until_delivered(warm + n)
+            rate = n / (time.perf_counter() - start)
         cpu = {role: (s - cpu_before.get(role, 0.0)) * 1000 / n for role, s in cpu_by_process().items()}
         pg_after = postgres_cpu(pg) if pg is not None else None
         if pg_before is not None and pg_after is not None:
@@ -571,10 +577,6 @@ async def bench_mss_inbound(n: int, tmp: Path) -> tuple[float, float]:
             return None
 
     ctx = mss_inbound.MssInboundContext(db=db, dpi=None, mail_sender=None)  # type: ignore[arg-type]
-    start = time.perf_counter()
-    reader = Reader()
-    while await mss_inbound.poll_mailbox(db, reader, mailbox, 50):
-        pass
 
     def integrate_all() -> list[str]:
         from opensegur.store.models import Mail
@@ -583,8 +585,13 @@ async def bench_mss_inbound(n: int, tmp: Path) -> tuple[float, float]:
             ids = list(s.scalars(select(Mail.id).where(Mail.direction == "in").order_by(Mail.id)))
         return [mss_inbound.integrate_mail(ctx, i) for i in ids]
 
-    outcomes = await asyncio.to_thread(integrate_all)
-    ours = n / (time.perf_counter() - start)
+    with profiled("mss"):
+        start = time.perf_counter()
+        reader = Reader()
+        while await mss_inbound.poll_mailbox(db, reader, mailbox, 50):
+            pass
+        outcomes = await asyncio.to_thread(integrate_all)
+        ours = n / (time.perf_counter() - start)
     if outcomes.count("integrated") != n:
         raise SystemExit(f"only {outcomes.count('integrated')} of {n} mails integrated: {set(outcomes)}")
     db.dispose()
