@@ -7,12 +7,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from opensegur.content.cda import CdaHeader
-from opensegur.content.crbio import extract_results
+from opensegur.content.crbio import LabObservation, extract_results
 from opensegur.content.jdv import VISIBILITY_CODES
 from opensegur.documents.lifecycle import DocumentStatus
 from opensegur.flows.dmp_feed import document_flags
@@ -90,10 +91,17 @@ _BEARERS = select(Patient).where(
     Patient.merged_into_id.is_(None),
 )
 _BEARERS_IN_SITE = _BEARERS.where(Patient.structure_id == bindparam("site"))
-_PARENT = select(Document).where(
-    Document.structure_id == bindparam("structure_id"), Document.unique_id == bindparam("unique_id")
+# A document is written and queued, nothing of it read back but its id: Core statements on the table instead of
+# the unit of work's flush, and reads of the few columns used instead of whole entities.
+_DOCUMENT = cast(Table, Document.__table__)
+_NEW_DOCUMENT = insert(_DOCUMENT).returning(_DOCUMENT.c.id)
+_SAME_ID = (_DOCUMENT.c.structure_id == bindparam("structure_id")) & (
+    _DOCUMENT.c.unique_id == bindparam("unique_id")
 )
-_RECEIVED = _PARENT.where(Document.kind == bindparam("kind"))
+_PARENT_FLAGS = select(_DOCUMENT.c.flags).where(_SAME_ID)
+_RECEIVED = select(_DOCUMENT.c.id, _DOCUMENT.c.payload_sha256).where(
+    _SAME_ID, _DOCUMENT.c.kind == bindparam("kind")
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -217,15 +225,13 @@ def _match(s: Session, ctx: MssInboundContext, mail: Mail, cdas: list[_Cda]) -> 
 # Integration
 
 
-def _lab_results(s: Session, doc: Document, content: bytes) -> int:
-    """LabResult rows of a CR-BIO; how many."""
-    assert doc.patient_id is not None
-    observations = extract_results(content)
+def _lab_results(s: Session, patient_id: int, document_id: int, observations: list[LabObservation]) -> None:
+    """LabResult rows of a CR-BIO."""
     for o in observations:
         s.add(
             LabResult(
-                patient_id=doc.patient_id,
-                document_id=doc.id,
+                patient_id=patient_id,
+                document_id=document_id,
                 loinc=o.loinc[:16],
                 label=(o.label or o.loinc)[:300],
                 value=o.value[:100] if o.value is not None else None,
@@ -238,14 +244,13 @@ def _lab_results(s: Session, doc: Document, content: bytes) -> int:
                 observed_at=o.observed_at,
             )
         )
-    return len(observations)
 
 
 def _create_documents(
     s: Session, mail: Mail, inbound: InboundMail, patient: Patient, cdas: list[_Cda]
 ) -> _Verdict | tuple[list[int], list[int]]:
     """Document rows and their ``mss.to_dpi`` jobs; (new ids, ids already received by another mail)."""
-    planned: list[tuple[_Cda, str, str, str | None, Document | None]] = []
+    planned: list[tuple[_Cda, str, str, str | None, int | None]] = []
     for c in cdas:
         unique_id = cda_unique_id(c.header)
         replaced = c.header.replaced_document
@@ -255,20 +260,20 @@ def _create_documents(
             if replaced
             else None
         )
-        existing = s.scalar(
+        existing = s.execute(
             _RECEIVED, {"structure_id": patient.structure_id, "unique_id": unique_id, "kind": kind}
-        )
+        ).first()
         if existing is not None and existing.payload_sha256 != hashlib.sha256(c.content).hexdigest():
             return _Verdict("triage", "Identifiant de document déjà utilisé pour un autre contenu", "906")
-        planned.append((c, unique_id, kind, parent, existing))
+        planned.append((c, unique_id, kind, parent, existing.id if existing is not None else None))
     created: list[int] = []
     duplicates: list[int] = []
-    for c, unique_id, kind, parent_id, existing in planned:
-        if existing is not None:
-            duplicates.append(existing.id)
+    for c, unique_id, kind, parent_id, existing_id in planned:
+        if existing_id is not None:
+            duplicates.append(existing_id)
             continue
-        previous = (
-            s.scalar(_PARENT, {"structure_id": patient.structure_id, "unique_id": parent_id})
+        previous_flags: dict[str, Any] | None = (
+            s.scalar(_PARENT_FLAGS, {"structure_id": patient.structure_id, "unique_id": parent_id})
             if parent_id
             else None
         )
@@ -278,53 +283,58 @@ def _create_documents(
             masque_ps="MASQUE_PS" in confidentiality,
             invisible_patient="INVISIBLE_PATIENT" in confidentiality,
             invisible_rep_legaux="INVISIBLE_REPRESENTANTS_LEGAUX" in confidentiality,
-            modif_conf_code=previous is not None
-            and set(previous.flags.get("confidentiality", [])) != confidentiality,
+            modif_conf_code=previous_flags is not None
+            and set(previous_flags.get("confidentiality", [])) != confidentiality,
         )
-        doc = Document(
-            structure_id=patient.structure_id,
-            patient_id=patient.id,
-            source="mssante",
-            kind=kind,
-            unique_id=unique_id,
-            parent_unique_id=parent_id,
-            type_code=c.header.code.code if c.header.code else None,
-            title=(c.header.title or "")[:300] or None,
-            payload_sha256=store_payload(s, c.content),
-            mime_type="text/xml",
-            size=len(c.content),
-            ins_matricule=c.header.patient.ins_matricule,
-            ins_oid=c.header.patient.ins_oid,
-            status=DocumentStatus.INTEGRATED,
-            findings=[],
-            flags=flags,
-            context={
-                "mail_id": mail.id,
-                "mailbox": mail.mailbox,
-                "sender": inbound.from_addr,
-                "message_id": inbound.message_id,
-            },
-        )
-        s.add(doc)
-        s.flush()
-        if doc.type_code == LOINC_CR_BIO:
+        type_code = c.header.code.code if c.header.code else None
+        findings: list[dict[str, Any]] = []
+        observations: list[LabObservation] = []
+        if type_code == LOINC_CR_BIO:
             try:
-                count = _lab_results(s, doc, c.content)
+                observations = extract_results(c.content)
             except ValueError as exc:
-                doc.findings = [
+                findings = [
                     {"severity": "warning", "source": "crbio", "code": "CRBIO", "message": str(exc)[:300]}
                 ]
             else:
-                doc.flags = {**doc.flags, "lab_results": count}
+                flags = {**flags, "lab_results": len(observations)}
+        doc_id: int = s.execute(
+            _NEW_DOCUMENT,
+            {
+                "structure_id": patient.structure_id,
+                "patient_id": patient.id,
+                "source": "mssante",
+                "kind": kind,
+                "unique_id": unique_id,
+                "parent_unique_id": parent_id,
+                "type_code": type_code,
+                "title": (c.header.title or "")[:300] or None,
+                "payload_sha256": store_payload(s, c.content),
+                "mime_type": "text/xml",
+                "size": len(c.content),
+                "ins_matricule": c.header.patient.ins_matricule,
+                "ins_oid": c.header.patient.ins_oid,
+                "status": DocumentStatus.INTEGRATED,
+                "findings": findings,
+                "flags": flags,
+                "context": {
+                    "mail_id": mail.id,
+                    "mailbox": mail.mailbox,
+                    "sender": inbound.from_addr,
+                    "message_id": inbound.message_id,
+                },
+            },
+        ).scalar_one()
+        _lab_results(s, patient.id, doc_id, observations)
         jobs.enqueue(
             s,
             JobKind.MSS_TO_DPI,
-            f"{JobKind.MSS_TO_DPI}:{doc.id}",
-            {"document_id": doc.id},
-            structure_id=doc.structure_id,
-            patient_id=doc.patient_id,
+            f"{JobKind.MSS_TO_DPI}:{doc_id}",
+            {"document_id": doc_id},
+            structure_id=patient.structure_id,
+            patient_id=patient.id,
         )
-        created.append(doc.id)
+        created.append(doc_id)
     return created, duplicates
 
 
