@@ -4,14 +4,14 @@ writes on a mail (status, audit, MDN job) and reads of its headers."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from email import policy
 from email.errors import HeaderParseError
 from email.message import Message
 from email.parser import BytesHeaderParser
 from typing import Any, cast
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from opensegur.errors import OpenSegurError
@@ -92,8 +92,54 @@ def audit(
     )
 
 
+@dataclass
+class MailRow:
+    """The columns of an inbound mail that integration reads and sets, read under the row's lock and written back by
+    :func:`save_mail`."""
+
+    id: int
+    mailbox: str
+    status: str
+    reason: str | None
+    mdn_code: str | None
+    structure_id: int | None
+    patient_id: int | None
+    document_id: int | None
+    detail: dict[str, Any]
+
+
+# A mail is integrated once, its columns read and then written: Core statements on the row instead of an entity
+# loaded, tracked and flushed by the unit of work.
+_MAIL = cast(Table, Mail.__table__)
+_LOCK_MAIL = (
+    select(*(_MAIL.c[f.name] for f in fields(MailRow))).where(_MAIL.c.id == bindparam("mail_id")).with_for_update()
+)
+_SAVE_MAIL = update(_MAIL).where(_MAIL.c.id == bindparam("mail_id"))
+
+
+def lock_mail(s: Session, mail_id: int) -> MailRow:
+    """The mail's row, locked until the transaction ends (FOR UPDATE; SQLite's writer lock already holds it)."""
+    return MailRow(*s.execute(_LOCK_MAIL, {"mail_id": mail_id}).one())
+
+
+def save_mail(s: Session, mail: MailRow) -> None:
+    s.execute(
+        _SAVE_MAIL,
+        {
+            "mail_id": mail.id,
+            "status": mail.status,
+            "reason": mail.reason,
+            "mdn_code": mail.mdn_code,
+            "structure_id": mail.structure_id,
+            "patient_id": mail.patient_id,
+            "document_id": mail.document_id,
+            "detail": mail.detail,
+        },
+    )
+
+
 def set_mail_status(
-    s: Session, mail: Mail, status: str, reason: str | None, code: str | None, actor: str, action: str
+    s: Session, mail: Mail | MailRow, status: str, reason: str | None, code: str | None, actor: str, action: str
 ) -> None:
     before = mail.status
     mail.status, mail.reason, mail.mdn_code = status, reason, code
@@ -126,7 +172,7 @@ def read_headers(raw: bytes) -> Message:
     return BytesHeaderParser(policy=policy.default).parsebytes(raw[: end.end()] if end else raw)
 
 
-def enqueue_mdn(s: Session, mail: Mail, code: str | None, manual: bool, key_suffix: str = "") -> None:
+def enqueue_mdn(s: Session, mail: Mail | MailRow, code: str | None, manual: bool, key_suffix: str = "") -> None:
     jobs.enqueue(
         s,
         JobKind.MSS_MDN,

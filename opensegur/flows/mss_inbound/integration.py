@@ -21,8 +21,11 @@ from opensegur.flows.jobs import JobKind
 from opensegur.flows.mss_inbound.context import (
     SYSTEM_ACTOR,
     MailLimits,
+    MailRow,
     MssInboundContext,
     enqueue_mdn,
+    lock_mail,
+    save_mail,
     set_mail_status,
 )
 from opensegur.identity.errors import IdentityError
@@ -188,7 +191,7 @@ def _identity_verdict(cdas: list[_Cda]) -> tuple[Ins | None, _Verdict | None]:
     return ins, None
 
 
-def _match(s: Session, ctx: MssInboundContext, mail: Mail, cdas: list[_Cda]) -> Patient | _Verdict:
+def _match(s: Session, ctx: MssInboundContext, mail: MailRow, cdas: list[_Cda]) -> Patient | _Verdict:
     ins, verdict = _identity_verdict(cdas)
     if verdict is not None:
         return verdict
@@ -247,7 +250,7 @@ def _lab_results(s: Session, patient_id: int, document_id: int, observations: li
 
 
 def _create_documents(
-    s: Session, mail: Mail, inbound: InboundMail, patient: Patient, cdas: list[_Cda]
+    s: Session, mail: MailRow, inbound: InboundMail, patient: Patient, cdas: list[_Cda]
 ) -> _Verdict | tuple[list[int], list[int]]:
     """Document rows and their ``mss.to_dpi`` jobs; (new ids, ids already received by another mail)."""
     planned: list[tuple[_Cda, str, str, str | None, int | None]] = []
@@ -340,7 +343,7 @@ def _create_documents(
 
 def integrate_on_patient(
     s: Session,
-    mail: Mail,
+    mail: MailRow,
     inbound: InboundMail,
     patient: Patient,
     cdas: list[_Cda],
@@ -389,27 +392,42 @@ def integrate_mail(ctx: MssInboundContext, mail_id: int) -> str:
     except (MailError, XdmError) as exc:
         verdict = _verdict_for(exc)
     with ctx.db.session() as s:
-        mail = s.get_one(Mail, mail_id, with_for_update=True)
+        mail = lock_mail(s, mail_id)
         if mail.status != "received":
             return mail.status
-        if warnings:
-            mail.detail = {**mail.detail, "xdm_warnings": warnings}
-        # The mailbox's site: a mail waiting in triage is then seen by that site's staff, not only GHT-wide.
-        mail.structure_id = mail.structure_id or ctx.mailbox_structures.get(mail.mailbox.lower())
-        if verdict is None:
-            assert inbound is not None
-            matched = _match(s, ctx, mail, cdas)
-            if isinstance(matched, Patient):
-                status = integrate_on_patient(
-                    s, mail, inbound, matched, cdas, SYSTEM_ACTOR, "mss_integrate", None, False
-                )
-                log.info("mail %s: %s", mail_id, status)
-                return status
-            verdict = matched
-        set_mail_status(
-            s, mail, verdict.status, verdict.reason, verdict.code, SYSTEM_ACTOR, f"mss_{verdict.status}"
-        )
-        if verdict.status == "rejected":
-            enqueue_mdn(s, mail, verdict.code, False)
-        log.info("mail %s: %s (code %s)", mail_id, verdict.status, verdict.code)
-        return verdict.status
+        status = _settle(s, ctx, mail, inbound, cdas, warnings, verdict)
+        save_mail(s, mail)
+        return status
+
+
+def _settle(
+    s: Session,
+    ctx: MssInboundContext,
+    mail: MailRow,
+    inbound: InboundMail | None,
+    cdas: list[_Cda],
+    warnings: list[str],
+    verdict: _Verdict | None,
+) -> str:
+    """The outcome of a received mail, set on ``mail``; its new status."""
+    if warnings:
+        mail.detail = {**mail.detail, "xdm_warnings": warnings}
+    # The mailbox's site: a mail waiting in triage is then seen by that site's staff, not only GHT-wide.
+    mail.structure_id = mail.structure_id or ctx.mailbox_structures.get(mail.mailbox.lower())
+    if verdict is None:
+        assert inbound is not None
+        matched = _match(s, ctx, mail, cdas)
+        if isinstance(matched, Patient):
+            status = integrate_on_patient(
+                s, mail, inbound, matched, cdas, SYSTEM_ACTOR, "mss_integrate", None, False
+            )
+            log.info("mail %s: %s", mail.id, status)
+            return status
+        verdict = matched
+    set_mail_status(
+        s, mail, verdict.status, verdict.reason, verdict.code, SYSTEM_ACTOR, f"mss_{verdict.status}"
+    )
+    if verdict.status == "rejected":
+        enqueue_mdn(s, mail, verdict.code, False)
+    log.info("mail %s: %s (code %s)", mail.id, verdict.status, verdict.code)
+    return verdict.status

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from opensegur.flows.mss_inbound.context import InboundError, MailLimits, enqueue_mdn, set_mail_status
+from opensegur.flows.mss_inbound.context import (
+    InboundError,
+    MailLimits,
+    enqueue_mdn,
+    lock_mail,
+    save_mail,
+    set_mail_status,
+)
 from opensegur.flows.mss_inbound.integration import integrate_on_patient, open_mail
 from opensegur.identity.rniv import IdentityStatus
 from opensegur.store.db import Database
@@ -28,10 +35,10 @@ def attach(
     person decides who the patient is, not that a document about someone else belongs here.
     """
     with db.session() as s:
-        mail = s.get_one(Mail, mail_id)
-        if mail.direction != "in" or mail.status != "triage":
+        stored = s.get_one(Mail, mail_id)
+        if stored.direction != "in" or stored.status != "triage":
             raise InboundError("MAIL_NOT_IN_TRIAGE", "Ce courriel n'est pas à trier")
-        raw = load_payload(s, mail.payload_sha256 or "")
+        raw = load_payload(s, stored.payload_sha256 or "")
     try:
         inbound, cdas, _warnings = open_mail(raw, limits or MailLimits(), check_claim=False)
     except (MailError, XdmError) as exc:
@@ -39,7 +46,7 @@ def attach(
     if not cdas:
         raise InboundError("MAIL_NO_CDA", "Aucun document CDA à intégrer dans ce courriel")
     with db.session() as s:
-        mail = s.get_one(Mail, mail_id, with_for_update=True)
+        mail = lock_mail(s, mail_id)
         if mail.status != "triage":
             raise InboundError("MAIL_NOT_IN_TRIAGE", "Ce courriel n'est plus à trier")
         patient = s.get(Patient, patient_id)
@@ -60,6 +67,7 @@ def attach(
         status = integrate_on_patient(s, mail, inbound, patient, cdas, actor, "mss_attach", reason, True)
         if status != "integrated":
             raise InboundError("DOCUMENT_CONFLICT", mail.reason or "Rattachement impossible")
+        save_mail(s, mail)
         return list(mail.detail.get("document_ids", []))
 
 
