@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from datetime import date
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select
@@ -78,6 +79,19 @@ class _Verdict:
     code: str
 
 
+@dataclass(frozen=True)
+class _Bearer:
+    """The local identity that bears a document's INS: the columns matching and integration read."""
+
+    id: int
+    structure_id: int
+    status: str
+    birth_name: str
+    first_names: str
+    birth_date: date | None
+    sex: str
+
+
 @dataclass
 class _Cda:
     content: bytes
@@ -86,14 +100,15 @@ class _Cda:
 
 
 # Asked for every mail, built once with their values bound at each call: building them anew cost more than
-# running them.
-_BEARERS = select(Patient).where(
-    Patient.ins_matricule == bindparam("matricule"),
-    Patient.ins_oid == bindparam("oid"),
-    Patient.active.is_(True),
-    Patient.merged_into_id.is_(None),
+# running them. Core on the table: the few columns read, no entities.
+_PATIENT = cast(Table, Patient.__table__)
+_BEARERS = select(*(_PATIENT.c[f.name] for f in fields(_Bearer))).where(
+    _PATIENT.c.ins_matricule == bindparam("matricule"),
+    _PATIENT.c.ins_oid == bindparam("oid"),
+    _PATIENT.c.active.is_(True),
+    _PATIENT.c.merged_into_id.is_(None),
 )
-_BEARERS_IN_SITE = _BEARERS.where(Patient.structure_id == bindparam("site"))
+_BEARERS_IN_SITE = _BEARERS.where(_PATIENT.c.structure_id == bindparam("site"))
 # A document is written and queued, nothing of it read back but its id: Core statements on the table instead of
 # the unit of work's flush, and reads of the few columns used instead of whole entities.
 _DOCUMENT = cast(Table, Document.__table__)
@@ -151,7 +166,7 @@ def _verdict_for(exc: MailError | XdmError) -> _Verdict:
     return _Verdict("rejected", f"Courriel refusé : {exc.message_fr}", "906")
 
 
-def _trait_differences(header: CdaHeader, patient: Patient) -> list[str]:
+def _trait_differences(header: CdaHeader, patient: _Bearer) -> list[str]:
     p = header.patient
     diffs = []
     if normalise_name(p.birth_family or "") != normalise_name(patient.birth_name):
@@ -191,14 +206,14 @@ def _identity_verdict(cdas: list[_Cda]) -> tuple[Ins | None, _Verdict | None]:
     return ins, None
 
 
-def _match(s: Session, ctx: MssInboundContext, mail: MailRow, cdas: list[_Cda]) -> Patient | _Verdict:
+def _match(s: Session, ctx: MssInboundContext, mail: MailRow, cdas: list[_Cda]) -> _Bearer | _Verdict:
     ins, verdict = _identity_verdict(cdas)
     if verdict is not None:
         return verdict
     assert ins is not None
     site = ctx.mailbox_structures.get(mail.mailbox.lower())
     params = {"matricule": ins.matricule, "oid": ins.oid, "site": site}
-    found = list(s.scalars(_BEARERS if site is None else _BEARERS_IN_SITE, params))
+    found = [_Bearer(*row) for row in s.execute(_BEARERS if site is None else _BEARERS_IN_SITE, params)]
     if not found:
         return _Verdict(
             "triage", "Patient inconnu : aucune identité locale ne porte l'INS du document", "902"
@@ -250,7 +265,7 @@ def _lab_results(s: Session, patient_id: int, document_id: int, observations: li
 
 
 def _create_documents(
-    s: Session, mail: MailRow, inbound: InboundMail, patient: Patient, cdas: list[_Cda]
+    s: Session, mail: MailRow, inbound: InboundMail, patient: Patient | _Bearer, cdas: list[_Cda]
 ) -> _Verdict | tuple[list[int], list[int]]:
     """Document rows and their ``mss.to_dpi`` jobs; (new ids, ids already received by another mail)."""
     planned: list[tuple[_Cda, str, str, str | None, int | None]] = []
@@ -345,7 +360,7 @@ def integrate_on_patient(
     s: Session,
     mail: MailRow,
     inbound: InboundMail,
-    patient: Patient,
+    patient: Patient | _Bearer,
     cdas: list[_Cda],
     actor: str,
     action: str,
@@ -417,7 +432,7 @@ def _settle(
     if verdict is None:
         assert inbound is not None
         matched = _match(s, ctx, mail, cdas)
-        if isinstance(matched, Patient):
+        if isinstance(matched, _Bearer):
             status = integrate_on_patient(
                 s, mail, inbound, matched, cdas, SYSTEM_ACTOR, "mss_integrate", None, False
             )
