@@ -646,9 +646,8 @@ DeliveryHook = Callable[[Session, Delivery, Document], None]
 """Called in the transaction that records a delivery: what else the DMP's acceptance of a document starts."""
 
 
-_CONTENT = select(Payload.data).where(
-    Payload.sha256 == bindparam("sha256")
-)  # the bytes, not an entity to track
+# The bytes to send, not an entity for the session to track.
+_CONTENT = select(Payload.data).where(Payload.sha256 == bindparam("sha256"))
 
 
 async def deliver(
@@ -870,8 +869,8 @@ _REFUSAL = (
 )
 # The lifecycle's SENT → ACKNOWLEDGED, guarded by the status it leaves: one statement, no entity loaded.
 _ACKNOWLEDGE = (
-    update(Document)
-    .where(Document.id == bindparam("document_id"), Document.status == DocumentStatus.SENT)
+    update(_DOCUMENT)
+    .where(_DOCUMENT.c.id == bindparam("document_id"), _DOCUMENT.c.status == DocumentStatus.SENT)
     .values(status=DocumentStatus.ACKNOWLEDGED, status_reason=None)
 )
 
