@@ -161,6 +161,8 @@ def _ipp_authority(ident: PamIdentifier, site: Structure) -> str:
     return ident.authority_oid or ident.assigning_authority_name or site.ipp_authority or site.finess
 
 
+_PATIENT = cast(Table, Patient.__table__)
+
 # Every identity message looks its patient up by IPP: one statement built once, the patient in the same query.
 _BY_IDENTIFIER = (
     select(Patient)
@@ -330,7 +332,6 @@ def find_or_create_from_pid(
     return patient, warnings
 
 
-_PATIENT = cast(Table, Patient.__table__)
 _NEW_PATIENT = insert(_PATIENT).returning(_PATIENT.c.id)
 _NEW_IDENTIFIER = insert(cast(Table, PatientIdentifier.__table__))
 
@@ -443,15 +444,15 @@ def _first_name(first_names: str | None) -> str:
     return normalise_name(first_names.split(" ")[0]) if first_names else ""
 
 
-# Run for every identity message: built once, and only the compared columns are read (no ORM object per
-# namesake); the rare duplicate is then loaded whole.
-_SAME_BIRTH = select(Patient.id, Patient.birth_name, Patient.first_names).where(
-    Patient.id != bindparam("patient"),
-    Patient.active.is_(True),
-    Patient.structure_id == bindparam("site"),
-    Patient.birth_date == bindparam("born"),
+# Run for every new identity: built once, on table columns (a Core query, half the cost of the ORM's), and only
+# the compared columns are read (no ORM object per namesake); the rare duplicate is then loaded whole.
+_SAME_BIRTH = select(_PATIENT.c.id, _PATIENT.c.birth_name, _PATIENT.c.first_names).where(
+    _PATIENT.c.id != bindparam("patient"),
+    _PATIENT.c.active.is_(True),
+    _PATIENT.c.structure_id == bindparam("site"),
+    _PATIENT.c.birth_date == bindparam("born"),
 )
-_SAME_BIRTH_AND_SEX = _SAME_BIRTH.where(Patient.sex == bindparam("sex"))
+_SAME_BIRTH_AND_SEX = _SAME_BIRTH.where(_PATIENT.c.sex == bindparam("sex"))
 
 
 def probable_duplicates(session: Session, patient: Patient, *, same_first_name: bool = True) -> list[Patient]:
