@@ -9,8 +9,10 @@ import pytest
 from sqlalchemy import func, select
 
 from opensegur.flows.hl7_intake import Hl7Intake
+from opensegur.flows.identity_feed import apply_event
 from opensegur.store.db import Database
 from opensegur.store.models import IdentityAlert, InboundMessage, Patient, Payload
+from opensegur.transactions import hl7v2, pam_fr
 from tests.conftest import EXAMPLES
 from tests.flows.helpers import hl7 as msg
 from tests.flows.helpers import msh, patient_by_ipp, pid, with_demo
@@ -226,6 +228,44 @@ def test_strict_trait_change_by_the_gam_drops_the_status(intake: Hl7Intake, db: 
     p = patient_by_ipp(db, "950")
     assert p is not None and p.status == "VALI" and p.first_names == "JEANNINE" and p.ins_matricule is None
     assert ins  # the template above documents the layout used
+
+
+def test_an_update_that_changes_nothing_leaves_the_identity_row_as_it_was(
+    intake: Hl7Intake, db: Database
+) -> None:
+    intake.handle(msg(msh("A28", "N1"), "EVN||2024", pid("952", name="MOREAU")))
+    stored = patient_by_ipp(db, "952")
+    assert stored is not None
+    assert (
+        intake.handle(msg(msh("A31", "N2", "A05"), "EVN||2024", pid("952", name="MOREAU"))).ack_code == "AA"
+    )
+    again = patient_by_ipp(db, "952")
+    assert again is not None and again.updated_at == stored.updated_at
+    assert (
+        intake.handle(msg(msh("A31", "N3", "A05"), "EVN||2024", pid("952", name="MOREAU", sex="M"))).ack_code
+        == "AA"
+    )
+    changed = patient_by_ipp(db, "952")
+    assert changed is not None and changed.sex == "M" and changed.updated_at > stored.updated_at
+    assert changed.first_names == stored.first_names and changed.created_at == stored.created_at
+
+
+def test_an_update_of_a_patient_the_transaction_holds_changes_that_object(
+    intake: Hl7Intake, db: Database
+) -> None:
+    # Messages of one group commit share a session: the patient an earlier one loaded is the one updated.
+    intake.handle(msg(msh("A28", "H1"), "EVN||2024", pid("953", name="MOREAU")))
+    message, header = hl7v2.parse(
+        msg(msh("A31", "H2", "A05"), "EVN||2024", pid("953", name="MOREAU", first="LUC"))
+    )
+    stored = patient_by_ipp(db, "953")
+    assert stored is not None
+    with db.session() as s:
+        held = s.get_one(Patient, stored.id)
+        outcome = apply_event(s, pam_fr.parse_pam(message, header), actor="test")
+        assert outcome.patient_id == held.id and held.first_names == "LUC"
+    p = patient_by_ipp(db, "953")
+    assert p is not None and p.first_names == "LUC"
 
 
 def test_lower_status_for_same_traits_keeps_local_status_and_warns(intake: Hl7Intake, db: Database) -> None:
