@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -13,7 +14,7 @@ from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.security.access import patient_allowed
 from opensegur.security.matrix import Scope
 from opensegur.store.db import Database
-from opensegur.store.models import Stay, Structure
+from opensegur.store.models import InboundMessage, Payload, Stay, Structure
 from tests.conftest import EXAMPLES
 from tests.flows.helpers import hl7 as msg
 from tests.flows.helpers import msh, patient_by_ipp, pid, with_demo
@@ -124,10 +125,11 @@ def adt(
     patient_class: str | None = "I",
     action: str = "INSERT",
     historic: str = "N",
+    ipp: str = "555001",
 ) -> bytes:
     ts = now_ts()
     zbe = f"ZBE|{cid}^CHU-X^000897406|{ts}||{action}|{historic}||Unité^^^^^CHU-X&000897406&N^UF^^^{unit or ''}||HMS"
-    return msg(msh(trigger, cid), f"EVN||{ts}||||{ts}", pid("555001"), pv1(visit, patient_class), zbe)
+    return msg(msh(trigger, cid), f"EVN||{ts}||||{ts}", pid(ipp), pv1(visit, patient_class), zbe)
 
 
 Step = tuple[str, str, str | None, str | None]  # trigger, ZBE-4, unit, class
@@ -243,3 +245,23 @@ def test_oversized_visit_fields_are_refused(
     err = hl7.parse(result.ack.decode("utf-8").replace("\n", "\r")).segment("ERR")
     assert str(err[2]).startswith(location) and str(err[8])
     assert stays(db) == {}
+    # The refusal undoes all the message wrote (the identity it created first), yet the message is kept.
+    assert patient_by_ipp(db, "555001") is None
+    with db.session() as s:
+        stored = s.get(InboundMessage, result.message_id)
+        assert stored is not None and stored.status == "rejected" and stored.ack == result.ack
+        assert s.get(Payload, stored.payload_sha256) is not None
+
+
+def test_refusals_among_messages_arriving_together_undo_their_own_message_alone(
+    intake: Hl7Intake, db: Database
+) -> None:
+    # Several connections' messages share a commit (store/group_commit): a refusal does not touch its neighbours.
+    raws = [adt("A01", f"G{i}", visit="9" * 65 if i % 2 else f"G{i}", ipp=f"5560{i}") for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(intake.handle, raws))
+    assert [r.ack_code for r in results] == ["AA", "AE"] * 4
+    assert [patient_by_ipp(db, f"5560{i}") is not None for i in range(8)] == [True, False] * 4
+    assert sorted(stays(db)) == ["G0", "G2", "G4", "G6"]
+    with db.session() as s:
+        assert [s.get_one(InboundMessage, r.message_id).ack for r in results] == [r.ack for r in results]
