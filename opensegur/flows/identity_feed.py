@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from opensegur.flows.dmp_prefetch import request_prefetch
 from opensegur.flows.identity_gate import release_waiting_documents
 from opensegur.flows.stays import record_stay
-from opensegur.hospital.sites import resolve_site
+from opensegur.hospital.sites import read_site
 from opensegur.identity import rniv
 from opensegur.identity.errors import IdentityError
 from opensegur.identity.ins import Ins, is_ins_oid
@@ -78,12 +78,13 @@ def _authority(event: PamEvent) -> str:
 
 
 def resolve_structure(session: Session, event: PamEvent) -> Structure:
-    """The site that owns the IPP: matched on the IPP authority (namespace or OID), else the sending facility."""
+    """The site that owns the IPP: matched on the IPP authority (namespace or OID), else the sending facility.
+    Its columns are only read (ids, IPP authority, settings): the kept row, outside the session."""
     candidates: list[str] = []
     if event.patient.ipp is not None:
         candidates += [event.patient.ipp.assigning_authority_name, event.patient.ipp.authority_oid]
     candidates.append(event.header.sending_facility or "")
-    site = resolve_site(session, candidates)
+    site = read_site(session, candidates)
     if site is None:
         raise Hl7Error(
             code="204",

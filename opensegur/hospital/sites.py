@@ -6,7 +6,8 @@ identity message, so the names and the rows are kept per database and read again
 configuration version was applied (by any process: :mod:`opensegur.hospital.apply` records one with the
 structures it writes) or this process committed a write to a structure row (tests, tools). Within one
 transaction the check is made once, for every message a group commit brings together. The site returned joins the
-session from the kept row without a query (``merge(load=False)``): loading it cost a tenth of a message.
+session from the kept row without a query (``merge(load=False)``): loading it cost a tenth of a message; a caller
+that only reads it gets the kept row itself (``read_site``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,30 @@ _by_engine: weakref.WeakKeyDictionary[Engine, _Names] = weakref.WeakKeyDictionar
 def resolve_site(session: Session, names: list[str]) -> Structure | None:
     """The site known under one of ``names``, tried in order: a DPI serving several sites sends its own MSH-4
     with the IPP domain of each, and the domain decides."""
+    found = _find(session, names)
+    if found is None:
+        return None
+    row, token = found
+    if token == _OWN:  # the transaction's own rows
+        return session.get(Structure, row.id)
+    # A site already in this session may carry changes of its own: merging the kept row would undo them.
+    loaded = session.identity_map.get(session.identity_key(Structure, row.id))
+    return cast(Structure, loaded) if loaded is not None else session.merge(row, load=False)
+
+
+def read_site(session: Session, names: list[str]) -> Structure | None:
+    """As :func:`resolve_site`, for a caller that only reads the site's columns: the kept row itself, detached and
+    never to be changed, outside the session (merging it cost a fortieth of an identity message), unless the
+    session holds that site, which may carry changes of its own."""
+    found = _find(session, names)
+    if found is None:
+        return None
+    loaded = session.identity_map.get(session.identity_key(Structure, found[0].id))
+    return cast(Structure, loaded) if loaded is not None else found[0]
+
+
+def _find(session: Session, names: list[str]) -> tuple[Structure, tuple[int | None, int]] | None:
+    """The kept row of the first of ``names`` a site declares, and the token of the names it was found in."""
     wanted = [n for n in names if n]
     if not wanted:
         return None
@@ -53,11 +78,7 @@ def resolve_site(session: Session, names: list[str]) -> Structure | None:
     for name in wanted:
         for row, names_of_site in known.sites:
             if name in names_of_site:
-                if known.token == _OWN:  # the transaction's own rows
-                    return session.get(Structure, row.id)
-                # A site already in this session may carry changes of its own: merging the kept row would undo them.
-                loaded = session.identity_map.get(session.identity_key(Structure, row.id))
-                return cast(Structure, loaded) if loaded is not None else session.merge(row, load=False)
+                return row, known.token
     return None
 
 

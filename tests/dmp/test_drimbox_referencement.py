@@ -32,7 +32,7 @@ from sqlalchemy import select
 
 from opensegur.flows.drimbox_cache import FetchStatus
 from opensegur.flows.drimbox_consumer import DrimboxConsumer, ImagingSearch, find_exams
-from opensegur.flows.identity_feed import resolve_site
+from opensegur.hospital.sites import resolve_site
 from opensegur.imaging.report import read_imaging_report
 from opensegur.server import Runtime
 from opensegur.store.models import ImagingManifest
