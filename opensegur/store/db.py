@@ -48,7 +48,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         def _sqlite_begin(conn: Any) -> None:
             # A read transaction (Database.read) takes no write lock: WAL readers never wait for the writer.
             read = conn.get_execution_options().get(READ_ONLY, False)
-            conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+            # On the driver's connection: through SQLAlchemy's execution (events, result) it cost a third of an
+            # empty transaction.
+            conn.connection.dbapi_connection.execute("BEGIN" if read else "BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql://"):
