@@ -51,6 +51,7 @@ _SEEN = select(_INBOUND.c.id, _INBOUND.c.ack, _INBOUND.c.ack_code).where(
 )
 
 # Every message is recorded: a Core INSERT, as no ORM object of it is used afterwards (a fifth of the ORM's cost).
+# These Core statements run on the session's connection: the session's execution adds nothing to them but a fifth.
 _RECORD = insert(_INBOUND).returning(_INBOUND.c.id)
 
 
@@ -143,7 +144,7 @@ class Hl7Intake:
         )
 
     def _seen(self, s: Session, sender: str, control_id: str) -> IntakeResult | None:
-        row = s.execute(_SEEN, {"sender": sender, "control_id": control_id}).first()
+        row = s.connection().execute(_SEEN, {"sender": sender, "control_id": control_id}).first()
         if row is None:
             return None
         return IntakeResult(row.ack, row.ack_code, row.id, duplicate=True)
@@ -174,22 +175,20 @@ class Hl7Intake:
         failed = [e for e in errors if e.severity == "E"]
         code = "AA" if not failed else ("AR" if any(e.reject for e in failed) else "AE")
         ack = hl7v2.build_ack(header, code, errors, app=self.app, facility=self.facility)
-        message_id = s.execute(
-            _RECORD,
-            {
-                "channel": CHANNEL,
-                "sender": sender,
-                "control_id": header.control_id,
-                "message_type": f"{header.message_type}^{header.trigger}",
-                "structure_id": structure_id,
-                "patient_id": patient_id,
-                "payload_sha256": digest,
-                "status": "accepted" if code == "AA" else "rejected",
-                "ack_code": code,
-                "ack": ack,
-                "errors": _error_rows(errors),
-            },
-        ).scalar_one()
+        record = {
+            "channel": CHANNEL,
+            "sender": sender,
+            "control_id": header.control_id,
+            "message_type": f"{header.message_type}^{header.trigger}",
+            "structure_id": structure_id,
+            "patient_id": patient_id,
+            "payload_sha256": digest,
+            "status": "accepted" if code == "AA" else "rejected",
+            "ack_code": code,
+            "ack": ack,
+            "errors": _error_rows(errors),
+        }
+        message_id = s.connection().execute(_RECORD, record).scalar_one()
         return IntakeResult(ack, code, message_id)
 
     def _unparseable(self, raw: bytes, exc: hl7v2.Hl7Error) -> IntakeResult:

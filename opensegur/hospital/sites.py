@@ -23,7 +23,8 @@ from sqlalchemy.orm import Mapper, Session, make_transient_to_detached
 
 from opensegur.store.models import ConfigVersion, Structure
 
-# Read by every transaction that resolves a site: on the table column, a Core query (half the cost of the ORM's).
+# Read by every transaction that resolves a site: on the table column, a Core query (half the cost of the ORM's),
+# run on the session's connection (the session's execution would add a fifth).
 _LATEST_VERSION = select(func.max(cast(Table, ConfigVersion.__table__).c.id))
 _STRUCTURE = cast(Table, Structure.__table__)
 _SITES = select(_STRUCTURE).where(_STRUCTURE.c.kind == "EG").order_by(_STRUCTURE.c.id)
@@ -93,7 +94,7 @@ def _site_names(session: Session) -> _Names:
     engine = session.get_bind()
     assert isinstance(engine, Engine)
     # The token is read before the rows: a change committed in between makes the next check read them again.
-    token = (session.scalar(_LATEST_VERSION), _commits)
+    token = (session.connection().scalar(_LATEST_VERSION), _commits)
     known = _by_engine.get(engine)
     if known is None or known.token != token:
         known = _read(session, token)
