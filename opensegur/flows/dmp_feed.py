@@ -16,7 +16,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, bindparam, insert, or_, select, update
@@ -166,6 +166,7 @@ def _mssante_context(dm: DocumentMessage) -> dict[str, Any]:
 
 # The document is written and queued, nothing of it read back: a Core INSERT instead of the unit of work's flush.
 _DOCUMENT = cast(Table, Document.__table__)
+_DELIVERY = cast(Table, Delivery.__table__)
 _NEW_DOCUMENT = insert(_DOCUMENT).returning(_DOCUMENT.c.id)
 
 
@@ -303,7 +304,15 @@ def _finding(source: FindingSource, code: str, message: str, location: str = "")
     return Finding(severity="blocking", source=source, code=code, message=message, location=location)
 
 
-def patient_cx_of(doc: Document) -> str:
+class HasIns(Protocol):
+    @property
+    def ins_matricule(self) -> str | None: ...
+
+    @property
+    def ins_oid(self) -> str | None: ...
+
+
+def patient_cx_of(doc: HasIns) -> str:
     """The DMP's patient identifier of a document: its INS as a CX."""
     return patient_cx(doc.ins_matricule or "", doc.ins_oid or "")
 
@@ -480,7 +489,9 @@ _STATUS_OF_DELIVERY: dict[str, DocumentStatus] = {
 }
 
 
-_DELIVERY_BY_KEY = select(Delivery).where(Delivery.key == bindparam("key"))  # every document's: built once
+# Every document's: built once, and two columns rather than an entity to load and flush.
+_DELIVERY_BY_KEY = select(_DELIVERY.c.id, _DELIVERY.c.status).where(_DELIVERY.c.key == bindparam("key"))
+_NEW_DELIVERY = insert(_DELIVERY).returning(_DELIVERY.c.id)
 
 
 def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | None) -> str:
@@ -501,7 +512,7 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
         return doc.status
     action = {"initial": "register", "replacement": "replace", "deletion": "delete"}[doc.kind]
     key = f"{doc.unique_id}:DMP:{action}"
-    delivery = s.scalar(_DELIVERY_BY_KEY, {"key": key})
+    delivery = s.connection().execute(_DELIVERY_BY_KEY, {"key": key}).first()
     if delivery is not None and delivery.status not in (DeliveryStatus.PENDING, DeliveryStatus.HELD):
         # This job ran again (its lease expired after a crash, or a release re-queued it) while the delivery was
         # already on its way: the delivery tells where the document stands, never an earlier step.
@@ -512,22 +523,32 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
             set_status(doc, _STATUS_OF_DELIVERY.get(delivery.status, DocumentStatus(doc.status)))
         return doc.status
     if delivery is None:
-        delivery = Delivery(
-            document_id=doc.id,
-            destination="DMP",
-            action=action,
-            key=key,
-            status=DeliveryStatus.HELD if doc.held else DeliveryStatus.PENDING,
+        now = utcnow()
+        delivery_id = (
+            s.connection()
+            .execute(
+                _NEW_DELIVERY,
+                {
+                    "document_id": doc.id,
+                    "destination": "DMP",
+                    "action": action,
+                    "key": key,
+                    "status": DeliveryStatus.HELD if doc.held else DeliveryStatus.PENDING,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            .scalar_one()
         )
-        s.add(delivery)
-        s.flush()
+    else:
+        delivery_id = delivery.id
     set_status(doc, DocumentStatus.HELD if doc.held else DocumentStatus.VALIDATED)
     if not doc.held:
         jobs.enqueue(
             s,
             JobKind.DELIVER,
-            f"{JobKind.DELIVER}:{delivery.id}",
-            {"delivery_id": delivery.id},
+            f"{JobKind.DELIVER}:{delivery_id}",
+            {"delivery_id": delivery_id},
             structure_id=doc.structure_id,
             patient_id=doc.patient_id,
         )
@@ -622,27 +643,97 @@ def structure_info(s: Session, structure_id: int) -> dict[str, Any]:
     }
 
 
+_EXCHANGE = cast(Table, Exchange.__table__)
+_NEW_EXCHANGE = insert(_EXCHANGE)
+
+
 def _record(
-    s: Session, delivery: Delivery, exchanges: list[ExchangeRecord], outcome: str, detail: str | None = None
+    s: Session,
+    delivery: DeliveryRow,
+    exchanges: list[ExchangeRecord],
+    outcome: str,
+    detail: str | None = None,
 ) -> None:
     for e in exchanges:
-        s.add(
-            Exchange(
-                delivery_id=delivery.id,
-                document_id=delivery.document_id,
-                transaction=e.transaction,
-                endpoint=e.endpoint,
-                request_sha256=store_payload(s, e.request) if e.request else None,
-                response_sha256=store_payload(s, e.response) if e.response else None,
-                http_status=e.http_status,
-                outcome=outcome,
-                detail=detail,
-                duration_ms=e.duration_ms,
-            )
+        s.connection().execute(
+            _NEW_EXCHANGE,
+            {
+                "delivery_id": delivery.id,
+                "document_id": delivery.document_id,
+                "transaction": e.transaction,
+                "endpoint": e.endpoint,
+                "request_sha256": store_payload(s, e.request) if e.request else None,
+                "response_sha256": store_payload(s, e.response) if e.response else None,
+                "http_status": e.http_status,
+                "outcome": outcome,
+                "detail": detail,
+                "duration_ms": e.duration_ms,
+            },
         )
 
 
-DeliveryHook = Callable[[Session, Delivery, Document], None]
+@dataclass
+class DeliveryRow:
+    """A delivery as its job reads and records it: columns, where loading the entity and its document and
+    flushing them cost more than the bookkeeping itself."""
+
+    id: int
+    document_id: int
+    destination: str
+    action: str
+    status: str
+    entry_uuid: str | None
+
+
+@dataclass
+class DocumentRow:
+    """The delivered document's columns that a delivery reads or changes (``status``, ``status_reason``)."""
+
+    id: int
+    structure_id: int
+    patient_id: int | None
+    kind: str
+    unique_id: str
+    parent_unique_id: str | None
+    type_code: str | None
+    payload_sha256: str | None
+    ins_matricule: str | None
+    ins_oid: str | None
+    status: str
+    status_reason: str | None
+    context: dict[str, Any]
+
+
+_DELIVERY_FIELDS = len(fields(DeliveryRow))
+_DELIVERY_AND_DOCUMENT = (
+    select(
+        *(_DELIVERY.c[f.name] for f in fields(DeliveryRow)),
+        *(_DOCUMENT.c[f.name] for f in fields(DocumentRow)),
+    )
+    .join_from(_DELIVERY, _DOCUMENT, _DOCUMENT.c.id == _DELIVERY.c.document_id)
+    .where(_DELIVERY.c.id == bindparam("delivery_id"))
+)
+# The columns each step changes are named by its parameters; ``updated_at`` follows by its onupdate.
+_UPDATE_DELIVERY = update(_DELIVERY).where(_DELIVERY.c.id == bindparam("delivery_id"))
+_UPDATE_DOCUMENT = update(_DOCUMENT).where(_DOCUMENT.c.id == bindparam("document_id"))
+
+
+def _read_delivery(s: Session, delivery_id: int) -> tuple[DeliveryRow, DocumentRow]:
+    row = s.connection().execute(_DELIVERY_AND_DOCUMENT, {"delivery_id": delivery_id}).one()
+    return DeliveryRow(*row[:_DELIVERY_FIELDS]), DocumentRow(*row[_DELIVERY_FIELDS:])
+
+
+def _write_delivery(s: Session, d: DeliveryRow, **values: Any) -> None:
+    s.connection().execute(_UPDATE_DELIVERY, {"delivery_id": d.id, "status": d.status, **values})
+
+
+def _write_document_status(s: Session, doc: DocumentRow) -> None:
+    s.connection().execute(
+        _UPDATE_DOCUMENT, {"document_id": doc.id, "status": doc.status, "status_reason": doc.status_reason}
+    )
+
+
+DeliveryHook = Callable[[Session, DeliveryRow, DocumentRow], None]
 """Called in the transaction that records a delivery: what else the DMP's acceptance of a document starts."""
 
 
@@ -650,31 +741,51 @@ DeliveryHook = Callable[[Session, Delivery, Document], None]
 _CONTENT = select(Payload.data).where(Payload.sha256 == bindparam("sha256"))
 
 
+class _Parent(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def status(self) -> str: ...
+
+
+# The delivery a replacement or a deletion refers to, locked (see ``deliver``).
+_PARENT = (
+    select(_DELIVERY.c.id, _DELIVERY.c.status)
+    .join_from(_DELIVERY, _DOCUMENT, _DOCUMENT.c.id == _DELIVERY.c.document_id)
+    .where(
+        _DOCUMENT.c.structure_id == bindparam("structure_id"),
+        _DOCUMENT.c.unique_id == bindparam("unique_id"),
+        _DELIVERY.c.destination == bindparam("destination"),
+        _DELIVERY.c.action.in_(("register", "replace")),
+    )
+    .with_for_update(of=_DELIVERY)
+)
+
+
 async def deliver(
     db: Database, dmp: DmpPort, delivery_id: int, attempt: int, on_delivered: DeliveryHook | None = None
 ) -> dict[str, Any]:
-    def _load() -> tuple[Delivery, Document, dict[str, Any], bytes, Delivery | None, str | None]:
+    def _load() -> tuple[DeliveryRow, DocumentRow, dict[str, Any], bytes, _Parent | None]:
         with db.session() as s:
-            d = s.get_one(Delivery, delivery_id)
-            doc = d.document
+            d, doc = _read_delivery(s, delivery_id)
             parent = None
-            parent_entry_uuid = None
             if doc.kind in ("replacement", "deletion"):
                 parent_unique = doc.parent_unique_id if doc.kind == "replacement" else doc.unique_id
                 # Locked so that the parent's delivery cannot commit between this check and the "waiting" mark
                 # below: _delivered wakes the waiting deliveries it sees (PostgreSQL; SQLite serialises writers).
-                parent = s.scalar(
-                    select(Delivery)
-                    .join(Document)
-                    .where(
-                        Document.structure_id == doc.structure_id,
-                        Document.unique_id == parent_unique,
-                        Delivery.destination == d.destination,
-                        Delivery.action.in_(("register", "replace")),
+                parent = (
+                    s.connection()
+                    .execute(
+                        _PARENT,
+                        {
+                            "structure_id": doc.structure_id,
+                            "unique_id": parent_unique,
+                            "destination": d.destination,
+                        },
                     )
-                    .with_for_update(of=Delivery)
+                    .first()
                 )
-                parent_entry_uuid = parent.entry_uuid if parent else None
             data = (
                 s.execute(_CONTENT, {"sha256": doc.payload_sha256}).scalar_one()
                 if doc.payload_sha256
@@ -690,18 +801,19 @@ async def deliver(
             elif waits:
                 # Never overtake the document this one refers to; its delivery wakes this one up.
                 set_delivery_status(d, DeliveryStatus.WAITING)
+                _write_delivery(s, d)
                 set_status(
                     doc, DocumentStatus.VALIDATED, "En attente de l'envoi au DMP du document d'origine"
                 )
+                _write_document_status(s, doc)
             else:
                 set_delivery_status(d, DeliveryStatus.SENDING)
-                d.submitted_at = utcnow()
+                _write_delivery(s, d, submitted_at=utcnow())
                 set_status(doc, DocumentStatus.SENDING)
-            s.flush()  # before expunging: the status marks above must reach the commit
-            s.expunge_all()
-            return d, doc, structure_info(s, doc.structure_id), data, parent, parent_entry_uuid
+                _write_document_status(s, doc)
+            return d, doc, structure_info(s, doc.structure_id), data, parent
 
-    d, doc, structure, data, parent, _parent_uuid = await asyncio.to_thread(_load)
+    d, doc, structure, data, parent = await asyncio.to_thread(_load)
     if d.status == DeliveryStatus.DELIVERED:
         return {"skipped": "already delivered"}
     if d.status == DeliveryStatus.HELD:
@@ -767,14 +879,13 @@ def _delivered(
     on_delivered: DeliveryHook | None,
 ) -> None:
     with db.session() as s:
-        d = s.get_one(Delivery, delivery_id)
+        d, doc = _read_delivery(s, delivery_id)
         set_delivery_status(d, DeliveryStatus.DELIVERED)
         d.entry_uuid = entry_uuid or d.entry_uuid
-        d.delivered_at = utcnow()
-        d.last_error = None
+        _write_delivery(s, d, entry_uuid=d.entry_uuid, delivered_at=utcnow(), last_error=None)
         _record(s, d, exchanges, outcome)
-        doc = d.document
         set_status(doc, DocumentStatus.SENT)
+        _write_document_status(s, doc)
         _enqueue_zam(s, doc, d.destination, ok=True)
         if d.action in ("register", "replace"):
             _wake_waiting(s, d, doc)
@@ -798,7 +909,7 @@ _WAITING_FOR = (
 )
 
 
-def _wake_waiting(s: Session, parent: Delivery, doc: Document) -> None:
+def _wake_waiting(s: Session, parent: DeliveryRow, doc: DocumentRow) -> None:
     """Queue the replacements and deletions that were waiting for this delivery."""
     params = {"structure_id": doc.structure_id, "destination": parent.destination, "unique_id": doc.unique_id}
     waiting = s.scalars(_WAITING_FOR, params).all()
@@ -818,12 +929,12 @@ def _failed(
     db: Database, delivery_id: int, code: str, message: str, exchanges: list[ExchangeRecord], retryable: bool
 ) -> None:
     with db.session() as s:
-        d = s.get_one(Delivery, delivery_id)
+        d, doc = _read_delivery(s, delivery_id)
         set_delivery_status(d, DeliveryStatus.FAILED if retryable else DeliveryStatus.DEAD)
-        d.error_code, d.last_error = code, message
+        _write_delivery(s, d, error_code=code, last_error=message)
         _record(s, d, exchanges, "retry" if retryable else "rejected", f"{code}: {message}")
-        doc = d.document
         set_status(doc, DocumentStatus.ERROR, f"{code} : {message}")
+        _write_document_status(s, doc)
         if not retryable:
             _enqueue_zam(s, doc, d.destination, ok=False)
 
@@ -831,7 +942,26 @@ def _failed(
 # ---- zam.send ---------------------------------------------------------------------------------------------
 
 
-def _enqueue_zam(s: Session, doc: Document, destination: str, ok: bool) -> None:
+class _Acknowledged(Protocol):
+    """A document as its ZAM's queuing reads it: the entity or a ``DocumentRow``."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def structure_id(self) -> int: ...
+
+    @property
+    def patient_id(self) -> int | None: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def context(self) -> dict[str, Any]: ...
+
+
+def _enqueue_zam(s: Session, doc: _Acknowledged, destination: str, ok: bool) -> None:
     if not doc.context.get("zam"):
         return  # REST intake: no DPI waiting for an HL7 acknowledgement
     jobs.enqueue(

@@ -28,7 +28,14 @@ from opensegur.content.cda import CdaError, parse_cda
 from opensegur.documents.metadata import DocumentMetadata, cx_of_type, metadata_from_dict
 from opensegur.errors import RetryLater
 from opensegur.flows.dmp_exchanges import DmpRejectedError, DmpUnavailableError
-from opensegur.flows.dmp_feed import DmpPort, DmpRequest, patient_cx_of, structure_info
+from opensegur.flows.dmp_feed import (
+    DeliveryRow,
+    DmpPort,
+    DmpRequest,
+    DocumentRow,
+    patient_cx_of,
+    structure_info,
+)
 from opensegur.flows.drimbox_ports import PacsPort, PacsQueryError, PacsUnavailable
 from opensegur.flows.jobs import JobKind
 from opensegur.flows.worker import Handler, PermanentError
@@ -39,7 +46,7 @@ from opensegur.imaging.xdsi import ExamMismatch, check_exam, kos_metadata
 from opensegur.store import jobs
 from opensegur.store.db import Database
 from opensegur.store.documents import document_with_content
-from opensegur.store.models import Delivery, Document, ImagingManifest, ImagingRejection, Job, Payload, utcnow
+from opensegur.store.models import Document, ImagingManifest, ImagingRejection, Job, Payload, utcnow
 
 __all__ = [
     "DrimboxSource",
@@ -51,7 +58,7 @@ PARIS = ZoneInfo("Europe/Paris")
 ARC_KOS, ARC_KOS_SERIES = 20, 21  # under the editor's oid_root, beside the REST intake's arcs
 
 
-def request_manifest(s: Session, delivery: Delivery, doc: Document) -> None:
+def request_manifest(s: Session, delivery: DeliveryRow, doc: DocumentRow) -> None:
     """The feed's delivery hook: an imaging report the DMP has just accepted queues its manifest (a corrected
     report, a new manifest replacing the exam's previous one); a report deleted from the DMP queues the
     withdrawal of its manifests."""
