@@ -474,7 +474,8 @@ def _ipp(s: Session, patient: Patient) -> tuple[str | None, str | None]:
     """The IPP and its assigning authority when that is an OID: sourcePatientId is a CX with an ISO authority, and
     an authority known only by namespace or a non-ISO id (PID-3 ``CHU-X&000897406&N``) would make the DMP refuse
     the submission; without one, the metadata fall back to the INS, as the DMP annex allows."""
-    row = s.execute(_IPP, {"patient_id": patient.id}).first()
+    # On the connection: the session's execution would first flush the findings just set, in an UPDATE of its own.
+    row = s.connection().execute(_IPP, {"patient_id": patient.id}).first()
     if row is None:
         return None, None
     return row.value, row.authority if row.authority and _OID_RE.match(row.authority) else None

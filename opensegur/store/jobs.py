@@ -72,10 +72,13 @@ def enqueue(
         "created_at": now,
         "updated_at": now,
     }
-    job_id = session.execute(insert_unless_exists(session, _JOB, "key", returning="id"), values).scalar()
+    # On the connection: the session's execution would flush the caller's pending changes first, in statements of
+    # their own, where its commit writes them at once.
+    connection = session.connection()
+    job_id = connection.execute(insert_unless_exists(session, _JOB, "key", returning="id"), values).scalar()
     session.info[JOBS_ENQUEUED] = True
     if job_id is None:
-        job_id = session.execute(select(_JOB.c.id).where(_JOB.c.key == key)).scalar_one()
+        job_id = connection.execute(select(_JOB.c.id).where(_JOB.c.key == key)).scalar_one()
     return int(job_id)
 
 
