@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, bindparam, insert, or_, select, update
+from sqlalchemy import Row, Table, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from opensegur.content.cda import CdaError, CdaHeader, parse_cda
@@ -524,7 +524,6 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
             set_status(doc, _STATUS_OF_DELIVERY.get(delivery.status, DocumentStatus(doc.status)))
         return doc.status
     if delivery is None:
-        now = utcnow()
         delivery_id = (
             s.connection()
             .execute(
@@ -535,8 +534,6 @@ def _plan_deliveries(s: Session, doc: Document, metadata: DocumentMetadata | Non
                     "action": action,
                     "key": key,
                     "status": DeliveryStatus.HELD if doc.held else DeliveryStatus.PENDING,
-                    "created_at": now,
-                    "updated_at": now,
                 },
             )
             .scalar_one()
@@ -742,14 +739,6 @@ DeliveryHook = Callable[[Session, DeliveryRow, DocumentRow], None]
 _CONTENT = select(Payload.data).where(Payload.sha256 == bindparam("sha256"))
 
 
-class _Parent(Protocol):
-    @property
-    def id(self) -> int: ...
-
-    @property
-    def status(self) -> str: ...
-
-
 # The delivery a replacement or a deletion refers to, locked (see ``deliver``).
 _PARENT = (
     select(_DELIVERY.c.id, _DELIVERY.c.status)
@@ -767,7 +756,7 @@ _PARENT = (
 async def deliver(
     db: Database, dmp: DmpPort, delivery_id: int, attempt: int, on_delivered: DeliveryHook | None = None
 ) -> dict[str, Any]:
-    def _load() -> tuple[DeliveryRow, DocumentRow, dict[str, Any], bytes, _Parent | None]:
+    def _load() -> tuple[DeliveryRow, DocumentRow, dict[str, Any], bytes, Row[Any, Any] | None]:
         with db.session() as s:
             d, doc = _read_delivery(s, delivery_id)
             parent = None
