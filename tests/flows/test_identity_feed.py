@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from opensegur.flows.hl7_intake import Hl7Intake
 from opensegur.flows.identity_feed import apply_event
 from opensegur.store.db import Database
-from opensegur.store.models import IdentityAlert, InboundMessage, Patient, Payload
+from opensegur.store.models import IdentityAlert, IdentityEvent, InboundMessage, Patient, Payload
 from opensegur.transactions import hl7v2, pam_fr
 from tests.conftest import EXAMPLES
 from tests.flows.helpers import hl7 as msg
@@ -90,6 +90,23 @@ def test_repeated_control_id_is_answered_again_and_processed_once(intake: Hl7Int
         assert (
             s.scalar(select(func.count()).select_from(Patient).where(Patient.birth_name == "VERLAINE")) == 1
         )
+        # The repeat was applied and then went back with its record, which its control id refused.
+        events = select(IdentityEvent.kind).join(Patient).where(Patient.birth_name == "VERLAINE")
+        assert s.scalars(events).all() == ["pam_a28"]
+
+
+def test_a_repeat_arriving_after_a_later_update_changes_nothing(intake: Hl7Intake, db: Database) -> None:
+    first = msg(msh("A28", "R1"), "EVN||20240306111154", pid("778"))
+    assert intake.handle(first).ack_code == "AA"
+    renamed = msg(msh("A31", "R2"), "EVN||20240306111200", pid("778", name="RIMBAUD"))
+    assert intake.handle(renamed).ack_code == "AA"
+    again = intake.handle(first)
+    assert again.duplicate and again.ack_code == "AA"
+    p = patient_by_ipp(db, "778")
+    assert p is not None and p.birth_name == "RIMBAUD"
+    with db.session() as s:
+        kinds = s.scalars(select(IdentityEvent.kind).where(IdentityEvent.patient_id == p.id)).all()
+    assert kinds == ["pam_a28", "pam_a31"]
 
 
 def test_one_message_arriving_on_several_connections_at_once_is_processed_once_and_all_get_its_ack(

@@ -109,6 +109,28 @@ def test_a_failed_commit_fails_every_work_of_its_batch_and_nothing_is_kept(db: D
     assert group.run(_store(b"after")) and _stored(db) == 1  # the next batch has a leader
 
 
+def test_a_batch_takes_savepoints_only_to_run_again_around_a_failing_work(db: Database) -> None:
+    group = GroupCommit(db)
+    savepoints: list[str] = []
+
+    @event.listens_for(db.engine, "before_cursor_execute")
+    def _count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.startswith("SAVEPOINT"):
+            savepoints.append(statement)
+
+    _run_together(group, [_store(b"first", hold_s=0.5), _store(b"a"), _store(b"b"), _store(b"c")])
+    assert savepoints == []  # the three queued works commit together, with no savepoint
+
+    def refused(s: Session) -> str:
+        store_payload(s, b"refused")
+        raise ValueError("refusé")
+
+    results = _run_together(group, [_store(b"second", hold_s=0.5), _store(b"d"), refused, _store(b"e")])
+    assert len(savepoints) == 3  # the batch of three failed once, then ran again with a savepoint each
+    assert isinstance(results[2], ValueError)
+    assert _stored(db) == 7
+
+
 @pytest.mark.parametrize("threads", [2, 16])
 def test_many_threads_each_get_their_own_answer_and_none_waits_forever(db: Database, threads: int) -> None:
     group = GroupCommit(db, max_batch=3)
