@@ -46,6 +46,7 @@ from bench.pg import ENV as PG_ENV
 from bench.pg import PgCluster, PgUnavailable, pg_cluster, pg_database, postgres_cpu
 from bench.profile import profiled
 from bench.sandbox import sandbox_settings
+from bench.saxon import saxon_alone_ms
 from opensegur.config import Settings
 from opensegur.connectors.insi_client import InsiClient
 from opensegur.documents.delivery import DeliveryStatus
@@ -644,6 +645,17 @@ async def main(args: argparse.Namespace) -> None:
                 + ", ".join(f"{role} {ms:.0f}" for role, ms in cpu.items() if ms >= 0.5)
                 + f" — total {sum(cpu.values()):.0f} pour {os.cpu_count()} cœurs"
             )
+        validation_ms = statistics.median(d.cpu.get("validation", 0.0) for d in docs)
+        with tempfile.TemporaryDirectory() as tmp:
+            saxon_ms = await asyncio.to_thread(saxon_alone_ms, 50, Path(tmp))
+        rows.append(
+            (
+                "Processus de validation, CPU par document (ms) : schematrons du document reçus du flux DMP",
+                validation_ms,
+                "Saxon seul, les mêmes schematrons sur le même document en boucle",
+                saxon_ms,
+            )
+        )
         notes.append(
             "Latence de l'ACK MLLP pendant que les documents partent au DMP, envoi régulier à la moitié du débit "
             f"maximal d'une plateforme : p50 {statistics.median(d.ack_ms[0] for d in docs):,.0f} ms, "
